@@ -1,0 +1,43 @@
+"""gpuconv: every convolution in the textbook, for NumPy and CuPy.
+
+NumPy arrays in give NumPy arrays out; CuPy arrays in give CuPy arrays out. See the README
+for the API table and semantics, and ``docs/architecture.md`` for how the code is laid out.
+"""
+
+from ._api import (
+    conv,
+    conv1d,
+    conv2d,
+    conv3d,
+    conv_transpose,
+    conv_transpose1d,
+    conv_transpose2d,
+    conv_transpose3d,
+    convolve,
+    correlate,
+    deform_conv2d,
+    depthwise_conv,
+    separable_conv,
+)
+from ._dispatch import available_backends, current_backend, use_backend
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "available_backends",
+    "conv",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "convolve",
+    "correlate",
+    "current_backend",
+    "deform_conv2d",
+    "depthwise_conv",
+    "separable_conv",
+    "use_backend",
+]

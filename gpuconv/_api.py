@@ -1,0 +1,605 @@
+"""The public functions: validate every argument, then hand the call to one backend.
+
+Each function follows the same three steps:
+
+1. ``_Arrays`` checks that the array arguments are arrays of one kind (NumPy or CuPy) with a
+   supported dtype, and computes the result dtype (``numpy.result_type``).
+2. ``gpuconv._shapes`` resolves stride/padding/dilation into a ``ConvGeometry`` and raises
+   ``ValueError`` for anything inconsistent, before any work is done.
+3. ``gpuconv._dispatch.Call`` picks the backend; the backend computes; ``_finish`` writes
+   into ``out=`` when given.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _shapes
+from ._dispatch import Call, is_cupy_array
+
+CONV_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _is_array(a) -> bool:
+    return isinstance(a, np.ndarray) or is_cupy_array(a)
+
+
+def _type_name(a) -> str:
+    return f"{type(a).__module__}.{type(a).__name__}".replace("builtins.", "")
+
+
+class _Arrays:
+    """Checks array arguments of a ``conv``-family call and the result dtype.
+
+    ``named`` maps each parameter name to its value (``None`` for an absent optional).
+    """
+
+    def __init__(self, op: str, **named):
+        self.op = op
+        for name, a in named.items():
+            if a is None:
+                continue
+            if not _is_array(a):
+                raise TypeError(
+                    f"{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {_type_name(a)}"
+                )
+            if np.dtype(a.dtype) not in CONV_DTYPES:
+                raise TypeError(
+                    f"{op}: {name} has dtype {a.dtype}; expected float16, float32 or float64 "
+                    f"(integer, bool and complex inputs are not supported by the conv family)"
+                )
+        present = [a for a in named.values() if a is not None]
+        self.dtype = np.result_type(*[a.dtype for a in present])
+        self.call = Call(present, op=op)
+
+    def prepare(self, a):
+        """``a`` on the backend, C-contiguous, in the result dtype (None stays None)."""
+        if a is None:
+            return None
+        a = self.call.to_backend(a)
+        return self.call.xp.ascontiguousarray(a, dtype=self.dtype)
+
+
+def _check_rank(op: str, x, weight, spatial_ndim: int | None):
+    if x.ndim < 3:
+        raise ValueError(
+            f"{op}: x must have shape (N, C_in, *spatial) with 1 to 3 spatial dims, "
+            f"got x.ndim={x.ndim} (shape {tuple(x.shape)})"
+        )
+    if spatial_ndim is not None and x.ndim != spatial_ndim + 2:
+        raise ValueError(
+            f"{op}: x must have {spatial_ndim + 2} dims (N, C_in, {spatial_ndim} spatial), "
+            f"got x.ndim={x.ndim} (shape {tuple(x.shape)})"
+        )
+    if x.ndim > 5:
+        raise ValueError(
+            f"{op}: at most 3 spatial dims are supported, got x.ndim={x.ndim} "
+            f"(shape {tuple(x.shape)})"
+        )
+    if weight.ndim != x.ndim:
+        raise ValueError(
+            f"{op}: weight must have {x.ndim} dims to match x (shape {tuple(x.shape)}), "
+            f"got weight.ndim={weight.ndim} (shape {tuple(weight.shape)})"
+        )
+    if any(s == 0 for s in weight.shape):
+        raise ValueError(f"{op}: weight has an empty dim, shape {tuple(weight.shape)}")
+
+
+def _check_groups(op: str, groups) -> int:
+    groups = _shapes._as_int(groups, "groups")
+    if groups < 1:
+        raise ValueError(f"{op}: groups={groups} must be a positive int")
+    return groups
+
+
+def _check_bias(op: str, bias, channels: int):
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(
+            f"{op}: bias must have shape ({channels},) (one value per output channel), "
+            f"got {tuple(bias.shape)}"
+        )
+
+
+def _check_out(op: str, out, shape, dtype, arrays: _Arrays):
+    if out is None:
+        return
+    if not _is_array(out):
+        raise TypeError(f"{op}: out must be an array, got {_type_name(out)}")
+    if is_cupy_array(out) != arrays.call.on_device_arrays:
+        raise TypeError(
+            f"{op}: out is a {_type_name(out)} but the inputs are "
+            f"{'CuPy' if arrays.call.on_device_arrays else 'NumPy'} arrays"
+        )
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{op}: out has shape {tuple(out.shape)}; expected {tuple(shape)}")
+    if np.dtype(out.dtype) != np.dtype(dtype):
+        raise ValueError(f"{op}: out has dtype {out.dtype}; expected {np.dtype(dtype)}")
+
+
+def _finish(arrays: _Arrays, result, out):
+    result = arrays.call.from_backend(result)
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+def _empty_result(arrays: _Arrays, shape, out):
+    """The result of a call with N = 0 (or another empty dim): no backend work at all."""
+    xp = arrays.call.xp
+    return _finish(arrays, xp.zeros(shape, dtype=arrays.dtype), out)
+
+
+# --------------------------------------------------------------------------- conv
+
+
+def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+         padding_mode="zeros", out=None, _spatial_ndim=None, _op="conv"):
+    """N-dimensional convolution (cross-correlation, as in deep-learning frameworks).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, *spatial)
+        Input, 1 to 3 spatial dims. float16, float32 or float64; NumPy or CuPy.
+    weight : ndarray, shape (C_out, C_in // groups, *kernel)
+    bias : ndarray, shape (C_out,), optional
+    stride, dilation : int or tuple of int
+        One value, or one per spatial dim. Must be positive.
+    padding : int, tuple, tuple of (lo, hi) pairs, 'valid' or 'same'
+        'same' gives ``ceil(size / stride)`` outputs for any stride.
+    groups : int
+        Splits the channels into ``groups`` independent convolutions.
+    padding_mode : {'zeros', 'reflect', 'replicate', 'circular'}
+        What the padding holds, as in ``torch.nn.functional.pad``.
+    out : ndarray, optional
+        Written with the result and returned; exact shape, dtype and array type required.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, *out_spatial)
+        C-contiguous, dtype ``numpy.result_type(x, weight, bias)``, same array type as ``x``.
+
+    Raises
+    ------
+    TypeError
+        Non-array inputs, unsupported dtypes, NumPy mixed with CuPy.
+    ValueError
+        Inconsistent shapes, channels, groups, stride, padding or dilation.
+
+    Examples
+    --------
+    >>> import numpy as np, gpuconv
+    >>> x = np.arange(5.0).reshape(1, 1, 5)
+    >>> w = np.array([[[1.0, 0.0, -1.0]]])
+    >>> gpuconv.conv(x, w, padding=1)
+    array([[[-1., -2., -2., -2.,  3.]]])
+    """
+    arrays = _Arrays(_op, x=x, weight=weight, bias=bias)
+    _check_rank(_op, x, weight, _spatial_ndim)
+    groups = _check_groups(_op, groups)
+    n, c_in = x.shape[:2]
+    c_out = weight.shape[0]
+    if c_in % groups:
+        raise ValueError(f"{_op}: groups={groups} must divide in_channels={c_in}")
+    if c_out % groups:
+        raise ValueError(f"{_op}: groups={groups} must divide out_channels={c_out} (weight.shape[0])")
+    if weight.shape[1] * groups != c_in:
+        raise ValueError(
+            f"{_op}: weight.shape[1]={weight.shape[1]} must equal in_channels / groups = "
+            f"{c_in} / {groups} = {c_in // groups}; weight shape is {tuple(weight.shape)}"
+        )
+    _check_bias(_op, bias, c_out)
+    geom = _shapes.conv_geometry(
+        tuple(x.shape[2:]), tuple(weight.shape[2:]), stride=stride, padding=padding,
+        dilation=dilation, groups=groups, padding_mode=padding_mode,
+    )
+    shape = (n, c_out, *geom.out_size)
+    _check_out(_op, out, shape, arrays.dtype, arrays)
+    if n == 0 or 0 in geom.in_size:
+        return _empty_result(arrays, shape, out)
+    result = arrays.call.backend.conv(
+        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom
+    )
+    return _finish(arrays, result, out)
+
+
+def _ranked(func, ndim: int, name: str):
+    def wrapper(x, weight, bias=None, **kwargs):
+        return func(x, weight, bias, _spatial_ndim=ndim, _op=name, **kwargs)
+
+    wrapper.__name__ = wrapper.__qualname__ = name
+    wrapper.__doc__ = (
+        f"{name}: :func:`gpuconv.{func.__name__}` with exactly {ndim} spatial dim"
+        f"{'s' if ndim > 1 else ''}; same arguments.\n\n"
+        f"Raises ValueError if ``x`` is not {ndim + 2}-dimensional."
+    )
+    return wrapper
+
+
+conv1d = _ranked(conv, 1, "conv1d")
+conv2d = _ranked(conv, 2, "conv2d")
+conv3d = _ranked(conv, 3, "conv3d")
+
+
+# ---------------------------------------------------------------- conv_transpose
+
+
+def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
+                   dilation=1, groups=1, out=None, _spatial_ndim=None, _op="conv_transpose"):
+    """N-dimensional transposed convolution (the adjoint of :func:`conv`).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, *spatial)
+    weight : ndarray, shape (C_in, C_out // groups, *kernel)
+    bias : ndarray, shape (C_out,), optional
+    stride, dilation : int or tuple of int
+    padding : int, tuple, tuple of (lo, hi) pairs, 'valid' or 'same'
+        Cropped from the full transposed output. 'same' gives ``size * stride`` outputs and
+        is the adjoint of ``conv(..., padding='same')``.
+    output_padding : int or tuple of int
+        Extra outputs at the high end; each must be smaller than ``max(stride, dilation)``.
+    groups : int
+    out : ndarray, optional
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, *out_spatial) with
+        ``out = (size - 1) * stride - pad_lo - pad_hi + dilation * (k - 1) + output_padding + 1``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv`.
+
+    Examples
+    --------
+    >>> import numpy as np, gpuconv
+    >>> x = np.array([[[1.0, 2.0]]])
+    >>> w = np.array([[[1.0, 1.0, 1.0]]])
+    >>> gpuconv.conv_transpose(x, w, stride=2)
+    array([[[1., 1., 3., 2., 2.]]])
+    """
+    arrays = _Arrays(_op, x=x, weight=weight, bias=bias)
+    _check_rank(_op, x, weight, _spatial_ndim)
+    groups = _check_groups(_op, groups)
+    n, c_in = x.shape[:2]
+    if weight.shape[0] != c_in:
+        raise ValueError(
+            f"{_op}: weight.shape[0]={weight.shape[0]} must equal in_channels={c_in}; "
+            f"weight is (C_in, C_out // groups, *kernel), got {tuple(weight.shape)}"
+        )
+    if c_in % groups:
+        raise ValueError(f"{_op}: groups={groups} must divide in_channels={c_in}")
+    c_out = weight.shape[1] * groups
+    _check_bias(_op, bias, c_out)
+    geom = _shapes.conv_transpose_geometry(
+        tuple(x.shape[2:]), tuple(weight.shape[2:]), stride=stride, padding=padding,
+        output_padding=output_padding, dilation=dilation, groups=groups,
+    )
+    shape = (n, c_out, *geom.out_size)
+    _check_out(_op, out, shape, arrays.dtype, arrays)
+    if n == 0 or 0 in geom.in_size:
+        return _empty_result(arrays, shape, out)
+    result = arrays.call.backend.conv_transpose(
+        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom
+    )
+    return _finish(arrays, result, out)
+
+
+conv_transpose1d = _ranked(conv_transpose, 1, "conv_transpose1d")
+conv_transpose2d = _ranked(conv_transpose, 2, "conv_transpose2d")
+conv_transpose3d = _ranked(conv_transpose, 3, "conv_transpose3d")
+
+
+# -------------------------------------------------------------------- depthwise
+
+
+def _depthwise_geometry(op, x, weight, bias, *, stride, padding, dilation, padding_mode):
+    _check_rank(op, x, weight, None)
+    channels = x.shape[1]
+    if channels == 0:
+        raise ValueError(f"{op}: x has 0 channels (shape {tuple(x.shape)})")
+    if weight.shape[1] != 1 or weight.shape[0] % channels:
+        raise ValueError(
+            f"{op}: weight must have shape (C_in * multiplier, 1, *kernel) with "
+            f"C_in={channels}, got {tuple(weight.shape)}"
+        )
+    return _shapes.conv_geometry(
+        tuple(x.shape[2:]), tuple(weight.shape[2:]), stride=stride, padding=padding,
+        dilation=dilation, groups=channels, padding_mode=padding_mode,
+    )
+
+
+def depthwise_conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1,
+                   padding_mode="zeros", out=None):
+    """Depthwise convolution: each input channel convolved with its own filters.
+
+    Equals ``conv(x, weight, bias, groups=C_in, ...)``, computed by a dedicated,
+    bandwidth-friendly path.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, *spatial)
+    weight : ndarray, shape (C_in * multiplier, 1, *kernel)
+        Output channel ``c * multiplier + m`` filters input channel ``c``.
+    bias : ndarray, shape (C_in * multiplier,), optional
+    stride, padding, dilation, padding_mode, out
+        As for :func:`conv`.
+
+    Returns
+    -------
+    ndarray, shape (N, C_in * multiplier, *out_spatial)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv`; also if ``weight`` is not (C_in * multiplier, 1, *kernel).
+
+    Examples
+    --------
+    >>> import numpy as np, gpuconv
+    >>> x = np.ones((1, 2, 4))
+    >>> w = np.array([[[1.0, 1.0]], [[2.0, -1.0]]])
+    >>> gpuconv.depthwise_conv(x, w)
+    array([[[2., 2., 2.],
+            [1., 1., 1.]]])
+    """
+    op = "depthwise_conv"
+    arrays = _Arrays(op, x=x, weight=weight, bias=bias)
+    geom = _depthwise_geometry(op, x, weight, bias, stride=stride, padding=padding,
+                               dilation=dilation, padding_mode=padding_mode)
+    _check_bias(op, bias, weight.shape[0])
+    shape = (x.shape[0], weight.shape[0], *geom.out_size)
+    _check_out(op, out, shape, arrays.dtype, arrays)
+    if x.shape[0] == 0 or 0 in geom.in_size:
+        return _empty_result(arrays, shape, out)
+    result = arrays.call.backend.depthwise_conv(
+        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom
+    )
+    return _finish(arrays, result, out)
+
+
+def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1, padding=0,
+                   dilation=1, padding_mode="zeros", out=None):
+    """Depthwise-separable convolution: :func:`depthwise_conv`, then a 1x1 :func:`conv`.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, *spatial)
+    depthwise_weight : ndarray, shape (C_in * multiplier, 1, *kernel)
+    pointwise_weight : ndarray, shape (C_out, C_in * multiplier, 1, ...)
+        One trailing 1 per spatial dim.
+    bias : ndarray, shape (C_out,), optional
+        Added to the final (pointwise) result.
+    stride, padding, dilation, padding_mode : as for :func:`conv`, applied to the depthwise step.
+    out : ndarray, optional
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, *out_spatial)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`depthwise_conv` and :func:`conv`.
+
+    Examples
+    --------
+    >>> import numpy as np, gpuconv
+    >>> x = np.ones((1, 2, 3))
+    >>> dw = np.ones((2, 1, 2))
+    >>> pw = np.array([[[1.0], [10.0]]])
+    >>> gpuconv.separable_conv(x, dw, pw)
+    array([[[22., 22.]]])
+    """
+    op = "separable_conv"
+    arrays = _Arrays(op, x=x, depthwise_weight=depthwise_weight,
+                     pointwise_weight=pointwise_weight, bias=bias)
+    geom = _depthwise_geometry(op, x, depthwise_weight, None, stride=stride, padding=padding,
+                               dilation=dilation, padding_mode=padding_mode)
+    mid = depthwise_weight.shape[0]
+    spatial = x.ndim - 2
+    if pointwise_weight.ndim != x.ndim or pointwise_weight.shape[1] != mid or any(
+        k != 1 for k in pointwise_weight.shape[2:]
+    ):
+        raise ValueError(
+            f"{op}: pointwise_weight must have shape (C_out, {mid}{', 1' * spatial}), "
+            f"got {tuple(pointwise_weight.shape)}"
+        )
+    c_out = pointwise_weight.shape[0]
+    if c_out == 0:
+        raise ValueError(f"{op}: pointwise_weight has 0 output channels")
+    _check_bias(op, bias, c_out)
+    shape = (x.shape[0], c_out, *geom.out_size)
+    _check_out(op, out, shape, arrays.dtype, arrays)
+    if x.shape[0] == 0 or 0 in geom.in_size:
+        return _empty_result(arrays, shape, out)
+    backend = arrays.call.backend
+    mid_result = backend.depthwise_conv(
+        arrays.prepare(x), arrays.prepare(depthwise_weight), None, geom
+    )
+    pointwise_geom = _shapes.conv_geometry(
+        geom.out_size, (1,) * spatial, stride=1, padding=0, dilation=1, groups=1
+    )
+    result = backend.conv(
+        mid_result, arrays.prepare(pointwise_weight), arrays.prepare(bias), pointwise_geom
+    )
+    return _finish(arrays, result, out)
+
+
+# ------------------------------------------------------------------- deformable
+
+
+def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation=1,
+                  mask=None, out=None):
+    """Deformable 2-D convolution, v1 (offsets) and v2 (offsets and mask).
+
+    Semantics and layouts are ``torchvision.ops.deform_conv2d``'s: kernel tap ``(i, j)`` of
+    output ``(y, x)`` samples the input bilinearly at
+    ``(y * stride_h - pad_h + i * dil_h + dy, x * stride_w - pad_w + j * dil_w + dx)``,
+    reading zero outside the image, and is scaled by the mask when one is given.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    offset : ndarray, shape (N, 2 * offset_groups * kh * kw, H_out, W_out)
+        ``(dy, dx)`` pairs, tap-major within each offset group.
+    weight : ndarray, shape (C_out, C_in // groups, kh, kw)
+        ``groups`` is ``C_in // weight.shape[1]``.
+    bias : ndarray, shape (C_out,), optional
+    stride, padding, dilation : int or pair
+        ``padding`` may also be ((lo, hi), (lo, hi)); the padding is zeros.
+    mask : ndarray, shape (N, offset_groups * kh * kw, H_out, W_out), optional
+        Modulation (DCNv2). Without it every tap has weight 1 (DCNv1).
+    out : ndarray, optional
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H_out, W_out)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv`; also for offset or mask shapes that do not match.
+
+    Examples
+    --------
+    >>> import numpy as np, gpuconv
+    >>> x = np.arange(4.0).reshape(1, 1, 1, 4)
+    >>> w = np.ones((1, 1, 1, 1))
+    >>> shift = np.full((1, 2, 1, 4), 0.5) * np.array([0, 1]).reshape(1, 2, 1, 1)
+    >>> gpuconv.deform_conv2d(x, shift, w)   # sample half a pixel to the right
+    array([[[[0.5, 1.5, 2.5, 1.5]]]])
+    """
+    op = "deform_conv2d"
+    arrays = _Arrays(op, x=x, offset=offset, weight=weight, bias=bias, mask=mask)
+    _check_rank(op, x, weight, 2)
+    n, c_in = x.shape[:2]
+    c_out, c_per_group, kh, kw = weight.shape
+    if c_in % c_per_group:
+        raise ValueError(
+            f"{op}: weight.shape[1]={c_per_group} must divide in_channels={c_in} "
+            f"(groups = in_channels // weight.shape[1])"
+        )
+    groups = c_in // c_per_group
+    if c_out % groups:
+        raise ValueError(f"{op}: groups={groups} must divide out_channels={c_out}")
+    _check_bias(op, bias, c_out)
+    geom = _shapes.conv_geometry(
+        tuple(x.shape[2:]), (kh, kw), stride=stride, padding=padding, dilation=dilation,
+        groups=groups,
+    )
+    taps = kh * kw
+    if offset.ndim != 4 or offset.shape[1] == 0 or offset.shape[1] % (2 * taps):
+        raise ValueError(
+            f"{op}: offset must have shape (N, 2 * offset_groups * {kh} * {kw}, "
+            f"{geom.out_size[0]}, {geom.out_size[1]}), got {tuple(offset.shape)}"
+        )
+    offset_groups = offset.shape[1] // (2 * taps)
+    expected = (n, 2 * offset_groups * taps, *geom.out_size)
+    if tuple(offset.shape) != expected:
+        raise ValueError(f"{op}: offset must have shape {expected}, got {tuple(offset.shape)}")
+    if c_in % offset_groups:
+        raise ValueError(
+            f"{op}: offset_groups={offset_groups} (from offset.shape[1]) must divide "
+            f"in_channels={c_in}"
+        )
+    if mask is not None:
+        expected_mask = (n, offset_groups * taps, *geom.out_size)
+        if tuple(mask.shape) != expected_mask:
+            raise ValueError(
+                f"{op}: mask must have shape {expected_mask}, got {tuple(mask.shape)}"
+            )
+    shape = (n, c_out, *geom.out_size)
+    _check_out(op, out, shape, arrays.dtype, arrays)
+    if n == 0 or 0 in geom.in_size:
+        return _empty_result(arrays, shape, out)
+    result = arrays.call.backend.deform_conv2d(
+        arrays.prepare(x), arrays.prepare(offset), arrays.prepare(weight),
+        arrays.prepare(bias), arrays.prepare(mask), geom, offset_groups,
+    )
+    return _finish(arrays, result, out)
+
+
+# ------------------------------------------------------------ convolve/correlate
+
+_MODES = {"v": "valid", "s": "same", "f": "full"}
+
+
+def _signal_args(op, a, v, mode):
+    if isinstance(mode, str) and mode[:1].lower() in _MODES:
+        mode = _MODES[mode[:1].lower()]
+    else:
+        raise ValueError(f"{op}: mode={mode!r} must be 'valid', 'same' or 'full'")
+    call = Call([a, v], op=op)
+    if not call.on_device_arrays:
+        a = np.array(a, copy=None, ndmin=1)
+        v = np.array(v, copy=None, ndmin=1)
+    for name, arr in (("a", a), ("v", v)):
+        if arr.ndim != 1:
+            raise ValueError(f"{op}: {name} must be 1-D, got shape {tuple(arr.shape)}")
+        if arr.size == 0:
+            raise ValueError(f"{op}: {name} cannot be empty")
+    return call, a, v, mode
+
+
+def convolve(a, v, mode="full"):
+    """Discrete linear convolution of two 1-D sequences, exactly as ``numpy.convolve``.
+
+    Parameters
+    ----------
+    a, v : array_like (or CuPy arrays), 1-D, non-empty
+        If ``v`` is longer than ``a`` they are swapped, as NumPy does.
+    mode : {'full', 'valid', 'same'}
+
+    Returns
+    -------
+    ndarray
+        ``numpy.convolve(a, v, mode)``, of the same dtype NumPy returns.
+
+    Raises
+    ------
+    ValueError
+        For an empty or non-1-D input or an unknown mode.
+
+    Examples
+    --------
+    >>> import gpuconv
+    >>> gpuconv.convolve([1, 2, 3], [0, 1, 0.5])
+    array([0. , 1. , 2.5, 4. , 1.5])
+    """
+    call, a, v, mode = _signal_args("convolve", a, v, mode)
+    result = call.backend.convolve(call.to_backend(a), call.to_backend(v), mode)
+    return call.from_backend(result)
+
+
+def correlate(a, v, mode="valid"):
+    """Cross-correlation of two 1-D sequences, exactly as ``numpy.correlate``.
+
+    ``c[k] = sum_n a[n + k] * conj(v[n])``; complex ``v`` is conjugated.
+
+    Parameters
+    ----------
+    a, v : array_like (or CuPy arrays), 1-D, non-empty
+    mode : {'valid', 'same', 'full'}
+
+    Returns
+    -------
+    ndarray
+        ``numpy.correlate(a, v, mode)``.
+
+    Raises
+    ------
+    ValueError
+        For an empty or non-1-D input or an unknown mode.
+
+    Examples
+    --------
+    >>> import gpuconv
+    >>> gpuconv.correlate([1, 2, 3], [0, 1, 0.5])
+    array([3.5])
+    """
+    call, a, v, mode = _signal_args("correlate", a, v, mode)
+    result = call.backend.correlate(call.to_backend(a), call.to_backend(v), mode)
+    return call.from_backend(result)

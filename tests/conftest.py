@@ -1,0 +1,105 @@
+"""Shared test fixtures: one test body, every backend.
+
+The ``backend`` fixture runs a test on ``numpy`` (the reference), ``emulate`` (the CUDA
+kernels on the CPU emulator) and ``cuda`` (marked ``gpu``; runs only where CuPy sees a device).
+A test writes its body once against ``backend.asarray`` / ``backend.asnumpy`` and calls the
+public API inside ``with backend.active():``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+import gpuconv
+
+DATA = pathlib.Path(__file__).parent / "data"
+
+
+def _cuda_reason():
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA device"
+    except Exception as exc:  # ImportError, CUDARuntimeError, ...
+        return f"CuPy/CUDA unavailable ({type(exc).__name__})"
+    return None
+
+
+class BackendHarness:
+    """How a test reaches one backend."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def active(self):
+        return gpuconv.use_backend(self.name) if self.name != "cuda" else contextlib.nullcontext()
+
+    def asarray(self, a):
+        if self.name == "cuda":
+            import cupy
+
+            return cupy.asarray(a)
+        return np.asarray(a)
+
+    def asnumpy(self, a):
+        if self.name == "cuda":
+            import cupy
+
+            assert isinstance(a, cupy.ndarray), f"expected a CuPy result, got {type(a)}"
+            return cupy.asnumpy(a)
+        assert isinstance(a, np.ndarray), f"expected a NumPy result, got {type(a)}"
+        return a
+
+    def __repr__(self):
+        return self.name
+
+
+def backend_params(*names):
+    params = []
+    for name in names:
+        if name == "cuda":
+            params.append(pytest.param("cuda", marks=pytest.mark.gpu, id="cuda"))
+        else:
+            params.append(pytest.param(name, id=name))
+    return params
+
+
+ALL_BACKENDS = backend_params("numpy", "emulate", "cuda")
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request):
+    name = request.param
+    if name == "emulate":
+        reason = gpuconv.available_backends()["emulate"]
+        if reason != "available":
+            pytest.skip(f"emulate backend unavailable: {reason}")
+    if name == "cuda":
+        reason = _cuda_reason()
+        if reason:
+            pytest.skip(reason)
+    return BackendHarness(name)
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = None
+    for item in items:
+        if "gpu" in item.keywords:
+            reason = reason or _cuda_reason() or ""
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=f"gpu test: {reason}"))
+
+
+@pytest.fixture(scope="session")
+def golden():
+    """The golden cases: (list of case dicts, npz arrays)."""
+    with open(DATA / "cases.json") as f:
+        meta = json.load(f)
+    arrays = np.load(DATA / "cases.npz")
+    return meta["cases"], {k: arrays[k] for k in arrays.files}
