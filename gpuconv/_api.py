@@ -60,29 +60,44 @@ class _Arrays:
         return self.call.xp.ascontiguousarray(a, dtype=self.dtype)
 
 
-def _check_rank(op: str, x, weight, spatial_ndim: int | None):
-    if x.ndim < 3:
+def _rank_text(name: str, shape) -> str:
+    """``x.ndim=2 (shape (3, 4))`` for an array argument, ``len(input_shape)=2 ((3, 4))``
+    for a shape argument (the gradient functions in ``gpuconv.grad`` take shapes)."""
+    if name.endswith("_shape"):
+        return f"len({name})={len(shape)} ({tuple(shape)})"
+    return f"{name}.ndim={len(shape)} (shape {tuple(shape)})"
+
+
+def _dim_text(name: str, index: int) -> str:
+    """``weight.shape[1]`` for an array argument, ``weight_shape[1]`` for a shape argument."""
+    return f"{name}[{index}]" if name.endswith("_shape") else f"{name}.shape[{index}]"
+
+
+def _check_rank(op: str, x_shape, w_shape, spatial_ndim: int | None, *,
+                x_name: str = "x", w_name: str = "weight"):
+    """Check the ranks of an input shape ``x_shape`` and a weight shape ``w_shape``."""
+    ndim = len(x_shape)
+    if ndim < 3:
         raise ValueError(
-            f"{op}: x must have shape (N, C_in, *spatial) with 1 to 3 spatial dims, "
-            f"got x.ndim={x.ndim} (shape {tuple(x.shape)})"
+            f"{op}: {x_name} must have shape (N, C_in, *spatial) with 1 to 3 spatial dims, "
+            f"got {_rank_text(x_name, x_shape)}"
         )
-    if spatial_ndim is not None and x.ndim != spatial_ndim + 2:
+    if spatial_ndim is not None and ndim != spatial_ndim + 2:
         raise ValueError(
-            f"{op}: x must have {spatial_ndim + 2} dims (N, C_in, {spatial_ndim} spatial), "
-            f"got x.ndim={x.ndim} (shape {tuple(x.shape)})"
+            f"{op}: {x_name} must have {spatial_ndim + 2} dims (N, C_in, {spatial_ndim} "
+            f"spatial), got {_rank_text(x_name, x_shape)}"
         )
-    if x.ndim > 5:
+    if ndim > 5:
         raise ValueError(
-            f"{op}: at most 3 spatial dims are supported, got x.ndim={x.ndim} "
-            f"(shape {tuple(x.shape)})"
+            f"{op}: at most 3 spatial dims are supported, got {_rank_text(x_name, x_shape)}"
         )
-    if weight.ndim != x.ndim:
+    if len(w_shape) != ndim:
         raise ValueError(
-            f"{op}: weight must have {x.ndim} dims to match x (shape {tuple(x.shape)}), "
-            f"got weight.ndim={weight.ndim} (shape {tuple(weight.shape)})"
+            f"{op}: {w_name} must have {ndim} dims to match {x_name} (shape {tuple(x_shape)}), "
+            f"got {_rank_text(w_name, w_shape)}"
         )
-    if any(s == 0 for s in weight.shape):
-        raise ValueError(f"{op}: weight has an empty dim, shape {tuple(weight.shape)}")
+    if any(s == 0 for s in w_shape):
+        raise ValueError(f"{op}: {w_name} has an empty dim, shape {tuple(w_shape)}")
 
 
 def _check_groups(op: str, groups) -> int:
@@ -175,24 +190,11 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     array([[[-1., -2., -2., -2.,  3.]]])
     """
     arrays = _Arrays(_op, x=x, weight=weight, bias=bias)
-    _check_rank(_op, x, weight, _spatial_ndim)
-    groups = _check_groups(_op, groups)
-    n, c_in = x.shape[:2]
-    c_out = weight.shape[0]
-    if c_in % groups:
-        raise ValueError(f"{_op}: groups={groups} must divide in_channels={c_in}")
-    if c_out % groups:
-        raise ValueError(f"{_op}: groups={groups} must divide out_channels={c_out} (weight.shape[0])")
-    if weight.shape[1] * groups != c_in:
-        raise ValueError(
-            f"{_op}: weight.shape[1]={weight.shape[1]} must equal in_channels / groups = "
-            f"{c_in} / {groups} = {c_in // groups}; weight shape is {tuple(weight.shape)}"
-        )
+    geom = conv_setup(_op, x.shape, weight.shape, spatial_ndim=_spatial_ndim, stride=stride,
+                      padding=padding, dilation=dilation, groups=groups,
+                      padding_mode=padding_mode)
+    n, c_out = x.shape[0], weight.shape[0]
     _check_bias(_op, bias, c_out)
-    geom = _shapes.conv_geometry(
-        tuple(x.shape[2:]), tuple(weight.shape[2:]), stride=stride, padding=padding,
-        dilation=dilation, groups=groups, padding_mode=padding_mode,
-    )
     shape = (n, c_out, *geom.out_size)
     _check_out(_op, out, shape, arrays.dtype, arrays)
     if n == 0 or 0 in geom.in_size:
@@ -201,6 +203,34 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
         arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom
     )
     return _finish(arrays, result, out)
+
+
+def conv_setup(op: str, x_shape, w_shape, *, spatial_ndim=None, stride, padding, dilation,
+               groups, padding_mode="zeros", x_name="x", w_name="weight"):
+    """Validate the shapes and spatial arguments of a ``conv`` call; return its geometry.
+
+    Shared by :func:`conv` and the gradients in ``gpuconv.grad``, which pass shapes
+    (``input_shape``/``weight_shape``) where ``conv`` has arrays; ``x_name``/``w_name`` name
+    them in the messages.
+    """
+    _check_rank(op, x_shape, w_shape, spatial_ndim, x_name=x_name, w_name=w_name)
+    groups = _check_groups(op, groups)
+    c_in, c_out = x_shape[1], w_shape[0]
+    if c_in % groups:
+        raise ValueError(f"{op}: groups={groups} must divide in_channels={c_in}")
+    if c_out % groups:
+        raise ValueError(
+            f"{op}: groups={groups} must divide out_channels={c_out} ({_dim_text(w_name, 0)})"
+        )
+    if w_shape[1] * groups != c_in:
+        raise ValueError(
+            f"{op}: {_dim_text(w_name, 1)}={w_shape[1]} must equal in_channels / groups = "
+            f"{c_in} / {groups} = {c_in // groups}; {w_name} is {tuple(w_shape)}"
+        )
+    return _shapes.conv_geometry(
+        tuple(x_shape[2:]), tuple(w_shape[2:]), stride=stride, padding=padding,
+        dilation=dilation, groups=groups, padding_mode=padding_mode,
+    )
 
 
 def _ranked(func, ndim: int, name: str):
@@ -261,22 +291,11 @@ def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=
     array([[[1., 1., 3., 2., 2.]]])
     """
     arrays = _Arrays(_op, x=x, weight=weight, bias=bias)
-    _check_rank(_op, x, weight, _spatial_ndim)
-    groups = _check_groups(_op, groups)
-    n, c_in = x.shape[:2]
-    if weight.shape[0] != c_in:
-        raise ValueError(
-            f"{_op}: weight.shape[0]={weight.shape[0]} must equal in_channels={c_in}; "
-            f"weight is (C_in, C_out // groups, *kernel), got {tuple(weight.shape)}"
-        )
-    if c_in % groups:
-        raise ValueError(f"{_op}: groups={groups} must divide in_channels={c_in}")
-    c_out = weight.shape[1] * groups
+    geom = conv_transpose_setup(_op, x.shape, weight.shape, spatial_ndim=_spatial_ndim,
+                                stride=stride, padding=padding, output_padding=output_padding,
+                                dilation=dilation, groups=groups)
+    n, c_out = x.shape[0], weight.shape[1] * geom.groups
     _check_bias(_op, bias, c_out)
-    geom = _shapes.conv_transpose_geometry(
-        tuple(x.shape[2:]), tuple(weight.shape[2:]), stride=stride, padding=padding,
-        output_padding=output_padding, dilation=dilation, groups=groups,
-    )
     shape = (n, c_out, *geom.out_size)
     _check_out(_op, out, shape, arrays.dtype, arrays)
     if n == 0 or 0 in geom.in_size:
@@ -287,6 +306,28 @@ def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=
     return _finish(arrays, result, out)
 
 
+def conv_transpose_setup(op: str, x_shape, w_shape, *, spatial_ndim=None, stride, padding,
+                         output_padding, dilation, groups, x_name="x", w_name="weight"):
+    """Validate a ``conv_transpose`` call's shapes and spatial arguments; return its geometry.
+
+    Shared with ``gpuconv.grad`` (see :func:`conv_setup`).
+    """
+    _check_rank(op, x_shape, w_shape, spatial_ndim, x_name=x_name, w_name=w_name)
+    groups = _check_groups(op, groups)
+    c_in = x_shape[1]
+    if w_shape[0] != c_in:
+        raise ValueError(
+            f"{op}: {_dim_text(w_name, 0)}={w_shape[0]} must equal in_channels={c_in}; "
+            f"{w_name} is (C_in, C_out // groups, *kernel), got {tuple(w_shape)}"
+        )
+    if c_in % groups:
+        raise ValueError(f"{op}: groups={groups} must divide in_channels={c_in}")
+    return _shapes.conv_transpose_geometry(
+        tuple(x_shape[2:]), tuple(w_shape[2:]), stride=stride, padding=padding,
+        output_padding=output_padding, dilation=dilation, groups=groups,
+    )
+
+
 conv_transpose1d = _ranked(conv_transpose, 1, "conv_transpose1d")
 conv_transpose2d = _ranked(conv_transpose, 2, "conv_transpose2d")
 conv_transpose3d = _ranked(conv_transpose, 3, "conv_transpose3d")
@@ -295,18 +336,21 @@ conv_transpose3d = _ranked(conv_transpose, 3, "conv_transpose3d")
 # -------------------------------------------------------------------- depthwise
 
 
-def _depthwise_geometry(op, x, weight, bias, *, stride, padding, dilation, padding_mode):
-    _check_rank(op, x, weight, None)
-    channels = x.shape[1]
+def depthwise_setup(op, x_shape, w_shape, *, stride, padding, dilation, padding_mode,
+                    x_name="x", w_name="weight"):
+    """Validate a ``depthwise_conv`` call's shapes and spatial arguments; return its geometry
+    (``groups`` is the channel count). Shared with ``gpuconv.grad``."""
+    _check_rank(op, x_shape, w_shape, None, x_name=x_name, w_name=w_name)
+    channels = x_shape[1]
     if channels == 0:
-        raise ValueError(f"{op}: x has 0 channels (shape {tuple(x.shape)})")
-    if weight.shape[1] != 1 or weight.shape[0] % channels:
+        raise ValueError(f"{op}: {x_name} has 0 channels (shape {tuple(x_shape)})")
+    if w_shape[1] != 1 or w_shape[0] % channels:
         raise ValueError(
-            f"{op}: weight must have shape (C_in * multiplier, 1, *kernel) with "
-            f"C_in={channels}, got {tuple(weight.shape)}"
+            f"{op}: {w_name} must have shape (C_in * multiplier, 1, *kernel) with "
+            f"C_in={channels}, got {tuple(w_shape)}"
         )
     return _shapes.conv_geometry(
-        tuple(x.shape[2:]), tuple(weight.shape[2:]), stride=stride, padding=padding,
+        tuple(x_shape[2:]), tuple(w_shape[2:]), stride=stride, padding=padding,
         dilation=dilation, groups=channels, padding_mode=padding_mode,
     )
 
@@ -347,8 +391,8 @@ def depthwise_conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1,
     """
     op = "depthwise_conv"
     arrays = _Arrays(op, x=x, weight=weight, bias=bias)
-    geom = _depthwise_geometry(op, x, weight, bias, stride=stride, padding=padding,
-                               dilation=dilation, padding_mode=padding_mode)
+    geom = depthwise_setup(op, x.shape, weight.shape, stride=stride, padding=padding,
+                           dilation=dilation, padding_mode=padding_mode)
     _check_bias(op, bias, weight.shape[0])
     shape = (x.shape[0], weight.shape[0], *geom.out_size)
     _check_out(op, out, shape, arrays.dtype, arrays)
@@ -396,8 +440,8 @@ def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1
     op = "separable_conv"
     arrays = _Arrays(op, x=x, depthwise_weight=depthwise_weight,
                      pointwise_weight=pointwise_weight, bias=bias)
-    geom = _depthwise_geometry(op, x, depthwise_weight, None, stride=stride, padding=padding,
-                               dilation=dilation, padding_mode=padding_mode)
+    geom = depthwise_setup(op, x.shape, depthwise_weight.shape, stride=stride, padding=padding,
+                           dilation=dilation, padding_mode=padding_mode)
     mid = depthwise_weight.shape[0]
     spatial = x.ndim - 2
     if pointwise_weight.ndim != x.ndim or pointwise_weight.shape[1] != mid or any(
@@ -429,6 +473,52 @@ def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1
 
 
 # ------------------------------------------------------------------- deformable
+
+
+def deform_setup(op: str, x_shape, offset_shape, w_shape, mask_shape, *, stride, padding,
+                 dilation):
+    """Validate a ``deform_conv2d`` call's shapes; return ``(geometry, offset_groups)``.
+
+    Shared with ``gpuconv.grad``; ``mask_shape`` is None when there is no mask.
+    """
+    _check_rank(op, x_shape, w_shape, 2)
+    n, c_in = x_shape[:2]
+    c_out, c_per_group, kh, kw = w_shape
+    if c_in % c_per_group:
+        raise ValueError(
+            f"{op}: weight.shape[1]={c_per_group} must divide in_channels={c_in} "
+            f"(groups = in_channels // weight.shape[1])"
+        )
+    groups = c_in // c_per_group
+    if c_out % groups:
+        raise ValueError(f"{op}: groups={groups} must divide out_channels={c_out}")
+    geom = _shapes.conv_geometry(
+        tuple(x_shape[2:]), (kh, kw), stride=stride, padding=padding, dilation=dilation,
+        groups=groups,
+    )
+    taps = kh * kw
+    offset_shape = tuple(offset_shape)
+    if len(offset_shape) != 4 or offset_shape[1] == 0 or offset_shape[1] % (2 * taps):
+        raise ValueError(
+            f"{op}: offset must have shape (N, 2 * offset_groups * {kh} * {kw}, "
+            f"{geom.out_size[0]}, {geom.out_size[1]}), got {offset_shape}"
+        )
+    offset_groups = offset_shape[1] // (2 * taps)
+    expected = (n, 2 * offset_groups * taps, *geom.out_size)
+    if offset_shape != expected:
+        raise ValueError(f"{op}: offset must have shape {expected}, got {offset_shape}")
+    if c_in % offset_groups:
+        raise ValueError(
+            f"{op}: offset_groups={offset_groups} (from offset.shape[1]) must divide "
+            f"in_channels={c_in}"
+        )
+    if mask_shape is not None:
+        expected_mask = (n, offset_groups * taps, *geom.out_size)
+        if tuple(mask_shape) != expected_mask:
+            raise ValueError(
+                f"{op}: mask must have shape {expected_mask}, got {tuple(mask_shape)}"
+            )
+    return geom, offset_groups
 
 
 def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation=1,
@@ -474,43 +564,12 @@ def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation
     """
     op = "deform_conv2d"
     arrays = _Arrays(op, x=x, offset=offset, weight=weight, bias=bias, mask=mask)
-    _check_rank(op, x, weight, 2)
-    n, c_in = x.shape[:2]
-    c_out, c_per_group, kh, kw = weight.shape
-    if c_in % c_per_group:
-        raise ValueError(
-            f"{op}: weight.shape[1]={c_per_group} must divide in_channels={c_in} "
-            f"(groups = in_channels // weight.shape[1])"
-        )
-    groups = c_in // c_per_group
-    if c_out % groups:
-        raise ValueError(f"{op}: groups={groups} must divide out_channels={c_out}")
-    _check_bias(op, bias, c_out)
-    geom = _shapes.conv_geometry(
-        tuple(x.shape[2:]), (kh, kw), stride=stride, padding=padding, dilation=dilation,
-        groups=groups,
+    geom, offset_groups = deform_setup(
+        op, x.shape, offset.shape, weight.shape, None if mask is None else mask.shape,
+        stride=stride, padding=padding, dilation=dilation,
     )
-    taps = kh * kw
-    if offset.ndim != 4 or offset.shape[1] == 0 or offset.shape[1] % (2 * taps):
-        raise ValueError(
-            f"{op}: offset must have shape (N, 2 * offset_groups * {kh} * {kw}, "
-            f"{geom.out_size[0]}, {geom.out_size[1]}), got {tuple(offset.shape)}"
-        )
-    offset_groups = offset.shape[1] // (2 * taps)
-    expected = (n, 2 * offset_groups * taps, *geom.out_size)
-    if tuple(offset.shape) != expected:
-        raise ValueError(f"{op}: offset must have shape {expected}, got {tuple(offset.shape)}")
-    if c_in % offset_groups:
-        raise ValueError(
-            f"{op}: offset_groups={offset_groups} (from offset.shape[1]) must divide "
-            f"in_channels={c_in}"
-        )
-    if mask is not None:
-        expected_mask = (n, offset_groups * taps, *geom.out_size)
-        if tuple(mask.shape) != expected_mask:
-            raise ValueError(
-                f"{op}: mask must have shape {expected_mask}, got {tuple(mask.shape)}"
-            )
+    n, c_out = x.shape[0], weight.shape[0]
+    _check_bias(op, bias, c_out)
     shape = (n, c_out, *geom.out_size)
     _check_out(op, out, shape, arrays.dtype, arrays)
     if n == 0 or 0 in geom.in_size:
