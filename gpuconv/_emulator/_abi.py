@@ -1,0 +1,183 @@
+"""ctypes binding of one compiled emulator module (the C ABI at the end of runtime.h).
+
+This file imports nothing from gpuconv: the checked-mode subprocess (``_worker.py``) imports it
+by path, without importing the package.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+# launch flags and return codes: mirror the enums in runtime.h
+FLAG_ORDER_REVERSE = 1 << 0
+FLAG_ORDER_SHUFFLE = 1 << 1
+FLAG_SERIAL = 1 << 2
+FLAG_FILL_SHARED = 1 << 3
+FLAG_CHECKED = 1 << 4
+FLAG_GUARD_HEAD = 1 << 5
+
+RC_OK = 0
+RC_INVALID = 1
+RC_DIVERGENT_BARRIER = 2
+RC_KERNEL_FAULT = 3
+RC_INTERNAL = 4
+
+#: exit status of the checked-mode subprocess after a memory fault
+EXIT_FAULT = 77
+
+ABI_VERSION = 1
+
+#: element type code -> NumPy dtype
+ELEM_DTYPES = {
+    "i8": np.dtype(np.int8),
+    "u8": np.dtype(np.uint8),
+    "i16": np.dtype(np.int16),
+    "u16": np.dtype(np.uint16),
+    "i32": np.dtype(np.int32),
+    "u32": np.dtype(np.uint32),
+    "i64": np.dtype(np.int64),
+    "u64": np.dtype(np.uint64),
+    "f16": np.dtype(np.float16),
+    "f32": np.dtype(np.float32),
+    "f64": np.dtype(np.float64),
+    "c64": np.dtype(np.complex64),
+    "c128": np.dtype(np.complex128),
+    "bool": np.dtype(np.bool_),
+}
+
+STATS_FIELDS = (
+    "blocks",
+    "threads_per_block",
+    "barriers",
+    "fiber_switches",
+    "float_atomics",
+    "elapsed_ns",
+    "workers",
+)
+
+_ERRLEN = 4096
+_u32x3 = ctypes.c_uint * 3
+_u64_stats = ctypes.c_ulonglong * len(STATS_FIELDS)
+
+
+def split_code(code: str) -> tuple[bool, bool, str]:
+    """``"const ptr:f32"`` -> (is_pointer=True, is_const=True, elem="f32")."""
+    if code.startswith("const ptr:"):
+        return True, True, code[len("const ptr:") :]
+    if code.startswith("ptr:"):
+        return True, False, code[len("ptr:") :]
+    return False, False, code
+
+
+class Library:
+    """A loaded module: its entries (name, parameter codes) and its two launch functions."""
+
+    def __init__(self, path: str):
+        self.path = path
+        lib = ctypes.CDLL(path)
+        self._lib = lib
+        lib.gpuconv_emu_abi_version.restype = ctypes.c_int
+        if lib.gpuconv_emu_abi_version() != ABI_VERSION:
+            raise RuntimeError(f"{path}: emulator ABI version mismatch")
+        lib.gpuconv_emu_fiber_impl.restype = ctypes.c_char_p
+        lib.gpuconv_emu_entry_count.restype = ctypes.c_int
+        lib.gpuconv_emu_entry_name.restype = ctypes.c_char_p
+        lib.gpuconv_emu_entry_name.argtypes = [ctypes.c_int]
+        lib.gpuconv_emu_entry_signature.restype = ctypes.c_char_p
+        lib.gpuconv_emu_entry_signature.argtypes = [ctypes.c_int]
+        lib.gpuconv_emu_launch.restype = ctypes.c_int
+        lib.gpuconv_emu_launch.argtypes = [
+            ctypes.c_int,  # index
+            ctypes.POINTER(ctypes.c_uint),  # grid[3]
+            ctypes.POINTER(ctypes.c_uint),  # block[3]
+            ctypes.c_ulonglong,  # shared bytes
+            ctypes.POINTER(ctypes.c_void_p),  # argv
+            ctypes.c_uint,  # flags
+            ctypes.c_ulonglong,  # seed
+            ctypes.c_int,  # worker threads (0: hardware concurrency)
+            ctypes.c_char_p,  # errbuf
+            ctypes.c_size_t,  # errlen
+            ctypes.POINTER(ctypes.c_ulonglong),  # stats out
+        ]
+        lib.gpuconv_emu_checked_launch.restype = ctypes.c_int
+        lib.gpuconv_emu_checked_launch.argtypes = [
+            ctypes.c_int,
+            ctypes.POINTER(ctypes.c_uint),
+            ctypes.POINTER(ctypes.c_uint),
+            ctypes.c_ulonglong,
+            ctypes.POINTER(ctypes.c_void_p),
+            ctypes.c_int,  # nargs
+            ctypes.POINTER(ctypes.c_longlong),  # nbytes per argument (-1: scalar)
+            ctypes.POINTER(ctypes.c_int),  # alias per argument (-1: none)
+            ctypes.c_uint,
+            ctypes.c_ulonglong,
+            ctypes.c_int,
+            ctypes.c_int,  # report fd
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.POINTER(ctypes.c_ulonglong),
+        ]
+        self.fiber_impl = lib.gpuconv_emu_fiber_impl().decode()
+        self.entries = []
+        for i in range(lib.gpuconv_emu_entry_count()):
+            name = lib.gpuconv_emu_entry_name(i).decode()
+            sig = lib.gpuconv_emu_entry_signature(i).decode()
+            self.entries.append((name, tuple(sig.split(",")) if sig else ()))
+
+    def launch(self, index, grid, block, shared_mem, argv, flags, seed, nthreads):
+        """Run one launch; returns (rc, error message, stats dict)."""
+        errbuf = ctypes.create_string_buffer(_ERRLEN)
+        stats = _u64_stats()
+        rc = self._lib.gpuconv_emu_launch(
+            index, _u32x3(*grid), _u32x3(*block), shared_mem, argv, flags, seed, nthreads,
+            errbuf, _ERRLEN, stats,
+        )
+        return rc, errbuf.value.decode(errors="replace"), dict(zip(STATS_FIELDS, stats))
+
+    def checked_launch(self, index, grid, block, shared_mem, argv, nbytes, alias, flags, seed,
+                       nthreads, report_fd):
+        """Checked launch (only in a subprocess: a fault ends the process)."""
+        errbuf = ctypes.create_string_buffer(_ERRLEN)
+        stats = _u64_stats()
+        n = len(nbytes)
+        rc = self._lib.gpuconv_emu_checked_launch(
+            index, _u32x3(*grid), _u32x3(*block), shared_mem, argv, n,
+            (ctypes.c_longlong * n)(*nbytes), (ctypes.c_int * n)(*alias), flags, seed, nthreads,
+            report_fd, errbuf, _ERRLEN, stats,
+        )
+        return rc, errbuf.value.decode(errors="replace"), dict(zip(STATS_FIELDS, stats))
+
+
+def build_argv(params, args):
+    """The ``void**`` argument vector for already-validated args.
+
+    Returns (argv, keepalive, nbytes, alias): ``nbytes[i]`` is the byte size of array argument
+    ``i`` (-1 for a scalar) and ``alias[i]`` the index of an earlier argument that is the very
+    same array (same address and size), else -1.
+    """
+    n = len(params)
+    argv = (ctypes.c_void_p * max(n, 1))()
+    keep = []
+    nbytes = []
+    alias = []
+    seen = {}
+    for i, (code, arg) in enumerate(zip(params, args)):
+        is_ptr, _, elem = split_code(code)
+        if is_ptr:
+            address = arg.ctypes.data
+            cell = ctypes.c_void_p(address)
+            keep.append(cell)
+            argv[i] = ctypes.addressof(cell)
+            nbytes.append(int(arg.nbytes))
+            alias.append(seen.setdefault((address, int(arg.nbytes)), i))
+            if alias[-1] == i:
+                alias[-1] = -1
+        else:
+            buf = np.array([arg], dtype=ELEM_DTYPES[elem])
+            keep.append(buf)
+            argv[i] = buf.ctypes.data
+            nbytes.append(-1)
+            alias.append(-1)
+    return argv, keep, nbytes, alias

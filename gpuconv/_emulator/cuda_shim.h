@@ -1,0 +1,502 @@
+// cuda_shim.h -- the subset of CUDA that gpuconv's kernels may use, for the CPU emulator.
+//
+// A kernel file (`kernels/*.cu`) includes "common.cuh", which includes this header when it is
+// not compiled by nvcc/NVRTC. The emulator's module.cpp also includes it first, so a kernel
+// that includes it again gets nothing twice.
+//
+// Supported (see docs/kernels.md, "The emulator"):
+//   __global__ __device__ __host__ __forceinline__ __noinline__ __restrict__ __launch_bounds__
+//   dim3, uint3, threadIdx, blockIdx, blockDim, gridDim, warpSize
+//   __syncthreads(), __syncthreads_count/and/or() -- real block-wide barriers (fibers)
+//   static __shared__ arrays, dynamic shared memory via GPUCONV_DYNAMIC_SHARED(T, name)
+//   atomicAdd (int, unsigned, unsigned long long, long long, float, double, __half),
+//   atomicSub/Min/Max/Exch/CAS on integers, __threadfence()
+//   __half / half with round-to-nearest-even conversions and arithmetic
+//   __ldg, the <cmath> functions, min/max, a few intrinsics (__fdividef, rsqrtf, __expf, ...)
+//   assert() and __trap() inside kernels (reported as an EmulatorError, not an abort)
+// Not supported: warp shuffles and votes (a compile error says so), __syncwarp() is a no-op
+// (warp-synchronous code is NOT emulated), __constant__ memory written from the host, textures,
+// cooperative groups, dynamic parallelism.
+#ifndef GPUCONV_EMU_CUDA_SHIM_H
+#define GPUCONV_EMU_CUDA_SHIM_H
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#error "cuda_shim.h is for the CPU emulator only; nvcc/NVRTC must use the real CUDA headers"
+#endif
+
+#include <cassert>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <type_traits>
+
+#define GPUCONV_EMULATOR 1
+
+// ---------------------------------------------------------------------------------------------
+// Qualifiers
+// ---------------------------------------------------------------------------------------------
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+// One OS worker thread runs one block at a time (all of its fibers), so a thread_local is
+// exactly "one copy per block in flight".
+#define __shared__ static thread_local
+// __constant__ memory that only kernels read behaves like a read-only global.
+#define __constant__ static
+#ifndef __restrict__
+#define __restrict__ __restrict
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Built-in vector types and indices
+// ---------------------------------------------------------------------------------------------
+struct uint3 {
+    unsigned int x, y, z;
+};
+
+struct dim3 {
+    unsigned int x, y, z;
+    constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1)
+        : x(vx), y(vy), z(vz) {}
+    constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+    constexpr operator uint3() const { return uint3{x, y, z}; }
+};
+
+namespace gpuconv_emu {
+
+struct Fiber;
+
+// Everything the runtime keeps per OS thread, in ONE thread_local object (the race check fills
+// the rest of this module's thread-local storage -- the static __shared__ arrays -- with garbage,
+// skipping this object).
+struct ThreadState {
+    uint3 thread_idx;
+    uint3 block_idx;
+    dim3 block_dim;
+    dim3 grid_dim;
+    unsigned char* dynamic_shared;
+    Fiber* current;              // the fiber running now, or nullptr outside a launch
+    void* scheduler_sp;          // where a fiber switches back to
+    void* worker;                // the runtime's per-OS-thread launch state
+    unsigned long long float_atomics;
+    int barrier_predicate_sum;   // __syncthreads_count: sum published at the last release
+};
+
+extern thread_local ThreadState tls;
+
+void syncthreads();                       // defined by the runtime
+void syncthreads_with_predicate(int pred);
+[[noreturn]] void kernel_fault(const char* what, const char* file, unsigned line,
+                               const char* func);
+
+}  // namespace gpuconv_emu
+
+#define threadIdx (static_cast<const uint3&>(::gpuconv_emu::tls.thread_idx))
+#define blockIdx (static_cast<const uint3&>(::gpuconv_emu::tls.block_idx))
+#define blockDim (static_cast<const dim3&>(::gpuconv_emu::tls.block_dim))
+#define gridDim (static_cast<const dim3&>(::gpuconv_emu::tls.grid_dim))
+static constexpr int warpSize = 32;
+
+// Dynamic shared memory: a `T* name` pointing at the launch's dynamic shared buffer (aligned to
+// 64 bytes). The CUDA version, in kernels/common.cuh, uses `extern __shared__` storage.
+#ifndef GPUCONV_DYNAMIC_SHARED
+#define GPUCONV_DYNAMIC_SHARED(T, name) \
+    T* name = reinterpret_cast<T*>(::gpuconv_emu::tls.dynamic_shared)
+#endif
+
+// ---------------------------------------------------------------------------------------------
+// Synchronisation
+// ---------------------------------------------------------------------------------------------
+inline void __syncthreads() { ::gpuconv_emu::syncthreads(); }
+inline int __syncthreads_count(int pred) {
+    ::gpuconv_emu::syncthreads_with_predicate(pred != 0);
+    return ::gpuconv_emu::tls.barrier_predicate_sum;
+}
+inline int __syncthreads_and(int pred) {
+    ::gpuconv_emu::syncthreads_with_predicate(pred != 0);
+    return ::gpuconv_emu::tls.barrier_predicate_sum ==
+           static_cast<int>(blockDim.x * blockDim.y * blockDim.z);
+}
+inline int __syncthreads_or(int pred) {
+    ::gpuconv_emu::syncthreads_with_predicate(pred != 0);
+    return ::gpuconv_emu::tls.barrier_predicate_sum != 0;
+}
+// UNSUPPORTED for warp-synchronous code: threads of a block run one after another between
+// barriers, so __syncwarp() has nothing to wait for. It is a no-op so that code which only uses
+// it defensively compiles.
+inline void __syncwarp(unsigned = 0xffffffffu) {}
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+[[noreturn]] inline void __trap() {
+    ::gpuconv_emu::kernel_fault("__trap() called", nullptr, 0, nullptr);
+}
+
+// Warp-level primitives are not emulated: using one is a compile error that says so.
+namespace gpuconv_emu {
+template <class T>
+struct unsupported : std::false_type {};
+}  // namespace gpuconv_emu
+#define GPUCONV_EMU_UNSUPPORTED_WARP(name)                                                     \
+    template <class... A>                                                                      \
+    inline int name(A...) {                                                                    \
+        static_assert(::gpuconv_emu::unsupported<A...>::value,                                 \
+                      "gpuconv emulator: " #name " (warp-level primitive) is not supported"); \
+        return 0;                                                                              \
+    }
+GPUCONV_EMU_UNSUPPORTED_WARP(__shfl_sync)
+GPUCONV_EMU_UNSUPPORTED_WARP(__shfl_up_sync)
+GPUCONV_EMU_UNSUPPORTED_WARP(__shfl_down_sync)
+GPUCONV_EMU_UNSUPPORTED_WARP(__shfl_xor_sync)
+GPUCONV_EMU_UNSUPPORTED_WARP(__ballot_sync)
+GPUCONV_EMU_UNSUPPORTED_WARP(__all_sync)
+GPUCONV_EMU_UNSUPPORTED_WARP(__any_sync)
+GPUCONV_EMU_UNSUPPORTED_WARP(__activemask)
+#undef GPUCONV_EMU_UNSUPPORTED_WARP
+
+// ---------------------------------------------------------------------------------------------
+// __half: IEEE binary16 storage, conversions rounded to nearest even
+// ---------------------------------------------------------------------------------------------
+namespace gpuconv_emu {
+
+inline unsigned short float_to_half_bits(float f) {
+    unsigned int x;
+    std::memcpy(&x, &f, 4);
+    const unsigned int sign = (x >> 16) & 0x8000u;
+    const unsigned int abs = x & 0x7fffffffu;
+    if (abs >= 0x7f800000u) {  // inf or NaN
+        if (abs == 0x7f800000u) return static_cast<unsigned short>(sign | 0x7c00u);
+        return static_cast<unsigned short>(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));  // quiet NaN
+    }
+    if (abs >= 0x477ff000u)  // >= 65520: rounds to infinity
+        return static_cast<unsigned short>(sign | 0x7c00u);
+    if (abs < 0x38800000u) {  // below the smallest normal half (2^-14): subnormal or zero
+        if (abs < 0x33000000u) return static_cast<unsigned short>(sign);  // <= 2^-25: to zero
+        const unsigned int exp = abs >> 23;                   // 102 .. 112
+        const unsigned int mant = (abs & 0x7fffffu) | 0x800000u;
+        const unsigned int shift = 126u - exp;                // 14 .. 24
+        unsigned int h = mant >> shift;
+        const unsigned int rem = mant & ((1u << shift) - 1u);
+        const unsigned int half_way = 1u << (shift - 1u);
+        if (rem > half_way || (rem == half_way && (h & 1u))) ++h;
+        return static_cast<unsigned short>(sign | h);
+    }
+    // normal: rebias exponent (127 -> 15) and round the 13 dropped mantissa bits to nearest even
+    unsigned int h = ((abs - 0x38000000u) >> 13);
+    const unsigned int rem = abs & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // carry may bump the exponent: ok
+    return static_cast<unsigned short>(sign | h);
+}
+
+inline float half_bits_to_float(unsigned short h) {
+    const unsigned int sign = (static_cast<unsigned int>(h) & 0x8000u) << 16;
+    const unsigned int exp = (h >> 10) & 0x1fu;
+    unsigned int mant = h & 0x3ffu;
+    unsigned int x;
+    if (exp == 0x1fu) {
+        x = sign | 0x7f800000u | (mant << 13);
+    } else if (exp != 0) {
+        x = sign | ((exp + 112u) << 23) | (mant << 13);
+    } else if (mant == 0) {
+        x = sign;
+    } else {  // subnormal half -> normal float
+        unsigned int e = 113u;
+        while (!(mant & 0x400u)) {
+            mant <<= 1;
+            --e;
+        }
+        x = sign | (e << 23) | ((mant & 0x3ffu) << 13);
+    }
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+
+}  // namespace gpuconv_emu
+
+struct __half {
+    unsigned short __x;
+    __half() = default;
+    __half(float f) : __x(::gpuconv_emu::float_to_half_bits(f)) {}
+    // double -> half goes through float, like cuda_fp16's host path; a double that is exactly
+    // representable in float (the usual case) rounds once.
+    __half(double d) : __x(::gpuconv_emu::float_to_half_bits(static_cast<float>(d))) {}
+    __half(int i) : __x(::gpuconv_emu::float_to_half_bits(static_cast<float>(i))) {}
+    operator float() const { return ::gpuconv_emu::half_bits_to_float(__x); }
+    __half& operator+=(const __half& o) { return *this = __half(float(*this) + float(o)); }
+    __half& operator-=(const __half& o) { return *this = __half(float(*this) - float(o)); }
+    __half& operator*=(const __half& o) { return *this = __half(float(*this) * float(o)); }
+    __half& operator/=(const __half& o) { return *this = __half(float(*this) / float(o)); }
+};
+typedef __half half;
+static_assert(sizeof(__half) == 2, "__half must be 16 bits");
+
+// + - * / computed in float and rounded once to half are correctly rounded (24 >= 2*11 + 2).
+inline __half operator+(const __half& a, const __half& b) { return __half(float(a) + float(b)); }
+inline __half operator-(const __half& a, const __half& b) { return __half(float(a) - float(b)); }
+inline __half operator*(const __half& a, const __half& b) { return __half(float(a) * float(b)); }
+inline __half operator/(const __half& a, const __half& b) { return __half(float(a) / float(b)); }
+inline __half operator-(const __half& a) {
+    __half r;
+    r.__x = static_cast<unsigned short>(a.__x ^ 0x8000u);
+    return r;
+}
+inline bool operator==(const __half& a, const __half& b) { return float(a) == float(b); }
+inline bool operator!=(const __half& a, const __half& b) { return float(a) != float(b); }
+inline bool operator<(const __half& a, const __half& b) { return float(a) < float(b); }
+inline bool operator<=(const __half& a, const __half& b) { return float(a) <= float(b); }
+inline bool operator>(const __half& a, const __half& b) { return float(a) > float(b); }
+inline bool operator>=(const __half& a, const __half& b) { return float(a) >= float(b); }
+
+inline __half __float2half(float f) { return __half(f); }
+inline __half __float2half_rn(float f) { return __half(f); }
+inline __half __double2half(double d) { return __half(d); }
+inline float __half2float(__half h) { return float(h); }
+inline __half __int2half_rn(int i) { return __half(static_cast<float>(i)); }
+inline __half __ushort_as_half(unsigned short bits) {
+    __half h;
+    h.__x = bits;
+    return h;
+}
+inline unsigned short __half_as_ushort(__half h) { return h.__x; }
+inline __half __hadd(__half a, __half b) { return a + b; }
+inline __half __hsub(__half a, __half b) { return a - b; }
+inline __half __hmul(__half a, __half b) { return a * b; }
+inline __half __hdiv(__half a, __half b) { return a / b; }
+inline __half __hneg(__half a) { return -a; }
+// Product exact in double, one rounding to double, then to half: differs from a true fused
+// multiply-add only in rare double-rounding ties.
+inline __half __hfma(__half a, __half b, __half c) {
+    return __half(static_cast<float>(double(float(a)) * double(float(b)) + double(float(c))));
+}
+inline bool __hisnan(__half a) { return (a.__x & 0x7fffu) > 0x7c00u; }
+
+// ---------------------------------------------------------------------------------------------
+// Atomics: truly atomic across the emulator's worker threads
+// ---------------------------------------------------------------------------------------------
+namespace gpuconv_emu {
+template <class T>
+inline T atomic_fetch_add_integer(T* address, T val) {
+    return __atomic_fetch_add(address, val, __ATOMIC_RELAXED);
+}
+template <class T, class Bits>
+inline T atomic_fetch_add_float(T* address, T val) {
+    static_assert(sizeof(T) == sizeof(Bits), "bit-width mismatch");
+    ++tls.float_atomics;
+    Bits* bits = reinterpret_cast<Bits*>(address);
+    Bits expected = __atomic_load_n(bits, __ATOMIC_RELAXED);
+    for (;;) {
+        T old_value;
+        std::memcpy(&old_value, &expected, sizeof(T));
+        const T new_value = static_cast<T>(old_value + val);
+        Bits desired;
+        std::memcpy(&desired, &new_value, sizeof(T));
+        if (__atomic_compare_exchange_n(bits, &expected, desired, true, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED))
+            return old_value;
+    }
+}
+}  // namespace gpuconv_emu
+
+inline int atomicAdd(int* a, int v) { return ::gpuconv_emu::atomic_fetch_add_integer(a, v); }
+inline unsigned int atomicAdd(unsigned int* a, unsigned int v) {
+    return ::gpuconv_emu::atomic_fetch_add_integer(a, v);
+}
+inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
+    return ::gpuconv_emu::atomic_fetch_add_integer(a, v);
+}
+inline long long atomicAdd(long long* a, long long v) {
+    return ::gpuconv_emu::atomic_fetch_add_integer(a, v);
+}
+inline float atomicAdd(float* a, float v) {
+    return ::gpuconv_emu::atomic_fetch_add_float<float, std::uint32_t>(a, v);
+}
+inline double atomicAdd(double* a, double v) {
+    return ::gpuconv_emu::atomic_fetch_add_float<double, std::uint64_t>(a, v);
+}
+inline __half atomicAdd(__half* a, __half v) {
+    return ::gpuconv_emu::atomic_fetch_add_float<__half, std::uint16_t>(a, v);
+}
+template <class T>
+inline T atomicSub(T* a, T v) {
+    static_assert(std::is_integral<T>::value, "atomicSub: integers only");
+    return __atomic_fetch_sub(a, v, __ATOMIC_RELAXED);
+}
+template <class T>
+inline T atomicExch(T* a, T v) {
+    static_assert(std::is_integral<T>::value, "atomicExch: integers only in the emulator");
+    return __atomic_exchange_n(a, v, __ATOMIC_RELAXED);
+}
+template <class T>
+inline T atomicCAS(T* a, T compare, T v) {
+    static_assert(std::is_integral<T>::value, "atomicCAS: integers only");
+    __atomic_compare_exchange_n(a, &compare, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+    return compare;  // the old value either way
+}
+template <class T>
+inline T atomicMax(T* a, T v) {
+    static_assert(std::is_integral<T>::value, "atomicMax: integers only");
+    T old = __atomic_load_n(a, __ATOMIC_RELAXED);
+    while (old < v &&
+           !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+    return old;
+}
+template <class T>
+inline T atomicMin(T* a, T v) {
+    static_assert(std::is_integral<T>::value, "atomicMin: integers only");
+    T old = __atomic_load_n(a, __ATOMIC_RELAXED);
+    while (old > v &&
+           !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+    return old;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loads, math and intrinsics
+// ---------------------------------------------------------------------------------------------
+template <class T>
+inline T __ldg(const T* p) {
+    return *p;
+}
+
+// CUDA's min/max accept mixed arithmetic types; the result is their common type.
+template <class A, class B,
+          class = typename std::enable_if<std::is_arithmetic<A>::value &&
+                                          std::is_arithmetic<B>::value>::type>
+inline typename std::common_type<A, B>::type min(A a, B b) {
+    typedef typename std::common_type<A, B>::type C;
+    return static_cast<C>(b) < static_cast<C>(a) ? static_cast<C>(b) : static_cast<C>(a);
+}
+template <class A, class B,
+          class = typename std::enable_if<std::is_arithmetic<A>::value &&
+                                          std::is_arithmetic<B>::value>::type>
+inline typename std::common_type<A, B>::type max(A a, B b) {
+    typedef typename std::common_type<A, B>::type C;
+    return static_cast<C>(a) < static_cast<C>(b) ? static_cast<C>(b) : static_cast<C>(a);
+}
+
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __sinf(float x) { return sinf(x); }
+inline float __cosf(float x) { return cosf(x); }
+inline float __powf(float a, float b) { return powf(a, b); }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __saturatef(float x) { return x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+inline int __float2int_rn(float x) { return static_cast<int>(nearbyintf(x)); }
+inline int __float2int_rz(float x) { return static_cast<int>(x); }
+inline int __float2int_rd(float x) { return static_cast<int>(floorf(x)); }
+inline int __float2int_ru(float x) { return static_cast<int>(ceilf(x)); }
+inline int __double2int_rn(double x) { return static_cast<int>(nearbyint(x)); }
+inline int __float_as_int(float x) {
+    int i;
+    std::memcpy(&i, &x, 4);
+    return i;
+}
+inline float __int_as_float(int i) {
+    float x;
+    std::memcpy(&x, &i, 4);
+    return x;
+}
+inline unsigned int __float_as_uint(float x) {
+    unsigned int i;
+    std::memcpy(&i, &x, 4);
+    return i;
+}
+inline float __uint_as_float(unsigned int i) {
+    float x;
+    std::memcpy(&x, &i, 4);
+    return x;
+}
+inline long long __double_as_longlong(double x) {
+    long long i;
+    std::memcpy(&i, &x, 8);
+    return i;
+}
+inline double __longlong_as_double(long long i) {
+    double x;
+    std::memcpy(&x, &i, 8);
+    return x;
+}
+inline int __popc(unsigned int x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
+inline int __clzll(long long x) {
+    return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x));
+}
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline int __ffsll(long long x) { return __builtin_ffsll(x); }
+inline unsigned int __brev(unsigned int x) {
+    x = ((x >> 1) & 0x55555555u) | ((x & 0x55555555u) << 1);
+    x = ((x >> 2) & 0x33333333u) | ((x & 0x33333333u) << 2);
+    x = ((x >> 4) & 0x0f0f0f0fu) | ((x & 0x0f0f0f0fu) << 4);
+    x = ((x >> 8) & 0x00ff00ffu) | ((x & 0x00ff00ffu) << 8);
+    return (x >> 16) | (x << 16);
+}
+inline int __mul24(int a, int b) { return a * b; }
+inline unsigned int __umulhi(unsigned int a, unsigned int b) {
+    return static_cast<unsigned int>((static_cast<unsigned long long>(a) * b) >> 32);
+}
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+    return static_cast<unsigned long long>((static_cast<unsigned __int128>(a) * b) >> 64);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parameter type codes (what the Python argument checker compares against)
+// ---------------------------------------------------------------------------------------------
+namespace gpuconv_emu {
+
+// A struct `{T re, im;}` with T float/double (gpuconv::complex<T> in kernels/common.cuh) is
+// recognised by its members; another type can specialise `type_code` after including this file.
+template <class T, class = void>
+struct complex_code {
+    static constexpr const char* value = nullptr;
+};
+template <class T>
+struct complex_code<T, typename std::enable_if<
+                           std::is_class<T>::value &&
+                           std::is_same<decltype(T::re), decltype(T::im)>::value &&
+                           sizeof(T) == 2 * sizeof(decltype(T::re))>::type> {
+    typedef typename std::remove_cv<decltype(T::re)>::type part;
+    static constexpr const char* value = std::is_same<part, float>::value    ? "c64"
+                                         : std::is_same<part, double>::value ? "c128"
+                                                                             : nullptr;
+};
+
+template <class T>
+struct type_code {
+    static constexpr const char* value =
+        std::is_same<T, bool>::value                                  ? "bool"
+        : std::is_same<T, __half>::value                              ? "f16"
+        : std::is_same<T, float>::value                               ? "f32"
+        : std::is_same<T, double>::value                              ? "f64"
+        : (std::is_integral<T>::value && std::is_signed<T>::value)    ? (sizeof(T) == 1   ? "i8"
+                                                                         : sizeof(T) == 2 ? "i16"
+                                                                         : sizeof(T) == 4 ? "i32"
+                                                                         : sizeof(T) == 8 ? "i64"
+                                                                                          : nullptr)
+        : (std::is_integral<T>::value && std::is_unsigned<T>::value)  ? (sizeof(T) == 1   ? "u8"
+                                                                         : sizeof(T) == 2 ? "u16"
+                                                                         : sizeof(T) == 4 ? "u32"
+                                                                         : sizeof(T) == 8 ? "u64"
+                                                                                          : nullptr)
+                                                                      : complex_code<T>::value;
+};
+
+}  // namespace gpuconv_emu
+
+#endif  // GPUCONV_EMU_CUDA_SHIM_H

@@ -1,0 +1,792 @@
+// runtime.h -- the emulator's launch runtime, included once by module.cpp after the kernels.
+//
+// One launch: blocks are handed out from an atomic counter to a pool of OS worker threads (the
+// calling thread is one of them). A worker runs one block at a time: every CUDA thread of the
+// block is a user-level fiber with its own stack, and a scheduler that switches ONLY at
+// __syncthreads(): it runs fiber 0 until it reaches the barrier or returns, then fiber 1, ...
+// When every live fiber waits at the barrier the round ends and all are released. If at the end
+// of a round some fibers have returned while others wait, the barrier is divergent: the block is
+// abandoned and the launch fails with a message (never a hang).
+//
+// Checked mode (used by the _worker.py subprocess) copies each array argument into an mmap'd
+// buffer bordered by PROT_NONE guard pages and turns SIGSEGV into a report of which parameter was
+// accessed at which byte offset, by which thread.
+#ifndef GPUCONV_EMU_RUNTIME_H
+#define GPUCONV_EMU_RUNTIME_H
+
+#include <dlfcn.h>
+#include <link.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#if !defined(__x86_64__) && !defined(GPUCONV_EMU_UCONTEXT)
+#define GPUCONV_EMU_UCONTEXT 1
+#endif
+#ifdef GPUCONV_EMU_UCONTEXT
+#include <ucontext.h>
+#endif
+
+#define GPUCONV_EMU_API extern "C" __attribute__((visibility("default")))
+
+namespace gpuconv_emu {
+
+thread_local ThreadState tls;
+
+struct Entry {
+    const char* name;
+    void (*fn)();
+    void (*invoke)(void (*)(), void**);
+    int nargs;
+    std::string signature;
+};
+const std::vector<Entry>& entries();  // defined by module.cpp from entries.inc
+
+// launch flags (mirrored in _abi.py)
+enum : unsigned {
+    FLAG_ORDER_REVERSE = 1u << 0,  // run threads (and blocks) in reverse order
+    FLAG_ORDER_SHUFFLE = 1u << 1,  // ... in a shuffled order (seeded)
+    FLAG_SERIAL = 1u << 2,         // one worker thread, blocks in (permuted) order
+    FLAG_FILL_SHARED = 1u << 3,    // fill shared memory with 0xFF bytes before each block
+    FLAG_CHECKED = 1u << 4,        // guard pages + SIGSEGV reports (subprocess only)
+    FLAG_GUARD_HEAD = 1u << 5,     // checked: buffers start right after a guard page
+};
+
+// launch return codes (mirrored in _abi.py)
+enum : int {
+    RC_OK = 0,
+    RC_INVALID = 1,
+    RC_DIVERGENT_BARRIER = 2,
+    RC_KERNEL_FAULT = 3,
+    RC_INTERNAL = 4,
+};
+
+enum FiberState : int { FIBER_READY = 0, FIBER_AT_BARRIER = 1, FIBER_DONE = 2, FIBER_FAULTED = 3 };
+
+struct Fiber {
+    void* sp;  // saved stack pointer while switched out
+    uint3 idx;
+    int state;
+    int predicate;
+    char* map_lo;      // the guard pages start here
+    char* stack_lo;    // lowest usable byte
+    char* stack_top;   // one past the highest usable byte, 64-byte aligned
+#ifdef GPUCONV_EMU_UCONTEXT
+    ucontext_t ctx;
+#endif
+};
+
+// ---------------------------------------------------------------------------------------------
+// Context switch
+// ---------------------------------------------------------------------------------------------
+#ifndef GPUCONV_EMU_UCONTEXT
+// void gpuconv_emu_swap(void** save_sp, void* load_sp): saves the callee-saved registers, MXCSR
+// and the x87 control word on the current stack, stores the stack pointer in *save_sp, switches
+// to load_sp and restores the same from there.
+extern "C" void gpuconv_emu_swap(void** save_sp, void* load_sp);
+asm(R"(
+    .text
+    .p2align 4
+    .globl gpuconv_emu_swap
+    .hidden gpuconv_emu_swap
+    .type gpuconv_emu_swap,@function
+gpuconv_emu_swap:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    subq $8, %rsp
+    stmxcsr (%rsp)
+    fnstcw 4(%rsp)
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    ldmxcsr (%rsp)
+    fldcw 4(%rsp)
+    addq $8, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size gpuconv_emu_swap,.-gpuconv_emu_swap
+)");
+static const char* const kFiberImpl = "x86_64-asm";
+#else
+static const char* const kFiberImpl = "ucontext";
+#endif
+
+struct Worker;
+static void fiber_main();
+
+// ---------------------------------------------------------------------------------------------
+// Fiber stacks: mmap'd, guard pages at the bottom, pooled for the life of the process
+// ---------------------------------------------------------------------------------------------
+static std::size_t page_size() {
+    static const std::size_t p = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    return p;
+}
+static std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+
+static std::size_t stack_bytes() {
+    static const std::size_t bytes = [] {
+        std::size_t kib = 64;
+        if (const char* s = getenv("GPUCONV_EMULATE_STACK_KIB")) {
+            const long v = atol(s);
+            if (v >= 16 && v <= 65536) kib = static_cast<std::size_t>(v);
+        }
+        return round_up(kib * 1024, page_size());
+    }();
+    return bytes;
+}
+static const std::size_t kStackGuardPages = 4;
+
+struct StackPool {
+    std::mutex mutex;
+    std::vector<char*> free_maps;
+};
+static StackPool& stack_pool() {
+    static StackPool* pool = new StackPool;  // never destroyed: stacks outlive static teardown
+    return *pool;
+}
+
+static bool acquire_stacks(std::vector<Fiber>& fibers) {
+    const std::size_t guard = kStackGuardPages * page_size();
+    const std::size_t total = guard + stack_bytes();
+    StackPool& pool = stack_pool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    for (Fiber& f : fibers) {
+        char* map;
+        if (!pool.free_maps.empty()) {
+            map = pool.free_maps.back();
+            pool.free_maps.pop_back();
+        } else {
+            void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (p == MAP_FAILED) return false;
+            map = static_cast<char*>(p);
+            if (mprotect(map, guard, PROT_NONE) != 0) return false;
+        }
+        f.map_lo = map;
+        f.stack_lo = map + guard;
+        f.stack_top = map + total;
+    }
+    return true;
+}
+
+static void release_stacks(std::vector<Fiber>& fibers) {
+    StackPool& pool = stack_pool();
+    std::lock_guard<std::mutex> lock(pool.mutex);
+    for (Fiber& f : fibers)
+        if (f.map_lo) pool.free_maps.push_back(f.map_lo);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Guarded buffers and the SIGSEGV report (checked mode)
+// ---------------------------------------------------------------------------------------------
+struct Region {
+    char* map_lo;
+    char* map_hi;
+    char* data;
+    std::size_t nbytes;
+    int param;  // parameter index, or -1 for dynamic shared memory
+};
+static const int kMaxRegions = 8192;
+static Region g_regions[kMaxRegions];
+static std::atomic<int> g_region_count{0};
+static std::atomic<int> g_report_fd{2};
+static std::atomic<int> g_fault_reported{0};
+static const std::size_t kBufferGuardBytes = 64 * 1024;
+
+static char* alloc_guarded(std::size_t nbytes, bool head, std::size_t align, int param) {
+    const std::size_t page = page_size();
+    const std::size_t guard = round_up(kBufferGuardBytes, page);
+    const std::size_t data_pages = round_up(nbytes ? nbytes : 1, page);
+    const std::size_t total = guard + data_pages + guard;
+    void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    char* map = static_cast<char*>(p);
+    if (mprotect(map, guard, PROT_NONE) != 0 ||
+        mprotect(map + guard + data_pages, guard, PROT_NONE) != 0) {
+        munmap(map, total);
+        return nullptr;
+    }
+    char* data = head ? map + guard : map + guard + data_pages - round_up(nbytes, align);
+    const int slot = g_region_count.fetch_add(1);
+    if (slot >= kMaxRegions) {
+        munmap(map, total);
+        return nullptr;
+    }
+    g_regions[slot] = Region{map, map + total, data, nbytes, param};
+    return data;
+}
+
+static void free_guarded_all() {
+    const int n = std::min(g_region_count.load(), kMaxRegions);
+    for (int i = 0; i < n; ++i) munmap(g_regions[i].map_lo, g_regions[i].map_hi - g_regions[i].map_lo);
+    g_region_count.store(0);
+}
+
+static void segv_handler(int sig, siginfo_t* info, void* context) {
+    if (g_fault_reported.exchange(1)) {  // another thread is already reporting
+        for (;;) pause();
+    }
+    char* addr = static_cast<char*>(info->si_addr);
+    const char* access = "access";
+#if defined(__x86_64__)
+    const ucontext_t* uc = static_cast<const ucontext_t*>(context);
+    access = (uc->uc_mcontext.gregs[REG_ERR] & 2) ? "write" : "read";
+#else
+    (void)context;
+#endif
+    char msg[1024];
+    int len = 0;
+    const uint3 t = tls.thread_idx;
+    const uint3 b = tls.block_idx;
+    const int in_kernel = tls.current != nullptr;
+    const int n = std::min(g_region_count.load(), kMaxRegions);
+    int found = -1;
+    for (int i = 0; i < n; ++i)
+        if (addr >= g_regions[i].map_lo && addr < g_regions[i].map_hi) found = i;
+    if (found >= 0) {
+        const Region& r = g_regions[found];
+        len = snprintf(msg, sizeof msg,
+                       "kind=oob param=%d offset=%lld nbytes=%llu access=%s thread=%u,%u,%u "
+                       "block=%u,%u,%u in_kernel=%d\n",
+                       r.param, static_cast<long long>(addr - r.data),
+                       static_cast<unsigned long long>(r.nbytes), access, t.x, t.y, t.z, b.x, b.y,
+                       b.z, in_kernel);
+    } else if (Fiber* f = tls.current;
+               f && addr < f->stack_lo && addr + (1 << 20) >= f->map_lo) {
+        len = snprintf(msg, sizeof msg,
+                       "kind=stack stack_kib=%llu thread=%u,%u,%u block=%u,%u,%u in_kernel=1\n",
+                       static_cast<unsigned long long>(stack_bytes() / 1024), t.x, t.y, t.z, b.x,
+                       b.y, b.z);
+    } else {
+        len = snprintf(msg, sizeof msg,
+                       "kind=segv signal=%d address=%p access=%s thread=%u,%u,%u block=%u,%u,%u "
+                       "in_kernel=%d\n",
+                       sig, static_cast<void*>(addr), access, t.x, t.y, t.z, b.x, b.y, b.z,
+                       in_kernel);
+    }
+    if (len > 0) {
+        const ssize_t unused = write(g_report_fd.load(), msg, static_cast<std::size_t>(len));
+        (void)unused;
+    }
+    _exit(77);
+}
+
+static void install_segv_handler() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = segv_handler;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGSEGV, &sa, nullptr);
+        sigaction(SIGBUS, &sa, nullptr);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// One launch
+// ---------------------------------------------------------------------------------------------
+struct Launch {
+    const Entry* entry;
+    void** argv;
+    dim3 grid, block;
+    std::size_t shared_bytes;
+    unsigned flags;
+    unsigned long long seed;
+    unsigned long long nblocks;
+    unsigned nthreads;  // per block
+    std::vector<unsigned long long> block_order;  // empty: identity
+    std::atomic<unsigned long long> next_block{0};
+    std::atomic<bool> failed{false};
+    std::mutex error_mutex;
+    int rc = RC_OK;
+    std::string error;
+    std::atomic<unsigned long long> barriers{0}, switches{0}, float_atomics{0}, blocks_run{0};
+
+    void fail(int code, const std::string& message) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (rc == RC_OK) {
+            rc = code;
+            error = message;
+        }
+        failed.store(true);
+    }
+};
+
+struct Worker {
+    Launch* launch;
+    std::vector<Fiber> fibers;
+    std::vector<unsigned> order;
+    unsigned long long init_fp_word;  // MXCSR | x87 control word << 32, for fresh fibers
+    unsigned char* shared_alloc = nullptr;
+    unsigned char* tls_lo = nullptr;  // this module's thread-local block (static __shared__)
+    std::size_t tls_size = 0;
+    unsigned long long barriers = 0, switches = 0;
+    void* altstack = nullptr;
+#ifdef GPUCONV_EMU_UCONTEXT
+    ucontext_t scheduler_ctx;
+#endif
+};
+
+static unsigned long long splitmix64(unsigned long long& state) {
+    unsigned long long z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static std::string fmt_uint3(uint3 v) {
+    return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
+}
+
+// Find this module's PT_TLS block for the calling thread (the static __shared__ arrays live there).
+struct TlsLookup {
+    uintptr_t base;
+    unsigned char* data;
+    std::size_t size;
+};
+static int tls_phdr_callback(dl_phdr_info* info, std::size_t, void* arg) {
+    TlsLookup* q = static_cast<TlsLookup*>(arg);
+    if (info->dlpi_addr != q->base) return 0;
+    for (int i = 0; i < info->dlpi_phnum; ++i)
+        if (info->dlpi_phdr[i].p_type == PT_TLS) {
+            q->data = static_cast<unsigned char*>(info->dlpi_tls_data);
+            q->size = info->dlpi_phdr[i].p_memsz;
+        }
+    return 1;
+}
+static void find_tls_block(Worker& w) {
+    Dl_info di;
+    if (!dladdr(reinterpret_cast<void*>(&find_tls_block), &di)) return;
+    (void)tls.thread_idx.x;  // make sure this thread's block is allocated
+    TlsLookup q{reinterpret_cast<uintptr_t>(di.dli_fbase), nullptr, 0};
+    dl_iterate_phdr(tls_phdr_callback, &q);
+    unsigned char* self = reinterpret_cast<unsigned char*>(&tls);
+    if (q.data && self >= q.data && self + sizeof(ThreadState) <= q.data + q.size) {
+        w.tls_lo = q.data;
+        w.tls_size = q.size;
+    }
+}
+
+static void fill_shared_garbage(Worker& w) {
+    if (w.tls_lo) {  // everything thread-local in this module except the runtime's own state
+        unsigned char* self = reinterpret_cast<unsigned char*>(&tls);
+        memset(w.tls_lo, 0xff, static_cast<std::size_t>(self - w.tls_lo));
+        memset(self + sizeof(ThreadState), 0xff,
+               static_cast<std::size_t>(w.tls_lo + w.tls_size - (self + sizeof(ThreadState))));
+    }
+    if (w.launch->shared_bytes) memset(tls.dynamic_shared, 0xff, w.launch->shared_bytes);
+}
+
+static void init_fiber_context(Worker& w, Fiber& f) {
+#ifndef GPUCONV_EMU_UCONTEXT
+    unsigned long long* top = reinterpret_cast<unsigned long long*>(f.stack_top);
+    top[-1] = 0;                                                    // fake return address
+    top[-2] = reinterpret_cast<unsigned long long>(&fiber_main);  // popped by `ret`
+    for (int i = 3; i <= 8; ++i) top[-i] = 0;                       // rbp rbx r12-r15
+    top[-9] = w.init_fp_word;
+    f.sp = &top[-9];
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack_lo;
+    f.ctx.uc_stack.ss_size = static_cast<std::size_t>(f.stack_top - f.stack_lo);
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, fiber_main, 0);
+    (void)w;
+#endif
+}
+
+static inline void switch_into(Worker& w, Fiber& f) {
+#ifndef GPUCONV_EMU_UCONTEXT
+    (void)w;
+    gpuconv_emu_swap(&tls.scheduler_sp, f.sp);
+#else
+    swapcontext(&w.scheduler_ctx, &f.ctx);
+#endif
+}
+
+static inline void switch_out(Fiber& f) {
+#ifndef GPUCONV_EMU_UCONTEXT
+    gpuconv_emu_swap(&f.sp, tls.scheduler_sp);
+#else
+    swapcontext(&f.ctx, &static_cast<Worker*>(tls.worker)->scheduler_ctx);
+#endif
+}
+
+static void fiber_main() {
+    Worker* w = static_cast<Worker*>(tls.worker);
+    const Entry* e = w->launch->entry;
+    e->invoke(e->fn, w->launch->argv);
+    Fiber* f = tls.current;
+    f->state = FIBER_DONE;
+    switch_out(*f);
+    __builtin_unreachable();
+}
+
+void syncthreads() {
+    Fiber* f = tls.current;
+    if (!f) return;
+    f->state = FIBER_AT_BARRIER;
+    switch_out(*f);
+}
+
+void syncthreads_with_predicate(int pred) {
+    Fiber* f = tls.current;
+    if (!f) {
+        tls.barrier_predicate_sum = pred;
+        return;
+    }
+    f->predicate = pred;
+    f->state = FIBER_AT_BARRIER;
+    switch_out(*f);
+}
+
+void kernel_fault(const char* what, const char* file, unsigned line, const char* func) {
+    Fiber* f = tls.current;
+    std::string msg = what;
+    if (file) msg += std::string(" at ") + file + ":" + std::to_string(line);
+    if (func) msg += std::string(" in ") + func;
+    if (!f) {
+        fprintf(stderr, "gpuconv emulator: %s (outside a kernel)\n", msg.c_str());
+        abort();
+    }
+    Worker* w = static_cast<Worker*>(tls.worker);
+    w->launch->fail(RC_KERNEL_FAULT,
+                    msg + " (thread " + fmt_uint3(f->idx) + " of block " + fmt_uint3(tls.block_idx) + ")");
+    f->state = FIBER_FAULTED;
+    switch_out(*f);
+    __builtin_unreachable();
+}
+
+// Runs block number `linear` (x fastest). Returns false if the launch must stop.
+static bool run_block(Worker& w, unsigned long long linear) {
+    Launch& L = *w.launch;
+    const unsigned long long gx = L.grid.x, gy = L.grid.y;
+    tls.block_idx = uint3{static_cast<unsigned>(linear % gx),
+                          static_cast<unsigned>((linear / gx) % gy),
+                          static_cast<unsigned>(linear / (gx * gy))};
+    if (L.flags & FLAG_FILL_SHARED) fill_shared_garbage(w);
+    const unsigned n = L.nthreads;
+    for (unsigned t = 0; t < n; ++t) {
+        Fiber& f = w.fibers[t];
+        f.idx = uint3{t % L.block.x, (t / L.block.x) % L.block.y, t / (L.block.x * L.block.y)};
+        f.state = FIBER_READY;
+        f.predicate = 0;
+        init_fiber_context(w, f);
+    }
+    unsigned long long rng = L.seed ^ (linear * 0x2545f4914f6cdd1dull);
+    unsigned done = 0;
+    for (unsigned round = 0;; ++round) {
+        unsigned* order = w.order.data();
+        if (L.flags & FLAG_ORDER_SHUFFLE) {
+            for (unsigned i = n; i > 1; --i) {
+                const unsigned j = static_cast<unsigned>(splitmix64(rng) % i);
+                std::swap(order[i - 1], order[j]);
+            }
+        }
+        for (unsigned k = 0; k < n; ++k) {
+            Fiber& f = w.fibers[order[k]];
+            if (f.state == FIBER_DONE) continue;
+            f.state = FIBER_READY;
+            tls.thread_idx = f.idx;
+            tls.current = &f;
+            switch_into(w, f);
+            ++w.switches;
+            if (f.state == FIBER_FAULTED) {
+                tls.current = nullptr;
+                return false;  // kernel_fault recorded the message
+            }
+            if (f.state == FIBER_DONE) ++done;
+        }
+        tls.current = nullptr;
+        if (done == n) return true;
+        if (done > 0) {  // some threads returned, the others wait at a barrier
+            const Fiber* exited = nullptr;
+            const Fiber* waiting = nullptr;
+            for (unsigned t = 0; t < n; ++t) {
+                const Fiber& f = w.fibers[t];
+                if (f.state == FIBER_DONE && !exited) exited = &f;
+                if (f.state == FIBER_AT_BARRIER && !waiting) waiting = &f;
+            }
+            L.fail(RC_DIVERGENT_BARRIER,
+                   "divergent __syncthreads() in block " + fmt_uint3(tls.block_idx) + ": " +
+                       std::to_string(n - done) + " of " + std::to_string(n) +
+                       " threads wait at barrier #" + std::to_string(round + 1) + " (e.g. thread " +
+                       fmt_uint3(waiting->idx) + ") while " + std::to_string(done) +
+                       " have returned (e.g. thread " + fmt_uint3(exited->idx) + ")");
+            return false;
+        }
+        int sum = 0;  // every thread waits at the barrier: release them all
+        for (unsigned t = 0; t < n; ++t) {
+            sum += w.fibers[t].predicate;
+            w.fibers[t].predicate = 0;
+        }
+        tls.barrier_predicate_sum = sum;
+        ++w.barriers;
+    }
+}
+
+static void run_worker(Launch* L, bool is_calling_thread) {
+    Worker w;
+    w.launch = L;
+    w.fibers.resize(L->nthreads);
+    for (Fiber& f : w.fibers) f = Fiber{};
+    w.order.resize(L->nthreads);
+    for (unsigned t = 0; t < L->nthreads; ++t)
+        w.order[t] = (L->flags & FLAG_ORDER_REVERSE) ? L->nthreads - 1 - t : t;
+#ifndef GPUCONV_EMU_UCONTEXT
+    unsigned int mxcsr = 0;
+    unsigned short fcw = 0;
+    asm volatile("stmxcsr %0" : "=m"(mxcsr));
+    asm volatile("fnstcw %0" : "=m"(fcw));
+    w.init_fp_word = static_cast<unsigned long long>(mxcsr) |
+                     (static_cast<unsigned long long>(fcw) << 32);
+#endif
+    const ThreadState saved = tls;  // the calling thread may be inside another module's launch
+    tls = ThreadState{};
+    tls.worker = &w;
+    tls.block_dim = L->block;
+    tls.grid_dim = L->grid;
+    tls.float_atomics = 0;
+
+    stack_t old_altstack;
+    bool altstack_set = false;
+    if (L->flags & FLAG_CHECKED) {
+        const std::size_t alt_size = 256 * 1024;
+        w.altstack = mmap(nullptr, alt_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                          -1, 0);
+        if (w.altstack != MAP_FAILED) {
+            stack_t ss;
+            ss.ss_sp = w.altstack;
+            ss.ss_size = alt_size;
+            ss.ss_flags = 0;
+            altstack_set = sigaltstack(&ss, &old_altstack) == 0;
+        } else {
+            w.altstack = nullptr;
+        }
+    }
+
+    bool ok = acquire_stacks(w.fibers);
+    if (!ok) L->fail(RC_INTERNAL, "could not allocate fiber stacks (mmap failed)");
+    if (ok && L->shared_bytes) {
+        if (L->flags & FLAG_CHECKED) {
+            tls.dynamic_shared = reinterpret_cast<unsigned char*>(
+                alloc_guarded(L->shared_bytes, (L->flags & FLAG_GUARD_HEAD) != 0, 64, -1));
+        } else {
+            w.shared_alloc = static_cast<unsigned char*>(
+                aligned_alloc(64, round_up(L->shared_bytes, 64)));
+            tls.dynamic_shared = w.shared_alloc;
+        }
+        if (!tls.dynamic_shared) {
+            ok = false;
+            L->fail(RC_INTERNAL, "could not allocate dynamic shared memory");
+        }
+    }
+    if (ok && (L->flags & FLAG_FILL_SHARED)) find_tls_block(w);
+
+    while (ok && !L->failed.load(std::memory_order_relaxed)) {
+        const unsigned long long i = L->next_block.fetch_add(1);
+        if (i >= L->nblocks) break;
+        const unsigned long long b = L->block_order.empty() ? i : L->block_order[i];
+        if (!run_block(w, b)) break;
+        L->blocks_run.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    L->barriers.fetch_add(w.barriers);
+    L->switches.fetch_add(w.switches);
+    L->float_atomics.fetch_add(tls.float_atomics);
+    release_stacks(w.fibers);
+    free(w.shared_alloc);
+    if (altstack_set) {
+        stack_t off;
+        memset(&off, 0, sizeof off);
+        off.ss_flags = SS_DISABLE;
+        sigaltstack(&off, nullptr);
+        if (old_altstack.ss_flags != SS_DISABLE) sigaltstack(&old_altstack, nullptr);
+    }
+    if (w.altstack) munmap(w.altstack, 256 * 1024);
+    tls = saved;
+    (void)is_calling_thread;
+}
+
+static unsigned long long now_ns() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<unsigned long long>(ts.tv_sec) * 1000000000ull +
+           static_cast<unsigned long long>(ts.tv_nsec);
+}
+
+static void copy_error(const std::string& msg, char* errbuf, std::size_t errlen) {
+    if (!errbuf || !errlen) return;
+    const std::size_t n = std::min(msg.size(), errlen - 1);
+    memcpy(errbuf, msg.data(), n);
+    errbuf[n] = '\0';
+}
+
+// stats_out: [blocks run, threads per block, barriers released, fiber switches, float atomics,
+//             elapsed ns, worker threads]
+static int do_launch(int index, const unsigned* grid, const unsigned* block,
+                     unsigned long long shared_bytes, void** argv, unsigned flags,
+                     unsigned long long seed, int nthreads, char* errbuf, std::size_t errlen,
+                     unsigned long long* stats_out) {
+    const std::vector<Entry>& table = entries();
+    if (index < 0 || static_cast<std::size_t>(index) >= table.size()) {
+        copy_error("no entry #" + std::to_string(index), errbuf, errlen);
+        return RC_INVALID;
+    }
+    const unsigned long long t0 = now_ns();
+    Launch L;
+    L.entry = &table[static_cast<std::size_t>(index)];
+    L.argv = argv;
+    L.grid = dim3(grid[0], grid[1], grid[2]);
+    L.block = dim3(block[0], block[1], block[2]);
+    L.shared_bytes = static_cast<std::size_t>(shared_bytes);
+    L.flags = flags;
+    L.seed = seed;
+    L.nblocks = static_cast<unsigned long long>(grid[0]) * grid[1] * grid[2];
+    L.nthreads = block[0] * block[1] * block[2];
+    if (L.nblocks == 0 || L.nthreads == 0 || L.nthreads > 1024) {
+        copy_error("invalid launch configuration", errbuf, errlen);
+        return RC_INVALID;
+    }
+    if ((flags & (FLAG_ORDER_REVERSE | FLAG_ORDER_SHUFFLE)) && L.nblocks > 1) {
+        if ((flags & FLAG_ORDER_SHUFFLE) && L.nblocks <= (1ull << 24)) {
+            L.block_order.resize(L.nblocks);
+            for (unsigned long long i = 0; i < L.nblocks; ++i) L.block_order[i] = i;
+            unsigned long long rng = seed;
+            for (unsigned long long i = L.nblocks; i > 1; --i)
+                std::swap(L.block_order[i - 1], L.block_order[splitmix64(rng) % i]);
+        } else if (L.nblocks <= (1ull << 24)) {
+            L.block_order.resize(L.nblocks);
+            for (unsigned long long i = 0; i < L.nblocks; ++i) L.block_order[i] = L.nblocks - 1 - i;
+        }
+    }
+    unsigned workers = nthreads > 0 ? static_cast<unsigned>(nthreads)
+                                     : std::max(1u, std::thread::hardware_concurrency());
+    if (flags & FLAG_SERIAL) workers = 1;
+    if (static_cast<unsigned long long>(workers) > L.nblocks)
+        workers = static_cast<unsigned>(L.nblocks);
+    std::vector<std::thread> pool;
+    try {
+        for (unsigned i = 1; i < workers; ++i) pool.emplace_back(run_worker, &L, false);
+    } catch (...) {
+        L.fail(RC_INTERNAL, "could not start worker threads");
+    }
+    run_worker(&L, true);
+    for (std::thread& t : pool) t.join();
+    if (stats_out) {
+        stats_out[0] = L.blocks_run.load();
+        stats_out[1] = L.nthreads;
+        stats_out[2] = L.barriers.load();
+        stats_out[3] = L.switches.load();
+        stats_out[4] = L.float_atomics.load();
+        stats_out[5] = now_ns() - t0;
+        stats_out[6] = workers;
+    }
+    if (L.rc != RC_OK) copy_error(L.error, errbuf, errlen);
+    return L.rc;
+}
+
+}  // namespace gpuconv_emu
+
+// glibc's assert() inside a kernel: report it as a kernel fault instead of aborting the process.
+// Defined here with hidden visibility, so only this module's calls bind to it.
+extern "C" void __assert_fail(const char* expr, const char* file, unsigned int line,
+                              const char* func) noexcept {
+    std::string what = std::string("assertion `") + expr + "' failed";
+    ::gpuconv_emu::kernel_fault(what.c_str(), file, line, func);
+}
+
+// ---------------------------------------------------------------------------------------------
+// C ABI, used through ctypes by _abi.py
+// ---------------------------------------------------------------------------------------------
+GPUCONV_EMU_API int gpuconv_emu_abi_version() { return 1; }
+GPUCONV_EMU_API const char* gpuconv_emu_fiber_impl() { return ::gpuconv_emu::kFiberImpl; }
+GPUCONV_EMU_API int gpuconv_emu_entry_count() {
+    return static_cast<int>(::gpuconv_emu::entries().size());
+}
+GPUCONV_EMU_API const char* gpuconv_emu_entry_name(int i) {
+    return ::gpuconv_emu::entries()[static_cast<std::size_t>(i)].name;
+}
+GPUCONV_EMU_API const char* gpuconv_emu_entry_signature(int i) {
+    return ::gpuconv_emu::entries()[static_cast<std::size_t>(i)].signature.c_str();
+}
+
+GPUCONV_EMU_API int gpuconv_emu_launch(int index, const unsigned* grid, const unsigned* block,
+                                       unsigned long long shared_bytes, void** argv,
+                                       unsigned flags, unsigned long long seed, int nthreads,
+                                       char* errbuf, std::size_t errlen,
+                                       unsigned long long* stats_out) {
+    flags &= ~(::gpuconv_emu::FLAG_CHECKED | ::gpuconv_emu::FLAG_GUARD_HEAD);
+    return ::gpuconv_emu::do_launch(index, grid, block, shared_bytes, argv, flags, seed, nthreads,
+                                    errbuf, errlen, stats_out);
+}
+
+// Checked launch (subprocess only: a fault ends the process with exit status 77 after writing
+// one line "kind=... param=... offset=..." to report_fd). Each array argument i
+// (nbytes[i] >= 0) is copied into a guarded buffer -- ending exactly at a guard page, or with
+// FLAG_GUARD_HEAD starting right after one -- and copied back after the launch. alias[i] >= 0
+// says argument i is the same array as the earlier argument alias[i].
+GPUCONV_EMU_API int gpuconv_emu_checked_launch(int index, const unsigned* grid,
+                                               const unsigned* block,
+                                               unsigned long long shared_bytes, void** argv,
+                                               int nargs, const long long* nbytes,
+                                               const int* alias, unsigned flags,
+                                               unsigned long long seed, int nthreads,
+                                               int report_fd, char* errbuf, std::size_t errlen,
+                                               unsigned long long* stats_out) {
+    using namespace ::gpuconv_emu;
+    flags |= FLAG_CHECKED;
+    const bool head = (flags & FLAG_GUARD_HEAD) != 0;
+    g_report_fd.store(report_fd);
+    install_segv_handler();
+    free_guarded_all();
+    std::vector<void*> copies(static_cast<std::size_t>(nargs), nullptr);
+    std::vector<void*> local_argv(argv, argv + nargs);
+    for (int i = 0; i < nargs; ++i) {
+        if (nbytes[i] < 0) continue;
+        void* original = *static_cast<void**>(argv[i]);
+        if (alias[i] >= 0) {
+            copies[i] = copies[alias[i]];
+        } else {
+            const std::size_t n = static_cast<std::size_t>(nbytes[i]);
+            char* data = alloc_guarded(n, head, 1, i);
+            if (!data) {
+                free_guarded_all();
+                copy_error("could not allocate a guarded buffer", errbuf, errlen);
+                return RC_INTERNAL;
+            }
+            if (n) memcpy(data, original, n);
+            copies[i] = data;
+        }
+        local_argv[i] = &copies[i];
+    }
+    const int rc = do_launch(index, grid, block, shared_bytes, local_argv.data(), flags, seed,
+                             nthreads, errbuf, errlen, stats_out);
+    for (int i = 0; i < nargs; ++i) {
+        if (nbytes[i] <= 0 || alias[i] >= 0) continue;
+        memcpy(*static_cast<void**>(argv[i]), copies[i], static_cast<std::size_t>(nbytes[i]));
+    }
+    free_guarded_all();
+    return rc;
+}
+
+#endif  // GPUCONV_EMU_RUNTIME_H
