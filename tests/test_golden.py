@@ -42,7 +42,7 @@ def _params():
             yield pytest.param(case, dtype, id=f"{case['id']}-{name}")
 
 
-@pytest.mark.parametrize(("case", "dtype"), _params())
+@pytest.mark.parametrize(("case", "dtype"), list(_params()))
 def test_golden_case(case, dtype, backend, golden):
     _, arrays = golden
     expected = arrays[case["expected"]]
