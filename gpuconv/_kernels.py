@@ -89,6 +89,10 @@ _CXX_CODES: dict[str, str] = {
     "gpuconv::complex<double>": "c128",
 }
 
+#: NVRTC options every kernel file is compiled with (the CUDA backend and the offline NVRTC
+#: check; CuPy adds -arch and the include directory of the CUDA runtime headers).
+NVRTC_OPTIONS = ("--std=c++17",)
+
 #: The index types a kernel may be instantiated with.
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 

@@ -1,0 +1,13 @@
+"""The device backends: gpuconv's CUDA kernels, on a GPU (``"cuda"``) or on the CPU emulator
+(``"emulate"``).
+
+Both backends are one :class:`DeviceBackend` class around an executor that loads kernels
+(:mod:`._executor`); everything else -- choosing kernels, launch configurations, argument
+conversion (:func:`gpuconv._launch.launch`) -- is written once and shared. Each operation lives
+in its own module here (``convolve.py`` for ``convolve``/``correlate``); adding an operation
+means adding one module and one :class:`DeviceBackend` method that calls it.
+"""
+
+from ._backend import DeviceBackend, make_backend, unavailable_reason
+
+__all__ = ["DeviceBackend", "make_backend", "unavailable_reason"]

@@ -1,0 +1,97 @@
+"""DeviceBackend: the ``"cuda"`` and ``"emulate"`` backends, and whether each can run here."""
+
+from __future__ import annotations
+
+import shutil
+
+from ... import _kernels
+from . import convolve as _convolve
+from ._executor import CupyExecutor, EmulatorExecutor, Executor
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` (``"emulate"`` or ``"cuda"``) cannot run here, or None if it can.
+
+    Examples of reasons: ``"g++ not found"``, ``"CuPy not installed"``, ``"no CUDA device"``.
+    """
+    if name == "emulate":
+        try:
+            _kernels.kernel_dir()
+        except FileNotFoundError as exc:
+            return str(exc)
+        try:
+            from ... import _emulator
+        except ImportError as exc:
+            return f"the emulator cannot be imported ({exc})"
+        if not _emulator.available():
+            return "g++ not found" if shutil.which("g++") is None else "g++ is not usable"
+        return None
+    if name == "cuda":
+        try:
+            import cupy
+        except ImportError:
+            return "CuPy not installed"
+        try:
+            count = cupy.cuda.runtime.getDeviceCount()
+        except Exception as exc:  # CUDARuntimeError (no driver), ...
+            return f"no CUDA device ({type(exc).__name__}: {exc})"
+        if count < 1:
+            return "no CUDA device"
+        return None
+    raise ValueError(f"name={name!r} must be 'emulate' or 'cuda'")
+
+
+def make_backend(name: str) -> "DeviceBackend":
+    """The device backend ``name`` (``"emulate"`` or ``"cuda"``).
+
+    Raises
+    ------
+    ValueError
+        For another name.
+    RuntimeError
+        If the backend cannot run here; the message says why (see :func:`unavailable_reason`).
+    """
+    reason = unavailable_reason(name)
+    if reason is not None:
+        raise RuntimeError(f"backend {name!r} is unavailable: {reason}")
+    executor = EmulatorExecutor() if name == "emulate" else CupyExecutor()
+    return DeviceBackend(executor)
+
+
+def _not_yet(op: str):
+    def method(self, *args, **kwargs):
+        raise NotImplementedError(f"{op} has no CUDA kernel yet (issue 4)")
+
+    method.__name__ = op
+    method.__doc__ = f"``{op}``: not implemented on the device backends yet."
+    return method
+
+
+class DeviceBackend:
+    """gpuconv's CUDA kernels behind the backend interface (see :mod:`gpuconv.backends`).
+
+    ``xp`` is ``numpy`` for ``"emulate"`` and ``cupy`` for ``"cuda"``. Each operation is one
+    method calling its module in this package, which picks kernels and launch configurations
+    and launches through ``self.executor`` (written once for both backends).
+    """
+
+    def __init__(self, executor: Executor):
+        self.executor = executor
+        self.name = executor.name
+        self.xp = executor.xp
+
+    def __repr__(self):
+        return f"DeviceBackend({self.name!r})"
+
+    def convolve(self, a, v, mode):
+        """``numpy.convolve(a, v, mode)`` with the kernels of ``kernels/convolve.cu``."""
+        return _convolve.correlate(self, a, v, mode, convolve=True)
+
+    def correlate(self, a, v, mode):
+        """``numpy.correlate(a, v, mode)`` with the kernels of ``kernels/convolve.cu``."""
+        return _convolve.correlate(self, a, v, mode, convolve=False)
+
+    conv = _not_yet("conv")
+    conv_transpose = _not_yet("conv_transpose")
+    depthwise_conv = _not_yet("depthwise_conv")
+    deform_conv2d = _not_yet("deform_conv2d")
