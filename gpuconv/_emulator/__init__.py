@@ -236,7 +236,7 @@ class EmuModule:
         self._lib = _abi.Library(library_path)
         self._functions: dict[str, EmuFunction] = {}
         self._by_name = {}
-        for index, (name, params) in enumerate(self._lib.entries):
+        for index, (name, _params, _aligns) in enumerate(self._lib.entries):
             self._by_name[name] = index
 
     @property
@@ -266,7 +266,8 @@ class EmuModule:
                 f"name expression {name_expression!r} was not instantiated in the emulator "
                 f"module for {self.source}; instantiated: {list(self._by_name)}"
             )
-        fn = EmuFunction(self, index, name_expression, self._lib.entries[index][1])
+        _, params, aligns = self._lib.entries[index]
+        fn = EmuFunction(self, index, name_expression, params, aligns)
         self._functions[name_expression] = fn
         return fn
 
@@ -318,10 +319,12 @@ def _expected_name(code: str) -> str:
 class EmuFunction:
     """One kernel instantiation; call it like a ``cupy.RawKernel``."""
 
-    def __init__(self, module: EmuModule, index: int, name: str, params: tuple[str, ...]):
+    def __init__(self, module: EmuModule, index: int, name: str, params: tuple[str, ...],
+                 alignments: tuple[int, ...] = ()):
         self.module = module
         self.name = name
         self.params = tuple(params)
+        self._alignments = tuple(alignments) or (0,) * len(self.params)
         self._index = index
         #: like CUDA's cudaFuncAttributeMaxDynamicSharedMemorySize (CuPy's
         #: ``RawKernel.max_dynamic_shared_size_bytes``): the opt-in for more than 48 KiB
@@ -386,14 +389,18 @@ class EmuFunction:
                     and arg.flags.c_contiguous
                     and arg.flags.aligned
                     and (is_const or arg.flags.writeable)
+                    and (arg.size == 0 or arg.ctypes.data % max(self._alignments[i], 1) == 0)
                 )
                 if not ok:
                     why = ""
                     if isinstance(arg, np.ndarray) and arg.dtype == dtype:
                         if not arg.flags.c_contiguous:
                             why = " (the array is not C-contiguous; pass np.ascontiguousarray(...))"
-                        elif not arg.flags.aligned:
-                            why = " (the array is not aligned)"
+                        elif not arg.flags.aligned or arg.ctypes.data % max(self._alignments[i], 1):
+                            why = (
+                                f" (its address {arg.ctypes.data:#x} is not a multiple of the "
+                                f"kernel's element alignment, {self._alignments[i]} bytes)"
+                            )
                         else:
                             why = " (the array is read-only but the parameter is not const)"
                     raise TypeError(
@@ -475,10 +482,12 @@ class EmuFunction:
         return tuple(out)
 
     def _race_checked(self, grid3, block3, shared_mem, args, nthreads, write_back):
+        # Each run also fills shared memory with a different byte before every block, so a read
+        # of shared memory that no thread wrote shows up as a difference too.
         orders = (
-            ("forward", 0),
-            ("reverse", _abi.FLAG_ORDER_REVERSE),
-            ("shuffled", _abi.FLAG_ORDER_SHUFFLE),
+            ("forward", _abi.fill_flag(0xFF)),
+            ("reverse", _abi.FLAG_ORDER_REVERSE | _abi.fill_flag(0x7F)),
+            ("shuffled", _abi.FLAG_ORDER_SHUFFLE | _abi.fill_flag(0xA5)),
         )
         runs = []
         used_float_atomics = False
@@ -510,11 +519,12 @@ class EmuFunction:
                     j = int(bad[0])
                     raise RaceError(
                         f"kernel {self.name}: parameter {i} ({code}) differs {how} between "
-                        f"{ref_label} and {label} thread order: first at flat index {j} "
+                        f"{ref_label} and {label} thread/block order: first at flat index {j} "
                         f"({a[j]!r} vs {b[j]!r}; {bad.size} of {a.size} elements differ). "
                         f"The output depends on the order in which threads run: a missing "
-                        f"__syncthreads(), a read of shared memory before it is written, or "
-                        f"threads writing the same element."
+                        f"__syncthreads(), a read of shared memory that no thread wrote (each run "
+                        f"fills shared memory with different garbage), or threads writing the "
+                        f"same element."
                     )
         if write_back:
             for i, code in enumerate(self.params):

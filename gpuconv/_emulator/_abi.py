@@ -18,6 +18,11 @@ FLAG_FILL_SHARED = 1 << 3
 FLAG_CHECKED = 1 << 4
 FLAG_GUARD_HEAD = 1 << 5
 
+
+def fill_flag(byte: int) -> int:
+    """The flag bits that make FLAG_FILL_SHARED write ``byte`` (default 0xFF)."""
+    return (byte & 0xFF) << 8
+
 RC_OK = 0
 RC_INVALID = 1
 RC_DIVERGENT_BARRIER = 2
@@ -27,7 +32,7 @@ RC_INTERNAL = 4
 #: exit status of the checked-mode subprocess after a memory fault
 EXIT_FAULT = 77
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 #: element type code -> NumPy dtype
 ELEM_DTYPES = {
@@ -72,7 +77,8 @@ def split_code(code: str) -> tuple[bool, bool, str]:
 
 
 class Library:
-    """A loaded module: its entries (name, parameter codes) and its two launch functions."""
+    """A loaded module: its entries (name, parameter codes, pointee alignments) and its two
+    launch functions."""
 
     def __init__(self, path: str):
         self.path = path
@@ -87,6 +93,8 @@ class Library:
         lib.gpuconv_emu_entry_name.argtypes = [ctypes.c_int]
         lib.gpuconv_emu_entry_signature.restype = ctypes.c_char_p
         lib.gpuconv_emu_entry_signature.argtypes = [ctypes.c_int]
+        lib.gpuconv_emu_entry_alignments.restype = ctypes.c_char_p
+        lib.gpuconv_emu_entry_alignments.argtypes = [ctypes.c_int]
         lib.gpuconv_emu_launch.restype = ctypes.c_int
         lib.gpuconv_emu_launch.argtypes = [
             ctypes.c_int,  # index
@@ -124,7 +132,14 @@ class Library:
         for i in range(lib.gpuconv_emu_entry_count()):
             name = lib.gpuconv_emu_entry_name(i).decode()
             sig = lib.gpuconv_emu_entry_signature(i).decode()
-            self.entries.append((name, tuple(sig.split(",")) if sig else ()))
+            aligns = lib.gpuconv_emu_entry_alignments(i).decode()
+            self.entries.append(
+                (
+                    name,
+                    tuple(sig.split(",")) if sig else (),
+                    tuple(int(a) for a in aligns.split(",")) if aligns else (),
+                )
+            )
 
     def launch(self, index, grid, block, shared_mem, argv, flags, seed, nthreads):
         """Run one launch; returns (rc, error message, stats dict)."""

@@ -27,6 +27,18 @@ inline void invoke_entry(void (*generic)(), void** argv) {
     invoke_unpacked(fn, argv, std::index_sequence_for<Args...>{});
 }
 
+// alignof the element a pointer parameter points to (0 for scalars): the argument checker
+// rejects arrays whose address the kernel's loads could not use (e.g. a complex<double> that is
+// alignas(16) at an address numpy only aligns to 8).
+template <class T>
+struct param_align {
+    static std::size_t get() { return 0; }
+};
+template <class T>
+struct param_align<T*> {
+    static std::size_t get() { return alignof(typename std::remove_cv<T>::type); }
+};
+
 template <class T>
 struct param_code {
     static std::string get() {
@@ -60,6 +72,11 @@ inline Entry make_entry(const char* name, void (*fn)(Args...)) {
         sig += codes[i];
     }
     e.signature = sig;
+    const std::size_t aligns[] = {param_align<Args>::get()..., 0};
+    for (std::size_t i = 0; i < sizeof...(Args); ++i) {
+        if (i) e.alignments += ",";
+        e.alignments += std::to_string(aligns[i]);
+    }
     return e;
 }
 

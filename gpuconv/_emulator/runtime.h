@@ -47,7 +47,8 @@ struct Entry {
     void (*fn)();
     void (*invoke)(void (*)(), void**);
     int nargs;
-    std::string signature;
+    std::string signature;   // comma-separated type codes
+    std::string alignments;  // comma-separated alignof of pointees (0: scalar)
 };
 const std::vector<Entry>& entries();  // defined by module.cpp from entries.inc
 
@@ -59,7 +60,12 @@ enum : unsigned {
     FLAG_FILL_SHARED = 1u << 3,    // fill shared memory with 0xFF bytes before each block
     FLAG_CHECKED = 1u << 4,        // guard pages + SIGSEGV reports (subprocess only)
     FLAG_GUARD_HEAD = 1u << 5,     // checked: buffers start right after a guard page
+    // bits 8..15: the byte FLAG_FILL_SHARED writes (0 means 0xFF)
 };
+static unsigned char fill_byte(unsigned flags) {
+    const unsigned b = (flags >> 8) & 0xffu;
+    return static_cast<unsigned char>(b ? b : 0xffu);
+}
 
 // launch return codes (mirrored in _abi.py)
 enum : int {
@@ -387,13 +393,14 @@ static void find_tls_block(Worker& w) {
 }
 
 static void fill_shared_garbage(Worker& w) {
+    const unsigned char byte = fill_byte(w.launch->flags);
     if (w.tls_lo) {  // everything thread-local in this module except the runtime's own state
         unsigned char* self = reinterpret_cast<unsigned char*>(&tls);
-        memset(w.tls_lo, 0xff, static_cast<std::size_t>(self - w.tls_lo));
-        memset(self + sizeof(ThreadState), 0xff,
+        memset(w.tls_lo, byte, static_cast<std::size_t>(self - w.tls_lo));
+        memset(self + sizeof(ThreadState), byte,
                static_cast<std::size_t>(w.tls_lo + w.tls_size - (self + sizeof(ThreadState))));
     }
-    if (w.launch->shared_bytes) memset(tls.dynamic_shared, 0xff, w.launch->shared_bytes);
+    if (w.launch->shared_bytes) memset(tls.dynamic_shared, byte, w.launch->shared_bytes);
 }
 
 static void init_fiber_context(Worker& w, Fiber& f) {
@@ -718,7 +725,7 @@ extern "C" void __assert_fail(const char* expr, const char* file, unsigned int l
 // ---------------------------------------------------------------------------------------------
 // C ABI, used through ctypes by _abi.py
 // ---------------------------------------------------------------------------------------------
-GPUCONV_EMU_API int gpuconv_emu_abi_version() { return 1; }
+GPUCONV_EMU_API int gpuconv_emu_abi_version() { return 2; }
 GPUCONV_EMU_API const char* gpuconv_emu_fiber_impl() { return ::gpuconv_emu::kFiberImpl; }
 GPUCONV_EMU_API int gpuconv_emu_entry_count() {
     return static_cast<int>(::gpuconv_emu::entries().size());
@@ -728,6 +735,10 @@ GPUCONV_EMU_API const char* gpuconv_emu_entry_name(int i) {
 }
 GPUCONV_EMU_API const char* gpuconv_emu_entry_signature(int i) {
     return ::gpuconv_emu::entries()[static_cast<std::size_t>(i)].signature.c_str();
+}
+
+GPUCONV_EMU_API const char* gpuconv_emu_entry_alignments(int i) {
+    return ::gpuconv_emu::entries()[static_cast<std::size_t>(i)].alignments.c_str();
 }
 
 GPUCONV_EMU_API int gpuconv_emu_launch(int index, const unsigned* grid, const unsigned* block,
