@@ -285,6 +285,12 @@ FAMILIES: dict[str, KernelFamily] = {
                      flags=(("false", "true"),), critical=True),
         KernelFamily("correlate1d_reduce", "convolve.cu", _FLOAT_AND_COMPLEX,
                      flags=(("false", "true"),), critical=True),
+        # conv_transpose3d<T, Index, CoutPerThread, StageWeights>
+        KernelFamily("conv_transpose3d", "conv_transpose.cu", ("float16", "float32", "float64"),
+                     flags=(("1", "4"), ("false", "true")), critical=True),
+        # deform_im2col<T, Index, HasMask>
+        KernelFamily("deform_im2col", "deform.cu", ("float16", "float32", "float64"),
+                     flags=(("false", "true"),), critical=True),
     )
 }
 

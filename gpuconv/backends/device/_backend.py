@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 from ... import _kernels
+from . import _conv_transpose, _deform
 from . import convolve as _convolve
 from ._executor import CupyExecutor, EmulatorExecutor, Executor
 
@@ -92,6 +93,14 @@ class DeviceBackend:
         return _convolve.correlate(self, a, v, mode, convolve=False)
 
     conv = _not_yet("conv")
-    conv_transpose = _not_yet("conv_transpose")
     depthwise_conv = _not_yet("depthwise_conv")
-    deform_conv2d = _not_yet("deform_conv2d")
+
+    def conv_transpose(self, x, weight, bias, geom):
+        """Transposed convolution (1-D to 3-D) with ``conv_transpose3d`` of
+        ``kernels/conv_transpose.cu`` (gather form, see ``_conv_transpose``)."""
+        return _conv_transpose.conv_transpose(self, x, weight, bias, geom)
+
+    def deform_conv2d(self, x, offset, weight, bias, mask, geom, offset_groups):
+        """Deformable convolution v1/v2: ``deform_im2col`` of ``kernels/deform.cu`` and a
+        GEMM per group through ``self.executor.matmul`` (see ``_deform``)."""
+        return _deform.deform_conv2d(self, x, offset, weight, bias, mask, geom, offset_groups)

@@ -70,6 +70,16 @@ class Executor:
         """:func:`gpuconv._launch.launch` (the same checks for every backend)."""
         launch(kernel, grid=grid, block=block, args=args, shared_mem=shared_mem)
 
+    def matmul(self, a, b):
+        """``numpy.matmul(a, b)`` (batched over leading dims) with the backend's BLAS:
+        ``cupy.matmul`` (cuBLAS) on the GPU, ``numpy.matmul`` on the emulator.
+
+        float16 products accumulate in float32 and are rounded to float16 once, on both
+        (cuBLAS computes float16 GEMMs with CUBLAS_COMPUTE_32F; NumPy's own float16 matmul
+        would accumulate in float16, so the emulator widens the operands).
+        """
+        return self.xp.matmul(a, b)
+
 
 class EmulatorExecutor(Executor):
     """Runs the kernels on the CPU emulator (NumPy arrays)."""
@@ -88,6 +98,13 @@ class EmulatorExecutor(Executor):
     def _make_kernel(self, module, file: str, name_expression: str) -> Kernel:
         function = module.get_function(name_expression)
         return Kernel(name_expression, tuple(function.params), function, np.ndarray)
+
+    def matmul(self, a, b):
+        if a.dtype == np.float16 or b.dtype == np.float16:
+            dtype = np.result_type(a.dtype, b.dtype)
+            wide = np.matmul(a.astype(np.float32), b.astype(np.float32))
+            return wide.astype(dtype, copy=False)
+        return np.matmul(a, b)
 
 
 class CupyExecutor(Executor):

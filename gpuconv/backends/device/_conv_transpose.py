@@ -1,0 +1,178 @@
+"""``conv_transpose`` (1-D/2-D/3-D) on the device backends: kernel ``conv_transpose3d`` in
+``kernels/conv_transpose.cu``.
+
+The kernel gathers: one thread per output position (and ``CoutPerThread`` output channels)
+sums exactly the (input position, tap) pairs that land on it, so no atomics and no scatter
+buffer are needed and results are deterministic. 1-D and 2-D calls run the 3-D kernel with
+leading spatial dims of size 1.
+
+Launch plan (:func:`plan`), per call:
+
+* ``cout_per_thread`` (the kernel's ``CoutPerThread``): 4 when every block of 4 output
+  channels of a group is (nearly) full -- ``C_out / groups`` divisible by 4 or at least 8 --
+  else 1 (e.g. depthwise-style ``groups == C_in`` with one output channel per group).
+* ``stage_weights``: the weights of ``chunk`` input channels (all taps, the block's output
+  channels) are staged in shared memory, ``chunk`` as large as :data:`SHARED_BUDGET_BYTES`
+  allows; if not even one channel fits (huge kernels), weights are read through ``__ldg``.
+* block: :data:`THREADS` threads (fewer, in whole warps, for small outputs); grid x covers the
+  output positions, grid y the (image, group, output-channel block) triples, both capped at
+  CUDA's limits (the kernel loops over the rest).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ... import _kernels
+from ..._launch import MAX_DYNAMIC_SHARED_BYTES
+from ..._shapes import ConvGeometry
+
+FILE = "conv_transpose.cu"
+FAMILY = _kernels.FAMILIES["conv_transpose3d"]
+KERNEL_DTYPES = tuple(np.dtype(d) for d in FAMILY.dtypes)
+
+#: Threads per block (at most; fewer, in whole warps, when the output plane is small).
+THREADS = 256
+#: Shared memory for staged weights per block. 12 KiB keeps four 256-thread blocks resident
+#: per SM even on sm_75 (64 KiB of shared memory per SM). Not tuned on hardware yet.
+SHARED_BUDGET_BYTES = 12 * 1024
+#: CUDA's grid limits in x and y.
+MAX_GRID_X = 2**31 - 1
+MAX_GRID_Y = 65535
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A launch of ``conv_transpose3d`` (see the module docstring)."""
+
+    cout_per_thread: int
+    stage_weights: bool
+    chunk: int
+    threads: int
+    grid: tuple[int, int]
+    shared_mem: int
+
+
+def plan(x_shape, weight_shape, geom: ConvGeometry, itemsize: int, *,
+         cout_per_thread: int | None = None, stage_weights: bool | None = None,
+         chunk: int | None = None, threads: int | None = None) -> Plan:
+    """The launch plan for ``conv_transpose`` of ``x_shape`` with ``weight_shape``.
+
+    The keyword arguments force a choice (tests use them to reach every instantiation);
+    None picks as the module docstring says.
+
+    >>> from gpuconv._shapes import conv_transpose_geometry
+    >>> g = conv_transpose_geometry((8, 8), (4, 4), stride=2, padding=1, output_padding=0,
+    ...                             dilation=1)
+    >>> p = plan((2, 64, 8, 8), (64, 32, 4, 4), g, 4)
+    >>> p.cout_per_thread, p.stage_weights, p.chunk, p.threads, p.grid
+    (4, True, 48, 256, (1, 16))
+    """
+    batch, c_in = x_shape[:2]
+    groups = geom.groups
+    cg = c_in // groups
+    og = weight_shape[1]
+    taps = math.prod(geom.kernel)
+    out_plane = math.prod(geom.out_size)
+    if cout_per_thread is None:
+        cout_per_thread = 4 if (og % 4 == 0 or og >= 8) else 1
+    if cout_per_thread not in (1, 4):
+        raise ValueError(f"cout_per_thread={cout_per_thread} must be 1 or 4")
+    per_channel = taps * cout_per_thread * itemsize  # shared bytes for one input channel
+    fits = max(0, min(cg, SHARED_BUDGET_BYTES // per_channel))
+    if stage_weights is None:
+        stage_weights = fits >= 1
+    if stage_weights:
+        if chunk is None:
+            chunk = max(1, fits)
+        if chunk < 1 or chunk * per_channel > MAX_DYNAMIC_SHARED_BYTES:
+            raise ValueError(
+                f"chunk={chunk} input channels of {per_channel} bytes each do not fit in "
+                f"{MAX_DYNAMIC_SHARED_BYTES} bytes of shared memory"
+            )
+    else:
+        chunk = 1  # unused by the kernel
+    if threads is None:
+        threads = min(THREADS, 32 * _ceil_div(out_plane, 32))
+    co_blocks = _ceil_div(og, cout_per_thread)
+    grid = (
+        max(1, min(_ceil_div(out_plane, threads), MAX_GRID_X)),
+        max(1, min(batch * groups * co_blocks, MAX_GRID_Y)),
+    )
+    shared_mem = chunk * per_channel if stage_weights else 0
+    return Plan(cout_per_thread, bool(stage_weights), int(chunk), int(threads), grid, shared_mem)
+
+
+def _as_3d(values, fill: int, nd: int) -> tuple[int, ...]:
+    return (fill,) * (3 - nd) + tuple(values)
+
+
+def conv_transpose(backend, x, weight, bias, geom: ConvGeometry, *, index=None, **forced):
+    """Transposed convolution: ``x`` (N, C_in, *in) and ``weight`` (C_in, C_out / groups, *k)
+    to (N, C_out, *geom.out_size), plus ``bias`` (C_out,) or None.
+
+    Parameters
+    ----------
+    backend : DeviceBackend
+    x, weight, bias : arrays of ``backend.xp`` (C-contiguous, one float dtype)
+    geom : ConvGeometry
+        From :func:`gpuconv._shapes.conv_transpose_geometry` (1 to 3 spatial dims).
+    index : dtype, optional
+        Force the kernel's index type (tests: the int64 instantiations); None chooses by extent
+        with :func:`gpuconv._kernels.index_dtype`.
+    **forced
+        ``cout_per_thread``, ``stage_weights``, ``chunk``, ``threads``: see :func:`plan`.
+    """
+    xp = backend.xp
+    dtype = np.dtype(x.dtype)
+    if dtype not in KERNEL_DTYPES:
+        raise TypeError(f"conv_transpose: dtype={dtype} has no kernel; expected one of "
+                        f"{[d.name for d in KERNEL_DTYPES]}")
+    nd = geom.ndim
+    if not 1 <= nd <= 3:
+        raise ValueError(f"conv_transpose: {nd} spatial dims; the kernel handles 1 to 3")
+    batch, c_in = x.shape[:2]
+    og = weight.shape[1]
+    c_out = og * geom.groups
+    out = xp.empty((batch, c_out, *geom.out_size), dtype=dtype)
+    if out.size == 0:
+        return out
+    if bias is None:
+        bias = xp.zeros(c_out, dtype=dtype)
+    p = plan(x.shape, weight.shape, geom, dtype.itemsize, **forced)
+
+    in_size = _as_3d(geom.in_size, 1, nd)
+    out_size = _as_3d(geom.out_size, 1, nd)
+    kernel = _as_3d(geom.kernel, 1, nd)
+    stride = _as_3d(geom.stride, 1, nd)
+    dilation = _as_3d(geom.dilation, 1, nd)
+    crop = _as_3d(geom.pad_lo, 0, nd)
+    k_step = tuple(s // math.gcd(s, d) for s, d in zip(stride, dilation))
+
+    if index is None:
+        # Besides array offsets the kernel forms full-output positions (o + crop), the
+        # flattened (image, group, channel block) index and tile * blockDim.x.
+        full = max((i - 1) * s + d * (k - 1) + 1 + c
+                   for i, k, s, d, c in zip(in_size, kernel, stride, dilation, crop))
+        blocks_y = batch * geom.groups * _ceil_div(og, p.cout_per_thread)
+        max_index = max(full, blocks_y + p.grid[1],
+                        math.prod(out_size) + p.threads * (p.grid[0] + 1))
+        index = _kernels.index_dtype(x, weight, out, max_index=max_index)
+    name = FAMILY.name_expression(dtype, index, p.cout_per_thread, p.stage_weights)
+    function = backend.executor.get_function(FILE, name)
+    backend.executor.launch(
+        function,
+        grid=p.grid,
+        block=p.threads,
+        args=(x, weight, bias, out, batch, c_in, c_out, geom.groups,
+              *in_size, *out_size, *kernel, *stride, *dilation, *crop, *k_step, p.chunk),
+        shared_mem=p.shared_mem,
+    )
+    return out

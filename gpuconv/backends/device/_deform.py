@@ -1,0 +1,176 @@
+"""``deform_conv2d`` (deformable convolution v1/v2, torchvision semantics) on the device
+backends: kernel ``deform_im2col`` in ``kernels/deform.cu``, then a GEMM.
+
+Algorithm (as torchvision's CUDA implementation): for a chunk of images (and, when one image's
+columns exceed the workspace, of output positions) the kernel writes the column matrix
+``(C_in * K, nb * p_count)`` of bilinearly sampled, mask-scaled inputs, and
+``backend.executor.matmul`` (cuBLAS on the GPU) multiplies it by the weights, one GEMM per
+group: ``(G, C_out / G, C_in / G * K) @ (G, C_in / G * K, nb * p_count)``. The product,
+``(C_out, nb, p_count)``, is transposed into the result ``(N, C_out, H_out * W_out)``, and the
+bias is added at the end.
+
+Memory: the column buffer is at most :data:`WORKSPACE_BYTES` (or one output position's
+column, C_in * K elements, if that alone is larger).
+
+float16: the columns are float16 (as in torchvision), the GEMM accumulates in float32 and rounds
+once; the bias is added to the rounded product (a second rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ... import _kernels
+from ..._shapes import ConvGeometry
+
+FILE = "deform.cu"
+FAMILY = _kernels.FAMILIES["deform_im2col"]
+KERNEL_DTYPES = tuple(np.dtype(d) for d in FAMILY.dtypes)
+
+#: Upper bound, in bytes, of the column buffer (one chunk's sampled inputs).
+WORKSPACE_BYTES = 64 * 2**20
+#: Threads per block of the sampling kernel.
+THREADS = 256
+#: The sampling kernel splits each offset group's channels over grid y until about this many
+#: threads run (each thread then samples channel_slice channels at one point).
+TARGET_THREADS = 1 << 18
+#: CUDA's grid limits in x and y.
+MAX_GRID_X = 2**31 - 1
+MAX_GRID_Y = 65535
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def chunking(batch: int, positions: int, rows: int, itemsize: int,
+             workspace_bytes: int = WORKSPACE_BYTES) -> tuple[int, int]:
+    """``(images, positions)`` per chunk so that the ``(rows, images * positions)`` column
+    buffer fits ``workspace_bytes``.
+
+    >>> chunking(8, 100, 10, 4, workspace_bytes=10 * 4 * 100 * 3)   # 3 images fit
+    (3, 100)
+    >>> chunking(8, 100, 10, 4, workspace_bytes=10 * 4 * 7)         # 7 positions fit
+    (1, 7)
+    """
+    per_position = rows * itemsize
+    per_image = per_position * positions
+    if per_image <= workspace_bytes:
+        return max(1, min(batch, workspace_bytes // max(per_image, 1))), positions
+    return 1, max(1, min(positions, workspace_bytes // max(per_position, 1)))
+
+
+def channel_slicing(c_per_offset_group: int, points: int,
+                    target_threads: int = TARGET_THREADS) -> tuple[int, int]:
+    """``(channel_slice, slices)``: channels sampled per thread and the grid-y extent, for
+    ``points`` sampling points (images x offset groups x taps x positions) per chunk.
+
+    >>> channel_slicing(256, 1000, target_threads=8000)   # 8 slices of 32 channels
+    (32, 8)
+    >>> channel_slicing(3, 10**6)
+    (3, 1)
+    """
+    wanted = max(1, min(c_per_offset_group, _ceil_div(target_threads, max(points, 1))))
+    wanted = min(wanted, MAX_GRID_Y)
+    channel_slice = max(1, _ceil_div(c_per_offset_group, wanted))
+    return channel_slice, max(1, _ceil_div(c_per_offset_group, channel_slice))
+
+
+def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
+                  offset_groups: int, *, workspace_bytes: int | None = None,
+                  channel_slice: int | None = None, index=None):
+    """Deformable 2-D convolution (see :func:`gpuconv.deform_conv2d` for the semantics).
+
+    Parameters
+    ----------
+    backend : DeviceBackend
+    x : (N, C_in, H, W)
+    offset : (N, 2 * offset_groups * kh * kw, H_out, W_out)
+    weight : (C_out, C_in / groups, kh, kw)
+    bias : (C_out,) or None
+    mask : (N, offset_groups * kh * kw, H_out, W_out) or None
+    geom : ConvGeometry
+        From :func:`gpuconv._shapes.conv_geometry` (zeros padding; ``geom.groups`` groups).
+    offset_groups : int
+    workspace_bytes, channel_slice, index
+        Test hooks: force small chunks, a channel slice, the kernel's index dtype.
+    """
+    xp = backend.xp
+    dtype = np.dtype(x.dtype)
+    if dtype not in KERNEL_DTYPES:
+        raise TypeError(f"deform_conv2d: dtype={dtype} has no kernel; expected one of "
+                        f"{[d.name for d in KERNEL_DTYPES]}")
+    batch, c_in, height, width = x.shape
+    c_out, cg, kh, kw = weight.shape
+    groups = geom.groups
+    og = c_out // groups
+    taps = kh * kw
+    out_h, out_w = geom.out_size
+    positions = out_h * out_w
+    result = xp.empty((batch, c_out, positions), dtype=dtype)
+    if result.size == 0:
+        return result.reshape(batch, c_out, out_h, out_w)
+    if c_in == 0 or taps == 0:
+        result[...] = 0
+        if bias is not None:
+            result += bias.reshape(1, c_out, 1)
+        return result.reshape(batch, c_out, out_h, out_w)
+
+    rows = c_in * taps
+    nb, pc = chunking(batch, positions, rows, dtype.itemsize,
+                      WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes)
+    columns_buffer = xp.empty(rows * nb * pc, dtype=dtype)
+    weight_matrix = weight.reshape(groups, og, cg * taps)  # (G, og, cg * K)
+    has_mask = mask is not None
+    mask_arg = mask if has_mask else xp.zeros(1, dtype=dtype)  # unread without HasMask
+    c_per_og = c_in // offset_groups
+    stride_h, stride_w = geom.stride
+    pad_h, pad_w = geom.pad_lo
+    dil_h, dil_w = geom.dilation
+
+    for b0 in range(0, batch, nb):
+        b1 = min(batch, b0 + nb)
+        for p0 in range(0, positions, pc):
+            p1 = min(positions, p0 + pc)
+            n_img, n_pos = b1 - b0, p1 - p0
+            columns = columns_buffer[: rows * n_img * n_pos].reshape(rows, n_img * n_pos)
+            points = n_img * offset_groups * taps * n_pos
+            if channel_slice is None:
+                slice_, slices = channel_slicing(c_per_og, points)
+            else:
+                slice_ = channel_slice
+                slices = _ceil_div(c_per_og, slice_)
+            grid = (max(1, min(_ceil_div(points, THREADS), MAX_GRID_X)), slices)
+            x_chunk = x[b0:b1]
+            offset_chunk = offset[b0:b1]
+            mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
+            chunk_index = index
+            if chunk_index is None:
+                # Flat thread index (points + one grid of threads), corner offsets, and the
+                # output-position coordinates (oy * stride + i * dilation) besides the arrays.
+                extent = max(out_h * stride_h + kh * dil_h + height,
+                             out_w * stride_w + kw * dil_w + width)
+                chunk_index = _kernels.index_dtype(
+                    x_chunk, offset_chunk, columns,
+                    max_index=max(points + THREADS * (grid[0] + 1), extent + pad_h + pad_w,
+                                  rows * n_img * n_pos))
+            name = FAMILY.name_expression(dtype, chunk_index, has_mask)
+            function = backend.executor.get_function(FILE, name)
+            backend.executor.launch(
+                function,
+                grid=grid,
+                block=THREADS,
+                args=(x_chunk, offset_chunk, mask_chunk, columns, n_img, c_in, height, width,
+                      out_h, out_w, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                      offset_groups, slice_, p0, n_pos),
+            )
+            # (G, og, cg * K) @ (G, cg * K, n_img * n_pos) -> (G, og, n_img * n_pos)
+            product = backend.executor.matmul(
+                weight_matrix, columns.reshape(groups, cg * taps, n_img * n_pos))
+            # (C_out, n_img, n_pos) -> (n_img, C_out, n_pos)
+            result[b0:b1, :, p0:p1] = product.reshape(c_out, n_img, n_pos).transpose(1, 0, 2)
+    if bias is not None:
+        result += bias.reshape(1, c_out, 1)
+    return result.reshape(batch, c_out, out_h, out_w)

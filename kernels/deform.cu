@@ -1,0 +1,150 @@
+// deform.cu: the sampling half of deformable convolution v1/v2 (torchvision.ops.deform_conv2d).
+//
+// Algorithm: im2col + GEMM, as torchvision does. deform_im2col writes the bilinearly sampled
+// (and, for v2, mask-scaled) input values of a chunk of images into a column matrix
+//
+//     columns[c * K + tap, b * p_count + q]      (K = kernel_h * kernel_w, q = p - p_begin)
+//
+// and the host multiplies it by the weights, one GEMM per group, through the executor's
+// matmul (cuBLAS on the GPU): weight (G, C_out / G, (C_in / G) * K) @ columns (G, (C_in / G) * K,
+// nb * p_count). The host chunks the batch (and, for huge images, the output positions) so the
+// column matrix stays within a fixed workspace.
+//
+// Why not one fused kernel: the contraction over C_in / G * K values per output is a dense
+// GEMM with C_out rows; cuBLAS runs it near peak (tensor cores for float16), which a
+// hand-written fused kernel would have to match with its own register/shared-memory tiling.
+// Sampling is done once per (input channel, tap, position) instead of once per output channel,
+// and the price -- writing and re-reading the columns, K times the input size per chunk -- is
+// small next to the GEMM for realistic channel counts (C_out >= 32).
+#include "common.cuh"
+
+namespace gpuconv {
+namespace deform_detail {
+
+GPUCONV_HD float floor_of(float v) { return floorf(v); }
+GPUCONV_HD double floor_of(double v) { return floor(v); }
+
+}  // namespace deform_detail
+}  // namespace gpuconv
+
+// deform_im2col: one thread per (image b, offset group og, tap, output position p) and a slice
+// of the offset group's input channels.
+//
+// The flat thread index over (b, og, tap, q) -- q = p - p_begin innermost, grid-stride in x --
+// fixes the sampling point y = oy * stride_h - pad_h + i * dil_h + dy (x likewise; tap =
+// i * kernel_w + j; (dy, dx) from `offset`), computed once in acc_t<T>; blockIdx.y picks the
+// slice of `channel_slice` channels of the offset group that the thread samples at that point
+// (four corner reads and one column write each). Sampling is torchvision's bilinear_interpolate
+// exactly: zero when y <= -1, y >= height, x <= -1 or x >= width; otherwise the bilinear blend of
+// the four neighbours, a neighbour outside the image reading zero; the result is multiplied by
+// the mask value when HasMask (DCNv2).
+//
+// Speed: bound by memory. Per (channel, tap, position): four gathered input reads (mostly L1/L2
+// hits: neighbouring q sample neighbouring pixels) and one coalesced column write. Offsets and
+// the mask are read once per thread, coalesced along q.
+template <class T, class Index, bool HasMask>
+__global__ void deform_im2col(const T* __restrict__ x,       // (nb, C_in, height, width)
+                              const T* __restrict__ offset,  // (nb, offset_groups, K, 2, out_h * out_w): (dy, dx)
+                              const T* __restrict__ mask,    // (nb, offset_groups, K, out_h * out_w); unread without HasMask
+                              T* __restrict__ columns,       // (C_in * K, nb * p_count)
+                              Index nb,
+                              Index channels,
+                              Index height,
+                              Index width,
+                              Index out_h,
+                              Index out_w,
+                              Index kernel_h,
+                              Index kernel_w,
+                              Index stride_h,
+                              Index stride_w,
+                              Index pad_h,
+                              Index pad_w,
+                              Index dil_h,
+                              Index dil_w,
+                              Index offset_groups,
+                              Index channel_slice,  // channels per blockIdx.y slice, >= 1
+                              Index p_begin,        // first output position (flat oy * out_w + ox)
+                              Index p_count)        // output positions in this chunk
+{
+    using Acc = gpuconv::acc_t<T>;
+    using gpuconv::deform_detail::floor_of;
+    const Index taps = kernel_h * kernel_w;
+    const Index positions = out_h * out_w;
+    const Index c_per_og = channels / offset_groups;
+    const Index plane = height * width;
+    const Index n_cols = nb * p_count;
+    const Index total = nb * offset_groups * taps * p_count;
+    const Index c_lo = Index(blockIdx.y) * channel_slice;
+    const Index c_hi = gpuconv::imin(c_per_og, c_lo + channel_slice);
+    const Acc one = Acc(1);
+
+    for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+         e += Index(gridDim.x) * blockDim.x) {
+        const Index q = e % p_count;
+        const Index tap = (e / p_count) % taps;
+        const Index og = (e / (p_count * taps)) % offset_groups;
+        const Index b = e / (p_count * taps * offset_groups);
+        const Index p = p_begin + q;
+        const Index oy = p / out_w;
+        const Index ox = p % out_w;
+        const Index i = tap / kernel_w;
+        const Index j = tap % kernel_w;
+
+        const Index sample = (b * offset_groups + og) * taps + tap;  // (b, og, tap)
+        const Acc dy = gpuconv::load_acc(offset[(sample * 2) * positions + p]);
+        const Acc dx = gpuconv::load_acc(offset[(sample * 2 + 1) * positions + p]);
+        const Acc scale = HasMask ? gpuconv::load_acc(mask[sample * positions + p]) : one;
+        const Acc y = Acc(oy * stride_h - pad_h + i * dil_h) + dy;
+        const Acc xf = Acc(ox * stride_w - pad_w + j * dil_w) + dx;
+
+        // Corner weights and offsets. A corner outside the image is never read (it counts as
+        // zero, as in torchvision, so an inf/NaN elsewhere in the image cannot leak in).
+        const bool inside = !(y <= -one || y >= Acc(height) || xf <= -one || xf >= Acc(width));
+        Acc w1 = Acc(0), w2 = Acc(0), w3 = Acc(0), w4 = Acc(0);
+        Index o1 = 0, o2 = 0, o3 = 0, o4 = 0;
+        bool ok1 = false, ok2 = false, ok3 = false, ok4 = false;
+        if (inside) {
+            const Acc y_floor = floor_of(y);
+            const Acc x_floor = floor_of(xf);
+            const Index y_low = Index(y_floor);
+            const Index x_low = Index(x_floor);
+            const Index y_high = y_low + 1;
+            const Index x_high = x_low + 1;
+            const Acc ly = y - y_floor;
+            const Acc lx = xf - x_floor;
+            const Acc hy = one - ly;
+            const Acc hx = one - lx;
+            w1 = hy * hx;
+            w2 = hy * lx;
+            w3 = ly * hx;
+            w4 = ly * lx;
+            const bool y_low_ok = y_low >= 0, y_high_ok = y_high <= height - 1;
+            const bool x_low_ok = x_low >= 0, x_high_ok = x_high <= width - 1;
+            ok1 = y_low_ok && x_low_ok;
+            ok2 = y_low_ok && x_high_ok;
+            ok3 = y_high_ok && x_low_ok;
+            ok4 = y_high_ok && x_high_ok;
+            o1 = y_low * width + x_low;
+            o2 = o1 + 1;
+            o3 = o1 + width;
+            o4 = o3 + 1;
+        }
+
+        const Index c_first = og * c_per_og;
+        const T* x_img = x + (b * channels + c_first) * plane;
+        T* col = columns + ((c_first + c_lo) * taps + tap) * n_cols + b * p_count + q;
+        for (Index c = c_lo; c < c_hi; ++c) {
+            const T* xc = x_img + c * plane;
+            Acc value = gpuconv::zero<Acc>();
+            if (inside) {
+                const Acc v1 = ok1 ? gpuconv::load_acc(xc[o1]) : Acc(0);
+                const Acc v2 = ok2 ? gpuconv::load_acc(xc[o2]) : Acc(0);
+                const Acc v3 = ok3 ? gpuconv::load_acc(xc[o3]) : Acc(0);
+                const Acc v4 = ok4 ? gpuconv::load_acc(xc[o4]) : Acc(0);
+                value = w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4;
+            }
+            *col = gpuconv::store_acc<T>(scale * value);
+            col += taps * n_cols;
+        }
+    }
+}
