@@ -19,6 +19,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .._shapes import ConvGeometry
+from .numpy_grad import GradMixin
 
 #: Upper bound, in bytes, for one temporary im2col/sampling buffer.
 WORKSPACE_BYTES = 64 * 2**20
@@ -69,8 +70,12 @@ def _add_bias(result, bias):
         result += bias.reshape((1, -1) + (1,) * (result.ndim - 2))
 
 
-class NumpyBackend:
-    """Vectorised NumPy implementations of every operation (see module docstring)."""
+class NumpyBackend(GradMixin):
+    """Vectorised NumPy implementations of every operation (see module docstring).
+
+    The gradients (``conv_input_grad``, ``conv_weight_grad``, ...) come from
+    :class:`~gpuconv.backends.numpy_grad.GradMixin`.
+    """
 
     name = "numpy"
     xp = np

@@ -1,0 +1,398 @@
+"""NumPy gradients of every convolution: the reference the device gradient kernels will match.
+
+:class:`GradMixin` gives :class:`~gpuconv.backends.numpy_backend.NumpyBackend` one method per
+gradient (see :mod:`gpuconv.backends` for the interface). It is written independently of the
+forward code in ``numpy_backend``, from three building blocks of its own:
+
+* padding is a *gather* through a per-dim index map (:func:`pad_index`: which input cell each
+  padded position reads, in every ``padding_mode``), and its adjoint, the *fold* of a
+  padded-input gradient back onto the input cells that supplied the padded values, is a
+  scatter-add through the same map (:func:`fold_padding`);
+* im2col columns come from one strided slice per kernel tap (:func:`_columns`), and col2im
+  is the matching per-tap scatter-add (:func:`_col2im`);
+* contractions are grouped GEMMs (``numpy.matmul``); weight gradients fold the batch into
+  the GEMM's reduction dimension.
+
+Buffers are built for chunks of the batch small enough to stay under ``WORKSPACE_BYTES``.
+float16 arrays are computed in float32 and rounded once at the end. Array arguments arrive
+C-contiguous in one dtype (the caller's result dtype).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._shapes import ConvGeometry, transpose_as_conv
+
+#: Upper bound, in bytes, for one temporary column buffer (per batch chunk).
+WORKSPACE_BYTES = 64 * 2**20
+
+
+def _compute_dtype(dtype):
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+def _batch_chunks(n: int, bytes_per_image: int):
+    """Slices of the batch whose buffers (``bytes_per_image`` each) fit the workspace."""
+    step = max(1, WORKSPACE_BYTES // max(bytes_per_image, 1))
+    for n0 in range(0, n, step):
+        yield slice(n0, min(n, n0 + step))
+
+
+# ------------------------------------------------------------------ padding
+
+
+def pad_index(size: int, pad_lo: int, pad_hi: int, mode: str) -> np.ndarray:
+    """For each position of the padded dim, the input cell it reads (-1: a zero).
+
+    The padded dim has ``size + pad_lo + pad_hi`` positions; position ``q`` stands for input
+    coordinate ``q - pad_lo``. A negative ``pad_hi`` (a transposed convolution's crop past
+    its output) shortens the dim. Modes follow ``torch.nn.functional.pad``.
+
+    >>> pad_index(4, 2, 2, "zeros").tolist()
+    [-1, -1, 0, 1, 2, 3, -1, -1]
+    >>> pad_index(4, 2, 2, "reflect").tolist()
+    [2, 1, 0, 1, 2, 3, 2, 1]
+    >>> pad_index(4, 2, 2, "replicate").tolist()
+    [0, 0, 0, 1, 2, 3, 3, 3]
+    >>> pad_index(4, 2, 2, "circular").tolist()
+    [2, 3, 0, 1, 2, 3, 0, 1]
+    """
+    coord = np.arange(-pad_lo, size + pad_hi)
+    if mode == "zeros":
+        return np.where((coord >= 0) & (coord < size), coord, -1)
+    if mode == "replicate":
+        return np.clip(coord, 0, size - 1)
+    if mode == "circular":
+        return coord % size
+    if mode == "reflect":
+        if size == 1:
+            return np.zeros_like(coord)
+        period = 2 * (size - 1)
+        folded = coord % period
+        return np.where(folded < size, folded, period - folded)
+    raise ValueError(f"padding_mode={mode!r} is not a padding mode")
+
+
+def pad_gather(x, geom: ConvGeometry, mode: str | None = None):
+    """``x`` (N, C, *geom.in_size) padded by ``geom`` (a copy unless there is no padding)."""
+    mode = geom.padding_mode if mode is None else mode
+    for dim, (size, lo, hi) in enumerate(zip(geom.in_size, geom.pad_lo, geom.pad_hi)):
+        if lo == 0 and hi == 0:
+            continue
+        axis = 2 + dim
+        index = pad_index(size, lo, hi, mode)
+        if (index < 0).any():
+            # read a zero from one extra cell appended to the dim
+            zero_shape = list(x.shape)
+            zero_shape[axis] = 1
+            x = np.concatenate([x, np.zeros(zero_shape, dtype=x.dtype)], axis=axis)
+            index = np.where(index < 0, size, index)
+        x = np.take(x, index, axis=axis)
+    return x
+
+
+def fold_padding(grad_padded, geom: ConvGeometry, mode: str | None = None):
+    """Adjoint of :func:`pad_gather`: fold a padded-input gradient onto the input.
+
+    Every padded position adds its gradient to the input cell it was read from; positions
+    that held zeros are dropped. One dim at a time: the interior is a plain slice, and each
+    pad position (there are few) one slice-add.
+    """
+    mode = geom.padding_mode if mode is None else mode
+    for dim, (size, lo, hi) in enumerate(zip(geom.in_size, geom.pad_lo, geom.pad_hi)):
+        if lo == 0 and hi == 0:
+            continue
+        axis = 2 + dim
+        index = pad_index(size, lo, hi, mode)
+        src = np.moveaxis(grad_padded, axis, 0)  # (padded, ...)
+        shape = (size,) + src.shape[1:]
+        out = np.zeros(shape, dtype=grad_padded.dtype)
+        # interior: padded position q reads input cell q - lo
+        q0, q1 = max(lo, 0), min(lo + size, len(index))
+        if q1 > q0:
+            out[q0 - lo:q1 - lo] = src[q0:q1]
+        for q in [*range(0, q0), *range(q1, len(index))]:
+            if index[q] >= 0:
+                out[index[q]] += src[q]
+        grad_padded = np.moveaxis(out, 0, axis)
+    return np.ascontiguousarray(grad_padded)
+
+
+# ------------------------------------------------------------- im2col/col2im
+
+
+def _tap_slices(tap, geom: ConvGeometry):
+    """Index of the padded positions kernel tap ``tap`` reads for every output position."""
+    return (slice(None), slice(None)) + tuple(
+        slice(t * d, t * d + (o - 1) * s + 1, s)
+        for t, d, s, o in zip(tap, geom.dilation, geom.stride, geom.out_size)
+    )
+
+
+def _columns(padded, geom: ConvGeometry):
+    """im2col: (N, C, K, *out) with ``[:, :, k]`` the padded input under kernel tap ``k``."""
+    n, c = padded.shape[:2]
+    taps = list(np.ndindex(*geom.kernel))
+    cols = np.empty((n, c, len(taps), *geom.out_size), dtype=padded.dtype)
+    for k, tap in enumerate(taps):
+        cols[:, :, k] = padded[_tap_slices(tap, geom)]
+    return cols
+
+
+def _col2im(cols, geom: ConvGeometry):
+    """col2im, the adjoint of :func:`_columns`: cols (N, C, K, *out) -> (N, C, *padded)."""
+    n, c = cols.shape[:2]
+    padded = np.zeros((n, c, *geom.padded_size), dtype=cols.dtype)
+    for k, tap in enumerate(np.ndindex(*geom.kernel)):
+        padded[_tap_slices(tap, geom)] += cols[:, :, k]
+    return padded
+
+
+def _grouped_columns(a, geom: ConvGeometry, groups: int, mode: str | None = None):
+    """Columns of ``a`` (N, C, *in) padded by ``geom``: (N, G, C/G * K, P_out)."""
+    cols = _columns(pad_gather(a, geom, mode), geom)  # (N, C, K, *out)
+    n, c = cols.shape[:2]
+    return cols.reshape(n, groups, (c // groups) * cols.shape[2], -1)
+
+
+def _batch_folded(a):
+    """(N, G, R, P) -> (G, R, N * P): the batch joins a GEMM's reduction dimension."""
+    n, g, r, p = a.shape
+    return a.transpose(1, 2, 0, 3).reshape(g, r, n * p)
+
+
+class GradMixin:
+    """Gradient methods of the NumPy backend (see the module docstring).
+
+    Shapes use ``G`` groups, ``K`` kernel taps, ``P`` positions; ``geom`` is the forward
+    call's geometry. ``deterministic`` is accepted for interface parity with the device
+    backends: NumPy's reductions are always deterministic.
+    """
+
+    # ------------------------------------------------------------------ conv
+    def conv_input_grad(self, weight, grad_output, geom: ConvGeometry):
+        """d<grad_output, conv(x, weight)>/dx: (N, C_in, *in). col2im of W^T @ grad_output."""
+        dtype = grad_output.dtype
+        cdt = _compute_dtype(dtype)
+        n, c_out = grad_output.shape[:2]
+        g = geom.groups
+        og, cg = c_out // g, weight.shape[1]
+        taps = int(np.prod(geom.kernel))
+        out_positions = int(np.prod(geom.out_size))
+        # W^T per group: (G, cg*K, og)
+        wt = weight.astype(cdt, copy=False).reshape(g, og, cg * taps).transpose(0, 2, 1)
+        result = np.empty((n, g * cg, *geom.in_size), dtype=cdt)
+        per_image = g * cg * taps * out_positions * cdt.itemsize
+        for bs in _batch_chunks(n, per_image):
+            nb = bs.stop - bs.start
+            go = grad_output[bs].astype(cdt, copy=False).reshape(nb, g, og, out_positions)
+            cols = np.matmul(wt, go)  # (nb, G, cg*K, P)
+            cols = cols.reshape(nb, g * cg, taps, *geom.out_size)
+            result[bs] = fold_padding(_col2im(cols, geom), geom)
+        return result.astype(dtype, copy=False)
+
+    def conv_weight_grad(self, x, grad_output, geom: ConvGeometry, deterministic=False):
+        """d<grad_output, conv(x, weight)>/dweight: (C_out, C_in/G, *k).
+
+        One GEMM per group and batch chunk: grad_output (G, og, N*P) @ columns (G, N*P, cg*K).
+        """
+        dtype = x.dtype
+        cdt = _compute_dtype(dtype)
+        n, c_in = x.shape[:2]
+        c_out = grad_output.shape[1]
+        g = geom.groups
+        og, cg = c_out // g, c_in // g
+        taps = int(np.prod(geom.kernel))
+        out_positions = int(np.prod(geom.out_size))
+        acc = np.zeros((g, og, cg * taps), dtype=cdt)
+        per_image = 2 * c_in * taps * out_positions * cdt.itemsize
+        for bs in _batch_chunks(n, per_image):
+            cols = _grouped_columns(x[bs].astype(cdt, copy=False), geom, g)  # (nb, G, cg*K, P)
+            go = grad_output[bs].astype(cdt, copy=False).reshape(-1, g, og, out_positions)
+            acc += np.matmul(_batch_folded(go), _batch_folded(cols).transpose(0, 2, 1))
+        return acc.reshape(c_out, cg, *geom.kernel).astype(dtype, copy=False)
+
+    # -------------------------------------------------------- conv_transpose
+    def conv_transpose_input_grad(self, weight, grad_output, geom: ConvGeometry):
+        """d<grad_output, conv_transpose(x, weight)>/dx: (N, C_in, *in).
+
+        A correlation of grad_output with the weight: weight (G, cg, og*K) @ columns of the
+        zero-padded grad_output (G, og*K, P_in), in the conv geometry ``geom`` transposes.
+        """
+        dtype = grad_output.dtype
+        cdt = _compute_dtype(dtype)
+        n, c_out = grad_output.shape[:2]
+        c_in = weight.shape[0]
+        g = geom.groups
+        cg, og = c_in // g, c_out // g
+        taps = int(np.prod(geom.kernel))
+        cgeom = transpose_as_conv(geom)  # in: grad_output's size, out: x's size
+        in_positions = int(np.prod(geom.in_size))
+        w = weight.astype(cdt, copy=False).reshape(g, cg, og * taps)
+        result = np.empty((n, c_in, *geom.in_size), dtype=cdt)
+        per_image = 2 * c_out * taps * in_positions * cdt.itemsize
+        for bs in _batch_chunks(n, per_image):
+            nb = bs.stop - bs.start
+            go = grad_output[bs].astype(cdt, copy=False)
+            cols = _grouped_columns(go, cgeom, g, "zeros")  # (nb, G, og*K, P_in)
+            target = result[bs].reshape(nb, g, cg, in_positions)
+            np.matmul(w, cols, out=target)
+        return result.astype(dtype, copy=False)
+
+    def conv_transpose_weight_grad(self, x, grad_output, geom: ConvGeometry,
+                                   deterministic=False):
+        """d<grad_output, conv_transpose(x, weight)>/dweight: (C_in, C_out/G, *k).
+
+        x (G, cg, N*P_in) @ columns of the zero-padded grad_output (G, N*P_in, og*K).
+        """
+        dtype = x.dtype
+        cdt = _compute_dtype(dtype)
+        n, c_in = x.shape[:2]
+        c_out = grad_output.shape[1]
+        g = geom.groups
+        cg, og = c_in // g, c_out // g
+        taps = int(np.prod(geom.kernel))
+        cgeom = transpose_as_conv(geom)
+        in_positions = int(np.prod(geom.in_size))
+        acc = np.zeros((g, cg, og * taps), dtype=cdt)
+        per_image = 2 * c_out * taps * in_positions * cdt.itemsize
+        for bs in _batch_chunks(n, per_image):
+            go = grad_output[bs].astype(cdt, copy=False)
+            cols = _grouped_columns(go, cgeom, g, "zeros")  # (nb, G, og*K, P_in)
+            xr = x[bs].astype(cdt, copy=False).reshape(-1, g, cg, in_positions)
+            acc += np.matmul(_batch_folded(xr), _batch_folded(cols).transpose(0, 2, 1))
+        return acc.reshape(c_in, og, *geom.kernel).astype(dtype, copy=False)
+
+    # --------------------------------------------------------------- depthwise
+    def depthwise_conv_input_grad(self, weight, grad_output, geom: ConvGeometry):
+        """d<grad_output, depthwise_conv(x, weight)>/dx: (N, C, *in). Per tap, sum over the
+        multiplier, scatter-add into the padded gradient, then fold the padding."""
+        dtype = grad_output.dtype
+        cdt = _compute_dtype(dtype)
+        n = grad_output.shape[0]
+        c = geom.groups
+        mult = weight.shape[0] // c
+        # (N, C, mult, *out) and (C, mult, K)
+        go = grad_output.astype(cdt, copy=False).reshape(n, c, mult, *geom.out_size)
+        w = weight.astype(cdt, copy=False).reshape(c, mult, -1)
+        padded = np.zeros((n, c, *geom.padded_size), dtype=cdt)
+        for k, tap in enumerate(np.ndindex(*geom.kernel)):
+            padded[_tap_slices(tap, geom)] += np.einsum("ncm...,cm->nc...", go, w[:, :, k])
+        return fold_padding(padded, geom).astype(dtype, copy=False)
+
+    def depthwise_conv_weight_grad(self, x, grad_output, geom: ConvGeometry,
+                                   deterministic=False):
+        """d<grad_output, depthwise_conv(x, weight)>/dweight: (C * mult, 1, *k). Per tap, a
+        reduction over batch and positions of grad_output times the shifted padded input."""
+        dtype = x.dtype
+        cdt = _compute_dtype(dtype)
+        n, c = x.shape[:2]
+        mult = grad_output.shape[1] // c
+        go = grad_output.astype(cdt, copy=False).reshape(n, c, mult, -1)  # (N, C, mult, P)
+        padded = pad_gather(x.astype(cdt, copy=False), geom)
+        taps = list(np.ndindex(*geom.kernel))
+        grad = np.empty((c, mult, len(taps)), dtype=cdt)
+        for k, tap in enumerate(taps):
+            shifted = padded[_tap_slices(tap, geom)].reshape(n, c, -1)  # (N, C, P)
+            grad[:, :, k] = np.einsum("ncmp,ncp->cm", go, shifted)
+        return grad.reshape(c * mult, 1, *geom.kernel).astype(dtype, copy=False)
+
+    # -------------------------------------------------------------- deformable
+    def deform_conv2d_grad(self, x, offset, weight, mask, grad_output, geom: ConvGeometry,
+                           offset_groups: int):
+        """Gradients of ``<grad_output, deform_conv2d(x, offset, weight, mask=mask)>``.
+
+        Returns ``(input, offset, weight, mask)`` gradients (mask None without a mask),
+        with torchvision's definitions: each sample is bilinear in the four neighbouring
+        cells, a cell outside the image reads zero, and a sample at ``y <= -1``, ``y >= H``,
+        ``x <= -1`` or ``x >= W`` contributes nothing (so its gradients are zero). The offset
+        gradient is the derivative of the bilinear weights (one-sided at integer positions,
+        where the forward's ``floor`` switches cells).
+        """
+        dtype = x.dtype
+        cdt = _compute_dtype(dtype)
+        n, c_in, height, width = x.shape
+        c_out = weight.shape[0]
+        kh, kw = geom.kernel
+        taps = kh * kw
+        ho, wo = geom.out_size
+        p = ho * wo
+        g, og_count = geom.groups, offset_groups
+        cg = c_in // g
+        cpo = c_in // og_count  # channels per offset group
+        # Base sampling positions (K, P): row = out_row*stride - pad + tap_row*dilation
+        rows = (np.arange(ho) * geom.stride[0] - geom.pad_lo[0]).repeat(wo)
+        cols_x = np.tile(np.arange(wo) * geom.stride[1] - geom.pad_lo[1], ho)
+        tap_rows = (np.arange(kh) * geom.dilation[0]).repeat(kw)
+        tap_cols = np.tile(np.arange(kw) * geom.dilation[1], kh)
+        base_y = (tap_rows[:, None] + rows[None, :]).astype(cdt)
+        base_x = (tap_cols[:, None] + cols_x[None, :]).astype(cdt)
+        w = weight.astype(cdt, copy=False).reshape(g, c_out // g, cg * taps)
+        wt = w.transpose(0, 2, 1)  # (G, cg*K, og)
+        grad_x = np.empty((n, c_in, height, width), dtype=cdt)
+        grad_offset = np.empty((n, og_count, taps, 2, p), dtype=cdt)
+        grad_mask = None if mask is None else np.empty((n, og_count, taps, p), dtype=cdt)
+        grad_w = np.zeros_like(w)
+        per_image = 8 * c_in * taps * p * cdt.itemsize
+        for bs in _batch_chunks(n, per_image):
+            nb = bs.stop - bs.start
+            off = offset[bs].astype(cdt, copy=False).reshape(nb, og_count, taps, 2, p)
+            sy = base_y + off[:, :, :, 0]  # (nb, OG, K, P) sample rows
+            sx = base_x + off[:, :, :, 1]
+            inside = ((sy > -1) & (sy < height) & (sx > -1) & (sx < width)).astype(cdt)
+            y_lo, x_lo = np.floor(sy), np.floor(sx)
+            fy, fx = sy - y_lo, sx - x_lo  # fractional parts
+            y_lo, x_lo = y_lo.astype(np.int64), x_lo.astype(np.int64)
+            scale = inside if mask is None else (
+                inside * mask[bs].astype(cdt, copy=False).reshape(nb, og_count, taps, p))
+            img = x[bs].astype(cdt, copy=False).reshape(nb, og_count, cpo, height * width)
+            # (cell row step, cell col step, bilinear weight, d weight/dy, d weight/dx)
+            corners = (
+                (0, 0, (1 - fy) * (1 - fx), -(1 - fx), -(1 - fy)),
+                (0, 1, (1 - fy) * fx, -fx, 1 - fy),
+                (1, 0, fy * (1 - fx), 1 - fx, -fy),
+                (1, 1, fy * fx, fx, fy),
+            )
+            shape = (nb, og_count, 1, taps * p)
+            sampled = np.zeros((nb, og_count, cpo, taps * p), dtype=cdt)
+            d_dy = np.zeros_like(sampled)
+            d_dx = np.zeros_like(sampled)
+            cells = []
+            for dy, dx, wgt, wgt_dy, wgt_dx in corners:
+                cy, cx = y_lo + dy, x_lo + dx
+                valid = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
+                flat = np.where(valid, cy * width + cx, 0).reshape(shape)
+                value = np.take_along_axis(img, flat, axis=3) * valid.reshape(shape)
+                sampled += value * wgt.reshape(shape)
+                d_dy += value * wgt_dy.reshape(shape)
+                d_dx += value * wgt_dx.reshape(shape)
+                cells.append((flat, (wgt * valid).reshape(shape)))
+            inside_r = inside.reshape(shape)
+            scale_r = scale.reshape(shape)
+            sampled *= inside_r  # the bilinear value the forward reads (before the mask)
+            # weight: grad_output (G, og, nb*P) @ columns (G, nb*P, cg*K)
+            columns = (sampled * scale_r).reshape(nb, g, cg * taps, p)
+            go = grad_output[bs].astype(cdt, copy=False).reshape(nb, g, c_out // g, p)
+            grad_w += np.matmul(_batch_folded(go), _batch_folded(columns).transpose(0, 2, 1))
+            # gradient of the columns: W^T @ grad_output -> (nb, OG, cpo, K*P)
+            grad_cols = np.matmul(wt, go).reshape(nb, og_count, cpo, taps * p)
+            if mask is not None:
+                grad_mask[bs] = (grad_cols * sampled).sum(axis=2).reshape(nb, og_count, taps, p)
+            scaled = grad_cols * scale_r
+            grad_offset[bs, :, :, 0] = (scaled * d_dy).sum(axis=2).reshape(nb, og_count, taps, p)
+            grad_offset[bs, :, :, 1] = (scaled * d_dx).sum(axis=2).reshape(nb, og_count, taps, p)
+            # input: scatter the scaled column gradient onto the four cells of each sample
+            image_base = (np.arange(nb * og_count * cpo) * (height * width)).reshape(
+                nb, og_count, cpo, 1)
+            acc = np.zeros(nb * c_in * height * width, dtype=np.float64)
+            for flat, wgt in cells:
+                acc += np.bincount((image_base + flat).ravel(), weights=(scaled * wgt).ravel(),
+                                   minlength=acc.size)
+            grad_x[bs] = acc.reshape(nb, c_in, height, width)
+        grad_offset = grad_offset.reshape(n, 2 * og_count * taps, ho, wo)
+        grad_w = grad_w.reshape(weight.shape)
+        if grad_mask is not None:
+            grad_mask = grad_mask.reshape(n, og_count * taps, ho, wo).astype(dtype, copy=False)
+        return (grad_x.astype(dtype, copy=False), grad_offset.astype(dtype, copy=False),
+                grad_w.astype(dtype, copy=False), grad_mask)

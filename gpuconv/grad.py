@@ -1,0 +1,599 @@
+"""Gradients of every convolution, in the style of ``torch.nn.grad``.
+
+For a forward call ``y = op(x, weight, ...)`` and the gradient ``grad_output`` of a scalar
+loss with respect to ``y``, ``op_input`` returns the gradient with respect to ``x`` and
+``op_weight`` the gradient with respect to ``weight``; ``conv_bias`` the gradient with respect
+to a bias (the same for every op). :func:`deform_conv2d` and :func:`separable_conv` return
+every gradient of one call at once, as a named tuple.
+
+The forward's arguments are accepted and validated exactly as by the forward functions, with
+shapes (``input_shape``, ``weight_shape``) in place of the array that is not needed, and
+``grad_output`` checked against the forward output's shape. Every padding form and
+``padding_mode`` is supported: gradients that reached padded cells fold back onto the input
+cells that supplied them (a reflect/replicate/circular pad's adjoint).
+
+NumPy arrays in give NumPy arrays out, CuPy arrays in give CuPy arrays out; the result has
+dtype ``numpy.result_type`` of the array arguments, and float16 is accumulated in float32.
+The NumPy backend computes every gradient; the device backends raise ``NotImplementedError``
+until their gradient kernels exist.
+
+Examples
+--------
+>>> import numpy as np
+>>> from gpuconv import grad
+>>> w = np.array([[[1.0, 2.0]]])                 # conv weight (C_out, C_in, k)
+>>> g = np.array([[[1.0, 10.0, 100.0]]])        # gradient of conv(x, w) for x of length 4
+>>> grad.conv_input((1, 1, 4), w, g)
+array([[[  1.,  12., 120., 200.]]])
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _api, _shapes
+from ._dispatch import caller_xp
+
+__all__ = [
+    "DeformConvGrads",
+    "SeparableConvGrads",
+    "conv_bias",
+    "conv_input",
+    "conv_transpose_input",
+    "conv_transpose_weight",
+    "conv_weight",
+    "deform_conv2d",
+    "depthwise_conv_input",
+    "depthwise_conv_weight",
+    "separable_conv",
+]
+
+
+class DeformConvGrads(NamedTuple):
+    """Gradients of one :func:`gpuconv.deform_conv2d` call (``None`` where not applicable)."""
+
+    input: Any
+    offset: Any
+    weight: Any
+    mask: Any
+    bias: Any
+
+
+class SeparableConvGrads(NamedTuple):
+    """Gradients of one :func:`gpuconv.separable_conv` call (``bias`` None without one)."""
+
+    input: Any
+    depthwise_weight: Any
+    pointwise_weight: Any
+    bias: Any
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _check_shape(op: str, name: str, shape) -> tuple[int, ...]:
+    """``shape`` as a tuple of non-negative ints, or TypeError/ValueError naming ``name``."""
+    if not isinstance(shape, (tuple, list)):
+        raise TypeError(
+            f"{op}: {name} must be a tuple of ints, got {_api._type_name(shape)} {shape!r}"
+        )
+    result = tuple(_shapes._as_int(s, name) for s in shape)
+    if any(s < 0 for s in result):
+        raise ValueError(f"{op}: {name}={result} must have non-negative entries")
+    return result
+
+
+def _check_flag(op: str, name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name}={value!r} must be a bool")
+    return bool(value)
+
+
+def _check_grad_output(op: str, grad_output, expected, source: str):
+    if tuple(grad_output.shape) != tuple(expected):
+        raise ValueError(
+            f"{op}: grad_output has shape {tuple(grad_output.shape)}; expected "
+            f"{tuple(expected)}, the forward output's shape for {source}"
+        )
+
+
+def _run(arrays, method: str, shape, *args, empty: bool):
+    """Call backend ``method`` on the prepared arrays ``args`` (non-arrays pass through)."""
+    if empty:
+        return _api._empty_result(arrays, shape, None)
+    backend = arrays.call.backend
+    func = getattr(backend, method, None)
+    if func is None:
+        raise NotImplementedError(f"backend {arrays.call.name!r} has no {method}")
+    prepared = [arrays.prepare(a) if _api._is_array(a) else a for a in args]
+    return arrays.call.from_backend(func(*prepared))
+
+
+# --------------------------------------------------------------------- conv
+
+
+def conv_input(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1, groups=1,
+               padding_mode="zeros"):
+    """Gradient of :func:`gpuconv.conv` with respect to its input ``x``.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        Shape of the forward's ``x``, (N, C_in, *spatial).
+    weight : ndarray, shape (C_out, C_in // groups, *kernel)
+    grad_output : ndarray, shape (N, C_out, *out_spatial)
+        Gradient of the loss with respect to the forward's output.
+    stride, padding, dilation, groups, padding_mode
+        The forward's arguments (see :func:`gpuconv.conv`).
+
+    Returns
+    -------
+    ndarray, shape ``input_shape``
+        dtype ``numpy.result_type(weight, grad_output)``, same array type as the inputs.
+
+    Raises
+    ------
+    TypeError
+        Non-array inputs, unsupported dtypes, NumPy mixed with CuPy, non-int shapes.
+    ValueError
+        Arguments the forward would reject, or ``grad_output`` not of the forward output's
+        shape for ``input_shape``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuconv import grad
+    >>> w = np.ones((1, 1, 3))
+    >>> g = np.array([[[1.0, 10.0, 100.0]]])
+    >>> grad.conv_input((1, 1, 3), w, g, padding=1, padding_mode="replicate")  # x0 read twice
+    array([[[ 12., 111., 210.]]])
+    """
+    op = "conv_input"
+    arrays = _api._Arrays(op, weight=weight, grad_output=grad_output)
+    input_shape = _check_shape(op, "input_shape", input_shape)
+    geom = _api.conv_setup(op, input_shape, weight.shape, stride=stride, padding=padding,
+                           dilation=dilation, groups=groups, padding_mode=padding_mode,
+                           x_name="input_shape")
+    expected = (input_shape[0], weight.shape[0], *geom.out_size)
+    _check_grad_output(op, grad_output, expected,
+                       f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
+    empty = input_shape[0] == 0 or 0 in geom.in_size
+    return _run(arrays, "conv_input_grad", input_shape, weight, grad_output, geom, empty=empty)
+
+
+def conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1, groups=1,
+                padding_mode="zeros", deterministic=False):
+    """Gradient of :func:`gpuconv.conv` with respect to its ``weight``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, *spatial)
+        The forward's input.
+    weight_shape : tuple of int
+        Shape of the forward's weight, (C_out, C_in // groups, *kernel).
+    grad_output : ndarray, shape (N, C_out, *out_spatial)
+    stride, padding, dilation, groups, padding_mode
+        The forward's arguments (see :func:`gpuconv.conv`).
+    deterministic : bool
+        Ask the device backends for a bitwise-reproducible reduction (no atomics). The
+        NumPy backend is always deterministic.
+
+    Returns
+    -------
+    ndarray, shape ``weight_shape``
+        dtype ``numpy.result_type(x, grad_output)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv_input`, with ``weight_shape`` in place of ``input_shape``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuconv import grad
+    >>> x = np.array([[[1.0, 2.0, 3.0]]])
+    >>> grad.conv_weight(x, (1, 1, 2), np.array([[[1.0, -1.0]]]))
+    array([[[-1., -1.]]])
+    """
+    op = "conv_weight"
+    arrays = _api._Arrays(op, x=x, grad_output=grad_output)
+    weight_shape = _check_shape(op, "weight_shape", weight_shape)
+    deterministic = _check_flag(op, "deterministic", deterministic)
+    geom = _api.conv_setup(op, x.shape, weight_shape, stride=stride, padding=padding,
+                           dilation=dilation, groups=groups, padding_mode=padding_mode,
+                           w_name="weight_shape")
+    expected = (x.shape[0], weight_shape[0], *geom.out_size)
+    _check_grad_output(op, grad_output, expected,
+                       f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
+    empty = x.shape[0] == 0 or 0 in geom.in_size
+    return _run(arrays, "conv_weight_grad", weight_shape, x, grad_output, geom, deterministic,
+                empty=empty)
+
+
+def conv_bias(grad_output):
+    """Gradient with respect to the ``bias`` of any convolution: ``grad_output`` summed over
+    every axis but the channel axis (1).
+
+    Parameters
+    ----------
+    grad_output : ndarray, shape (N, C_out, *out_spatial)
+
+    Returns
+    -------
+    ndarray, shape (C_out,)
+        Same dtype; float16 is summed in float32.
+
+    Raises
+    ------
+    TypeError
+        A non-array or unsupported dtype.
+    ValueError
+        Fewer than 2 dims.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuconv import grad
+    >>> grad.conv_bias(np.ones((2, 3, 4)))
+    array([8., 8., 8.])
+    """
+    op = "conv_bias"
+    arrays = _api._Arrays(op, grad_output=grad_output)
+    if grad_output.ndim < 2:
+        raise ValueError(
+            f"{op}: grad_output must have shape (N, C_out, *spatial), got shape "
+            f"{tuple(grad_output.shape)}"
+        )
+    xp = caller_xp([grad_output])
+    axes = (0,) + tuple(range(2, grad_output.ndim))
+    acc = np.float32 if arrays.dtype == np.float16 else arrays.dtype
+    return xp.sum(grad_output, axis=axes, dtype=acc).astype(arrays.dtype, copy=False)
+
+
+# ------------------------------------------------------------ conv_transpose
+
+
+def conv_transpose_input(input_shape, weight, grad_output, *, stride=1, padding=0,
+                         output_padding=0, dilation=1, groups=1):
+    """Gradient of :func:`gpuconv.conv_transpose` with respect to its input ``x``.
+
+    This is a :func:`gpuconv.conv` of ``grad_output`` with the same weight.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        Shape of the forward's ``x``, (N, C_in, *spatial).
+    weight : ndarray, shape (C_in, C_out // groups, *kernel)
+    grad_output : ndarray, shape (N, C_out, *out_spatial)
+    stride, padding, output_padding, dilation, groups
+        The forward's arguments (see :func:`gpuconv.conv_transpose`).
+
+    Returns
+    -------
+    ndarray, shape ``input_shape``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv_input`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuconv import grad
+    >>> w = np.array([[[1.0, 1.0, 1.0]]])
+    >>> grad.conv_transpose_input((1, 1, 2), w, np.array([[[1.0, 2.0, 3.0, 4.0, 5.0]]]),
+    ...                           stride=2)
+    array([[[ 6., 12.]]])
+    """
+    op = "conv_transpose_input"
+    arrays = _api._Arrays(op, weight=weight, grad_output=grad_output)
+    input_shape = _check_shape(op, "input_shape", input_shape)
+    geom = _api.conv_transpose_setup(op, input_shape, weight.shape, stride=stride,
+                                     padding=padding, output_padding=output_padding,
+                                     dilation=dilation, groups=groups, x_name="input_shape")
+    expected = (input_shape[0], weight.shape[1] * geom.groups, *geom.out_size)
+    _check_grad_output(op, grad_output, expected,
+                       f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
+    empty = input_shape[0] == 0 or 0 in geom.in_size
+    return _run(arrays, "conv_transpose_input_grad", input_shape, weight, grad_output, geom,
+                empty=empty)
+
+
+def conv_transpose_weight(x, weight_shape, grad_output, *, stride=1, padding=0,
+                          output_padding=0, dilation=1, groups=1, deterministic=False):
+    """Gradient of :func:`gpuconv.conv_transpose` with respect to its ``weight``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, *spatial)
+    weight_shape : tuple of int
+        (C_in, C_out // groups, *kernel).
+    grad_output : ndarray, shape (N, C_out, *out_spatial)
+    stride, padding, output_padding, dilation, groups
+        The forward's arguments.
+    deterministic : bool
+        See :func:`conv_weight`.
+
+    Returns
+    -------
+    ndarray, shape ``weight_shape``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv_weight`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuconv import grad
+    >>> x = np.array([[[1.0, 2.0]]])
+    >>> grad.conv_transpose_weight(x, (1, 1, 3), np.array([[[1.0, 0.0, 0.0, 0.0, 1.0]]]),
+    ...                            stride=2)
+    array([[[1., 0., 2.]]])
+    """
+    op = "conv_transpose_weight"
+    arrays = _api._Arrays(op, x=x, grad_output=grad_output)
+    weight_shape = _check_shape(op, "weight_shape", weight_shape)
+    deterministic = _check_flag(op, "deterministic", deterministic)
+    geom = _api.conv_transpose_setup(op, x.shape, weight_shape, stride=stride, padding=padding,
+                                     output_padding=output_padding, dilation=dilation,
+                                     groups=groups, w_name="weight_shape")
+    expected = (x.shape[0], weight_shape[1] * geom.groups, *geom.out_size)
+    _check_grad_output(op, grad_output, expected,
+                       f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
+    empty = x.shape[0] == 0 or 0 in geom.in_size
+    return _run(arrays, "conv_transpose_weight_grad", weight_shape, x, grad_output, geom,
+                deterministic, empty=empty)
+
+
+# ---------------------------------------------------------------- depthwise
+
+
+def depthwise_conv_input(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
+                         padding_mode="zeros"):
+    """Gradient of :func:`gpuconv.depthwise_conv` with respect to its input ``x``.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        (N, C_in, *spatial).
+    weight : ndarray, shape (C_in * multiplier, 1, *kernel)
+    grad_output : ndarray, shape (N, C_in * multiplier, *out_spatial)
+    stride, padding, dilation, padding_mode
+        The forward's arguments.
+
+    Returns
+    -------
+    ndarray, shape ``input_shape``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv_input`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuconv import grad
+    >>> w = np.array([[[1.0, 1.0]], [[2.0, -1.0]]])     # one channel, multiplier 2
+    >>> grad.depthwise_conv_input((1, 1, 3), w, np.ones((1, 2, 2)))
+    array([[[3., 3., 0.]]])
+    """
+    op = "depthwise_conv_input"
+    arrays = _api._Arrays(op, weight=weight, grad_output=grad_output)
+    input_shape = _check_shape(op, "input_shape", input_shape)
+    geom = _api.depthwise_setup(op, input_shape, weight.shape, stride=stride, padding=padding,
+                                dilation=dilation, padding_mode=padding_mode,
+                                x_name="input_shape")
+    expected = (input_shape[0], weight.shape[0], *geom.out_size)
+    _check_grad_output(op, grad_output, expected,
+                       f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
+    empty = input_shape[0] == 0 or 0 in geom.in_size
+    return _run(arrays, "depthwise_conv_input_grad", input_shape, weight, grad_output, geom,
+                empty=empty)
+
+
+def depthwise_conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
+                          padding_mode="zeros", deterministic=False):
+    """Gradient of :func:`gpuconv.depthwise_conv` with respect to its ``weight``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, *spatial)
+    weight_shape : tuple of int
+        (C_in * multiplier, 1, *kernel).
+    grad_output : ndarray, shape (N, C_in * multiplier, *out_spatial)
+    stride, padding, dilation, padding_mode
+        The forward's arguments.
+    deterministic : bool
+        See :func:`conv_weight`.
+
+    Returns
+    -------
+    ndarray, shape ``weight_shape``
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv_weight`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuconv import grad
+    >>> x = np.array([[[1.0, 2.0, 3.0]]])
+    >>> grad.depthwise_conv_weight(x, (1, 1, 2), np.array([[[1.0, 1.0]]]))
+    array([[[3., 5.]]])
+    """
+    op = "depthwise_conv_weight"
+    arrays = _api._Arrays(op, x=x, grad_output=grad_output)
+    weight_shape = _check_shape(op, "weight_shape", weight_shape)
+    deterministic = _check_flag(op, "deterministic", deterministic)
+    geom = _api.depthwise_setup(op, x.shape, weight_shape, stride=stride, padding=padding,
+                                dilation=dilation, padding_mode=padding_mode,
+                                w_name="weight_shape")
+    expected = (x.shape[0], weight_shape[0], *geom.out_size)
+    _check_grad_output(op, grad_output, expected,
+                       f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
+    empty = x.shape[0] == 0 or 0 in geom.in_size
+    return _run(arrays, "depthwise_conv_weight_grad", weight_shape, x, grad_output, geom,
+                deterministic, empty=empty)
+
+
+# ---------------------------------------------------------------- separable
+
+
+def separable_conv(x, depthwise_weight, pointwise_weight, grad_output, *, stride=1, padding=0,
+                   dilation=1, padding_mode="zeros", bias=True):
+    """Every gradient of one :func:`gpuconv.separable_conv` call.
+
+    The composition of the two steps' gradients: the depthwise result ``mid`` is recomputed,
+    then ``grad_mid = conv_input(mid.shape, pointwise_weight, grad_output)`` and
+    ``pointwise = conv_weight(mid, ..., grad_output)``, and the depthwise gradients follow
+    from ``grad_mid``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, *spatial)
+    depthwise_weight : ndarray, shape (C_in * multiplier, 1, *kernel)
+    pointwise_weight : ndarray, shape (C_out, C_in * multiplier, 1, ...)
+    grad_output : ndarray, shape (N, C_out, *out_spatial)
+    stride, padding, dilation, padding_mode
+        The forward's arguments (applied to the depthwise step).
+    bias : bool
+        Whether the forward had a bias (its gradient is returned, else None).
+
+    Returns
+    -------
+    SeparableConvGrads
+        Named tuple ``(input, depthwise_weight, pointwise_weight, bias)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`gpuconv.separable_conv`, or a ``grad_output`` of the wrong shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuconv import grad
+    >>> grads = grad.separable_conv(np.ones((1, 1, 3)), np.ones((1, 1, 2)),
+    ...                             np.full((1, 1, 1), 2.0), np.ones((1, 1, 2)))
+    >>> grads.input, grads.bias
+    (array([[[2., 4., 2.]]]), array([2.]))
+    """
+    op = "separable_conv"
+    arrays = _api._Arrays(op, x=x, depthwise_weight=depthwise_weight,
+                          pointwise_weight=pointwise_weight, grad_output=grad_output)
+    bias = _check_flag(op, "bias", bias)
+    geom = _api.depthwise_setup(op, x.shape, depthwise_weight.shape, stride=stride,
+                                padding=padding, dilation=dilation, padding_mode=padding_mode,
+                                w_name="depthwise_weight")
+    mid_channels = depthwise_weight.shape[0]
+    spatial = x.ndim - 2
+    if pointwise_weight.ndim != x.ndim or pointwise_weight.shape[1] != mid_channels or any(
+        k != 1 for k in pointwise_weight.shape[2:]
+    ) or pointwise_weight.shape[0] == 0:
+        raise ValueError(
+            f"{op}: pointwise_weight must have shape (C_out, {mid_channels}{', 1' * spatial}) "
+            f"with C_out >= 1, got {tuple(pointwise_weight.shape)}"
+        )
+    expected = (x.shape[0], pointwise_weight.shape[0], *geom.out_size)
+    _check_grad_output(op, grad_output, expected,
+                       f"x shape {tuple(x.shape)} and these weights")
+    dtype = arrays.dtype
+    x, depthwise_weight, pointwise_weight, grad_output = (
+        a.astype(dtype, copy=False) for a in (x, depthwise_weight, pointwise_weight, grad_output))
+    forward = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
+    mid = _api.depthwise_conv(x, depthwise_weight, **forward)
+    grad_mid = conv_input(mid.shape, pointwise_weight, grad_output)
+    return SeparableConvGrads(
+        input=depthwise_conv_input(x.shape, depthwise_weight, grad_mid, **forward),
+        depthwise_weight=depthwise_conv_weight(x, depthwise_weight.shape, grad_mid, **forward),
+        pointwise_weight=conv_weight(mid, pointwise_weight.shape, grad_output),
+        bias=conv_bias(grad_output) if bias else None,
+    )
+
+
+# --------------------------------------------------------------- deformable
+
+
+def deform_conv2d(x, offset, weight, grad_output, *, stride=1, padding=0, dilation=1,
+                  mask=None, bias=True):
+    """Every gradient of one :func:`gpuconv.deform_conv2d` call.
+
+    Definitions are torchvision's: each kernel tap samples the input bilinearly at its
+    offset position, reading zero outside the image; a sample at ``y <= -1``, ``y >= H``,
+    ``x <= -1`` or ``x >= W`` contributes nothing, so all its gradients are zero. The offset
+    gradient differentiates the bilinear weights (taking the cell that ``floor`` picks at an
+    integer position).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    offset : ndarray, shape (N, 2 * offset_groups * kh * kw, H_out, W_out)
+    weight : ndarray, shape (C_out, C_in // groups, kh, kw)
+    grad_output : ndarray, shape (N, C_out, H_out, W_out)
+    stride, padding, dilation, mask
+        The forward's arguments (see :func:`gpuconv.deform_conv2d`).
+    bias : bool
+        Whether the forward had a bias (its gradient is returned, else None).
+
+    Returns
+    -------
+    DeformConvGrads
+        Named tuple ``(input, offset, weight, mask, bias)``, each of its argument's shape;
+        ``mask`` is None when no mask was given, ``bias`` None when ``bias=False``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`gpuconv.deform_conv2d`, or a ``grad_output`` of the wrong shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from gpuconv import grad
+    >>> x = np.array([[[[0.0, 10.0]]]])                    # one row, two columns
+    >>> shift = np.zeros((1, 2, 1, 2))
+    >>> shift[:, 1] = 0.25                                  # sample columns 0.25 and 1.25
+    >>> grads = grad.deform_conv2d(x, shift, np.ones((1, 1, 1, 1)), np.ones((1, 1, 1, 2)))
+    >>> grads.input                                         # bilinear weights, summed
+    array([[[[0.75, 1.  ]]]])
+    >>> grads.offset[:, 1]                                  # d/dx: column 2 reads zero
+    array([[[ 10., -10.]]])
+    """
+    op = "deform_conv2d"
+    arrays = _api._Arrays(op, x=x, offset=offset, weight=weight, mask=mask,
+                          grad_output=grad_output)
+    bias = _check_flag(op, "bias", bias)
+    geom, offset_groups = _api.deform_setup(
+        op, x.shape, offset.shape, weight.shape, None if mask is None else mask.shape,
+        stride=stride, padding=padding, dilation=dilation,
+    )
+    expected = (x.shape[0], weight.shape[0], *geom.out_size)
+    _check_grad_output(op, grad_output, expected,
+                       f"x shape {tuple(x.shape)} and weight shape {tuple(weight.shape)}")
+    bias_grad = conv_bias(grad_output) if bias else None
+    if x.shape[0] == 0 or 0 in geom.in_size:
+        xp = arrays.call.xp
+
+        def zeros(a):
+            return None if a is None else arrays.call.from_backend(
+                xp.zeros(a.shape, dtype=arrays.dtype))
+
+        return DeformConvGrads(zeros(x), zeros(offset), zeros(weight), zeros(mask), bias_grad)
+    backend = arrays.call.backend
+    func = getattr(backend, "deform_conv2d_grad", None)
+    if func is None:
+        raise NotImplementedError(f"backend {arrays.call.name!r} has no deform_conv2d_grad")
+    results = func(arrays.prepare(x), arrays.prepare(offset), arrays.prepare(weight),
+                   arrays.prepare(mask), arrays.prepare(grad_output), geom, offset_groups)
+    grad_x, grad_offset, grad_weight, grad_mask = (
+        None if r is None else arrays.call.from_backend(r) for r in results)
+    return DeformConvGrads(grad_x, grad_offset, grad_weight, grad_mask, bias_grad)
