@@ -1,28 +1,57 @@
 """The NumPy backend: the CPU fallback and the oracle every kernel is tested against.
 
-Written independently of the CUDA kernels, from NumPy building blocks:
+Written independently of the CUDA kernels, from NumPy building blocks: ``numpy.pad`` for
+the padding modes, contiguous slice copies for im2col, BLAS (``numpy.matmul``) for the
+contractions. No Python loop runs over output elements; the loops run over kernel taps,
+groups and cache-sized chunks.
 
-* padding through ``numpy.pad`` (zeros/reflect/replicate/circular map to
-  constant/reflect/edge/wrap);
-* input windows through ``sliding_window_view`` (a strided view, no copy);
-* contractions through BLAS (``numpy.matmul``), one GEMM per group and batch chunk.
+How conv and depthwise_conv read their input (the *flat plan*)
+---------------------------------------------------------------
+The padded input, of size ``P_d`` per spatial dim, is split by stride into ``prod(stride)``
+*phases* (phase ``r`` holds padded positions ``r_d + stride_d * q_d``, ``q_d < Q_d =
+ceil(P_d / stride_d)``), and each phase is flattened. Kernel tap ``t`` sits at padded offset
+``t_d * dilation_d = a_d * stride_d + r_d``, so for output ``o`` it reads phase ``r`` at
+``o + a``: a stride-1 access. Flattened, the outputs of whole dim-1 rows therefore read ONE
+contiguous slice of one phase, ``phase[off(t) : off(t) + rows * Q_2 * ... * Q_n]``, if the
+outputs are laid out "wide", with row length ``Q_d`` instead of ``out_d`` in dims >= 2. The
+extra columns are computed and discarded (a few percent of the work for typical shapes;
+for stride 1 ``Q_d = out_d + (k_d - 1) * dilation_d``).
 
-Memory is bounded: any im2col-style buffer is built for a chunk of the batch (or of the
-outermost output dim) small enough to stay under ``WORKSPACE_BYTES``.
+* conv: per chunk, im2col is one contiguous copy per tap into ``cols (G, C/G, K, n, L)``
+  and one GEMM per group, ``(C_out/G, C/G*K) @ (C/G*K, n*L)``, then one cropping copy into
+  the result (bias added and dtype rounded in the same pass).
+* depthwise_conv: per block of channels small enough for the CPU cache, a multiply-add per
+  tap on contiguous rows, then the same crop.
 
-float16 inputs are computed in float32 and rounded once at the end.
+Memory is bounded: every temporary (phases, im2col columns, wide output, sampling buffers)
+is built for a chunk of the batch, or of the outermost output dim, sized to stay under
+``WORKSPACE_BYTES`` (and, for speed, under ``CHUNK_BYTES``). A single output row larger than
+that still runs, one row at a time.
+
+float16 inputs are computed in float32 and rounded once, when the result is written.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from .._shapes import ConvGeometry
 from .numpy_grad import GradMixin
 
-#: Upper bound, in bytes, for one temporary im2col/sampling buffer.
+#: Upper bound, in bytes, for the temporaries of one chunk (im2col columns, wide output,
+#: input phases, deformable sampling buffers).
 WORKSPACE_BYTES = 64 * 2**20
+
+#: Preferred chunk size for conv's im2col, in bytes: small enough to stay in the last-level
+#: cache between the im2col copy and the GEMM that reads it.
+CHUNK_BYTES = 4 * 2**20
+
+#: Working-set target, in bytes, of one depthwise channel block (input rows, accumulator,
+#: product): about the size of a core's L2 cache.
+DEPTHWISE_BLOCK_BYTES = 256 * 1024
 
 _NP_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -31,38 +60,108 @@ def _compute_dtype(dtype):
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
-def _pad(x, geom: ConvGeometry):
-    """``x`` (N, C, *spatial) padded by ``geom`` in ``geom.padding_mode``."""
-    widths = [(0, 0), (0, 0)] + list(zip(geom.pad_lo, geom.pad_hi))
-    if not any(geom.pad_lo + geom.pad_hi):
-        return x
-    return np.pad(x, widths, mode=_NP_PAD_MODE[geom.padding_mode])
+# ------------------------------------------------------------------ flat plan
 
 
-def _windows(xp, geom: ConvGeometry):
-    """Strided view (N, C, *out, *kernel) of the padded input ``xp``: no copy."""
+@dataclass(frozen=True)
+class _FlatPlan:
+    """Where each kernel tap reads in the flattened input phases (see module docstring)."""
+
+    inner: tuple[int, ...]  # (Q_2, ..., Q_n): phase extents of the dims after the first
+    row_len: int            # prod(inner): flat length of one dim-1 row of a phase
+    reach: int              # a_1 of the last tap: phase rows read below an output row
+    nphase: int             # prod(stride)
+    taps: tuple[tuple[int, int], ...]  # per tap, in C order over the kernel: (phase, offset)
+
+
+def _flat_plan(geom: ConvGeometry) -> _FlatPlan:
+    stride = geom.stride
+    q = [-(-p // s) for p, s in zip(geom.padded_size, stride)]
+    inner = tuple(q[1:])
+    # flat strides of a phase for dims 1..n (dim 1's is the row length)
+    flat = [math.prod(q[d + 1:]) for d in range(geom.ndim)]
+    taps = []
+    for tap in np.ndindex(*geom.kernel):
+        pos = [t * d for t, d in zip(tap, geom.dilation)]
+        phase = int(np.ravel_multi_index([p % s for p, s in zip(pos, stride)], stride))
+        offset = sum((p // s) * f for p, s, f in zip(pos, stride, flat))
+        taps.append((phase, offset))
+    reach = (geom.kernel[0] - 1) * geom.dilation[0] // stride[0]
+    return _FlatPlan(inner, math.prod(inner), reach, math.prod(stride), tuple(taps))
+
+
+def _phase_rows(x, geom: ConvGeometry, plan: _FlatPlan, row0: int, rows: int, dtype):
+    """The flattened phases that output rows ``[row0, row0 + rows)`` of dim 1 read.
+
+    Parameters
+    ----------
+    x : ndarray, shape (n, C, *in_size)
+        The (unpadded) input images of this chunk.
+
+    Returns
+    -------
+    ndarray, shape (n, C, nphase, (rows + reach + 1) * row_len), dtype ``dtype``
+        Phase row ``j`` holds padded dim-1 row ``(row0 + j) * stride_1 + r_1``. The one
+        extra row keeps the last tap's slice in bounds; it and every position past the
+        padded input read as zero and only feed discarded wide columns.
+    """
+    n, c = x.shape[:2]
+    stride = geom.stride
+    span = rows + plan.reach + 1
+    first = row0 * stride[0]  # first padded dim-1 row of the chunk
+    extent = (span * stride[0],) + tuple(q * s for q, s in zip(plan.inner, stride[1:]))
+    buf = np.zeros((n, c) + extent, dtype=dtype)  # (n, C, padded rows of the chunk, ...)
+    lo, size = geom.pad_lo, geom.in_size
+    if geom.padding_mode == "zeros":
+        i0 = max(first - lo[0], 0)
+        i1 = min(first + extent[0] - lo[0], size[0])
+        if i1 > i0:
+            dst = (slice(None), slice(None), slice(i0 + lo[0] - first, i1 + lo[0] - first))
+            dst += tuple(slice(a, a + b) for a, b in zip(lo[1:], size[1:]))
+            buf[dst] = x[:, :, i0:i1]
+    else:
+        mode = _NP_PAD_MODE[geom.padding_mode]
+        # padded dim-1 row -> input row, by padding the row numbers themselves
+        row_map = np.pad(np.arange(size[0]), (lo[0], geom.pad_hi[0]), mode=mode)
+        row_map = row_map[first:first + extent[0]]
+        part = np.take(x, row_map, axis=2)
+        part = np.pad(part, [(0, 0)] * 3 + list(zip(lo[1:], geom.pad_hi[1:])), mode=mode)
+        buf[tuple(slice(0, s) for s in part.shape)] = part
+    if plan.nphase == 1:
+        return buf.reshape(n, c, 1, -1)
+    # (n, C, span, s_1, Q_2, s_2, ...) -> (n, C, s_1, s_2, ..., span, Q_2, ...): one copy
+    split = (n, c) + tuple(v for pair in zip((span,) + plan.inner, stride) for v in pair)
     nd = geom.ndim
-    extent = tuple(d * (k - 1) + 1 for k, d in zip(geom.kernel, geom.dilation))
-    view = sliding_window_view(xp, extent, axis=tuple(range(2, 2 + nd)))
-    # view: (N, C, *positions, *extent) -> take every stride-th position, dilation-th tap
-    index = (slice(None), slice(None))
-    index += tuple(slice(0, o * s, s) for o, s in zip(geom.out_size, geom.stride))
-    index += tuple(slice(None, None, d) for d in geom.dilation)
-    return view[index]
+    order = (0, 1) + tuple(3 + 2 * d for d in range(nd)) + tuple(2 + 2 * d for d in range(nd))
+    return buf.reshape(split).transpose(order).reshape(n, c, plan.nphase, -1)
+
+
+def _row_chunks(n: int, out_rows: int, bytes_per_row: int, budget: int):
+    """Yield (batch slice, first row, row count): whole images while one fits ``budget``."""
+    per_image = max(bytes_per_row * out_rows, 1)
+    if per_image <= budget:
+        step = max(1, budget // per_image)
+        for n0 in range(0, n, step):
+            yield slice(n0, min(n, n0 + step)), 0, out_rows
+        return
+    rows = max(1, budget // max(bytes_per_row, 1))
+    for n0 in range(n):
+        for r0 in range(0, out_rows, rows):
+            yield slice(n0, n0 + 1), r0, min(rows, out_rows - r0)
 
 
 def _chunks(n: int, first_out: int, bytes_per_position: int):
     """Yield (batch slice, first-output-dim slice) pairs whose buffer fits the workspace."""
-    per_image = max(bytes_per_position * first_out, 1)
-    if per_image <= WORKSPACE_BYTES:
-        step = max(1, WORKSPACE_BYTES // per_image)
-        for n0 in range(0, n, step):
-            yield slice(n0, min(n, n0 + step)), slice(0, first_out)
-        return
-    rows = max(1, WORKSPACE_BYTES // max(bytes_per_position, 1))
-    for n0 in range(n):
-        for r0 in range(0, first_out, rows):
-            yield slice(n0, n0 + 1), slice(r0, min(first_out, r0 + rows))
+    for bs, r0, rows in _row_chunks(n, first_out, bytes_per_position, WORKSPACE_BYTES):
+        yield bs, slice(r0, r0 + rows)
+
+
+def _write(dst, src, bias):
+    """``dst[...] = src + bias`` in one pass (bias per channel, axis 1; rounds to dst's dtype)."""
+    if bias is None:
+        np.copyto(dst, src, casting="same_kind")
+    else:
+        np.add(src, bias.reshape((1, -1) + (1,) * (src.ndim - 2)), out=dst, casting="same_kind")
 
 
 def _add_bias(result, bias):
@@ -84,40 +183,53 @@ class NumpyBackend(GradMixin):
     def conv(self, x, weight, bias, geom: ConvGeometry):
         dtype = x.dtype
         cdt = _compute_dtype(dtype)
-        x = x.astype(cdt, copy=False)
         weight = weight.astype(cdt, copy=False)
+        bias = None if bias is None else bias.astype(cdt, copy=False)
         n, c_in = x.shape[:2]
         c_out = weight.shape[0]
         g = geom.groups
         cg, og = c_in // g, c_out // g
-        taps = int(np.prod(geom.kernel))
-        positions = int(np.prod(geom.out_size[1:], dtype=np.int64))
-        result = np.empty((n, c_out, *geom.out_size), dtype=cdt)
+        result = np.empty((n, c_out, *geom.out_size), dtype=dtype)
         if all(k == 1 for k in geom.kernel) and not any(geom.pad_lo + geom.pad_hi) and all(
             s == 1 for s in geom.stride
         ):
             # 1x1 convolution: a plain matrix product per group.
             # (G, og, cg) @ (N, G, cg, P) -> (N, G, og, P)
-            xr = x.reshape(n, g, cg, -1)
-            np.matmul(weight.reshape(g, og, cg), xr, out=result.reshape(n, g, og, -1))
-            _add_bias(result, bias)
-            return result.astype(dtype, copy=False)
-        windows = _windows(_pad(x, geom), geom)  # (N, C, *out, *k)
-        nd = geom.ndim
-        # Reorder to (N, C, *k, *out) so one image's columns are (C*K, P): the GEMM's B.
-        order = (0, 1) + tuple(range(2 + nd, 2 + 2 * nd)) + tuple(range(2, 2 + nd))
-        windows = windows.transpose(order)
-        w = weight.reshape(g, og, cg * taps)  # (G, og, cg*K)
-        for bs, rs in _chunks(n, geom.out_size[0], c_in * taps * positions * cdt.itemsize):
-            cols = np.ascontiguousarray(windows[(bs, slice(None)) + (slice(None),) * nd + (rs,)])
-            nb, rows = cols.shape[0], rs.stop - rs.start
-            cols = cols.reshape(nb, g, cg * taps, rows * positions)  # (n, G, cg*K, P)
-            target = result[bs, :, rs].reshape(nb, g, og, rows * positions)
-            if target.base is None or not np.shares_memory(target, result):
-                raise AssertionError("internal: chunk view must alias the result")
-            np.matmul(w, cols, out=target)
-        _add_bias(result, bias)
-        return result.astype(dtype, copy=False)
+            xr = x.astype(cdt, copy=False).reshape(n, g, cg, -1)
+            if dtype == cdt:
+                np.matmul(weight.reshape(g, og, cg), xr, out=result.reshape(n, g, og, -1))
+                _add_bias(result, bias)
+            else:
+                product = np.matmul(weight.reshape(g, og, cg), xr).reshape(result.shape)
+                _write(result, product, bias)
+            return result
+        plan = _flat_plan(geom)
+        taps = len(plan.taps)
+        w = weight.reshape(g, og, cg * taps)  # (G, og, cg*K), tap-minor like cols below
+        crop = (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_size[1:])
+        # bytes per output row of dim 1: im2col columns + wide output + input phases
+        per_row = (c_in * taps + c_out + c_in * plan.nphase) * plan.row_len * cdt.itemsize
+        budget = min(WORKSPACE_BYTES, CHUNK_BYTES)
+        chunks = list(_row_chunks(n, geom.out_size[0], per_row, budget))
+        most = max((bs.stop - bs.start) * rows for bs, _, rows in chunks) * plan.row_len
+        cols_buf = np.empty(c_in * taps * most, dtype=cdt)
+        wide_buf = np.empty(c_out * most, dtype=cdt)
+        for bs, r0, rows in chunks:
+            nb = bs.stop - bs.start
+            length = rows * plan.row_len  # wide outputs per image in this chunk
+            phases = _phase_rows(x[bs], geom, plan, r0, rows, cdt)  # (n, C, phases, flat)
+            # im2col, one contiguous copy per tap: cols[g, c, t, i, :] = phase slice
+            cols = cols_buf[: c_in * taps * nb * length].reshape(g, cg, taps, nb, length)
+            for t, (phase, offset) in enumerate(plan.taps):
+                src = phases[:, :, phase, offset:offset + length]  # (n, C, L)
+                cols[:, :, t] = src.reshape(nb, g, cg, length).transpose(1, 2, 0, 3)
+            # (G, og, cg*K) @ (G, cg*K, n*L) -> (G, og, n*L)
+            wide = wide_buf[: c_out * nb * length].reshape(g, og, nb * length)
+            np.matmul(w, cols.reshape(g, cg * taps, nb * length), out=wide)
+            # (C_out, n, rows, *inner) -> crop -> (n, C_out, rows, *out[1:])
+            wide = wide.reshape(c_out, nb, rows, *plan.inner)[crop].swapaxes(0, 1)
+            _write(result[bs, :, r0:r0 + rows], wide, bias)
+        return result
 
     # -------------------------------------------------------- conv_transpose
     def conv_transpose(self, x, weight, bias, geom: ConvGeometry):
@@ -161,39 +273,42 @@ class NumpyBackend(GradMixin):
     def depthwise_conv(self, x, weight, bias, geom: ConvGeometry):
         dtype = x.dtype
         cdt = _compute_dtype(dtype)
-        x = x.astype(cdt, copy=False)
         n, c = x.shape[:2]
         mult = weight.shape[0] // c
-        nd = geom.ndim
-        taps = list(np.ndindex(*geom.kernel))
-        # (C, mult, K): the filter values each input channel is scaled by
-        w = weight.astype(cdt, copy=False).reshape(c, mult, len(taps))
-        xp = _pad(x, geom)
-        result = np.empty((n, c, mult, *geom.out_size), dtype=cdt)
-        out_positions = int(np.prod(geom.out_size))
-        in_positions = int(np.prod(xp.shape[2:]))
-        # Work on blocks of (image, channels) that stay in cache across the K taps.
-        per_channel = (in_positions + 2 * mult * out_positions) * cdt.itemsize
-        block = max(1, min(c, (512 * 1024) // max(per_channel, 1)))
-        tmp = np.empty((block, mult, *geom.out_size), dtype=cdt)
-        for i in range(n):
-            for c0 in range(0, c, block):
-                c1 = min(c, c0 + block)
-                acc = result[i, c0:c1]                      # (cb, mult, *out)
-                t = tmp[: c1 - c0]
-                for j, tap in enumerate(taps):
-                    src = xp[(i, slice(c0, c1)) + tuple(
-                        slice(k * d, k * d + (o - 1) * s + 1, s)
-                        for k, d, s, o in zip(tap, geom.dilation, geom.stride, geom.out_size))]
-                    wj = w[c0:c1, :, j].reshape((c1 - c0, mult) + (1,) * nd)
-                    if j == 0:
-                        np.multiply(src[:, None], wj, out=acc)
-                    else:
-                        np.multiply(src[:, None], wj, out=t)
-                        acc += t
-        result = result.reshape(n, c * mult, *geom.out_size)
-        _add_bias(result, bias)
-        return result.astype(dtype, copy=False)
+        plan = _flat_plan(geom)
+        taps = len(plan.taps)
+        w = weight.astype(cdt, copy=False).reshape(c, mult, taps)  # channel c's filters
+        bias = None if bias is None else bias.astype(cdt, copy=False)
+        result = np.empty((n, c * mult, *geom.out_size), dtype=dtype)
+        crop = (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_size[1:])
+        isz = cdt.itemsize
+        per_row = c * plan.nphase * plan.row_len * isz  # the input phases are the buffer
+        for bs, r0, rows in _row_chunks(n, geom.out_size[0], per_row, WORKSPACE_BYTES):
+            length = rows * plan.row_len
+            phases = _phase_rows(x[bs], geom, plan, r0, rows, cdt)  # (n, C, phases, flat)
+            # channels per block: their phases, accumulator and product stay in cache
+            per_channel = (phases.shape[-1] * plan.nphase + 2 * mult * length) * isz
+            block = max(1, min(c, DEPTHWISE_BLOCK_BYTES // per_channel))
+            acc_buf = np.empty(block * mult * length, dtype=cdt)
+            tmp_buf = np.empty(block * mult * length, dtype=cdt)
+            for i in range(bs.stop - bs.start):
+                for c0 in range(0, c, block):
+                    c1 = min(c, c0 + block)
+                    acc = acc_buf[: (c1 - c0) * mult * length].reshape(c1 - c0, mult, length)
+                    tmp = tmp_buf[: acc.size].reshape(acc.shape)
+                    for t, (phase, offset) in enumerate(plan.taps):
+                        src = phases[i, c0:c1, phase, None, offset:offset + length]  # (cb, 1, L)
+                        wt = w[c0:c1, :, t, None]  # (cb, mult, 1)
+                        if t == 0:
+                            np.multiply(src, wt, out=acc)
+                        else:
+                            np.multiply(src, wt, out=tmp)
+                            acc += tmp
+                    # (cb*mult, rows, *inner) -> crop -> result rows
+                    wide = acc.reshape((1, (c1 - c0) * mult, rows) + plan.inner)[crop]
+                    dst = result[bs.start + i: bs.start + i + 1, c0 * mult:c1 * mult, r0:r0 + rows]
+                    _write(dst, wide, None if bias is None else bias[c0 * mult:c1 * mult])
+        return result
 
     # -------------------------------------------------------------- deformable
     def deform_conv2d(self, x, offset, weight, bias, mask, geom: ConvGeometry, offset_groups):
