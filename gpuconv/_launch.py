@@ -156,7 +156,8 @@ def _check_array(kernel: Kernel, position: int, code: str, value):
         raise ValueError(
             f"{where}: data pointer is not aligned to {_alignment(expected)} bytes"
         )
-    if not code.startswith("const") and not value.flags.writeable:
+    # (cupy.ndarray's flags have no `writeable`: device arrays are always writable)
+    if not code.startswith("const") and not getattr(value.flags, "writeable", True):
         raise ValueError(f"{where} is written by the kernel but the array is read-only")
     return value
 

@@ -245,3 +245,68 @@ def test_race_check_passes(dtype):
                     result = device_convolve.correlate(backend, a, v, mode,
                                                        convolve=op == "convolve", method=method)
                     assert_matches_numpy(result, op, a, v, mode)
+
+
+# --------------------------------------------------------------------- the CuPy executor, without a GPU
+
+
+def test_cupy_executor_with_a_stand_in_cupy(monkeypatch):
+    """CupyExecutor's flow on a machine without CuPy: a stand-in ``cupy`` whose RawModule
+    compiles the code TEXT it is given (the inlined source) with the emulator. Checks the
+    options and name expressions RawModule receives, per-device caching, and that the inlined
+    text is a complete, correct kernel source."""
+    import hashlib
+    import pathlib
+    import sys
+    import tempfile
+    import types
+
+    from gpuconv import _kernels
+    from gpuconv.backends.device._backend import DeviceBackend
+    from gpuconv.backends.device._executor import CupyExecutor
+
+    emulator = _emulator()
+    created = []
+    device_id = [0]
+
+    class RawModule:
+        def __init__(self, *, code, options, name_expressions):
+            created.append((device_id[0], options, tuple(name_expressions)))
+            # Compiled WITHOUT the kernels dir on the include path. A stable path per text
+            # lets the emulator's disk cache (keyed by path and contents) serve later runs.
+            digest = hashlib.sha256(code.encode()).hexdigest()[:24]
+            path = pathlib.Path(tempfile.gettempdir()) / "gpuconv-tests" / f"inlined-{digest}.cu"
+            path.parent.mkdir(exist_ok=True)
+            if not path.is_file():
+                path.write_text(code)
+            self._module = emulator.load_module(path, name_expressions)
+
+        def get_function(self, name):
+            return self._module.get_function(name)
+
+    class Device:
+        def __init__(self):
+            self.id = device_id[0]
+
+    fake = types.ModuleType("cupy")
+    for name in ("ndarray", "asarray", "ascontiguousarray", "empty", "conj", "convolve",
+                 "correlate"):
+        setattr(fake, name, getattr(np, name))
+    fake.RawModule = RawModule
+    fake.cuda = types.SimpleNamespace(Device=Device)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+
+    backend = DeviceBackend(CupyExecutor())
+    assert backend.xp is fake
+    rng = np.random.default_rng(23)
+    a = _random(rng, 300, np.complex64)
+    v = _random(rng, 40, np.complex64)
+    for op in OPS:
+        assert_matches_numpy(getattr(backend, op)(a, v, "same"), op, a, v, "same")
+    assert created == [(0, _kernels.NVRTC_OPTIONS, tuple(_kernels.name_expressions(FILE)))]
+    device_id[0] = 1  # another device: a module of its own
+    assert_matches_numpy(backend.correlate(a, v, "full"), "correlate", a, v, "full")
+    assert [c[0] for c in created] == [0, 1]
+
+
+FILE = device_convolve.FILE
