@@ -615,7 +615,7 @@ class EmuFunction:
         if kind == "stack":
             return EmulatorError(
                 f"kernel {self.name}: stack overflow {where}: a thread used more than "
-                f"{fields.get('stack_kib')} KiB of stack (raise GPUCONV_EMULATE_STACK_KIB)"
+                f"{fields.get('stack_kib')} KiB of stack (set GPUCONV_EMULATE_STACK_KIB to a larger power of two)"
             )
         return EmulatorError(
             f"kernel {self.name}: invalid memory {fields.get('access', 'access')} at address "

@@ -45,8 +45,27 @@ def compiler() -> str:
 
 
 def extra_flags() -> tuple[str, ...]:
-    """Extra compiler flags from ``$GPUCONV_EMULATE_CXXFLAGS`` (part of the cache key)."""
-    return tuple(shlex.split(os.environ.get("GPUCONV_EMULATE_CXXFLAGS", "")))
+    """Extra compiler flags (part of the cache key).
+
+    ``$GPUCONV_EMULATE_STACK_KIB`` (a power of two >= 32; default 128) becomes
+    ``-DGPUCONV_EMU_STACK_KIB=N``, the size of each CUDA thread's stack region;
+    ``$GPUCONV_EMULATE_CXXFLAGS`` is appended as is (e.g. ``-DGPUCONV_EMU_UCONTEXT`` to use
+    ucontext fibers, or ``-O0 -g`` to debug a kernel).
+    """
+    flags = []
+    stack = os.environ.get("GPUCONV_EMULATE_STACK_KIB", "").strip()
+    if stack:
+        try:
+            kib = int(stack)
+        except ValueError:
+            kib = 0
+        if kib < 32 or kib & (kib - 1):
+            raise ValueError(
+                f"GPUCONV_EMULATE_STACK_KIB={stack!r} must be a power of two, at least 32"
+            )
+        flags.append(f"-DGPUCONV_EMU_STACK_KIB={kib}")
+    flags += shlex.split(os.environ.get("GPUCONV_EMULATE_CXXFLAGS", ""))
+    return tuple(flags)
 
 
 @functools.lru_cache(maxsize=None)

@@ -67,46 +67,97 @@ struct dim3 {
     constexpr operator uint3() const { return uint3{x, y, z}; }
 };
 
+#if !defined(__x86_64__) && !defined(GPUCONV_EMU_UCONTEXT)
+#define GPUCONV_EMU_UCONTEXT 1  // no hand-written context switch for this architecture
+#endif
+#ifdef GPUCONV_EMU_UCONTEXT
+#include <ucontext.h>
+#endif
+
+// Size (and alignment) of one CUDA thread's stack region, a power of two; set with
+// GPUCONV_EMULATE_STACK_KIB (the build passes -DGPUCONV_EMU_STACK_KIB).
+#ifndef GPUCONV_EMU_STACK_KIB
+#define GPUCONV_EMU_STACK_KIB 128
+#endif
+
 namespace gpuconv_emu {
 
-struct Fiber;
+struct Worker;
 
-// Everything the runtime keeps per OS thread, in ONE thread_local object (the race check fills
-// the rest of this module's thread-local storage -- the static __shared__ arrays -- with garbage,
-// skipping this object).
-struct ThreadState {
+constexpr std::size_t kStackBytes = static_cast<std::size_t>(GPUCONV_EMU_STACK_KIB) * 1024;
+static_assert(kStackBytes >= 32 * 1024 && (kStackBytes & (kStackBytes - 1)) == 0,
+              "GPUCONV_EMU_STACK_KIB must be a power of two, at least 32");
+
+// One CUDA thread. It lives at the top of its own stack region, which is aligned to its size,
+// so a thread finds itself from its stack pointer: no thread-local lookup in kernel code.
+struct Fiber {
     uint3 thread_idx;
     uint3 block_idx;
     dim3 block_dim;
     dim3 grid_dim;
     unsigned char* dynamic_shared;
-    Fiber* current;              // the fiber running now, or nullptr outside a launch
-    void* scheduler_sp;          // where a fiber switches back to
-    void* worker;                // the runtime's per-OS-thread launch state
-    unsigned long long float_atomics;
-    int barrier_predicate_sum;   // __syncthreads_count: sum published at the last release
+    unsigned long long* float_atomics;  // the worker's counter of floating-point atomicAdds
+    const int* barrier_predicate_sum;   // the worker's: __syncthreads_count at the last release
+    Worker* worker;
+    void* sp;  // saved stack pointer while switched out
+    int state;
+    int predicate;
+#ifdef GPUCONV_EMU_UCONTEXT
+    ucontext_t ctx;
+#endif
 };
 
+// Where a region's Fiber header sits: near the top, 64-byte aligned, offset by a "colour" of up
+// to 1/8 of the region (at most 255 cache lines) taken from the region's address, so that the
+// headers (and the hot stack frames just below them) of many threads do not all map to the same
+// cache sets.
+constexpr std::size_t kFiberHeaderBytes = (sizeof(Fiber) + 63) & ~std::size_t(63);
+constexpr std::size_t kColourMask = kStackBytes / 8 / 64 >= 256 ? 255 : kStackBytes / 8 / 64 - 1;
+__attribute__((always_inline)) inline Fiber* fiber_of_region(std::uintptr_t base) {
+    const std::uintptr_t colour = (base / kStackBytes) & kColourMask;
+    return reinterpret_cast<Fiber*>(base + kStackBytes - kFiberHeaderBytes - colour * 64u);
+}
+
+// The fiber running on this stack. Only valid in code that runs inside a kernel launch.
+__attribute__((always_inline)) inline Fiber* self() {
+    std::uintptr_t sp;
+#if defined(__x86_64__)
+    asm("movq %%rsp, %0" : "=r"(sp));
+#elif defined(__aarch64__)
+    asm("mov %0, sp" : "=r"(sp));
+#else
+    volatile char probe = 0;
+    sp = reinterpret_cast<std::uintptr_t>(&probe);
+#endif
+    return fiber_of_region(sp & ~(kStackBytes - 1));
+}
+
+// Per OS thread: what the runtime (not kernel code) needs. The race check fills the rest of this
+// module's thread-local storage -- the static __shared__ arrays -- with garbage, skipping this.
+struct ThreadState {
+    Fiber* current;  // the fiber running now, or nullptr outside a launch
+    Worker* worker;
+};
 extern thread_local ThreadState tls;
 
-void syncthreads();                       // defined by the runtime
+void syncthreads();  // defined by the runtime
 void syncthreads_with_predicate(int pred);
 [[noreturn]] void kernel_fault(const char* what, const char* file, unsigned line,
                                const char* func);
 
 }  // namespace gpuconv_emu
 
-#define threadIdx (static_cast<const uint3&>(::gpuconv_emu::tls.thread_idx))
-#define blockIdx (static_cast<const uint3&>(::gpuconv_emu::tls.block_idx))
-#define blockDim (static_cast<const dim3&>(::gpuconv_emu::tls.block_dim))
-#define gridDim (static_cast<const dim3&>(::gpuconv_emu::tls.grid_dim))
+#define threadIdx (static_cast<const uint3&>(::gpuconv_emu::self()->thread_idx))
+#define blockIdx (static_cast<const uint3&>(::gpuconv_emu::self()->block_idx))
+#define blockDim (static_cast<const dim3&>(::gpuconv_emu::self()->block_dim))
+#define gridDim (static_cast<const dim3&>(::gpuconv_emu::self()->grid_dim))
 static constexpr int warpSize = 32;
 
 // Dynamic shared memory: a `T* name` pointing at the launch's dynamic shared buffer (aligned to
 // 64 bytes). The CUDA version, in kernels/common.cuh, uses `extern __shared__` storage.
 #ifndef GPUCONV_DYNAMIC_SHARED
 #define GPUCONV_DYNAMIC_SHARED(T, name) \
-    T* name = reinterpret_cast<T*>(::gpuconv_emu::tls.dynamic_shared)
+    T* name = reinterpret_cast<T*>(::gpuconv_emu::self()->dynamic_shared)
 #endif
 
 // ---------------------------------------------------------------------------------------------
@@ -115,16 +166,16 @@ static constexpr int warpSize = 32;
 inline void __syncthreads() { ::gpuconv_emu::syncthreads(); }
 inline int __syncthreads_count(int pred) {
     ::gpuconv_emu::syncthreads_with_predicate(pred != 0);
-    return ::gpuconv_emu::tls.barrier_predicate_sum;
+    return *::gpuconv_emu::self()->barrier_predicate_sum;
 }
 inline int __syncthreads_and(int pred) {
     ::gpuconv_emu::syncthreads_with_predicate(pred != 0);
-    return ::gpuconv_emu::tls.barrier_predicate_sum ==
+    return *::gpuconv_emu::self()->barrier_predicate_sum ==
            static_cast<int>(blockDim.x * blockDim.y * blockDim.z);
 }
 inline int __syncthreads_or(int pred) {
     ::gpuconv_emu::syncthreads_with_predicate(pred != 0);
-    return ::gpuconv_emu::tls.barrier_predicate_sum != 0;
+    return *::gpuconv_emu::self()->barrier_predicate_sum != 0;
 }
 // UNSUPPORTED for warp-synchronous code: threads of a block run one after another between
 // barriers, so __syncwarp() has nothing to wait for. It is a no-op so that code which only uses
@@ -288,7 +339,7 @@ inline T atomic_fetch_add_integer(T* address, T val) {
 template <class T, class Bits>
 inline T atomic_fetch_add_float(T* address, T val) {
     static_assert(sizeof(T) == sizeof(Bits), "bit-width mismatch");
-    ++tls.float_atomics;
+    ++*self()->float_atomics;
     Bits* bits = reinterpret_cast<Bits*>(address);
     Bits expected = __atomic_load_n(bits, __ATOMIC_RELAXED);
     for (;;) {

@@ -29,12 +29,6 @@
 #include <utility>
 #include <vector>
 
-#if !defined(__x86_64__) && !defined(GPUCONV_EMU_UCONTEXT)
-#define GPUCONV_EMU_UCONTEXT 1
-#endif
-#ifdef GPUCONV_EMU_UCONTEXT
-#include <ucontext.h>
-#endif
 
 #define GPUCONV_EMU_API extern "C" __attribute__((visibility("default")))
 
@@ -78,26 +72,14 @@ enum : int {
 
 enum FiberState : int { FIBER_READY = 0, FIBER_AT_BARRIER = 1, FIBER_DONE = 2, FIBER_FAULTED = 3 };
 
-struct Fiber {
-    void* sp;  // saved stack pointer while switched out
-    uint3 idx;
-    int state;
-    int predicate;
-    char* map_lo;      // the guard pages start here
-    char* stack_lo;    // lowest usable byte
-    char* stack_top;   // one past the highest usable byte, 64-byte aligned
-#ifdef GPUCONV_EMU_UCONTEXT
-    ucontext_t ctx;
-#endif
-};
-
 // ---------------------------------------------------------------------------------------------
 // Context switch
 // ---------------------------------------------------------------------------------------------
 #ifndef GPUCONV_EMU_UCONTEXT
-// void gpuconv_emu_swap(void** save_sp, void* load_sp): saves the callee-saved registers, MXCSR
-// and the x87 control word on the current stack, stores the stack pointer in *save_sp, switches
-// to load_sp and restores the same from there.
+// void gpuconv_emu_swap(void** save_sp, void* load_sp): pushes the callee-saved registers on the
+// current stack, stores the stack pointer in *save_sp, switches to load_sp and pops them there.
+// MXCSR and the x87 control word are not switched: every fiber of an OS thread shares them
+// (CUDA code cannot change rounding modes).
 extern "C" void gpuconv_emu_swap(void** save_sp, void* load_sp);
 asm(R"(
     .text
@@ -112,14 +94,8 @@ gpuconv_emu_swap:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -138,65 +114,69 @@ struct Worker;
 static void fiber_main();
 
 // ---------------------------------------------------------------------------------------------
-// Fiber stacks: mmap'd, guard pages at the bottom, pooled for the life of the process
+// Fiber stacks: regions of kStackBytes aligned to kStackBytes, guard pages at the bottom, the
+// Fiber header at the top; pooled for the life of the process
 // ---------------------------------------------------------------------------------------------
 static std::size_t page_size() {
     static const std::size_t p = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
     return p;
 }
 static std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
+// guard pages at the bottom of each stack region: 1/8 of it, at most 16 KiB
+static const std::size_t kStackGuardBytes = kStackBytes / 8 < 16384 ? kStackBytes / 8 : 16384;
 
-static std::size_t stack_bytes() {
-    static const std::size_t bytes = [] {
-        std::size_t kib = 64;
-        if (const char* s = getenv("GPUCONV_EMULATE_STACK_KIB")) {
-            const long v = atol(s);
-            if (v >= 16 && v <= 65536) kib = static_cast<std::size_t>(v);
-        }
-        return round_up(kib * 1024, page_size());
-    }();
-    return bytes;
+static char* region_base(const Fiber* f) {
+    return reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(f) & ~(kStackBytes - 1));
 }
-static const std::size_t kStackGuardPages = 4;
+static Fiber* region_fiber(char* base) {
+    return fiber_of_region(reinterpret_cast<std::uintptr_t>(base));
+}
 
 struct StackPool {
     std::mutex mutex;
-    std::vector<char*> free_maps;
+    std::vector<char*> free_regions;
 };
 static StackPool& stack_pool() {
     static StackPool* pool = new StackPool;  // never destroyed: stacks outlive static teardown
     return *pool;
 }
 
-static bool acquire_stacks(std::vector<Fiber>& fibers) {
-    const std::size_t guard = kStackGuardPages * page_size();
-    const std::size_t total = guard + stack_bytes();
+static char* new_region() {
+    // map twice the size, keep the aligned half
+    void* p = mmap(nullptr, 2 * kStackBytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    const std::uintptr_t raw = reinterpret_cast<std::uintptr_t>(p);
+    const std::uintptr_t base = (raw + kStackBytes - 1) & ~(kStackBytes - 1);
+    if (base > raw) munmap(p, base - raw);
+    const std::uintptr_t tail = raw + 2 * kStackBytes - (base + kStackBytes);
+    if (tail) munmap(reinterpret_cast<void*>(base + kStackBytes), tail);
+    char* region = reinterpret_cast<char*>(base);
+    if (mprotect(region, round_up(kStackGuardBytes, page_size()), PROT_NONE) != 0) return nullptr;
+    return region;
+}
+
+static bool acquire_stacks(std::vector<Fiber*>& fibers, std::size_t n) {
     StackPool& pool = stack_pool();
     std::lock_guard<std::mutex> lock(pool.mutex);
-    for (Fiber& f : fibers) {
-        char* map;
-        if (!pool.free_maps.empty()) {
-            map = pool.free_maps.back();
-            pool.free_maps.pop_back();
-        } else {
-            void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE,
-                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-            if (p == MAP_FAILED) return false;
-            map = static_cast<char*>(p);
-            if (mprotect(map, guard, PROT_NONE) != 0) return false;
+    while (fibers.size() < n) {
+        char* region;
+        if (!pool.free_regions.empty()) {
+            region = pool.free_regions.back();
+            pool.free_regions.pop_back();
+        } else if (!(region = new_region())) {
+            return false;
         }
-        f.map_lo = map;
-        f.stack_lo = map + guard;
-        f.stack_top = map + total;
+        fibers.push_back(region_fiber(region));
     }
     return true;
 }
 
-static void release_stacks(std::vector<Fiber>& fibers) {
+static void release_stacks(std::vector<Fiber*>& fibers) {
     StackPool& pool = stack_pool();
     std::lock_guard<std::mutex> lock(pool.mutex);
-    for (Fiber& f : fibers)
-        if (f.map_lo) pool.free_maps.push_back(f.map_lo);
+    for (Fiber* f : fibers) pool.free_regions.push_back(region_base(f));
+    fibers.clear();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -259,9 +239,10 @@ static void segv_handler(int sig, siginfo_t* info, void* context) {
 #endif
     char msg[1024];
     int len = 0;
-    const uint3 t = tls.thread_idx;
-    const uint3 b = tls.block_idx;
-    const int in_kernel = tls.current != nullptr;
+    const Fiber* cur = tls.current;
+    const uint3 t = cur ? cur->thread_idx : uint3{0, 0, 0};
+    const uint3 b = cur ? cur->block_idx : uint3{0, 0, 0};
+    const int in_kernel = cur != nullptr;
     const int n = std::min(g_region_count.load(), kMaxRegions);
     int found = -1;
     for (int i = 0; i < n; ++i)
@@ -274,11 +255,11 @@ static void segv_handler(int sig, siginfo_t* info, void* context) {
                        r.param, static_cast<long long>(addr - r.data),
                        static_cast<unsigned long long>(r.nbytes), access, t.x, t.y, t.z, b.x, b.y,
                        b.z, in_kernel);
-    } else if (Fiber* f = tls.current;
-               f && addr < f->stack_lo && addr + (1 << 20) >= f->map_lo) {
+    } else if (cur && addr < region_base(cur) + kStackGuardBytes &&
+               addr + (1 << 20) >= region_base(cur)) {
         len = snprintf(msg, sizeof msg,
                        "kind=stack stack_kib=%llu thread=%u,%u,%u block=%u,%u,%u in_kernel=1\n",
-                       static_cast<unsigned long long>(stack_bytes() / 1024), t.x, t.y, t.z, b.x,
+                       static_cast<unsigned long long>((kStackBytes - kStackGuardBytes) / 1024), t.x, t.y, t.z, b.x,
                        b.y, b.z);
     } else {
         len = snprintf(msg, sizeof msg,
@@ -339,13 +320,18 @@ struct Launch {
 
 struct Worker {
     Launch* launch;
-    std::vector<Fiber> fibers;
+    std::vector<Fiber*> regions;   // all stack regions this worker holds
+    std::vector<Fiber*> free_list; // regions not used by a live thread of the current block
+    std::vector<Fiber*> slot;      // thread -> its region while it is alive, else nullptr
     std::vector<unsigned> order;
-    unsigned long long init_fp_word;  // MXCSR | x87 control word << 32, for fresh fibers
+    uint3 block_idx;
+    unsigned char* dynamic_shared = nullptr;
     unsigned char* shared_alloc = nullptr;
     unsigned char* tls_lo = nullptr;  // this module's thread-local block (static __shared__)
     std::size_t tls_size = 0;
-    unsigned long long barriers = 0, switches = 0;
+    unsigned long long barriers = 0, switches = 0, float_atomics = 0;
+    int barrier_predicate_sum = 0;
+    void* scheduler_sp = nullptr;
     void* altstack = nullptr;
 #ifdef GPUCONV_EMU_UCONTEXT
     ucontext_t scheduler_ctx;
@@ -382,7 +368,6 @@ static int tls_phdr_callback(dl_phdr_info* info, std::size_t, void* arg) {
 static void find_tls_block(Worker& w) {
     Dl_info di;
     if (!dladdr(reinterpret_cast<void*>(&find_tls_block), &di)) return;
-    (void)tls.thread_idx.x;  // make sure this thread's block is allocated
     TlsLookup q{reinterpret_cast<uintptr_t>(di.dli_fbase), nullptr, 0};
     dl_iterate_phdr(tls_phdr_callback, &q);
     unsigned char* self = reinterpret_cast<unsigned char*>(&tls);
@@ -400,31 +385,31 @@ static void fill_shared_garbage(Worker& w) {
         memset(self + sizeof(ThreadState), byte,
                static_cast<std::size_t>(w.tls_lo + w.tls_size - (self + sizeof(ThreadState))));
     }
-    if (w.launch->shared_bytes) memset(tls.dynamic_shared, byte, w.launch->shared_bytes);
+    if (w.launch->shared_bytes) memset(w.dynamic_shared, byte, w.launch->shared_bytes);
 }
 
-static void init_fiber_context(Worker& w, Fiber& f) {
+static void init_fiber_context(Fiber& f) {
 #ifndef GPUCONV_EMU_UCONTEXT
-    unsigned long long* top = reinterpret_cast<unsigned long long*>(f.stack_top);
+    // the stack top is the Fiber header (64-byte aligned); below it a frame that
+    // gpuconv_emu_swap "returns" through into fiber_main with a 16-byte aligned call frame
+    unsigned long long* top = reinterpret_cast<unsigned long long*>(&f);
     top[-1] = 0;                                                    // fake return address
     top[-2] = reinterpret_cast<unsigned long long>(&fiber_main);  // popped by `ret`
     for (int i = 3; i <= 8; ++i) top[-i] = 0;                       // rbp rbx r12-r15
-    top[-9] = w.init_fp_word;
-    f.sp = &top[-9];
+    f.sp = &top[-8];
 #else
     getcontext(&f.ctx);
-    f.ctx.uc_stack.ss_sp = f.stack_lo;
-    f.ctx.uc_stack.ss_size = static_cast<std::size_t>(f.stack_top - f.stack_lo);
+    char* base = region_base(&f);
+    f.ctx.uc_stack.ss_sp = base + kStackGuardBytes;
+    f.ctx.uc_stack.ss_size = static_cast<std::size_t>(reinterpret_cast<char*>(&f) - (base + kStackGuardBytes));
     f.ctx.uc_link = nullptr;
     makecontext(&f.ctx, fiber_main, 0);
-    (void)w;
 #endif
 }
 
 static inline void switch_into(Worker& w, Fiber& f) {
 #ifndef GPUCONV_EMU_UCONTEXT
-    (void)w;
-    gpuconv_emu_swap(&tls.scheduler_sp, f.sp);
+    gpuconv_emu_swap(&w.scheduler_sp, f.sp);
 #else
     swapcontext(&w.scheduler_ctx, &f.ctx);
 #endif
@@ -432,42 +417,36 @@ static inline void switch_into(Worker& w, Fiber& f) {
 
 static inline void switch_out(Fiber& f) {
 #ifndef GPUCONV_EMU_UCONTEXT
-    gpuconv_emu_swap(&f.sp, tls.scheduler_sp);
+    gpuconv_emu_swap(&f.sp, f.worker->scheduler_sp);
 #else
-    swapcontext(&f.ctx, &static_cast<Worker*>(tls.worker)->scheduler_ctx);
+    swapcontext(&f.ctx, &f.worker->scheduler_ctx);
 #endif
 }
 
 static void fiber_main() {
-    Worker* w = static_cast<Worker*>(tls.worker);
-    const Entry* e = w->launch->entry;
-    e->invoke(e->fn, w->launch->argv);
-    Fiber* f = tls.current;
+    Fiber* f = self();
+    const Entry* e = f->worker->launch->entry;
+    e->invoke(e->fn, f->worker->launch->argv);
     f->state = FIBER_DONE;
     switch_out(*f);
     __builtin_unreachable();
 }
 
 void syncthreads() {
-    Fiber* f = tls.current;
-    if (!f) return;
+    Fiber* f = self();
     f->state = FIBER_AT_BARRIER;
     switch_out(*f);
 }
 
 void syncthreads_with_predicate(int pred) {
-    Fiber* f = tls.current;
-    if (!f) {
-        tls.barrier_predicate_sum = pred;
-        return;
-    }
+    Fiber* f = self();
     f->predicate = pred;
     f->state = FIBER_AT_BARRIER;
     switch_out(*f);
 }
 
 void kernel_fault(const char* what, const char* file, unsigned line, const char* func) {
-    Fiber* f = tls.current;
+    Fiber* f = tls.current;  // (a TLS lookup: this may also be called outside a kernel)
     std::string msg = what;
     if (file) msg += std::string(" at ") + file + ":" + std::to_string(line);
     if (func) msg += std::string(" in ") + func;
@@ -475,32 +454,33 @@ void kernel_fault(const char* what, const char* file, unsigned line, const char*
         fprintf(stderr, "gpuconv emulator: %s (outside a kernel)\n", msg.c_str());
         abort();
     }
-    Worker* w = static_cast<Worker*>(tls.worker);
-    w->launch->fail(RC_KERNEL_FAULT,
-                    msg + " (thread " + fmt_uint3(f->idx) + " of block " + fmt_uint3(tls.block_idx) + ")");
+    f->worker->launch->fail(RC_KERNEL_FAULT, msg + " (thread " + fmt_uint3(f->thread_idx) +
+                                                 " of block " + fmt_uint3(f->block_idx) + ")");
     f->state = FIBER_FAULTED;
     switch_out(*f);
     __builtin_unreachable();
 }
 
 // Runs block number `linear` (x fastest). Returns false if the launch must stop.
+//
+// A thread gets a stack region when it first runs and gives it back when it returns, so in a
+// kernel without barriers every thread of the block reuses the same (cache-hot) stack; a thread
+// that waits at a barrier keeps its region until it is released.
 static bool run_block(Worker& w, unsigned long long linear) {
     Launch& L = *w.launch;
+    ThreadState& ts = tls;
     const unsigned long long gx = L.grid.x, gy = L.grid.y;
-    tls.block_idx = uint3{static_cast<unsigned>(linear % gx),
-                          static_cast<unsigned>((linear / gx) % gy),
-                          static_cast<unsigned>(linear / (gx * gy))};
+    w.block_idx = uint3{static_cast<unsigned>(linear % gx),
+                        static_cast<unsigned>((linear / gx) % gy),
+                        static_cast<unsigned>(linear / (gx * gy))};
     if (L.flags & FLAG_FILL_SHARED) fill_shared_garbage(w);
     const unsigned n = L.nthreads;
-    for (unsigned t = 0; t < n; ++t) {
-        Fiber& f = w.fibers[t];
-        f.idx = uint3{t % L.block.x, (t / L.block.x) % L.block.y, t / (L.block.x * L.block.y)};
-        f.state = FIBER_READY;
-        f.predicate = 0;
-        init_fiber_context(w, f);
-    }
+    const unsigned bx = L.block.x, bxy = L.block.x * L.block.y;
+    w.free_list.assign(w.regions.rbegin(), w.regions.rend());
+    std::fill(w.slot.begin(), w.slot.end(), nullptr);
     unsigned long long rng = L.seed ^ (linear * 0x2545f4914f6cdd1dull);
     unsigned done = 0;
+    uint3 first_exited{0, 0, 0};
     for (unsigned round = 0;; ++round) {
         unsigned* order = w.order.data();
         if (L.flags & FLAG_ORDER_SHUFFLE) {
@@ -509,75 +489,84 @@ static bool run_block(Worker& w, unsigned long long linear) {
                 std::swap(order[i - 1], order[j]);
             }
         }
+        unsigned waiting = 0;
         for (unsigned k = 0; k < n; ++k) {
-            Fiber& f = w.fibers[order[k]];
-            if (f.state == FIBER_DONE) continue;
-            f.state = FIBER_READY;
-            tls.thread_idx = f.idx;
-            tls.current = &f;
-            switch_into(w, f);
+            const unsigned t = order[k];
+            Fiber* f = w.slot[t];
+            if (round == 0) {  // start thread t on a free region
+                f = w.free_list.back();
+                w.free_list.pop_back();
+                f->thread_idx = uint3{t % bx, (t / bx) % L.block.y, t / bxy};
+                f->block_idx = w.block_idx;
+                f->block_dim = L.block;
+                f->grid_dim = L.grid;
+                f->dynamic_shared = w.dynamic_shared;
+                f->float_atomics = &w.float_atomics;
+                f->barrier_predicate_sum = &w.barrier_predicate_sum;
+                f->worker = &w;
+                f->predicate = 0;
+                init_fiber_context(*f);
+            } else if (!f) {
+                continue;  // returned in an earlier round
+            }
+            f->state = FIBER_READY;
+            ts.current = f;
+            switch_into(w, *f);
             ++w.switches;
-            if (f.state == FIBER_FAULTED) {
-                tls.current = nullptr;
+            if (f->state == FIBER_AT_BARRIER) {
+                w.slot[t] = f;
+                ++waiting;
+                continue;
+            }
+            if (f->state == FIBER_FAULTED) {
+                ts.current = nullptr;
                 return false;  // kernel_fault recorded the message
             }
-            if (f.state == FIBER_DONE) ++done;
+            if (done++ == 0) first_exited = f->thread_idx;  // FIBER_DONE
+            w.slot[t] = nullptr;
+            w.free_list.push_back(f);
         }
-        tls.current = nullptr;
-        if (done == n) return true;
-        if (done > 0) {  // some threads returned, the others wait at a barrier
-            const Fiber* exited = nullptr;
-            const Fiber* waiting = nullptr;
-            for (unsigned t = 0; t < n; ++t) {
-                const Fiber& f = w.fibers[t];
-                if (f.state == FIBER_DONE && !exited) exited = &f;
-                if (f.state == FIBER_AT_BARRIER && !waiting) waiting = &f;
-            }
+        ts.current = nullptr;
+        if (waiting == 0) return true;  // every thread returned
+        if (done > 0) {                 // some threads returned, the others wait at a barrier
+            uint3 waiter{0, 0, 0};
+            for (unsigned t = 0; t < n; ++t)
+                if (w.slot[t]) {
+                    waiter = w.slot[t]->thread_idx;
+                    break;
+                }
             L.fail(RC_DIVERGENT_BARRIER,
-                   "divergent __syncthreads() in block " + fmt_uint3(tls.block_idx) + ": " +
-                       std::to_string(n - done) + " of " + std::to_string(n) +
+                   "divergent __syncthreads() in block " + fmt_uint3(w.block_idx) + ": " +
+                       std::to_string(waiting) + " of " + std::to_string(n) +
                        " threads wait at barrier #" + std::to_string(round + 1) + " (e.g. thread " +
-                       fmt_uint3(waiting->idx) + ") while " + std::to_string(done) +
-                       " have returned (e.g. thread " + fmt_uint3(exited->idx) + ")");
+                       fmt_uint3(waiter) + ") while " + std::to_string(done) +
+                       " have returned (e.g. thread " + fmt_uint3(first_exited) + ")");
             return false;
         }
         int sum = 0;  // every thread waits at the barrier: release them all
         for (unsigned t = 0; t < n; ++t) {
-            sum += w.fibers[t].predicate;
-            w.fibers[t].predicate = 0;
+            sum += w.slot[t]->predicate;
+            w.slot[t]->predicate = 0;
         }
-        tls.barrier_predicate_sum = sum;
+        w.barrier_predicate_sum = sum;
         ++w.barriers;
     }
 }
 
-static void run_worker(Launch* L, bool is_calling_thread) {
+static void run_worker(Launch* L) {
     Worker w;
     w.launch = L;
-    w.fibers.resize(L->nthreads);
-    for (Fiber& f : w.fibers) f = Fiber{};
+    w.slot.assign(L->nthreads, nullptr);
     w.order.resize(L->nthreads);
     for (unsigned t = 0; t < L->nthreads; ++t)
         w.order[t] = (L->flags & FLAG_ORDER_REVERSE) ? L->nthreads - 1 - t : t;
-#ifndef GPUCONV_EMU_UCONTEXT
-    unsigned int mxcsr = 0;
-    unsigned short fcw = 0;
-    asm volatile("stmxcsr %0" : "=m"(mxcsr));
-    asm volatile("fnstcw %0" : "=m"(fcw));
-    w.init_fp_word = static_cast<unsigned long long>(mxcsr) |
-                     (static_cast<unsigned long long>(fcw) << 32);
-#endif
     const ThreadState saved = tls;  // the calling thread may be inside another module's launch
-    tls = ThreadState{};
-    tls.worker = &w;
-    tls.block_dim = L->block;
-    tls.grid_dim = L->grid;
-    tls.float_atomics = 0;
+    tls = ThreadState{nullptr, &w};
 
     stack_t old_altstack;
     bool altstack_set = false;
-    if (L->flags & FLAG_CHECKED) {
-        const std::size_t alt_size = 256 * 1024;
+    const std::size_t alt_size = 256 * 1024;
+    if (L->flags & FLAG_CHECKED) {  // the SIGSEGV handler must run on a stack that is not full
         w.altstack = mmap(nullptr, alt_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
                           -1, 0);
         if (w.altstack != MAP_FAILED) {
@@ -591,18 +580,18 @@ static void run_worker(Launch* L, bool is_calling_thread) {
         }
     }
 
-    bool ok = acquire_stacks(w.fibers);
+    bool ok = acquire_stacks(w.regions, L->nthreads);
     if (!ok) L->fail(RC_INTERNAL, "could not allocate fiber stacks (mmap failed)");
     if (ok && L->shared_bytes) {
         if (L->flags & FLAG_CHECKED) {
-            tls.dynamic_shared = reinterpret_cast<unsigned char*>(
+            w.dynamic_shared = reinterpret_cast<unsigned char*>(
                 alloc_guarded(L->shared_bytes, (L->flags & FLAG_GUARD_HEAD) != 0, 64, -1));
         } else {
             w.shared_alloc = static_cast<unsigned char*>(
                 aligned_alloc(64, round_up(L->shared_bytes, 64)));
-            tls.dynamic_shared = w.shared_alloc;
+            w.dynamic_shared = w.shared_alloc;
         }
-        if (!tls.dynamic_shared) {
+        if (!w.dynamic_shared) {
             ok = false;
             L->fail(RC_INTERNAL, "could not allocate dynamic shared memory");
         }
@@ -619,19 +608,18 @@ static void run_worker(Launch* L, bool is_calling_thread) {
 
     L->barriers.fetch_add(w.barriers);
     L->switches.fetch_add(w.switches);
-    L->float_atomics.fetch_add(tls.float_atomics);
-    release_stacks(w.fibers);
+    L->float_atomics.fetch_add(w.float_atomics);
+    release_stacks(w.regions);
     free(w.shared_alloc);
     if (altstack_set) {
         stack_t off;
         memset(&off, 0, sizeof off);
         off.ss_flags = SS_DISABLE;
         sigaltstack(&off, nullptr);
-        if (old_altstack.ss_flags != SS_DISABLE) sigaltstack(&old_altstack, nullptr);
+        if (!(old_altstack.ss_flags & SS_DISABLE)) sigaltstack(&old_altstack, nullptr);
     }
-    if (w.altstack) munmap(w.altstack, 256 * 1024);
+    if (w.altstack) munmap(w.altstack, alt_size);
     tls = saved;
-    (void)is_calling_thread;
 }
 
 static unsigned long long now_ns() {
@@ -693,11 +681,11 @@ static int do_launch(int index, const unsigned* grid, const unsigned* block,
         workers = static_cast<unsigned>(L.nblocks);
     std::vector<std::thread> pool;
     try {
-        for (unsigned i = 1; i < workers; ++i) pool.emplace_back(run_worker, &L, false);
+        for (unsigned i = 1; i < workers; ++i) pool.emplace_back(run_worker, &L);
     } catch (...) {
         L.fail(RC_INTERNAL, "could not start worker threads");
     }
-    run_worker(&L, true);
+    run_worker(&L);
     for (std::thread& t : pool) t.join();
     if (stats_out) {
         stats_out[0] = L.blocks_run.load();
