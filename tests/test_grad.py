@@ -572,3 +572,14 @@ G = rng.standard_normal((2, 6, 6, 6))
 def test_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_import_gpuconv_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, gpuconv, gpuconv.grad, gpuconv.backends.numpy_backend; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"
