@@ -59,9 +59,9 @@ def make_backend(name: str) -> "DeviceBackend":
     return DeviceBackend(executor)
 
 
-def _not_yet(op: str):
+def _not_yet(op: str, issue: int = 4):
     def method(self, *args, **kwargs):
-        raise NotImplementedError(f"{op} has no CUDA kernel yet (issue 4)")
+        raise NotImplementedError(f"{op} has no CUDA kernel yet (issue {issue})")
 
     method.__name__ = op
     method.__doc__ = f"``{op}``: not implemented on the device backends yet."
@@ -104,3 +104,14 @@ class DeviceBackend:
         """Deformable convolution v1/v2: ``deform_im2col`` of ``kernels/deform.cu`` and a
         GEMM per group through ``self.executor.matmul`` (see ``_deform``)."""
         return _deform.deform_conv2d(self, x, offset, weight, bias, mask, geom, offset_groups)
+
+    # Gradients (see gpuconv.grad; the NumPy backend's are in numpy_grad.GradMixin, with the
+    # same signatures). conv_input_grad(weight, grad_output, geom) is conv_transpose's forward
+    # and conv_transpose_input_grad is conv's forward, for padding_mode 'zeros'.
+    conv_input_grad = _not_yet("conv_input_grad", 5)
+    conv_weight_grad = _not_yet("conv_weight_grad", 5)
+    conv_transpose_input_grad = _not_yet("conv_transpose_input_grad", 5)
+    conv_transpose_weight_grad = _not_yet("conv_transpose_weight_grad", 5)
+    depthwise_conv_input_grad = _not_yet("depthwise_conv_input_grad", 5)
+    depthwise_conv_weight_grad = _not_yet("depthwise_conv_weight_grad", 5)
+    deform_conv2d_grad = _not_yet("deform_conv2d_grad", 5)
