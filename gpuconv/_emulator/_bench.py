@@ -21,7 +21,7 @@ import numpy as np
 from . import load_module
 
 
-def _best(fn, repeat=3):
+def _best(fn, repeat=5):
     best = float("inf")
     for _ in range(repeat):
         t0 = time.perf_counter()

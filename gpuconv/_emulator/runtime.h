@@ -494,6 +494,14 @@ static bool run_block(Worker& w, unsigned long long linear) {
             const unsigned t = order[k];
             Fiber* f = w.slot[t];
             if (round == 0) {  // start thread t on a free region
+                if (w.free_list.empty()) {  // regions are taken from the pool on demand
+                    const std::size_t had = w.regions.size();
+                    if (!acquire_stacks(w.regions, std::min<std::size_t>(n, had + 32))) {
+                        L.fail(RC_INTERNAL, "could not allocate fiber stacks (mmap failed)");
+                        return false;
+                    }
+                    w.free_list.assign(w.regions.rbegin(), w.regions.rend() - had);
+                }
                 f = w.free_list.back();
                 w.free_list.pop_back();
                 f->thread_idx = uint3{t % bx, (t / bx) % L.block.y, t / bxy};
@@ -580,9 +588,8 @@ static void run_worker(Launch* L) {
         }
     }
 
-    bool ok = acquire_stacks(w.regions, L->nthreads);
-    if (!ok) L->fail(RC_INTERNAL, "could not allocate fiber stacks (mmap failed)");
-    if (ok && L->shared_bytes) {
+    bool ok = true;
+    if (L->shared_bytes) {
         if (L->flags & FLAG_CHECKED) {
             w.dynamic_shared = reinterpret_cast<unsigned char*>(
                 alloc_guarded(L->shared_bytes, (L->flags & FLAG_GUARD_HEAD) != 0, 64, -1));
@@ -674,8 +681,8 @@ static int do_launch(int index, const unsigned* grid, const unsigned* block,
             for (unsigned long long i = 0; i < L.nblocks; ++i) L.block_order[i] = L.nblocks - 1 - i;
         }
     }
-    unsigned workers = nthreads > 0 ? static_cast<unsigned>(nthreads)
-                                     : std::max(1u, std::thread::hardware_concurrency());
+    static const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
+    unsigned workers = nthreads > 0 ? static_cast<unsigned>(nthreads) : hardware;
     if (flags & FLAG_SERIAL) workers = 1;
     if (static_cast<unsigned long long>(workers) > L.nblocks)
         workers = static_cast<unsigned>(L.nblocks);
