@@ -62,11 +62,13 @@ class Plan:
 
 def plan(x_shape, weight_shape, geom: ConvGeometry, itemsize: int, *,
          cout_per_thread: int | None = None, stage_weights: bool | None = None,
-         chunk: int | None = None, threads: int | None = None) -> Plan:
+         chunk: int | None = None, threads: int | None = None,
+         max_grid: tuple[int, int] | None = None) -> Plan:
     """The launch plan for ``conv_transpose`` of ``x_shape`` with ``weight_shape``.
 
-    The keyword arguments force a choice (tests use them to reach every instantiation);
-    None picks as the module docstring says.
+    The keyword arguments force a choice (tests use them to reach every instantiation and,
+    with a small ``max_grid``, the kernel's grid-stride loops); None picks as the module
+    docstring says.
 
     >>> from gpuconv._shapes import conv_transpose_geometry
     >>> g = conv_transpose_geometry((8, 8), (4, 4), stride=2, padding=1, output_padding=0,
@@ -102,9 +104,10 @@ def plan(x_shape, weight_shape, geom: ConvGeometry, itemsize: int, *,
     if threads is None:
         threads = min(THREADS, 32 * _ceil_div(out_plane, 32))
     co_blocks = _ceil_div(og, cout_per_thread)
+    limit_x, limit_y = max_grid or (MAX_GRID_X, MAX_GRID_Y)
     grid = (
-        max(1, min(_ceil_div(out_plane, threads), MAX_GRID_X)),
-        max(1, min(batch * groups * co_blocks, MAX_GRID_Y)),
+        max(1, min(_ceil_div(out_plane, threads), limit_x, MAX_GRID_X)),
+        max(1, min(batch * groups * co_blocks, limit_y, MAX_GRID_Y)),
     )
     shared_mem = chunk * per_channel if stage_weights else 0
     return Plan(cout_per_thread, bool(stage_weights), int(chunk), int(threads), grid, shared_mem)
@@ -128,7 +131,8 @@ def conv_transpose(backend, x, weight, bias, geom: ConvGeometry, *, index=None, 
         Force the kernel's index type (tests: the int64 instantiations); None chooses by extent
         with :func:`gpuconv._kernels.index_dtype`.
     **forced
-        ``cout_per_thread``, ``stage_weights``, ``chunk``, ``threads``: see :func:`plan`.
+        ``cout_per_thread``, ``stage_weights``, ``chunk``, ``threads``, ``max_grid``: see
+        :func:`plan`.
     """
     xp = backend.xp
     dtype = np.dtype(x.dtype)

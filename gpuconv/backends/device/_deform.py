@@ -80,7 +80,7 @@ def channel_slicing(c_per_offset_group: int, points: int,
 
 def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
                   offset_groups: int, *, workspace_bytes: int | None = None,
-                  channel_slice: int | None = None, index=None):
+                  channel_slice: int | None = None, max_grid_x: int = MAX_GRID_X, index=None):
     """Deformable 2-D convolution (see :func:`gpuconv.deform_conv2d` for the semantics).
 
     Parameters
@@ -94,8 +94,9 @@ def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
     geom : ConvGeometry
         From :func:`gpuconv._shapes.conv_geometry` (zeros padding; ``geom.groups`` groups).
     offset_groups : int
-    workspace_bytes, channel_slice, index
-        Test hooks: force small chunks, a channel slice, the kernel's index dtype.
+    workspace_bytes, channel_slice, max_grid_x, index
+        Test hooks: force small chunks, a channel slice, a small grid (the kernel's
+        grid-stride loop), the kernel's index dtype.
     """
     xp = backend.xp
     dtype = np.dtype(x.dtype)
@@ -142,7 +143,7 @@ def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
             else:
                 slice_ = channel_slice
                 slices = _ceil_div(c_per_og, slice_)
-            grid = (max(1, min(_ceil_div(points, THREADS), MAX_GRID_X)), slices)
+            grid = (max(1, min(_ceil_div(points, THREADS), max_grid_x, MAX_GRID_X)), slices)
             x_chunk = x[b0:b1]
             offset_chunk = offset[b0:b1]
             mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
