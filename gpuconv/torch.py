@@ -232,8 +232,10 @@ class _SeparableFunction(torch.autograd.Function):
             grads = _grad.separable_conv(_to_array(x), _to_array(dw), _to_array(pw),
                                          _to_array(grad_output), bias=ctx.has_bias,
                                          **ctx.kwargs)
-            return (_to_tensor(grads.input, x.dtype), _to_tensor(grads.depthwise_weight, dw.dtype),
-                    _to_tensor(grads.pointwise_weight, pw.dtype), _to_tensor(grads.bias, ctx.bias_dtype), None)
+            return (_to_tensor(grads.input, x.dtype),
+                    _to_tensor(grads.depthwise_weight, dw.dtype),
+                    _to_tensor(grads.pointwise_weight, pw.dtype),
+                    _to_tensor(grads.bias, ctx.bias_dtype), None)
 
 
 class _DeformFunction(torch.autograd.Function):

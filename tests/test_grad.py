@@ -312,9 +312,10 @@ def test_conv_input_grad_is_conv_transpose(case):
     assert expected.shape == x_shape
     np.testing.assert_allclose(grad.conv_input(x_shape, w, g, **kwargs), expected,
                                rtol=1e-12, atol=1e-12)
-    # and the transposed op's input gradient is conv itself
-    np.testing.assert_allclose(grad.conv_transpose_input(y_shape, w, rng_x := rng.standard_normal(
-        x_shape), **tkwargs), gpuconv.conv(rng_x, w, **kwargs), rtol=1e-12, atol=1e-12)
+    # and the transposed op's input gradient (its grad_output has x's shape) is conv itself
+    h = rng.standard_normal(x_shape)
+    np.testing.assert_allclose(grad.conv_transpose_input(y_shape, w, h, **tkwargs),
+                               gpuconv.conv(h, w, **kwargs), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", ADJOINT_CASES, ids=lambda c: str(c[0]))
@@ -509,7 +510,8 @@ G = rng.standard_normal((2, 6, 6, 6))
          r"grad_output has shape \(2, 6, 6, 6\); expected \(3, 6, 6, 6\)"),
         (lambda: grad.conv_input((2, 4, 8, -8), W, G), ValueError,
          r"input_shape=\(2, 4, 8, -8\) must have non-negative entries"),
-        (lambda: grad.conv_input((2, 4, 8, 8.0), W, G), TypeError, r"input_shape=8.0 must be an int"),
+        (lambda: grad.conv_input((2, 4, 8, 8.0), W, G), TypeError,
+         r"input_shape=8.0 must be an int"),
         (lambda: grad.conv_input(X, W, G), TypeError,
          r"conv_input: input_shape must be a tuple of ints, got numpy.ndarray"),
         (lambda: grad.conv_input((2, 3, 8, 8), W, G), ValueError,
@@ -522,12 +524,14 @@ G = rng.standard_normal((2, 6, 6, 6))
          r"padding_mode='mirror' must be one of"),
         (lambda: grad.conv_input(X.shape, W, G, padding=8, padding_mode="reflect"), ValueError,
          r"must be smaller than the input size 8 for padding_mode='reflect'"),
-        (lambda: grad.conv_input(X.shape, W, G, stride=0), ValueError, r"stride=0 must be positive"),
+        (lambda: grad.conv_input(X.shape, W, G, stride=0), ValueError,
+         r"stride=0 must be positive"),
         (lambda: grad.conv_weight(X, (6, 4, 3), G), ValueError,
          r"conv_weight: weight_shape must have 4 dims to match x.*len\(weight_shape\)=3"),
         (lambda: grad.conv_weight(X, (6, 2, 3, 3), G), ValueError,
          r"weight_shape\[1\]=2 must equal in_channels / groups = 4 / 1"),
-        (lambda: grad.conv_weight(X, (6, 4, 0, 3), G), ValueError, r"weight_shape has an empty dim"),
+        (lambda: grad.conv_weight(X, (6, 4, 0, 3), G), ValueError,
+         r"weight_shape has an empty dim"),
         (lambda: grad.conv_weight(X, (5, 2, 3, 3), G, groups=2), ValueError,
          r"groups=2 must divide out_channels=5 \(weight_shape\[0\]\)"),
         (lambda: grad.conv_weight(X, W.shape, G[:, :5]), ValueError,
@@ -535,8 +539,10 @@ G = rng.standard_normal((2, 6, 6, 6))
          r"weight_shape=\(6, 4, 3, 3\)"),
         (lambda: grad.conv_weight(X, W.shape, G, deterministic=1), TypeError,
          r"deterministic=1 must be a bool"),
-        (lambda: grad.conv_weight(X, "6433", G), TypeError, r"weight_shape must be a tuple of ints"),
-        (lambda: grad.conv_bias(np.zeros(3)), ValueError, r"conv_bias: grad_output must have shape"),
+        (lambda: grad.conv_weight(X, "6433", G), TypeError,
+         r"weight_shape must be a tuple of ints"),
+        (lambda: grad.conv_bias(np.zeros(3)), ValueError,
+         r"conv_bias: grad_output must have shape"),
         (lambda: grad.conv_bias([1.0, 2.0]), TypeError, r"conv_bias: grad_output must be a"),
         (lambda: grad.conv_transpose_input((2, 4, 6, 6), W, X), ValueError,
          r"conv_transpose_input: weight.shape\[0\]=6 must equal in_channels=4"),
