@@ -382,7 +382,7 @@ def parse_name_expression(name_expression: str) -> tuple[str, list[str]]:
 
 
 def _param_code(decl: str) -> str:
-    """The type code of one parameter type, e.g. ``const float* __restrict__`` -> ``const ptr:f32``."""
+    """The type code of a parameter type: ``const float* __restrict__`` -> ``const ptr:f32``."""
     words = decl.replace("*", " * ").replace("&", " & ").split()
     words = [w for w in words if w not in ("__restrict__", "__restrict", "restrict")]
     if "&" in words:

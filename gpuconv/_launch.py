@@ -74,7 +74,9 @@ def check_config(kernel: Kernel, grid, block, shared_mem: int):
     block = _dims(block, "block", kernel)
     for axis, (g, limit) in enumerate(zip(grid, MAX_GRID_DIM)):
         if g > limit:
-            raise ValueError(f"{kernel.name}: grid={grid} exceeds the limit {limit} in dimension {axis}")
+            raise ValueError(
+                f"{kernel.name}: grid={grid} exceeds the limit {limit} in dimension {axis}"
+            )
     for axis, (b, limit) in enumerate(zip(block, MAX_BLOCK_DIM)):
         if b > limit:
             raise ValueError(

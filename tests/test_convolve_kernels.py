@@ -95,7 +95,8 @@ def test_hand_checked_values(backend):
     ]
     for op, x, y, mode, expected in cases:
         with backend.active():
-            result = backend.asnumpy(getattr(gpuconv, op)(backend.asarray(x), backend.asarray(y), mode))
+            result = getattr(gpuconv, op)(backend.asarray(x), backend.asarray(y), mode)
+        result = backend.asnumpy(result)
         np.testing.assert_allclose(result, np.asarray(expected, dtype=result.dtype), rtol=1e-6,
                                    err_msg=f"{op} {mode}")
 
@@ -110,7 +111,8 @@ def test_other_dtypes_match_numpy(backend, dtype):
         for mode in MODES:
             expected = getattr(np, op)(a, v, mode)
             with backend.active():
-                result = backend.asnumpy(getattr(gpuconv, op)(backend.asarray(a), backend.asarray(v), mode))
+                result = getattr(gpuconv, op)(backend.asarray(a), backend.asarray(v), mode)
+            result = backend.asnumpy(result)
             assert result.dtype == expected.dtype
             # small integers: every product and sum is exact, in float16 too
             np.testing.assert_array_equal(result, expected)
@@ -198,7 +200,8 @@ def test_unimplemented_ops_say_so():
     kernel since are skipped here)."""
     from gpuconv.backends.device._backend import DeviceBackend, _not_yet
 
-    with pytest.raises(NotImplementedError, match=r"^frobnicate has no CUDA kernel yet \(issue 4\)$"):
+    message = r"^frobnicate has no CUDA kernel yet \(issue 4\)$"
+    with pytest.raises(NotImplementedError, match=message):
         _not_yet("frobnicate")(None)
     backend = _device_backend("emulate")
     for op in ("conv", "conv_transpose", "depthwise_conv", "deform_conv2d"):
@@ -254,7 +257,7 @@ def test_race_check_passes(dtype):
                     assert_matches_numpy(result, op, a, v, mode)
 
 
-# --------------------------------------------------------------------- the CuPy executor, without a GPU
+# ---------------------------------------------------------------- the CuPy executor, without a GPU
 
 
 def test_cupy_executor_with_a_stand_in_cupy(monkeypatch):

@@ -36,7 +36,8 @@ def test_name_expressions_come_from_the_one_type_table():
 
 
 def test_signature_substitutes_template_parameters():
-    assert _kernels.signature("convolve.cu", "correlate1d<gpuconv::complex<double>, long long, false>") == (
+    name = "correlate1d<gpuconv::complex<double>, long long, false>"
+    assert _kernels.signature("convolve.cu", name) == (
         "const ptr:c128", "i64", "const ptr:c128", "i64", "ptr:c128", "i64", "i64", "i64",
     )
     assert _kernels.signature("convolve.cu", "correlate1d_reduce<float, int, true>") == (
@@ -111,7 +112,7 @@ def test_kernel_dir_is_found():
     assert (_kernels.kernel_dir() / "common.cuh").is_file()
 
 
-# ----------------------------------------------------------------------------- signatures vs the emulator
+# ------------------------------------------------------------------- signatures vs the emulator
 
 
 @pytest.mark.parametrize("file", _kernels.files())
@@ -171,8 +172,10 @@ def test_launch_converts_scalars_to_the_exact_parameter_types():
         (4, "x", TypeError, r"argument 4 .* must be a real number"),
         (4, 1j, TypeError, r"argument 4 .* must be a real number"),
         (7, 1, TypeError, r"argument 7 .* must be a bool"),
-        (0, 5, TypeError, r"argument 0 \(0-based, parameter type const ptr:f32\) must be a numpy.ndarray"),
-        (0, np.zeros(3, np.float64), TypeError, r"argument 0 .* must have dtype float32, got float64"),
+        (0, 5, TypeError,
+         r"argument 0 \(0-based, parameter type const ptr:f32\) must be a numpy.ndarray"),
+        (0, np.zeros(3, np.float64), TypeError,
+         r"argument 0 .* must have dtype float32, got float64"),
         (2, np.zeros(4)[::2], ValueError, r"argument 2 .* must be C-contiguous"),
         (3, np.zeros(2), TypeError, r"argument 3 .* must be a scalar"),
     ],
@@ -191,7 +194,7 @@ def test_launch_rejects_misaligned_and_read_only_arrays():
     read_only = np.zeros(2)
     read_only.flags.writeable = False
     args[2] = read_only
-    with pytest.raises(ValueError, match=r"argument 2 .* written by the kernel but the array is read-only"):
+    with pytest.raises(ValueError, match=r"argument 2 .* written by the kernel but .* read-only"):
         launch(_kernel(), grid=1, block=32, args=args)
     raw = np.zeros(3 * 8 + 8, np.uint8)
     offset = 1 if raw.ctypes.data % 8 == 0 else 8 - raw.ctypes.data % 8 + 1
@@ -229,4 +232,4 @@ def test_launch_checks_limits(grid, block, shared, match):
 
 def test_launch_grid_and_block_are_keyword_only():
     with pytest.raises(TypeError):
-        launch(_kernel(), 1, 32, _args())  # noqa
+        launch(_kernel(), 1, 32, _args())

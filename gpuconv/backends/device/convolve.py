@@ -149,7 +149,8 @@ def _launch_window(backend, a, v, out, start: int, *, convolve: bool, method: st
         tile = threads * OUTPUTS_PER_THREAD
         chunk = min(n_v, threads)
         index = _kernels.index_dtype(a, v, out, max_index=2 * (n_a + n_v) + n_v + 2 * tile)
-        kernel = backend.executor.get_function(FILE, TILED.name_expression(out.dtype, index, convolve))
+        name = TILED.name_expression(out.dtype, index, convolve)
+        kernel = backend.executor.get_function(FILE, name)
         backend.executor.launch(
             kernel,
             grid=_ceil_div(n_out, tile),
@@ -162,7 +163,8 @@ def _launch_window(backend, a, v, out, start: int, *, convolve: bool, method: st
         threads = min(high, max(low, _next_power_of_two(_ceil_div(n_v, 16))))
         blocks = min(n_out, REDUCE_MAX_BLOCKS)
         index = _kernels.index_dtype(a, v, out, max_index=2 * (n_a + n_v) + blocks + threads)
-        kernel = backend.executor.get_function(FILE, REDUCE.name_expression(out.dtype, index, convolve))
+        name = REDUCE.name_expression(out.dtype, index, convolve)
+        kernel = backend.executor.get_function(FILE, name)
         backend.executor.launch(
             kernel,
             grid=blocks,
