@@ -164,27 +164,31 @@ __global__ void conv_transpose3d(const T* __restrict__ x,       // (N, C_in, in_
                             const Index iw = iw0 - jw * istep_w;
                             const Index kw = kw0 + jw * kstep_w;
                             const Index tap = (kd * k_h + kh) * k_w + kw;
-                            const T* xp = x_pass + (id * in_h + ih) * in_w + iw;
+                            const T* xc = x_pass + (id * in_h + ih) * in_w + iw;
                             if (StageWeights) {
-                                const T* wp = w_s + tap * R;
+                                const T* wc = w_s + tap * R;  // (c, tap, 0 .. R-1)
                                 for (Index c = 0; c < cc; ++c) {
-                                    const Acc xv = gpuconv::load_acc(__ldg(xp + c * in_plane));
+                                    const Acc xv = gpuconv::load_acc(__ldg(xc));
 #pragma unroll
                                     for (int r = 0; r < R; ++r) {
-                                        acc[r] += xv * gpuconv::load_acc(wp[c * taps * R + r]);
+                                        acc[r] += xv * gpuconv::load_acc(wc[r]);
                                     }
+                                    xc += in_plane;
+                                    wc += taps * R;
                                 }
                             } else {
-                                const T* wp = weight + ((g * cg) * og + co_l0) * taps + tap;
+                                // weight[g * cg + c, co_l0 + r, tap]
+                                const T* wc = weight + ((g * cg) * og + co_l0) * taps + tap;
                                 for (Index c = 0; c < cc; ++c) {
-                                    const Acc xv = gpuconv::load_acc(__ldg(xp + c * in_plane));
+                                    const Acc xv = gpuconv::load_acc(__ldg(xc));
 #pragma unroll
                                     for (int r = 0; r < R; ++r) {
                                         if (r < r_count) {
-                                            acc[r] += xv * gpuconv::load_acc(
-                                                              __ldg(wp + (c * og + r) * taps));
+                                            acc[r] += xv * gpuconv::load_acc(__ldg(wc + r * taps));
                                         }
                                     }
+                                    xc += in_plane;
+                                    wc += og * taps;
                                 }
                             }
                         }
