@@ -10,8 +10,8 @@ forward code in ``numpy_backend``, from three building blocks of its own:
   scatter-add through the same map (:func:`fold_padding`);
 * im2col columns come from one strided slice per kernel tap (:func:`_columns`), and col2im
   is the matching per-tap scatter-add (:func:`_col2im`);
-* contractions are grouped GEMMs (``numpy.matmul``); weight gradients fold the batch into
-  the GEMM's reduction dimension.
+* contractions are grouped GEMMs (``numpy.matmul``); weight gradients run one GEMM per image
+  and group over the output positions and sum over the batch.
 
 Buffers are built for chunks of the batch small enough to stay under ``WORKSPACE_BYTES``.
 float16 arrays are computed in float32 and rounded once at the end. Array arguments arrive
@@ -100,6 +100,11 @@ def fold_padding(grad_padded, geom: ConvGeometry, mode: str | None = None):
     pad position (there are few) one slice-add.
     """
     mode = geom.padding_mode if mode is None else mode
+    if mode == "zeros" and min(geom.pad_lo + geom.pad_hi) >= 0:
+        # the padded cells held zeros: the fold is a crop
+        crop = (slice(None), slice(None)) + tuple(
+            slice(lo, lo + size) for lo, size in zip(geom.pad_lo, geom.in_size))
+        return np.ascontiguousarray(grad_padded[crop])
     for dim, (size, lo, hi) in enumerate(zip(geom.in_size, geom.pad_lo, geom.pad_hi)):
         if lo == 0 and hi == 0:
             continue
@@ -156,10 +161,13 @@ def _grouped_columns(a, geom: ConvGeometry, groups: int, mode: str | None = None
     return cols.reshape(n, groups, (c // groups) * cols.shape[2], -1)
 
 
-def _batch_folded(a):
-    """(N, G, R, P) -> (G, R, N * P): the batch joins a GEMM's reduction dimension."""
-    n, g, r, p = a.shape
-    return a.transpose(1, 2, 0, 3).reshape(g, r, n * p)
+def _contract_positions(a, b):
+    """sum over batch and positions of a (N, G, R, P) times b (N, G, S, P): (G, R, S).
+
+    One GEMM per image and group against b's transposed view (BLAS reads it in place), then a
+    sum over the batch: faster than copying both operands into a batch-folded layout.
+    """
+    return np.matmul(a, b.transpose(0, 1, 3, 2)).sum(axis=0)
 
 
 class GradMixin:
@@ -195,7 +203,7 @@ class GradMixin:
     def conv_weight_grad(self, x, grad_output, geom: ConvGeometry, deterministic=False):
         """d<grad_output, conv(x, weight)>/dweight: (C_out, C_in/G, *k).
 
-        One GEMM per group and batch chunk: grad_output (G, og, N*P) @ columns (G, N*P, cg*K).
+        Per image and group: grad_output (og, P) @ columns^T (P, cg*K), summed over images.
         """
         dtype = x.dtype
         cdt = _compute_dtype(dtype)
@@ -210,7 +218,7 @@ class GradMixin:
         for bs in _batch_chunks(n, per_image):
             cols = _grouped_columns(x[bs].astype(cdt, copy=False), geom, g)  # (nb, G, cg*K, P)
             go = grad_output[bs].astype(cdt, copy=False).reshape(-1, g, og, out_positions)
-            acc += np.matmul(_batch_folded(go), _batch_folded(cols).transpose(0, 2, 1))
+            acc += _contract_positions(go, cols)
         return acc.reshape(c_out, cg, *geom.kernel).astype(dtype, copy=False)
 
     # -------------------------------------------------------- conv_transpose
@@ -244,7 +252,8 @@ class GradMixin:
                                    deterministic=False):
         """d<grad_output, conv_transpose(x, weight)>/dweight: (C_in, C_out/G, *k).
 
-        x (G, cg, N*P_in) @ columns of the zero-padded grad_output (G, N*P_in, og*K).
+        Per image and group: x (cg, P_in) @ columns^T of the zero-padded grad_output
+        (P_in, og*K), summed over images.
         """
         dtype = x.dtype
         cdt = _compute_dtype(dtype)
@@ -261,7 +270,7 @@ class GradMixin:
             go = grad_output[bs].astype(cdt, copy=False)
             cols = _grouped_columns(go, cgeom, g, "zeros")  # (nb, G, og*K, P_in)
             xr = x[bs].astype(cdt, copy=False).reshape(-1, g, cg, in_positions)
-            acc += np.matmul(_batch_folded(xr), _batch_folded(cols).transpose(0, 2, 1))
+            acc += _contract_positions(xr, cols)
         return acc.reshape(c_in, og, *geom.kernel).astype(dtype, copy=False)
 
     # --------------------------------------------------------------- depthwise
@@ -371,10 +380,10 @@ class GradMixin:
             inside_r = inside.reshape(shape)
             scale_r = scale.reshape(shape)
             sampled *= inside_r  # the bilinear value the forward reads (before the mask)
-            # weight: grad_output (G, og, nb*P) @ columns (G, nb*P, cg*K)
+            # weight: grad_output (og, P) @ columns^T (P, cg*K) per image and group
             columns = (sampled * scale_r).reshape(nb, g, cg * taps, p)
             go = grad_output[bs].astype(cdt, copy=False).reshape(nb, g, c_out // g, p)
-            grad_w += np.matmul(_batch_folded(go), _batch_folded(columns).transpose(0, 2, 1))
+            grad_w += _contract_positions(go, columns)
             # gradient of the columns: W^T @ grad_output -> (nb, OG, cpo, K*P)
             grad_cols = np.matmul(wt, go).reshape(nb, og_count, cpo, taps * p)
             if mask is not None:
