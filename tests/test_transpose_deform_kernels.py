@@ -58,9 +58,11 @@ def _assert_within(got, ref, scale, dtype, terms, extra_terms=2, scaled_out=0):
     assert got.dtype == np.dtype(dtype)
     assert got.shape == ref.shape
     assert got.flags.c_contiguous
-    bound = (_roundoff(dtype) * (np.abs(ref) + scaled_out * scale)
-             + (terms + extra_terms) * _acc_roundoff(dtype) * scale
-             + np.finfo(np.float64).tiny)
+    bound = (
+        _roundoff(dtype) * (np.abs(ref) + scaled_out * scale)
+        + (terms + extra_terms) * _acc_roundoff(dtype) * scale
+        + np.finfo(np.float64).tiny
+    )
     error = np.abs(got.astype(np.float64) - ref)
     worst = np.unravel_index(int(np.argmax(error - bound)), error.shape)
     assert np.all(error <= bound), (
@@ -89,27 +91,90 @@ def _random_transpose_case(rng, nd):
         lo = int(rng.integers(0, max(1, (f + op) // 2)))
         hi = int(rng.integers(0, max(1, f + op - lo)))
         padding.append((lo, hi))
-    return dict(batch=int(rng.choice([1, 3])), c_in=groups * cg, og=og, groups=groups,
-                in_size=in_size, kernel=kernel, stride=stride, dilation=dilation,
-                padding=tuple(padding), output_padding=output_padding,
-                bias=bool(rng.integers(0, 2)))
+    return {
+        "batch": int(rng.choice([1, 3])),
+        "c_in": groups * cg,
+        "og": og,
+        "groups": groups,
+        "in_size": in_size,
+        "kernel": kernel,
+        "stride": stride,
+        "dilation": dilation,
+        "padding": tuple(padding),
+        "output_padding": output_padding,
+        "bias": bool(rng.integers(0, 2)),
+    }
 
 
 _rng = np.random.default_rng(4_2024)
 TRANSPOSE_CASES = [
     # hand-picked: 1-D with stride > kernel (outputs no tap reaches), 'same', int padding,
     # dilation sharing a factor with the stride, depthwise-style groups, 3-D
-    dict(batch=2, c_in=3, og=5, groups=1, in_size=(7,), kernel=(2,), stride=(5,),
-         dilation=(1,), padding=0, output_padding=(3,), bias=True),
-    dict(batch=1, c_in=4, og=3, groups=2, in_size=(5, 3), kernel=(3, 2), stride=(2, 3),
-         dilation=(1, 2), padding="same", output_padding=0, bias=True),
-    dict(batch=1, c_in=6, og=1, groups=6, in_size=(5, 7), kernel=(3, 3), stride=(2, 2),
-         dilation=(2, 2), padding=1, output_padding=(1, 1), bias=False),
-    dict(batch=1, c_in=5, og=7, groups=1, in_size=(3, 5), kernel=(5, 3), stride=(4, 6),
-         dilation=(6, 4), padding=((3, 0), (0, 5)), output_padding=(5, 3), bias=True),
-    dict(batch=2, c_in=3, og=5, groups=1, in_size=(3, 3, 5), kernel=(3, 2, 3), stride=(2, 1, 2),
-         dilation=(1, 2, 1), padding=((1, 1), (0, 1), (2, 0)), output_padding=(1, 0, 1),
-         bias=True),
+    {
+        "batch": 2,
+        "c_in": 3,
+        "og": 5,
+        "groups": 1,
+        "in_size": (7,),
+        "kernel": (2,),
+        "stride": (5,),
+        "dilation": (1,),
+        "padding": 0,
+        "output_padding": (3,),
+        "bias": True,
+    },
+    {
+        "batch": 1,
+        "c_in": 4,
+        "og": 3,
+        "groups": 2,
+        "in_size": (5, 3),
+        "kernel": (3, 2),
+        "stride": (2, 3),
+        "dilation": (1, 2),
+        "padding": "same",
+        "output_padding": 0,
+        "bias": True,
+    },
+    {
+        "batch": 1,
+        "c_in": 6,
+        "og": 1,
+        "groups": 6,
+        "in_size": (5, 7),
+        "kernel": (3, 3),
+        "stride": (2, 2),
+        "dilation": (2, 2),
+        "padding": 1,
+        "output_padding": (1, 1),
+        "bias": False,
+    },
+    {
+        "batch": 1,
+        "c_in": 5,
+        "og": 7,
+        "groups": 1,
+        "in_size": (3, 5),
+        "kernel": (5, 3),
+        "stride": (4, 6),
+        "dilation": (6, 4),
+        "padding": ((3, 0), (0, 5)),
+        "output_padding": (5, 3),
+        "bias": True,
+    },
+    {
+        "batch": 2,
+        "c_in": 3,
+        "og": 5,
+        "groups": 1,
+        "in_size": (3, 3, 5),
+        "kernel": (3, 2, 3),
+        "stride": (2, 1, 2),
+        "dilation": (1, 2, 1),
+        "padding": ((1, 1), (0, 1), (2, 0)),
+        "output_padding": (1, 0, 1),
+        "bias": True,
+    },
 ] + [_random_transpose_case(_rng, nd) for nd in (1, 1, 2, 2, 2, 3, 3)]
 
 
@@ -121,16 +186,20 @@ def _transpose_inputs(case, dtype, rng):
 
 
 def _transpose_kwargs(case):
-    return dict(stride=case["stride"], padding=case["padding"],
-                output_padding=case["output_padding"], dilation=case["dilation"],
-                groups=case["groups"])
+    return {
+        "stride": case["stride"],
+        "padding": case["padding"],
+        "output_padding": case["output_padding"],
+        "dilation": case["dilation"],
+        "groups": case["groups"],
+    }
 
 
 def _transpose_reference(case, x, w, b):
     """(float64 result, float64 result on absolute values, terms per output)."""
     kwargs = _transpose_kwargs(case)
-    wide = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
-    absolute = lambda a: None if a is None else np.abs(a).astype(np.float64)  # noqa: E731
+    wide = lambda a: None if a is None else a.astype(np.float64)
+    absolute = lambda a: None if a is None else np.abs(a).astype(np.float64)
     with gpuconv.use_backend("numpy"):
         ref = gpuconv.conv_transpose(wide(x), wide(w), wide(b), **kwargs)
         scale = gpuconv.conv_transpose(absolute(x), absolute(w), absolute(b), **kwargs)
@@ -151,24 +220,29 @@ def test_conv_transpose_matches_numpy(emulate, case, dtype):
 
 def _geometry(case, x_shape):
     return conv_transpose_geometry(
-        x_shape[2:], case["kernel"], stride=case["stride"], padding=case["padding"],
-        output_padding=case["output_padding"], dilation=case["dilation"],
-        groups=case["groups"])
+        x_shape[2:],
+        case["kernel"],
+        stride=case["stride"],
+        padding=case["padding"],
+        output_padding=case["output_padding"],
+        dilation=case["dilation"],
+        groups=case["groups"],
+    )
 
 
 # Every instantiation (CoutPerThread 1/4 x StageWeights x index type) and the loops that
 # the default plan rarely takes: several channel passes, grid-stride loops in x and y, a
 # block smaller than the output plane.
 PLANS = [
-    dict(cout_per_thread=1, stage_weights=True),
-    dict(cout_per_thread=4, stage_weights=True),
-    dict(cout_per_thread=1, stage_weights=False),
-    dict(cout_per_thread=4, stage_weights=False),
-    dict(cout_per_thread=4, stage_weights=True, chunk=2),
-    dict(cout_per_thread=1, stage_weights=True, chunk=1, threads=32, max_grid=(2, 3)),
-    dict(cout_per_thread=4, stage_weights=False, threads=64, max_grid=(1, 1)),
-    dict(cout_per_thread=4, stage_weights=True, chunk=3, index=np.int64),
-    dict(cout_per_thread=1, stage_weights=False, index=np.int64),
+    {"cout_per_thread": 1, "stage_weights": True},
+    {"cout_per_thread": 4, "stage_weights": True},
+    {"cout_per_thread": 1, "stage_weights": False},
+    {"cout_per_thread": 4, "stage_weights": False},
+    {"cout_per_thread": 4, "stage_weights": True, "chunk": 2},
+    {"cout_per_thread": 1, "stage_weights": True, "chunk": 1, "threads": 32, "max_grid": (2, 3)},
+    {"cout_per_thread": 4, "stage_weights": False, "threads": 64, "max_grid": (1, 1)},
+    {"cout_per_thread": 4, "stage_weights": True, "chunk": 3, "index": np.int64},
+    {"cout_per_thread": 1, "stage_weights": False, "index": np.int64},
 ]
 
 
@@ -176,9 +250,19 @@ PLANS = [
 @pytest.mark.parametrize("forced", PLANS, ids=lambda f: "-".join(f"{k}={v}" for k, v in f.items()))
 def test_conv_transpose_every_instantiation(emulate, forced, dtype):
     # og = 7: one partial block of 4 output channels; cg = 5: a partial channel pass
-    case = dict(batch=2, c_in=10, og=7, groups=2, in_size=(5, 3, 7), kernel=(3, 2, 3),
-                stride=(2, 3, 1), dilation=(1, 1, 2), padding=((1, 0), (0, 2), (2, 1)),
-                output_padding=(1, 2, 0), bias=True)
+    case = {
+        "batch": 2,
+        "c_in": 10,
+        "og": 7,
+        "groups": 2,
+        "in_size": (5, 3, 7),
+        "kernel": (3, 2, 3),
+        "stride": (2, 3, 1),
+        "dilation": (1, 1, 2),
+        "padding": ((1, 0), (0, 2), (2, 1)),
+        "output_padding": (1, 2, 0),
+        "bias": True,
+    }
     rng = np.random.default_rng(11)
     x, w, b = _transpose_inputs(case, dtype, rng)
     got = _conv_transpose.conv_transpose(emulate, x, w, b, _geometry(case, x.shape), **forced)
@@ -191,26 +275,48 @@ def test_conv_transpose_every_instantiation(emulate, forced, dtype):
 def test_conv_transpose_checked_and_race(emulate, mode, dtype):
     # tiny, odd; staged weights with two channel passes and a grid-stride loop, so the
     # barriers around the shared-memory weights are exercised by the race check
-    case = dict(batch=1, c_in=3, og=5, groups=1, in_size=(3, 5), kernel=(3, 3), stride=(2, 1),
-                dilation=(1, 2), padding=((1, 0), (1, 1)), output_padding=(1, 0), bias=True)
+    case = {
+        "batch": 1,
+        "c_in": 3,
+        "og": 5,
+        "groups": 1,
+        "in_size": (3, 5),
+        "kernel": (3, 3),
+        "stride": (2, 1),
+        "dilation": (1, 2),
+        "padding": ((1, 0), (1, 1)),
+        "output_padding": (1, 0),
+        "bias": True,
+    }
     rng = np.random.default_rng(5)
     x, w, b = _transpose_inputs(case, dtype, rng)
     geom = _geometry(case, x.shape)
     context = _emulator.checked() if mode == "checked" else _emulator.race_check()
     with context:
-        got = _conv_transpose.conv_transpose(emulate, x, w, b, geom, cout_per_thread=4,
-                                             stage_weights=True, chunk=2, threads=32,
-                                             max_grid=(2, 1))
-        unstaged = _conv_transpose.conv_transpose(emulate, x, w, b, geom, cout_per_thread=1,
-                                                  stage_weights=False)
+        got = _conv_transpose.conv_transpose(
+            emulate,
+            x,
+            w,
+            b,
+            geom,
+            cout_per_thread=4,
+            stage_weights=True,
+            chunk=2,
+            threads=32,
+            max_grid=(2, 1),
+        )
+        unstaged = _conv_transpose.conv_transpose(
+            emulate, x, w, b, geom, cout_per_thread=1, stage_weights=False
+        )
     ref, scale, terms = _transpose_reference(case, x, w, b)
     _assert_within(got, ref, scale, dtype, terms)
     _assert_within(unstaged, ref, scale, dtype, terms)
 
 
 def test_conv_transpose_plan_choices():
-    geom = conv_transpose_geometry((8, 8), (3, 3), stride=2, padding=1, output_padding=1,
-                                   dilation=1)
+    geom = conv_transpose_geometry(
+        (8, 8), (3, 3), stride=2, padding=1, output_padding=1, dilation=1
+    )
     # depthwise-style (one output channel per group): no wasted channel lanes
     depthwise = dataclasses.replace(geom, groups=32)
     assert _conv_transpose.plan((1, 32, 8, 8), (32, 1, 3, 3), depthwise, 4).cout_per_thread == 1
@@ -218,16 +324,26 @@ def test_conv_transpose_plan_choices():
     assert p.cout_per_thread == 4 and p.stage_weights
     assert p.shared_mem == p.chunk * 9 * 4 * 4 <= _conv_transpose.SHARED_BUDGET_BYTES
     # a kernel too large for one channel's weights to be staged
-    big = conv_transpose_geometry((2,), (2000,), stride=1, padding=0, output_padding=0,
-                                  dilation=1)
+    big = conv_transpose_geometry((2,), (2000,), stride=1, padding=0, output_padding=0, dilation=1)
     q = _conv_transpose.plan((1, 2, 2), (2, 8, 2000), big, 8)
     assert not q.stage_weights and q.shared_mem == 0
 
 
 def test_conv_transpose_large_kernel_unstaged(emulate):
     # 1-D, 1500 taps of float64 x 4 channels do not fit the shared budget: the __ldg path
-    case = dict(batch=1, c_in=2, og=4, groups=1, in_size=(9,), kernel=(1500,), stride=(3,),
-                dilation=(1,), padding=((700, 650),), output_padding=(2,), bias=True)
+    case = {
+        "batch": 1,
+        "c_in": 2,
+        "og": 4,
+        "groups": 1,
+        "in_size": (9,),
+        "kernel": (1500,),
+        "stride": (3,),
+        "dilation": (1,),
+        "padding": ((700, 650),),
+        "output_padding": (2,),
+        "bias": True,
+    }
     rng = np.random.default_rng(3)
     x, w, b = _transpose_inputs(case, np.float64, rng)
     assert not _conv_transpose.plan(x.shape, w.shape, _geometry(case, x.shape), 8).stage_weights
@@ -243,8 +359,7 @@ def test_conv_transpose_hand_checked(emulate):
     x = np.array([[[1.0, 2.0]]])
     w = np.array([[[1.0, 10.0, 100.0]]])
     with gpuconv.use_backend("emulate"):
-        got = gpuconv.conv_transpose1d(x, w, np.array([0.5]), stride=2, padding=1,
-                                       output_padding=1)
+        got = gpuconv.conv_transpose1d(x, w, np.array([0.5]), stride=2, padding=1, output_padding=1)
     np.testing.assert_array_equal(got, [[[10.5, 102.5, 20.5, 200.5]]])
 
 
@@ -263,8 +378,12 @@ def _bilinear(image, y, x):
     def at(i, j):
         return float(image[i, j]) if 0 <= i < height and 0 <= j < width else 0.0
 
-    return (hy * hx * at(y_low, x_low) + hy * lx * at(y_low, x_low + 1)
-            + ly * hx * at(y_low + 1, x_low) + ly * lx * at(y_low + 1, x_low + 1))
+    return (
+        hy * hx * at(y_low, x_low)
+        + hy * lx * at(y_low, x_low + 1)
+        + ly * hx * at(y_low + 1, x_low)
+        + ly * lx * at(y_low + 1, x_low + 1)
+    )
 
 
 def naive_deform(x, offset, weight, bias, mask, stride, padding, dilation):
@@ -290,12 +409,15 @@ def naive_deform(x, offset, weight, bias, mask, stride, padding, dilation):
                             dx = float(offset[b, 2 * (g_off * kh * kw + tap) + 1, oy, ox])
                             y = oy * stride[0] - padding[0] + i * dilation[0] + dy
                             xx = ox * stride[1] - padding[1] + j * dilation[1] + dx
-                            m = 1.0 if mask is None else float(
-                                mask[b, g_off * kh * kw + tap, oy, ox])
+                            m = (
+                                1.0
+                                if mask is None
+                                else float(mask[b, g_off * kh * kw + tap, oy, ox])
+                            )
                             columns[c, i, j, oy, ox] = m * _bilinear(x[b, c], y, xx)
         for co in range(c_out):
             g = co // og
-            cols = columns[g * cg:(g + 1) * cg]  # (cg, kh, kw, oh, ow)
+            cols = columns[g * cg : (g + 1) * cg]  # (cg, kh, kw, oh, ow)
             result[b, co] = np.einsum("cij,cijyx->yx", weight[co].astype(np.float64), cols)
             if bias is not None:
                 result[b, co] += float(bias[co])
@@ -305,8 +427,12 @@ def naive_deform(x, offset, weight, bias, mask, stride, padding, dilation):
 def _random_deform_case(rng):
     while True:  # redraw until the dilated kernel fits the padded input
         case = _draw_deform_case(rng)
-        if all((k - 1) * d + 1 <= n + 2 * p for k, d, n, p in zip(
-                case["kernel"], case["dilation"], case["in_size"], case["padding"])):
+        if all(
+            (k - 1) * d + 1 <= n + 2 * p
+            for k, d, n, p in zip(
+                case["kernel"], case["dilation"], case["in_size"], case["padding"]
+            )
+        ):
             return case
 
 
@@ -315,30 +441,66 @@ def _draw_deform_case(rng):
     offset_groups = int(rng.choice([1, 3]))
     c_in = groups * offset_groups * int(rng.choice([1, 2]))
     kernel = tuple(int(k) for k in rng.choice([1, 2, 3], size=2))
-    return dict(batch=int(rng.choice([1, 3])), c_in=c_in, c_out=groups * int(rng.choice([1, 3])),
-                groups=groups, offset_groups=offset_groups,
-                in_size=tuple(int(s) for s in rng.choice([3, 5, 7], size=2)), kernel=kernel,
-                stride=tuple(int(s) for s in rng.choice([1, 2], size=2)),
-                padding=tuple(int(p) for p in rng.choice([0, 1, 2], size=2)),
-                dilation=tuple(int(d) for d in rng.choice([1, 2], size=2)),
-                mask=bool(rng.integers(0, 2)), bias=bool(rng.integers(0, 2)))
+    return {
+        "batch": int(rng.choice([1, 3])),
+        "c_in": c_in,
+        "c_out": groups * int(rng.choice([1, 3])),
+        "groups": groups,
+        "offset_groups": offset_groups,
+        "in_size": tuple(int(s) for s in rng.choice([3, 5, 7], size=2)),
+        "kernel": kernel,
+        "stride": tuple(int(s) for s in rng.choice([1, 2], size=2)),
+        "padding": tuple(int(p) for p in rng.choice([0, 1, 2], size=2)),
+        "dilation": tuple(int(d) for d in rng.choice([1, 2], size=2)),
+        "mask": bool(rng.integers(0, 2)),
+        "bias": bool(rng.integers(0, 2)),
+    }
 
 
 _drng = np.random.default_rng(2_718)
 DEFORM_CASES = [
-    dict(batch=2, c_in=6, c_out=4, groups=2, offset_groups=3, in_size=(5, 7), kernel=(3, 3),
-         stride=(1, 2), padding=(1, 2), dilation=(2, 1), mask=True, bias=True),
-    dict(batch=1, c_in=3, c_out=5, groups=1, offset_groups=1, in_size=(7, 5), kernel=(2, 3),
-         stride=(2, 1), padding=(0, 1), dilation=(1, 1), mask=False, bias=True),
+    {
+        "batch": 2,
+        "c_in": 6,
+        "c_out": 4,
+        "groups": 2,
+        "offset_groups": 3,
+        "in_size": (5, 7),
+        "kernel": (3, 3),
+        "stride": (1, 2),
+        "padding": (1, 2),
+        "dilation": (2, 1),
+        "mask": True,
+        "bias": True,
+    },
+    {
+        "batch": 1,
+        "c_in": 3,
+        "c_out": 5,
+        "groups": 1,
+        "offset_groups": 1,
+        "in_size": (7, 5),
+        "kernel": (2, 3),
+        "stride": (2, 1),
+        "padding": (0, 1),
+        "dilation": (1, 1),
+        "mask": False,
+        "bias": True,
+    },
 ] + [_random_deform_case(_drng) for _ in range(5)]
 
 
 def _deform_inputs(case, dtype, rng, *, spread=3.0, quantised=True):
     n, c_in = case["batch"], case["c_in"]
     kh, kw = case["kernel"]
-    geom = conv_geometry(case["in_size"], case["kernel"], stride=case["stride"],
-                         padding=case["padding"], dilation=case["dilation"],
-                         groups=case["groups"])
+    geom = conv_geometry(
+        case["in_size"],
+        case["kernel"],
+        stride=case["stride"],
+        padding=case["padding"],
+        dilation=case["dilation"],
+        groups=case["groups"],
+    )
     taps = kh * kw
     x = rng.standard_normal((n, c_in, *case["in_size"])).astype(dtype)
     offset = rng.uniform(-spread, spread, (n, 2 * case["offset_groups"] * taps, *geom.out_size))
@@ -347,21 +509,31 @@ def _deform_inputs(case, dtype, rng, *, spread=3.0, quantised=True):
     offset = offset.astype(dtype)
     weight = rng.standard_normal((case["c_out"], c_in // case["groups"], kh, kw)).astype(dtype)
     bias = rng.standard_normal(case["c_out"]).astype(dtype) if case["bias"] else None
-    mask = (rng.uniform(-1, 2, (n, case["offset_groups"] * taps, *geom.out_size)).astype(dtype)
-            if case["mask"] else None)
+    mask = (
+        rng.uniform(-1, 2, (n, case["offset_groups"] * taps, *geom.out_size)).astype(dtype)
+        if case["mask"]
+        else None
+    )
     return (x, offset, weight, bias, mask), geom
 
 
 def _deform_reference(case, arrays):
     x, offset, weight, bias, mask = arrays
-    wide = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
-    absolute = lambda a: None if a is None else np.abs(a).astype(np.float64)  # noqa: E731
-    kwargs = dict(stride=case["stride"], padding=case["padding"], dilation=case["dilation"])
+    wide = lambda a: None if a is None else a.astype(np.float64)
+    absolute = lambda a: None if a is None else np.abs(a).astype(np.float64)
+    kwargs = {"stride": case["stride"], "padding": case["padding"], "dilation": case["dilation"]}
     with gpuconv.use_backend("numpy"):
-        ref = gpuconv.deform_conv2d(wide(x), wide(offset), wide(weight), wide(bias),
-                                    mask=wide(mask), **kwargs)
-        scale = gpuconv.deform_conv2d(absolute(x), wide(offset), absolute(weight),
-                                      absolute(bias), mask=absolute(mask), **kwargs)
+        ref = gpuconv.deform_conv2d(
+            wide(x), wide(offset), wide(weight), wide(bias), mask=wide(mask), **kwargs
+        )
+        scale = gpuconv.deform_conv2d(
+            absolute(x),
+            wide(offset),
+            absolute(weight),
+            absolute(bias),
+            mask=absolute(mask),
+            **kwargs,
+        )
     kh, kw = case["kernel"]
     terms = (case["c_in"] // case["groups"]) * kh * kw
     return ref, scale, terms
@@ -381,9 +553,16 @@ def test_deform_matches_numpy(emulate, case, dtype):
     arrays, _ = _deform_inputs(case, dtype, rng)
     x, offset, weight, bias, mask = arrays
     with gpuconv.use_backend("emulate"):
-        got = gpuconv.deform_conv2d(x, offset, weight, bias, stride=case["stride"],
-                                    padding=case["padding"], dilation=case["dilation"],
-                                    mask=mask)
+        got = gpuconv.deform_conv2d(
+            x,
+            offset,
+            weight,
+            bias,
+            stride=case["stride"],
+            padding=case["padding"],
+            dilation=case["dilation"],
+            mask=mask,
+        )
     ref, scale, terms = _deform_reference(case, arrays)
     _assert_deform(got, ref, scale, dtype, terms)
 
@@ -395,11 +574,19 @@ def test_deform_matches_naive_torchvision_loop(emulate, case):
     arrays, _ = _deform_inputs(case, np.float64, rng, quantised=False)
     x, offset, weight, bias, mask = arrays
     with gpuconv.use_backend("emulate"):
-        got = gpuconv.deform_conv2d(x, offset, weight, bias, stride=case["stride"],
-                                    padding=case["padding"], dilation=case["dilation"],
-                                    mask=mask)
-    expected = naive_deform(x, offset, weight, bias, mask, case["stride"], case["padding"],
-                            case["dilation"])
+        got = gpuconv.deform_conv2d(
+            x,
+            offset,
+            weight,
+            bias,
+            stride=case["stride"],
+            padding=case["padding"],
+            dilation=case["dilation"],
+            mask=mask,
+        )
+    expected = naive_deform(
+        x, offset, weight, bias, mask, case["stride"], case["padding"], case["dilation"]
+    )
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -409,8 +596,20 @@ def test_deform_sampling_boundaries(emulate):
     # the in-image corners contribute.
     height, width = 3, 4
     image = np.arange(1.0, 1.0 + height * width).reshape(1, 1, height, width)
-    points = [(-1.0, 0.0), (-0.75, 0.0), (0.0, -1.0), (0.0, -0.5), (2.0, 3.0), (2.5, 0.0),
-              (3.0, 1.0), (0.0, 3.25), (1.0, 4.0), (-0.999, 3.999), (1.5, 1.5), (-7.0, 9.0)]
+    points = [
+        (-1.0, 0.0),
+        (-0.75, 0.0),
+        (0.0, -1.0),
+        (0.0, -0.5),
+        (2.0, 3.0),
+        (2.5, 0.0),
+        (3.0, 1.0),
+        (0.0, 3.25),
+        (1.0, 4.0),
+        (-0.999, 3.999),
+        (1.5, 1.5),
+        (-7.0, 9.0),
+    ]
     out_w = len(points)
     x = np.zeros((1, 1, height, width))
     x[...] = image
@@ -420,7 +619,7 @@ def test_deform_sampling_boundaries(emulate):
     for ox, (py, px) in enumerate(points):
         offset[0, 0, 0, ox] = py
         offset[0, 1, 0, ox] = px - ox
-    geometry = dict(stride=(height, 1), padding=((0, 0), (0, out_w - width)))
+    geometry = {"stride": (height, 1), "padding": ((0, 0), (0, out_w - width))}
     weight = np.ones((1, 1, 1, 1))
     with gpuconv.use_backend("emulate"):
         got = gpuconv.deform_conv2d(x, offset, weight, **geometry)
@@ -442,8 +641,7 @@ def test_deform_never_reads_outside_corners(emulate):
     offset[0, 1, 3, 3] = 0.25
     with gpuconv.use_backend("emulate"):
         got = gpuconv.deform_conv2d(x, offset, np.ones((1, 1, 1, 1)))
-    expected = naive_deform(x, offset, np.ones((1, 1, 1, 1)), None, None, (1, 1), (0, 0),
-                            (1, 1))
+    expected = naive_deform(x, offset, np.ones((1, 1, 1, 1)), None, None, (1, 1), (0, 0), (1, 1))
     assert np.all(np.isfinite(got))
     np.testing.assert_array_equal(got, expected)
 
@@ -451,29 +649,42 @@ def test_deform_never_reads_outside_corners(emulate):
 # chunking over images and positions, channel slices (also not dividing the offset group),
 # grid-stride loop, and both index types
 DEFORM_PLANS = [
-    dict(workspace_bytes=1),                       # one image, one position per chunk
-    dict(workspace_bytes=10 ** 4),                 # several positions per chunk
-    dict(workspace_bytes=3 * 10 ** 4),             # several images per chunk
-    dict(channel_slice=1),
-    dict(channel_slice=3, max_grid_x=2),
-    dict(index=np.int64),
-    dict(index=np.int64, workspace_bytes=5000, channel_slice=2),
+    {"workspace_bytes": 1},  # one image, one position per chunk
+    {"workspace_bytes": 10**4},  # several positions per chunk
+    {"workspace_bytes": 3 * 10**4},  # several images per chunk
+    {"channel_slice": 1},
+    {"channel_slice": 3, "max_grid_x": 2},
+    {"index": np.int64},
+    {"index": np.int64, "workspace_bytes": 5000, "channel_slice": 2},
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("hooks", DEFORM_PLANS,
-                         ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items()))
+@pytest.mark.parametrize(
+    "hooks", DEFORM_PLANS, ids=lambda h: "-".join(f"{k}={v}" for k, v in h.items())
+)
 @pytest.mark.parametrize("with_mask", [False, True], ids=["v1", "v2"])
 def test_deform_every_instantiation_and_chunking(emulate, hooks, dtype, with_mask):
-    case = dict(batch=3, c_in=10, c_out=6, groups=2, offset_groups=2, in_size=(5, 7),
-                kernel=(3, 2), stride=(1, 2), padding=(1, 1), dilation=(2, 1), mask=with_mask,
-                bias=True)
+    case = {
+        "batch": 3,
+        "c_in": 10,
+        "c_out": 6,
+        "groups": 2,
+        "offset_groups": 2,
+        "in_size": (5, 7),
+        "kernel": (3, 2),
+        "stride": (1, 2),
+        "padding": (1, 1),
+        "dilation": (2, 1),
+        "mask": with_mask,
+        "bias": True,
+    }
     rng = np.random.default_rng(19)
     arrays, geom = _deform_inputs(case, dtype, rng)
     x, offset, weight, bias, mask = arrays
-    got = _deform.deform_conv2d(emulate, x, offset, weight, bias, mask, geom,
-                                case["offset_groups"], **hooks)
+    got = _deform.deform_conv2d(
+        emulate, x, offset, weight, bias, mask, geom, case["offset_groups"], **hooks
+    )
     ref, scale, terms = _deform_reference(case, arrays)
     _assert_deform(got, ref, scale, dtype, terms)
 
@@ -481,22 +692,35 @@ def test_deform_every_instantiation_and_chunking(emulate, hooks, dtype, with_mas
 @pytest.mark.parametrize("mode", ["checked", "race_check"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 def test_deform_checked_and_race(emulate, mode, dtype):
-    case = dict(batch=2, c_in=3, c_out=2, groups=1, offset_groups=3, in_size=(3, 5),
-                kernel=(3, 3), stride=(1, 1), padding=(1, 1), dilation=(1, 1), mask=True,
-                bias=True)
+    case = {
+        "batch": 2,
+        "c_in": 3,
+        "c_out": 2,
+        "groups": 1,
+        "offset_groups": 3,
+        "in_size": (3, 5),
+        "kernel": (3, 3),
+        "stride": (1, 1),
+        "padding": (1, 1),
+        "dilation": (1, 1),
+        "mask": True,
+        "bias": True,
+    }
     rng = np.random.default_rng(23)
     # wide offsets: many samples fully or partly outside the image
     arrays, geom = _deform_inputs(case, dtype, rng, spread=5.0)
     x, offset, weight, bias, mask = arrays
     context = _emulator.checked() if mode == "checked" else _emulator.race_check()
     with context:
-        v2 = _deform.deform_conv2d(emulate, x, offset, weight, bias, mask, geom, 3,
-                                   workspace_bytes=2000, max_grid_x=1)
+        v2 = _deform.deform_conv2d(
+            emulate, x, offset, weight, bias, mask, geom, 3, workspace_bytes=2000, max_grid_x=1
+        )
         v1 = _deform.deform_conv2d(emulate, x, offset, weight, None, None, geom, 3)
     ref, scale, terms = _deform_reference(case, arrays)
     _assert_deform(v2, ref, scale, dtype, terms)
-    ref1, scale1, _ = _deform_reference({**case, "mask": False, "bias": False},
-                                        (x, offset, weight, None, None))
+    ref1, scale1, _ = _deform_reference(
+        {**case, "mask": False, "bias": False}, (x, offset, weight, None, None)
+    )
     _assert_deform(v1, ref1, scale1, dtype, terms)
 
 

@@ -18,8 +18,6 @@ once; the bias is added to the rounded product (a second rounding).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ... import _kernels
