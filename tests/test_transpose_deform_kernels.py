@@ -243,6 +243,8 @@ PLANS = [
     {"cout_per_thread": 4, "stage_weights": False, "threads": 64, "max_grid": (1, 1)},
     {"cout_per_thread": 4, "stage_weights": True, "chunk": 3, "index": np.int64},
     {"cout_per_thread": 1, "stage_weights": False, "index": np.int64},
+    {"cout_per_thread": 1, "stage_weights": True, "chunk": 2, "index": np.int64},
+    {"cout_per_thread": 4, "stage_weights": False, "max_grid": (3, 2), "index": np.int64},
 ]
 
 
