@@ -33,11 +33,13 @@ float16 inputs are computed in float32 and rounded once, when the result is writ
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _shapes
 from .._shapes import ConvGeometry
 from .numpy_grad import GradMixin
 
@@ -169,6 +171,86 @@ def _add_bias(result, bias):
         result += bias.reshape((1, -1) + (1,) * (result.ndim - 2))
 
 
+def _conv_into(result, x, weight, bias, geom: ConvGeometry):
+    """``result[...] = conv(x, weight) + bias``; ``result`` may be a strided view.
+
+    ``weight`` and ``bias`` are in the compute dtype; ``x`` and ``result`` in any float dtype.
+    """
+    cdt = weight.dtype
+    n, c_in = x.shape[:2]
+    c_out = weight.shape[0]
+    g = geom.groups
+    cg, og = c_in // g, c_out // g
+    if all(k == 1 for k in geom.kernel) and not any(geom.pad_lo + geom.pad_hi) and all(
+        s == 1 for s in geom.stride
+    ):
+        # 1x1 convolution: a plain matrix product per group.
+        # (G, og, cg) @ (N, G, cg, P) -> (N, G, og, P)
+        xr = x.astype(cdt, copy=False).reshape(n, g, cg, -1)
+        if result.dtype == cdt and result.flags.c_contiguous:
+            np.matmul(weight.reshape(g, og, cg), xr, out=result.reshape(n, g, og, -1))
+            _add_bias(result, bias)
+        else:
+            product = np.matmul(weight.reshape(g, og, cg), xr).reshape(result.shape)
+            _write(result, product, bias)
+        return
+    plan = _flat_plan(geom)
+    taps = len(plan.taps)
+    w = weight.reshape(g, og, cg * taps)  # (G, og, cg*K), tap-minor like cols below
+    crop = (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_size[1:])
+    # bytes per output row of dim 1: im2col columns + wide output + input phases
+    per_row = (c_in * taps + c_out + c_in * plan.nphase) * plan.row_len * cdt.itemsize
+    budget = min(WORKSPACE_BYTES, CHUNK_BYTES)
+    chunks = list(_row_chunks(n, geom.out_size[0], per_row, budget))
+    most = max((bs.stop - bs.start) * rows for bs, _, rows in chunks) * plan.row_len
+    cols_buf = np.empty(c_in * taps * most, dtype=cdt)
+    wide_buf = np.empty(c_out * most, dtype=cdt)
+    for bs, r0, rows in chunks:
+        nb = bs.stop - bs.start
+        length = rows * plan.row_len  # wide outputs per image in this chunk
+        phases = _phase_rows(x[bs], geom, plan, r0, rows, cdt)  # (n, C, phases, flat)
+        # im2col, one contiguous copy per tap: cols[g, c, t, i, :] = phase slice
+        cols = cols_buf[: c_in * taps * nb * length].reshape(g, cg, taps, nb, length)
+        for t, (phase, offset) in enumerate(plan.taps):
+            src = phases[:, :, phase, offset:offset + length]  # (n, C, L)
+            cols[:, :, t] = src.reshape(nb, g, cg, length).transpose(1, 2, 0, 3)
+        # (G, og, cg*K) @ (G, cg*K, n*L) -> (G, og, n*L)
+        wide = wide_buf[: c_out * nb * length].reshape(g, og, nb * length)
+        np.matmul(w, cols.reshape(g, cg * taps, nb * length), out=wide)
+        # (C_out, n, rows, *inner) -> crop -> (n, C_out, rows, *out[1:])
+        wide = wide.reshape(c_out, nb, rows, *plan.inner)[crop].swapaxes(0, 1)
+        _write(result[bs, :, r0:r0 + rows], wide, bias)
+
+
+def _transpose_phase_1d(size, k, stride, dilation, crop_lo, out, residue):
+    """One dim of the stride-phase split of a transposed convolution.
+
+    The outputs ``o`` with ``(o + crop_lo) % stride == residue`` (``o = first, first +
+    stride, ...``: ``count`` of them) receive only the taps ``t`` with ``t * dilation %
+    stride == residue``, and output ``u`` of the phase reads input ``u + q0 - a_t`` with
+    ``a_t = t * dilation // stride``: a stride-1 correlation of the input with those taps in
+    reverse order, whose offsets ``a_max - a_t`` step by a constant (its dilation).
+
+    Returns ``(first, count, sub)``; ``sub`` is ``None`` when these outputs receive nothing
+    (no taps, or every read outside the input), else ``(input slice, (pad_lo, pad_hi),
+    taps in correlation order, dilation)``.
+    """
+    first = (residue - crop_lo) % stride
+    count = len(range(first, out, stride))
+    taps = [t for t in range(k) if t * dilation % stride == residue]
+    if count == 0 or not taps:
+        return first, count, None
+    a = [t * dilation // stride for t in taps]
+    q0 = (first + crop_lo - residue) // stride
+    pad_lo = a[-1] - q0  # input i sits at padded index i + pad_lo
+    pad_hi = count + a[-1] - a[0] - pad_lo - size
+    start, stop = max(0, -pad_lo), size - max(0, -pad_hi)  # inputs no output reads: cut
+    if stop <= start:
+        return first, count, None
+    step = (a[-1] - a[0]) // (len(taps) - 1) if len(taps) > 1 else 1
+    return first, count, (slice(start, stop), (max(pad_lo, 0), max(pad_hi, 0)), taps[::-1], step)
+
+
 class NumpyBackend(GradMixin):
     """Vectorised NumPy implementations of every operation (see module docstring).
 
@@ -181,93 +263,49 @@ class NumpyBackend(GradMixin):
 
     # ------------------------------------------------------------------ conv
     def conv(self, x, weight, bias, geom: ConvGeometry):
-        dtype = x.dtype
-        cdt = _compute_dtype(dtype)
-        weight = weight.astype(cdt, copy=False)
-        bias = None if bias is None else bias.astype(cdt, copy=False)
-        n, c_in = x.shape[:2]
-        c_out = weight.shape[0]
-        g = geom.groups
-        cg, og = c_in // g, c_out // g
-        result = np.empty((n, c_out, *geom.out_size), dtype=dtype)
-        if all(k == 1 for k in geom.kernel) and not any(geom.pad_lo + geom.pad_hi) and all(
-            s == 1 for s in geom.stride
-        ):
-            # 1x1 convolution: a plain matrix product per group.
-            # (G, og, cg) @ (N, G, cg, P) -> (N, G, og, P)
-            xr = x.astype(cdt, copy=False).reshape(n, g, cg, -1)
-            if dtype == cdt:
-                np.matmul(weight.reshape(g, og, cg), xr, out=result.reshape(n, g, og, -1))
-                _add_bias(result, bias)
-            else:
-                product = np.matmul(weight.reshape(g, og, cg), xr).reshape(result.shape)
-                _write(result, product, bias)
-            return result
-        plan = _flat_plan(geom)
-        taps = len(plan.taps)
-        w = weight.reshape(g, og, cg * taps)  # (G, og, cg*K), tap-minor like cols below
-        crop = (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_size[1:])
-        # bytes per output row of dim 1: im2col columns + wide output + input phases
-        per_row = (c_in * taps + c_out + c_in * plan.nphase) * plan.row_len * cdt.itemsize
-        budget = min(WORKSPACE_BYTES, CHUNK_BYTES)
-        chunks = list(_row_chunks(n, geom.out_size[0], per_row, budget))
-        most = max((bs.stop - bs.start) * rows for bs, _, rows in chunks) * plan.row_len
-        cols_buf = np.empty(c_in * taps * most, dtype=cdt)
-        wide_buf = np.empty(c_out * most, dtype=cdt)
-        for bs, r0, rows in chunks:
-            nb = bs.stop - bs.start
-            length = rows * plan.row_len  # wide outputs per image in this chunk
-            phases = _phase_rows(x[bs], geom, plan, r0, rows, cdt)  # (n, C, phases, flat)
-            # im2col, one contiguous copy per tap: cols[g, c, t, i, :] = phase slice
-            cols = cols_buf[: c_in * taps * nb * length].reshape(g, cg, taps, nb, length)
-            for t, (phase, offset) in enumerate(plan.taps):
-                src = phases[:, :, phase, offset:offset + length]  # (n, C, L)
-                cols[:, :, t] = src.reshape(nb, g, cg, length).transpose(1, 2, 0, 3)
-            # (G, og, cg*K) @ (G, cg*K, n*L) -> (G, og, n*L)
-            wide = wide_buf[: c_out * nb * length].reshape(g, og, nb * length)
-            np.matmul(w, cols.reshape(g, cg * taps, nb * length), out=wide)
-            # (C_out, n, rows, *inner) -> crop -> (n, C_out, rows, *out[1:])
-            wide = wide.reshape(c_out, nb, rows, *plan.inner)[crop].swapaxes(0, 1)
-            _write(result[bs, :, r0:r0 + rows], wide, bias)
+        cdt = _compute_dtype(x.dtype)
+        result = np.empty((x.shape[0], weight.shape[0], *geom.out_size), dtype=x.dtype)
+        _conv_into(result, x, weight.astype(cdt, copy=False),
+                   None if bias is None else bias.astype(cdt, copy=False), geom)
         return result
 
     # -------------------------------------------------------- conv_transpose
     def conv_transpose(self, x, weight, bias, geom: ConvGeometry):
-        dtype = x.dtype
-        cdt = _compute_dtype(dtype)
-        x = x.astype(cdt, copy=False)
-        weight = weight.astype(cdt, copy=False)
+        """Each stride phase of the output is a stride-1 conv of ``x`` (no scatter-add).
+
+        Output phase ``r`` (``(o + pad_lo) % stride == r`` per dim) receives only the taps
+        with ``t * dilation % stride == r``; see :func:`_transpose_phase_1d`.
+        """
+        cdt = _compute_dtype(x.dtype)
         n, c_in = x.shape[:2]
         g = geom.groups
         cg, og = c_in // g, weight.shape[1]
-        nd = geom.ndim
-        taps = int(np.prod(geom.kernel))
-        p_in = int(np.prod(geom.in_size))
-        full = [(i - 1) * s + d * (k - 1) + 1
-                for i, k, s, d in zip(geom.in_size, geom.kernel, geom.stride, geom.dilation)]
-        # The full output, extended where output_padding/'same' reach past it.
-        ext = [max(f, lo + o) for f, lo, o in zip(full, geom.pad_lo, geom.out_size)]
-        # W^T per group: (G, og*K, cg)
-        wt = weight.reshape(g, cg, og * taps).transpose(0, 2, 1)
-        result = np.empty((n, g * og, *geom.out_size), dtype=cdt)
-        crop = (slice(None), slice(None)) + tuple(
-            slice(lo, lo + o) for lo, o in zip(geom.pad_lo, geom.out_size))
-        tap_index = list(np.ndindex(*geom.kernel))
-        for bs, _ in _chunks(n, 1, g * og * taps * p_in * cdt.itemsize):
-            nb = bs.stop - bs.start
-            xr = x[bs].reshape(nb, g, cg, p_in)
-            cols = np.matmul(wt, xr)  # (n, G, og*K, P_in)
-            cols = cols.reshape(nb, g * og, *geom.kernel, *geom.in_size)
-            full_out = np.zeros((nb, g * og, *ext), dtype=cdt)
-            for tap in tap_index:
-                # input i lands at full position i * stride + tap * dilation
-                dst = (slice(None), slice(None)) + tuple(
-                    slice(t * d, t * d + (i - 1) * s + 1, s)
-                    for t, d, s, i in zip(tap, geom.dilation, geom.stride, geom.in_size))
-                full_out[dst] += cols[(slice(None), slice(None)) + tap]
-            result[bs] = full_out[crop]
-        _add_bias(result, bias)
-        return result.astype(dtype, copy=False)
+        result = np.empty((n, g * og, *geom.out_size), dtype=x.dtype)
+        # to the conv layout (C_out, C_in/G, *k): (G, cg, og, *k) -> (G, og, cg, *k)
+        w = weight.astype(cdt, copy=False).reshape(g, cg, og, *geom.kernel).swapaxes(1, 2)
+        w = w.reshape(g * og, cg, *geom.kernel)
+        bias = None if bias is None else bias.astype(cdt, copy=False)
+        per_dim = [
+            [_transpose_phase_1d(*args, residue) for residue in range(args[2])]
+            for args in zip(geom.in_size, geom.kernel, geom.stride, geom.dilation,
+                            geom.pad_lo, geom.out_size)
+        ]
+        for phase in itertools.product(*per_dim):
+            firsts, counts, subs = zip(*phase)
+            if 0 in counts:
+                continue
+            dst = result[(slice(None), slice(None)) + tuple(
+                slice(f, None, s) for f, s in zip(firsts, geom.stride))]
+            if any(sub is None for sub in subs):  # outputs no tap reaches
+                _write(dst, np.zeros((1,) * dst.ndim, dtype=cdt), bias)
+                continue
+            cuts, pads, taps, steps = zip(*subs)
+            sub_geom = _shapes.conv_geometry(
+                tuple(c.stop - c.start for c in cuts), tuple(len(t) for t in taps), stride=1,
+                padding=pads, dilation=steps, groups=g)
+            sub_w = np.ascontiguousarray(w[(slice(None), slice(None)) + np.ix_(*taps)])
+            _conv_into(dst, x[(slice(None), slice(None)) + cuts], sub_w, bias, sub_geom)
+        return result
 
     # --------------------------------------------------------------- depthwise
     def depthwise_conv(self, x, weight, bias, geom: ConvGeometry):
@@ -312,56 +350,79 @@ class NumpyBackend(GradMixin):
 
     # -------------------------------------------------------------- deformable
     def deform_conv2d(self, x, offset, weight, bias, mask, geom: ConvGeometry, offset_groups):
+        """Bilinear sampling by whole-row gathers from a channels-last image, then a GEMM.
+
+        Per image, the input is laid out ``(OG, H*W + 1, C/OG)`` with a zero row at the end.
+        Each sampling point's 4 corners are then whole rows of channels, fetched by one
+        ``np.take`` (a corner outside the image fetches the zero row), and combined with
+        their bilinear weights (times the mask). The samples, ``(P, K, C)``, feed
+        ``(P, K*C) @ (K*C, C_out)`` per group.
+        """
         dtype = x.dtype
         cdt = _compute_dtype(dtype)
-        x = x.astype(cdt, copy=False)
-        weight = weight.astype(cdt, copy=False)
         n, c_in, height, width = x.shape
         c_out = weight.shape[0]
-        kh, kw = geom.kernel
-        taps = kh * kw
+        taps = geom.kernel[0] * geom.kernel[1]
         ho, wo = geom.out_size
         p = ho * wo
         g, ogroups = geom.groups, offset_groups
-        cpo = c_in // ogroups  # channels per offset group
-        # Base sampling positions (K, P): y = oy*stride - pad + i*dil
-        oy, ox = np.meshgrid(np.arange(ho), np.arange(wo), indexing="ij")
-        ki, kj = np.meshgrid(np.arange(kh), np.arange(kw), indexing="ij")
-        base_y = (oy.reshape(1, p) * geom.stride[0] - geom.pad_lo[0]
-                  + ki.reshape(taps, 1) * geom.dilation[0]).astype(cdt)
-        base_x = (ox.reshape(1, p) * geom.stride[1] - geom.pad_lo[1]
-                  + kj.reshape(taps, 1) * geom.dilation[1]).astype(cdt)
-        w = weight.reshape(g, c_out // g, (c_in // g) * taps)
-        result = np.empty((n, c_out, ho, wo), dtype=cdt)
-        per_image = c_in * taps * p * cdt.itemsize * 3
-        for bs, _ in _chunks(n, 1, per_image):
-            nb = bs.stop - bs.start
-            off = offset[bs].astype(cdt, copy=False).reshape(nb, ogroups, taps, 2, p)
-            py = base_y + off[:, :, :, 0]           # (n, OG, K, P)
-            px = base_x + off[:, :, :, 1]
-            inside = (py > -1) & (py < height) & (px > -1) & (px < width)
-            y0 = np.floor(py)
-            x0 = np.floor(px)
-            ly, lx = py - y0, px - x0
-            y0 = y0.astype(np.int64)
-            x0 = x0.astype(np.int64)
-            scale = inside.astype(cdt)
-            if mask is not None:
-                scale = scale * mask[bs].astype(cdt, copy=False).reshape(nb, ogroups, taps, p)
-            img = x[bs].reshape(nb, ogroups, cpo, height * width)
-            cols = np.zeros((nb, ogroups, cpo, taps * p), dtype=cdt)
-            for dy, dx, wgt in ((0, 0, (1 - ly) * (1 - lx)), (0, 1, (1 - ly) * lx),
-                                (1, 0, ly * (1 - lx)), (1, 1, ly * lx)):
-                yy, xx = y0 + dy, x0 + dx
-                valid = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
-                idx = np.where(valid, yy * width + xx, 0).reshape(nb, ogroups, 1, taps * p)
-                coef = (wgt * scale * valid).reshape(nb, ogroups, 1, taps * p)
-                cols += np.take_along_axis(img, idx, axis=3) * coef
-            # (n, C_in, K*P) -> per group GEMM: (og, cg*K) @ (n, G, cg*K, P)
-            cols = cols.reshape(nb, g, (c_in // g) * taps, p)
-            np.matmul(w, cols, out=result[bs].reshape(nb, g, c_out // g, p))
-        _add_bias(result, bias)
-        return result.astype(dtype, copy=False)
+        cg, og, cpo = c_in // g, c_out // g, c_in // ogroups
+        # undeformed sampling positions (P, K): y = oy * stride - pad + i * dilation
+        oy, ox = np.divmod(np.arange(p), wo)
+        ki, kj = np.divmod(np.arange(taps), geom.kernel[1])
+        base_y = (oy[:, None] * geom.stride[0] - geom.pad_lo[0]
+                  + ki[None, :] * geom.dilation[0]).astype(cdt)
+        base_x = (ox[:, None] * geom.stride[1] - geom.pad_lo[1]
+                  + kj[None, :] * geom.dilation[1]).astype(cdt)
+        # weight (C_out, cg, K) -> (G, K * cg, og), matching the samples' (K, C) order
+        w = weight.astype(cdt, copy=False).reshape(g, og, cg, taps).transpose(0, 3, 2, 1)
+        w = np.ascontiguousarray(w).reshape(g, taps * cg, og)
+        bias = None if bias is None else bias.astype(cdt, copy=False)
+        result = np.empty((n, c_out, ho, wo), dtype=dtype)
+        corner_dy = np.array([0, 0, 1, 1])
+        corner_dx = np.array([0, 1, 0, 1])
+        # bytes per output position: 4 corners + samples (+ their per-group copy) + output
+        per_position = (4 * taps * (c_in // ogroups) + 2 * taps * c_in + c_out) * cdt.itemsize
+        step = max(1, min(WORKSPACE_BYTES, CHUNK_BYTES) // per_position)
+        img = np.zeros((ogroups, height * width + 1, cpo), dtype=cdt)  # channels last
+        # buffers reused by every chunk (fresh multi-MB temporaries cost page faults)
+        corners_buf = np.empty(step * taps * 4 * cpo, dtype=cdt)
+        samples_buf = np.empty(step * taps * c_in, dtype=cdt)
+        for i in range(n):
+            img[:, :-1] = x[i].reshape(ogroups, cpo, height * width).transpose(0, 2, 1)
+            off = offset[i].astype(cdt, copy=False).reshape(ogroups, taps, 2, p)
+            for p0 in range(0, p, step):
+                p1 = min(p, p0 + step)
+                pc = p1 - p0
+                samples = samples_buf[: pc * taps * c_in].reshape(pc, taps, ogroups, cpo)
+                corners = corners_buf[: pc * taps * 4 * cpo].reshape(pc * taps * 4, cpo)
+                for og_i in range(ogroups):
+                    py = base_y[p0:p1] + off[og_i, :, 0, p0:p1].T  # (pc, K)
+                    px = base_x[p0:p1] + off[og_i, :, 1, p0:p1].T
+                    scale = ((py > -1) & (py < height) & (px > -1) & (px < width)).astype(cdt)
+                    if mask is not None:
+                        scale *= mask[i].reshape(ogroups, taps, p)[og_i, :, p0:p1].T
+                    y0, x0 = np.floor(py), np.floor(px)
+                    ly, lx = py - y0, px - x0
+                    # the 4 corners (pc, K, 4): rows y0, y0, y0+1, y0+1; cols x0, x0+1, ...
+                    ys = y0.astype(np.intp)[..., None] + corner_dy
+                    xs = x0.astype(np.intp)[..., None] + corner_dx
+                    wy = np.stack([1 - ly, 1 - ly, ly, ly], axis=-1)
+                    wx = np.stack([1 - lx, lx, 1 - lx, lx], axis=-1)
+                    valid = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
+                    rows = np.where(valid, ys * width + xs, height * width).reshape(-1)
+                    coef = (wy * wx * scale[..., None]).reshape(pc * taps, 4)
+                    # every row index is valid: 'clip' only skips the bounds check's buffer
+                    np.take(img[og_i], rows, axis=0, out=corners, mode="clip")
+                    np.einsum("sk,skc->sc", coef, corners.reshape(pc * taps, 4, cpo),
+                              out=samples[:, :, og_i].reshape(pc * taps, cpo))
+                # (G, pc, K*cg) @ (G, K*cg, og) -> (G, pc, og)
+                cols = samples.reshape(pc, taps, g, cg)
+                cols = cols.transpose(2, 0, 1, 3).reshape(g, pc, taps * cg)  # copies if G > 1
+                product = np.matmul(cols, w)
+                dst = result[i].reshape(c_out, p)[:, p0:p1]
+                _write(dst[None], product.transpose(0, 2, 1).reshape(1, c_out, pc), bias)
+        return result
 
     # ------------------------------------------------------- convolve/correlate
     def convolve(self, a, v, mode):
