@@ -291,6 +291,14 @@ FAMILIES: dict[str, KernelFamily] = {
         # deform_im2col<T, Index, HasMask>
         KernelFamily("deform_im2col", "deform.cu", ("float16", "float32", "float64"),
                      flags=(("false", "true"),), critical=True),
+        # conv_tiled / conv_direct / depthwise_tiled<T, Index, PaddingMode>; the padding mode
+        # codes (0 zeros, 1 reflect, 2 replicate, 3 circular) are kernels/padding.cuh's.
+        KernelFamily("conv_tiled", "conv.cu", ("float16", "float32", "float64"),
+                     flags=(("0", "1", "2", "3"),), critical=True),
+        KernelFamily("conv_direct", "conv.cu", ("float16", "float32", "float64"),
+                     flags=(("0", "1", "2", "3"),), critical=True),
+        KernelFamily("depthwise_tiled", "depthwise.cu", ("float16", "float32", "float64"),
+                     flags=(("0", "1", "2", "3"),), critical=True),
     )
 }
 

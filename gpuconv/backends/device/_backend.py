@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from ... import _kernels
-from . import _conv_transpose, _deform
+from . import _conv, _conv_transpose, _deform
 from . import convolve as _convolve
 from ._executor import CupyExecutor, EmulatorExecutor, Executor
 
@@ -92,8 +92,15 @@ class DeviceBackend:
         """``numpy.correlate(a, v, mode)`` with the kernels of ``kernels/convolve.cu``."""
         return _convolve.correlate(self, a, v, mode, convolve=False)
 
-    conv = _not_yet("conv")
-    depthwise_conv = _not_yet("depthwise_conv")
+    def conv(self, x, weight, bias, geom):
+        """Convolution (1-D to 3-D): a GEMM for 1x1, ``depthwise.cu`` for groups == C_in, else
+        ``conv_tiled`` / ``conv_direct`` of ``kernels/conv.cu`` (see ``_conv``)."""
+        return _conv.conv(self, x, weight, bias, geom)
+
+    def depthwise_conv(self, x, weight, bias, geom):
+        """Depthwise convolution (1-D to 3-D) with ``depthwise_tiled`` of
+        ``kernels/depthwise.cu`` (see ``_conv``)."""
+        return _conv.depthwise_conv(self, x, weight, bias, geom)
 
     def conv_transpose(self, x, weight, bias, geom):
         """Transposed convolution (1-D to 3-D) with ``conv_transpose3d`` of

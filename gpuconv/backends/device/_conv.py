@@ -1,0 +1,418 @@
+"""``conv`` and ``depthwise_conv`` (1-D/2-D/3-D) on the device backends.
+
+Kernels: ``conv_tiled`` and ``conv_direct`` in ``kernels/conv.cu``, ``depthwise_tiled`` in
+``kernels/depthwise.cu``; each templated on the element type, the index type and the padding
+mode, which the kernels resolve by index mapping (``kernels/padding.cuh``) -- no padded copy of
+the input is ever made. 1-D and 2-D calls run the 3-D kernels with leading spatial dims of
+size 1 (:func:`as_3d`).
+
+Method per ``conv`` call (:func:`choose_conv_method`):
+
+* ``"matmul"``: a 1x1 kernel with stride 1 and no padding is a matrix product per group,
+  ``(G, C_out/G, C_in/G) @ (N, G, C_in/G, P)``, through the executor's ``matmul``
+  (``cupy.matmul`` = cuBLAS on ``cuda``, ``numpy.matmul`` on ``emulate``). This makes the
+  pointwise step of ``separable_conv`` a cuBLAS GEMM.
+* ``"depthwise"``: ``groups == C_in`` (one input channel per group, any multiplier) is exactly a
+  depthwise convolution: ``depthwise_tiled``.
+* ``"tiled"``: ``conv_tiled`` (input tile + halo and the block's weights in shared memory,
+  register blocking over CO = 8 output channels x 4 output columns per thread, and
+  ``blockDim.z`` channel blocks sharing the input tile when the output plane is small), when
+  ``C_out/groups >= CO/2`` and a tile fits the shared-memory budget.
+* ``"direct"``: ``conv_direct`` (one output per thread, no shared memory) otherwise.
+
+``depthwise_conv`` uses ``depthwise_tiled`` (one staged input tile per (n, c) serves all
+multiplier outputs), or ``conv_direct`` with ``groups = C`` if not even a one-thread tile fits.
+
+float16 is computed by the kernels with float32 accumulation (``gpuconv::acc_t``) and rounded
+once; on the matmul path by the executor's ``matmul`` (float32 accumulation too), after which
+the bias is added in float16.
+
+Tuning constants that the kernels also use are read from the ``.cu`` files
+(:func:`gpuconv._kernels.source_define`); the rest are below. None is tuned on hardware yet.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ... import _kernels
+from ..._launch import MAX_DYNAMIC_SHARED_BYTES
+from ..._shapes import ConvGeometry
+
+CONV_FILE = "conv.cu"
+DEPTHWISE_FILE = "depthwise.cu"
+TILED = _kernels.FAMILIES["conv_tiled"]
+DIRECT = _kernels.FAMILIES["conv_direct"]
+DEPTHWISE = _kernels.FAMILIES["depthwise_tiled"]
+
+#: padding_mode -> the kernels' ``Mode`` template argument (``gpuconv::PaddingMode``).
+PADDING_MODE_CODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
+
+#: conv_tiled's register blocking: output channels and output columns per thread.
+CO_PER_THREAD = _kernels.source_define(CONV_FILE, "GPUCONV_CONV_CO_PER_THREAD")
+CONV_W_PER_THREAD = _kernels.source_define(CONV_FILE, "GPUCONV_CONV_W_PER_THREAD")
+CONV_MAX_THREADS = _kernels.source_define(CONV_FILE, "GPUCONV_CONV_MAX_THREADS")
+#: depthwise_tiled's output columns per thread and threads per block.
+DEPTHWISE_W_PER_THREAD = _kernels.source_define(DEPTHWISE_FILE, "GPUCONV_DEPTHWISE_W_PER_THREAD")
+DEPTHWISE_MAX_THREADS = _kernels.source_define(DEPTHWISE_FILE, "GPUCONV_DEPTHWISE_MAX_THREADS")
+
+#: Shared memory a tiled block aims for: more channels (conv) or filters (depthwise) are staged
+#: per pass until this is reached. 24 KiB keeps two blocks per SM even on sm_75 (64 KiB).
+SHARED_TARGET_BYTES = 24 * 1024
+#: conv_tiled gives up output channels per block (blockDim.z) until it has this many blocks
+#: (about two per SM of a large GPU), or blockDim.z is 1.
+FILL_BLOCKS = 256
+#: conv_tiled stages at most this many input channels per pass.
+MAX_CHUNK = 16
+#: Threads per block of conv_direct (fewer, in whole warps, for small outputs).
+DIRECT_THREADS = 256
+#: Grid cap of the block-/grid-stride loops (the kernels loop over the rest).
+MAX_BLOCKS = 65535
+
+CONV_METHODS = ("matmul", "depthwise", "tiled", "direct")
+DEPTHWISE_METHODS = ("tiled", "direct")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(0, (int(n) - 1).bit_length())
+
+
+@dataclass(frozen=True)
+class Geometry3d:
+    """A :class:`ConvGeometry` as the kernels see it: every tuple has 3 entries (D, H, W),
+    1-D/2-D padded at the front with size 1, kernel 1, stride 1, dilation 1, padding 0."""
+
+    in_size: tuple[int, int, int]
+    out_size: tuple[int, int, int]
+    kernel: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    dilation: tuple[int, int, int]
+    pad_lo: tuple[int, int, int]
+
+    def args(self) -> tuple[int, ...]:
+        """in (3), out (3), kernel (3), stride (3), dilation (3), pad_lo (3): the kernels'
+        geometry parameters, in their order."""
+        return (*self.in_size, *self.out_size, *self.kernel, *self.stride, *self.dilation,
+                *self.pad_lo)
+
+
+def as_3d(geom: ConvGeometry) -> Geometry3d:
+    """The 3-D view of ``geom``.
+
+    >>> from gpuconv._shapes import conv_geometry
+    >>> as_3d(conv_geometry((9,), (3,), stride=2, padding=1, dilation=1))
+    Geometry3d(in_size=(1, 1, 9), out_size=(1, 1, 5), kernel=(1, 1, 3), stride=(1, 1, 2), \
+dilation=(1, 1, 1), pad_lo=(0, 0, 1))
+    """
+    lead = 3 - geom.ndim
+    return Geometry3d(
+        (1,) * lead + tuple(geom.in_size), (1,) * lead + tuple(geom.out_size),
+        (1,) * lead + tuple(geom.kernel), (1,) * lead + tuple(geom.stride),
+        (1,) * lead + tuple(geom.dilation), (0,) * lead + tuple(geom.pad_lo),
+    )
+
+
+def _max_index(g: Geometry3d, *extents: int) -> int:
+    """A bound on every index value the kernels compute, beyond the arrays' own extents: the
+    padded positions (which can exceed the input under large zero padding), the task and
+    thread counters of the stride loops."""
+    positions = max((o - 1) * s + (k - 1) * d + 1 + p
+                    for o, k, s, d, p in zip(g.out_size, g.kernel, g.stride, g.dilation, g.pad_lo))
+    return 2 * max(positions, *extents) + 2 * MAX_BLOCKS * 1024
+
+
+# ----------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class TiledPlan:
+    """A launch of ``conv_tiled`` or ``depthwise_tiled``: block (x, y, z), grid, the channel or
+    filter ``chunk`` staged per pass, and the dynamic shared memory in bytes."""
+
+    block: tuple[int, int, int]
+    grid: int
+    chunk: int
+    shared_mem: int
+    tasks: int
+
+
+def conv_tiled_plan(g: Geometry3d, batch: int, c_in: int, c_out: int, groups: int,
+                    itemsize: int) -> TiledPlan | None:
+    """The ``conv_tiled`` launch, or None if not even a one-thread tile of one input channel
+    fits in shared memory.
+
+    >>> from gpuconv._shapes import conv_geometry
+    >>> g = as_3d(conv_geometry((32, 32), (3, 3), stride=1, padding=1, dilation=1))
+    >>> conv_tiled_plan(g, 2, 16, 32, 1, 4)
+    TiledPlan(block=(8, 32, 1), grid=8, chunk=5, shared_mem=24560, tasks=8)
+
+    A small output plane: 8 (blockDim.z) blocks of 8 output channels share the input tile,
+    as many as still leave FILL_BLOCKS blocks.
+
+    >>> g = as_3d(conv_geometry((7, 7), (3, 3), stride=1, padding=1, dilation=1))
+    >>> conv_tiled_plan(g, 32, 512, 512, 1, 2)
+    TiledPlan(block=(2, 8, 8), grid=256, chunk=16, shared_mem=21632, tasks=256)
+    """
+    _, out_h, out_w = g.out_size
+    _, k_h, k_w = g.kernel
+    _, s_h, s_w = g.stride
+    _, d_h, d_w = g.dilation
+    cg, og = c_in // groups, c_out // groups
+    rw, co = CONV_W_PER_THREAD, CO_PER_THREAD
+    cap = CONV_MAX_THREADS if out_h == 1 else 32
+    bx = min(cap, _pow2_at_least(_ceil_div(out_w, rw)))
+    by = min(_pow2_at_least(out_h), CONV_MAX_THREADS // bx)
+    # Threads left over by a small output plane take further output-channel blocks.
+    bz = min(_pow2_at_least(_ceil_div(og, co)), CONV_MAX_THREADS // (bx * by), 64)
+    while True:
+        rows_in = (by - 1) * s_h + (k_h - 1) * d_h + 1
+        cols_in = (bx * rw - 1) * s_w + (k_w - 1) * d_w + 1
+        per_channel = (rows_in * cols_in + k_h * k_w * co * bz) * itemsize
+        if per_channel <= MAX_DYNAMIC_SHARED_BYTES:
+            break
+        if bz > 1:
+            bz //= 2
+        elif by > 1:
+            by //= 2
+        elif bx > 1:
+            bx //= 2
+        else:
+            return None
+    spatial_tasks = batch * g.out_size[0] * _ceil_div(out_h, by) * _ceil_div(out_w, bx * rw)
+    while bz > 1 and spatial_tasks * groups * _ceil_div(og, co * bz) < FILL_BLOCKS:
+        bz //= 2  # more, smaller blocks
+    per_channel = (rows_in * cols_in + k_h * k_w * co * bz) * itemsize
+    chunk = max(1, min(cg, MAX_CHUNK, SHARED_TARGET_BYTES // per_channel))
+    tasks = spatial_tasks * groups * _ceil_div(og, co * bz)
+    return TiledPlan((bx, by, bz), max(1, min(tasks, MAX_BLOCKS)), chunk, chunk * per_channel,
+                     tasks)
+
+
+def depthwise_tiled_plan(g: Geometry3d, batch: int, channels: int, multiplier: int,
+                         itemsize: int) -> TiledPlan | None:
+    """The ``depthwise_tiled`` launch, or None if not even a one-thread tile and one filter fit
+    in shared memory.
+
+    >>> from gpuconv._shapes import conv_geometry
+    >>> g = as_3d(conv_geometry((56, 56), (3, 3), stride=1, padding=1, dilation=1))
+    >>> depthwise_tiled_plan(g, 1, 32, 2, 4)
+    TiledPlan(block=(16, 16, 1), grid=128, chunk=2, shared_mem=4824, tasks=128)
+    """
+    out_d, out_h, out_w = g.out_size
+    k_d, k_h, k_w = g.kernel
+    s_d, s_h, s_w = g.stride
+    d_d, d_h, d_w = g.dilation
+    rw, limit = DEPTHWISE_W_PER_THREAD, DEPTHWISE_MAX_THREADS
+    taps = k_d * k_h * k_w
+    cap = limit if out_h == 1 and out_d == 1 else 32
+    bx = min(cap, _pow2_at_least(_ceil_div(out_w, rw)))
+    by = min(_pow2_at_least(out_h), limit // bx)
+    bz = min(_pow2_at_least(out_d), limit // (bx * by), 64)
+    while True:
+        volume = (((bz - 1) * s_d + (k_d - 1) * d_d + 1) * ((by - 1) * s_h + (k_h - 1) * d_h + 1)
+                  * ((bx * rw - 1) * s_w + (k_w - 1) * d_w + 1))
+        if (volume + taps) * itemsize <= MAX_DYNAMIC_SHARED_BYTES:
+            break
+        if bz > 1:
+            bz //= 2
+        elif by > 1:
+            by //= 2
+        elif bx > 1:
+            bx //= 2
+        else:
+            return None
+    room = max(SHARED_TARGET_BYTES, (volume + taps) * itemsize) - volume * itemsize
+    chunk = max(1, min(multiplier, room // (taps * itemsize)))
+    tasks = (batch * channels * _ceil_div(out_d, bz) * _ceil_div(out_h, by)
+             * _ceil_div(out_w, bx * rw))
+    return TiledPlan((bx, by, bz), max(1, min(tasks, MAX_BLOCKS)), chunk,
+                     (volume + chunk * taps) * itemsize, tasks)
+
+
+def choose_conv_method(x_shape, weight_shape, geom: ConvGeometry, itemsize: int) -> str:
+    """The ``conv`` method for a call (see the module docstring)."""
+    c_in = x_shape[1]
+    c_out = weight_shape[0]
+    groups = geom.groups
+    if (all(k == 1 for k in geom.kernel) and all(s == 1 for s in geom.stride)
+            and not any(geom.pad_lo) and not any(geom.pad_hi)):
+        return "matmul"
+    if groups == c_in:
+        return "depthwise"
+    if c_out // groups >= CO_PER_THREAD // 2 and conv_tiled_plan(
+            as_3d(geom), x_shape[0], c_in, c_out, groups, itemsize) is not None:
+        return "tiled"
+    return "direct"
+
+
+# ----------------------------------------------------------------------------- operations
+
+
+def _prepare(xp, array, dtype):
+    """C-contiguous, ``dtype``, and aligned to the element size (the launch helper checks)."""
+    array = xp.ascontiguousarray(array, dtype=dtype)
+    if xp is np and array.size and array.ctypes.data % dtype.itemsize:
+        array = array.copy()
+    return array
+
+
+def _bias_or_zeros(xp, bias, channels: int, dtype):
+    return xp.zeros(channels, dtype=dtype) if bias is None else _prepare(xp, bias, dtype)
+
+
+def _check_dtype(dtype):
+    if dtype not in tuple(np.dtype(d) for d in TILED.dtypes):
+        raise TypeError(f"dtype={dtype} has no conv kernel; expected one of {TILED.dtypes}")
+
+
+def conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = None,
+         index=None):
+    """Convolution (cross-correlation) of ``x`` (N, C_in, *in) with ``weight``
+    (C_out, C_in / groups, *k), plus ``bias`` (C_out,) or None, to (N, C_out, *geom.out_size).
+
+    Parameters
+    ----------
+    backend : DeviceBackend
+    x, weight, bias : arrays of ``backend.xp``, all of one dtype (float16/32/64)
+    geom : ConvGeometry
+    method : {None, "matmul", "depthwise", "tiled", "direct"}
+        Force a method (tests); None picks with :func:`choose_conv_method`.
+    index : {None, numpy.int32, numpy.int64}
+        Force the kernels' index type (tests); None picks with :func:`gpuconv._kernels.index_dtype`.
+
+    Raises
+    ------
+    ValueError
+        If a forced ``method`` cannot compute this call.
+    """
+    xp = backend.xp
+    dtype = np.dtype(x.dtype)
+    _check_dtype(dtype)
+    x, weight = _prepare(xp, x, dtype), _prepare(xp, weight, dtype)
+    batch, c_in = x.shape[:2]
+    c_out = weight.shape[0]
+    groups = geom.groups
+    chosen = choose_conv_method(x.shape, weight.shape, geom, dtype.itemsize)
+    if method is None:
+        method = chosen
+    elif method not in CONV_METHODS:
+        raise ValueError(f"method={method!r} must be None or one of {CONV_METHODS}")
+    elif method == "matmul" and chosen != "matmul":
+        raise ValueError(
+            "method='matmul' needs a 1x1 kernel, stride 1 and no padding; got "
+            f"kernel={geom.kernel}, stride={geom.stride}, padding={geom.pad_lo}/{geom.pad_hi}"
+        )
+    elif method == "depthwise" and groups != c_in:
+        raise ValueError(f"method='depthwise' needs groups == C_in, got groups={groups}, "
+                         f"C_in={c_in}")
+
+    if method == "matmul":
+        og, cg = c_out // groups, c_in // groups
+        positions = math.prod(geom.out_size)
+        # (G, og, cg) @ (N, G, cg, P) -> (N, G, og, P)
+        result = backend.executor.matmul(weight.reshape(groups, og, cg),
+                                         x.reshape(batch, groups, cg, positions))
+        result = xp.ascontiguousarray(result.reshape(batch, c_out, *geom.out_size), dtype=dtype)
+        if bias is not None:
+            result += _prepare(xp, bias, dtype).reshape((1, c_out) + (1,) * geom.ndim)
+        return result
+    if method == "depthwise":
+        return _depthwise(backend, x, weight, bias, geom, method="tiled", index=index)
+
+    bias = _bias_or_zeros(xp, bias, c_out, dtype)
+    out = xp.empty((batch, c_out, *geom.out_size), dtype=dtype)
+    _launch_conv(backend, x, weight, bias, out, geom, groups, method=method, index=index)
+    return out
+
+
+def _launch_conv(backend, x, weight, bias, out, geom: ConvGeometry, groups: int, *,
+                 method: str, index):
+    """One ``conv_tiled`` or ``conv_direct`` launch computing ``out``."""
+    g = as_3d(geom)
+    batch, c_in = x.shape[:2]
+    c_out = weight.shape[0]
+    mode = PADDING_MODE_CODES[geom.padding_mode]
+    common = (x, weight, bias, out, batch, c_in, c_out, groups, *g.args())
+    if method == "tiled":
+        plan = conv_tiled_plan(g, batch, c_in, c_out, groups, out.dtype.itemsize)
+        if plan is None:
+            raise ValueError(f"method='tiled': no tile of kernel={geom.kernel}, "
+                             f"dilation={geom.dilation} fits in shared memory")
+        if index is None:
+            index = _kernels.index_dtype(x, weight, out,
+                                         max_index=_max_index(g, plan.tasks, out.size))
+        kernel = backend.executor.get_function(CONV_FILE, TILED.name_expression(out.dtype, index, mode))
+        backend.executor.launch(kernel, grid=plan.grid, block=plan.block,
+                                args=(*common, plan.chunk), shared_mem=plan.shared_mem)
+        return
+    total = out.size
+    threads = min(DIRECT_THREADS, 32 * _ceil_div(total, 32))
+    blocks = max(1, min(_ceil_div(total, threads), MAX_BLOCKS))
+    if index is None:
+        index = _kernels.index_dtype(x, weight, out, max_index=_max_index(g, total))
+    kernel = backend.executor.get_function(CONV_FILE, DIRECT.name_expression(out.dtype, index, mode))
+    backend.executor.launch(kernel, grid=blocks, block=threads, args=common)
+
+
+def depthwise_conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = None,
+                   index=None):
+    """Depthwise convolution of ``x`` (N, C, *in) with ``weight`` (C * M, 1, *k), plus ``bias``
+    (C * M,) or None, to (N, C * M, *geom.out_size).
+
+    Parameters
+    ----------
+    backend : DeviceBackend
+    x, weight, bias : arrays of ``backend.xp``, all of one dtype (float16/32/64)
+    geom : ConvGeometry (``groups == C``)
+    method : {None, "tiled", "direct"}
+        Force ``depthwise_tiled`` or ``conv_direct`` (tests); None: tiled when it fits.
+    index : {None, numpy.int32, numpy.int64}
+        Force the kernels' index type (tests).
+    """
+    xp = backend.xp
+    dtype = np.dtype(x.dtype)
+    _check_dtype(dtype)
+    if method not in (None, *DEPTHWISE_METHODS):
+        raise ValueError(f"method={method!r} must be None or one of {DEPTHWISE_METHODS}")
+    return _depthwise(backend, _prepare(xp, x, dtype), _prepare(xp, weight, dtype), bias, geom,
+                      method=method, index=index)
+
+
+def _depthwise(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None, index):
+    xp = backend.xp
+    dtype = np.dtype(x.dtype)
+    batch, channels = x.shape[:2]
+    c_out = weight.shape[0]
+    multiplier = c_out // channels
+    bias = _bias_or_zeros(xp, bias, c_out, dtype)
+    out = xp.empty((batch, c_out, *geom.out_size), dtype=dtype)
+    g = as_3d(geom)
+    plan = depthwise_tiled_plan(g, batch, channels, multiplier, dtype.itemsize)
+    if method is None:
+        method = "direct" if plan is None else "tiled"
+    if method == "direct":
+        # conv_direct with groups = C computes the same (weight (C*M, 1, *k) is its layout).
+        _launch_conv(backend, x, weight, bias, out, geom, channels, method="direct",
+                     index=index)
+        return out
+    if plan is None:
+        raise ValueError(f"method='tiled': no tile of kernel={geom.kernel}, "
+                         f"dilation={geom.dilation} fits in shared memory")
+    if index is None:
+        index = _kernels.index_dtype(x, weight, out, max_index=_max_index(g, plan.tasks, out.size))
+    mode = PADDING_MODE_CODES[geom.padding_mode]
+    kernel = backend.executor.get_function(DEPTHWISE_FILE,
+                                           DEPTHWISE.name_expression(dtype, index, mode))
+    backend.executor.launch(
+        kernel, grid=plan.grid, block=plan.block,
+        args=(x, weight, bias, out, batch, channels, multiplier, *g.args(), plan.chunk),
+        shared_mem=plan.shared_mem,
+    )
+    return out

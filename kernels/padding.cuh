@@ -1,0 +1,47 @@
+// padding.cuh: padding modes resolved by index mapping, for kernels that read a padded input
+// without ever building a padded copy (conv.cu, depthwise.cu).
+//
+// A kernel reads "padded position" p of an input dimension of `size` elements, in input
+// coordinates: p = out_index * stride - pad_lo + tap * dilation, so p lies in [-pad_lo,
+// size + pad_hi) for every output that is written. source_index<Mode>(p, size) says which input
+// element supplies it, as torch.nn.functional.pad does:
+//
+//   Mode 0 zeros      -1 (read as zero) outside [0, size)
+//   Mode 1 reflect    -p below 0, 2 * (size - 1) - p above: no edge repeat (needs pad < size)
+//   Mode 2 replicate  the nearest edge element
+//   Mode 3 circular   p + size below 0, p - size above (needs pad <= size)
+//
+// The host (gpuconv._shapes.conv_geometry) guarantees the pad limits, so one reflection or wrap
+// is enough. Positions further out are only read for outputs beyond the output extent (a tile's
+// ragged edge), which are never stored: for those the result is some index in [0, size) or -1,
+// never an out-of-bounds one.
+#ifndef GPUCONV_PADDING_CUH
+#define GPUCONV_PADDING_CUH
+
+#include "common.cuh"
+
+namespace gpuconv {
+
+// The padding-mode template argument of the conv kernels (gpuconv._kernels.PADDING_MODES).
+enum PaddingMode : int { kZeros = 0, kReflect = 1, kReplicate = 2, kCircular = 3 };
+
+template <int Mode, class Index>
+GPUCONV_HD Index source_index(Index p, Index size) {
+    if constexpr (Mode == kReflect) {
+        if (p < 0) p = -p;
+        if (p >= size) p = 2 * (size - 1) - p;
+    } else if constexpr (Mode == kReplicate) {
+        p = p < 0 ? Index(0) : (p >= size ? size - 1 : p);
+    } else if constexpr (Mode == kCircular) {
+        if (p < 0) {
+            p += size;
+        } else if (p >= size) {
+            p -= size;
+        }
+    }
+    return (p >= 0 && p < size) ? p : Index(-1);
+}
+
+}  // namespace gpuconv
+
+#endif  // GPUCONV_PADDING_CUH
