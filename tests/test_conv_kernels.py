@@ -216,6 +216,23 @@ def test_int64_index_is_chosen_for_large_padded_extents(conv_module):
     assert _kernels.index_dtype(x, max_index=conv_module._max_index(small, 1)) == np.int32
 
 
+def test_huge_stride_and_zero_padding_end_to_end():
+    """stride = padding = 2**31 on a 5-element input: 3 outputs, int64 indices, no tile fits
+    (conv_direct, also when conv routes groups == C_in to depthwise). Output 1 reads input
+    positions 0 and 1; outputs 0 and 2 read only padding."""
+    if gpuconv.available_backends()["emulate"] != "available":
+        pytest.skip("emulate backend unavailable")
+    x = np.arange(1.0, 6.0, dtype=np.float32).reshape(1, 1, 5)
+    w = np.array([[[1.0, 10.0]]], np.float32)
+    kw = {"stride": 2**31, "padding": 2**31}
+    with gpuconv.use_backend("emulate"):
+        results = [gpuconv.conv(x, w, **kw), gpuconv.depthwise_conv(x, w, **kw),
+                   gpuconv.conv(x.repeat(2, 1), w.repeat(2, 0), groups=2, **kw)]
+    assert results[0].tolist() == [[[0.0, 21.0, 0.0]]]
+    assert results[1].tolist() == [[[0.0, 21.0, 0.0]]]
+    assert results[2].tolist() == [[[0.0, 21.0, 0.0], [0.0, 21.0, 0.0]]]
+
+
 # ----------------------------------------------------------------------------- edges of the tiling
 
 

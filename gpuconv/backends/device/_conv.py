@@ -324,7 +324,7 @@ def conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = N
             result += _prepare(xp, bias, dtype).reshape((1, c_out) + (1,) * geom.ndim)
         return result
     if method == "depthwise":
-        return _depthwise(backend, x, weight, bias, geom, method="tiled", index=index)
+        return _depthwise(backend, x, weight, bias, geom, method=None, index=index)
 
     bias = _bias_or_zeros(xp, bias, c_out, dtype)
     out = xp.empty((batch, c_out, *geom.out_size), dtype=dtype)
