@@ -54,6 +54,7 @@ BUGS = [
     "write_conflict",
     "uninitialised_shared",
     "stack_overflow",
+    "inter_block_dependency",
 ]
 
 
@@ -505,6 +506,30 @@ def test_race_check_catches_conflicting_writes_and_uninitialised_shared(bugs):
             bugs.get_function("write_conflict")(1, 64, (np.zeros(1, np.int32),))
         with pytest.raises(emu.RaceError, match=r"uninitialised_shared: parameter 0 .*index 1 "):
             bugs.get_function("uninitialised_shared")(1, 128, (np.zeros(128, np.float32),))
+
+
+def test_race_check_permutes_blocks(bugs, monkeypatch):
+    y = np.zeros(16, np.float32)
+    with emu.race_check(), pytest.raises(emu.RaceError, match=r"inter_block_dependency: "
+                                         r"parameter 0 .* first at flat index 1 "):
+        bugs.get_function("inter_block_dependency")(16, 32, (y,))
+    with monkeypatch.context() as m:  # blocks in order on one worker: the bug stays hidden
+        m.setenv("GPUCONV_EMULATE_THREADS", "1")
+        bugs.get_function("inter_block_dependency")(16, 1, (y,))
+    np.testing.assert_array_equal(y, np.arange(1, 17))
+
+
+def test_checked_and_race_check_together(bugs):
+    rng = np.random.default_rng(8)
+    n = 600
+    x = rng.standard_normal(n).astype(np.float32)
+    y = np.zeros(n, np.float32)
+    with emu.checked(), emu.race_check():
+        bugs.get_function("neighbour_sum<true>")(blocks_for(n, 256), 256, (x, y, i64(n)))
+        assert y[0] == x[0] + x[1] and y[255] == x[255] and y[256] == x[256] + x[257]
+        # an out-of-bounds write is reported by the checked run, not a crash of the race check
+        with pytest.raises(emu.OutOfBoundsError, match="oob_write_past_end: parameter 0"):
+            bugs.get_function("oob_write_past_end")(1, 64, (np.zeros(63, np.float32), i64(63)))
 
 
 @pytest.mark.parametrize("name,dtype", [("atomic_total<float>", np.float32),

@@ -439,12 +439,17 @@ class EmuFunction:
         grid3, block3, shared_mem = self._check_launch(grid, block, shared_mem)
         self._check_args(args)
         nthreads = _worker_threads()
-        if _race_on():
-            self._race_checked(grid3, block3, shared_mem, args, nthreads, write_back=not _checked_on())
-        if _checked_on():
-            self._run_checked(grid3, block3, shared_mem, args, nthreads)
-        elif not _race_on():
+        check, race = _checked_on(), _race_on()
+        if not (check or race):
             self._run(grid3, block3, shared_mem, args, 0, nthreads)
+            return
+        # Checked mode first: it runs in a subprocess, so an out-of-bounds access is reported
+        # before the (in-process) race check could crash on it. Both start from the inputs.
+        inputs = self._copy_args(args) if (check and race) else args
+        if check:
+            self._run_checked(grid3, block3, shared_mem, args, nthreads)
+        if race:
+            self._race_checked(grid3, block3, shared_mem, inputs, write_back=not check)
 
     def _run(self, grid3, block3, shared_mem, args, flags, nthreads, seed=0):
         argv, keep, _, _ = _abi.build_argv(self.params, args)
@@ -481,7 +486,7 @@ class EmuFunction:
                 out.append(arg)
         return tuple(out)
 
-    def _race_checked(self, grid3, block3, shared_mem, args, nthreads, write_back):
+    def _race_checked(self, grid3, block3, shared_mem, args, write_back):
         # Each run also fills shared memory with a different byte before every block, so a read
         # of shared memory that no thread wrote shows up as a difference too.
         orders = (
@@ -564,6 +569,9 @@ class EmuFunction:
             proc = subprocess.run(
                 [sys.executable, str(worker), str(tmp)], capture_output=True, text=True
             )
+            # the kernel's printf output, like a device printf after synchronisation
+            if proc.stdout:
+                sys.stdout.write(proc.stdout)
             report_path = tmp / "report.txt"
             report = report_path.read_text() if report_path.exists() else ""
             if proc.returncode == _abi.EXIT_FAULT and report:

@@ -19,8 +19,11 @@ import sys
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import _abi  # noqa: E402
+if __package__:  # imported as gpuconv._emulator._worker (e.g. by a doctest collector)
+    from . import _abi
+else:  # run by path in the checked-mode subprocess
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+    import _abi  # noqa: E402
 
 
 def main(spec_dir: str) -> int:

@@ -703,6 +703,7 @@ static int do_launch(int index, const unsigned* grid, const unsigned* block,
         stats_out[5] = now_ns() - t0;
         stats_out[6] = workers;
     }
+    fflush(stdout);  // kernel printf output appears when the launch returns
     if (L.rc != RC_OK) copy_error(L.error, errbuf, errlen);
     return L.rc;
 }

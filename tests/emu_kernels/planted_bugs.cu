@@ -102,3 +102,8 @@ __device__ __noinline__ float deep(volatile float* p, int depth) {
 __global__ void stack_overflow(float* __restrict__ y, int depth) {  // 1
     y[0] = deep(y, depth);
 }
+
+// BUG: block b reads what block b-1 wrote, assuming blocks run in order (they need not).
+__global__ void inter_block_dependency(float* __restrict__ y) {  // gridDim.x
+    if (threadIdx.x == 0) y[blockIdx.x] = (blockIdx.x > 0 ? y[blockIdx.x - 1] : 0.0f) + 1.0f;
+}
