@@ -35,6 +35,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,9 +54,54 @@ WORKSPACE_BYTES = 64 * 2**20
 #: cache between the im2col copy and the GEMM that reads it.
 CHUNK_BYTES = 4 * 2**20
 
-#: Working-set target, in bytes, of one depthwise channel block (input rows, accumulator,
-#: product): about the size of a core's L2 cache.
-DEPTHWISE_BLOCK_BYTES = 256 * 1024
+#: Working-set target, in bytes, of one depthwise channel block (its im2col columns and
+#: outputs): a share of the last-level cache.
+DEPTHWISE_BLOCK_BYTES = 1024 * 1024
+
+
+def _default_threads() -> int:
+    env = os.environ.get("GPUCONV_NUM_THREADS", "").strip()
+    if env:
+        return max(1, int(env))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, 8))
+
+
+#: Threads for the loops that BLAS does not run (im2col copies, depthwise blocks, deformable
+#: sampling): NumPy releases the GIL in copies, ufuncs and einsum. The GEMMs use BLAS's own
+#: threads. Default: the usable cores (at most 8), or ``GPUCONV_NUM_THREADS``; 1 disables.
+NUM_THREADS = _default_threads()
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 0
+_pool_lock = threading.Lock()
+
+
+def _parallel(work, items) -> None:
+    """Call ``work(slot, part)`` for up to ``NUM_THREADS`` contiguous parts of ``items``.
+
+    The parts run in parallel, part number ``slot`` (0, 1, ...) on one thread, so ``work``
+    can allocate scratch once per part or use a buffer per slot.
+    """
+    global _pool, _pool_size
+    items = list(items)
+    parts = max(1, min(NUM_THREADS, len(items)))
+    if parts == 1:
+        work(0, items)
+        return
+    bounds = [len(items) * k // parts for k in range(parts + 1)]
+    chunks = [items[a:b] for a, b in zip(bounds, bounds[1:])]
+    with _pool_lock:
+        if _pool is None or _pool_size < parts:
+            if _pool is not None:
+                _pool.shutdown(wait=False)
+            _pool = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="gpuconv")
+            _pool_size = parts
+        pool = _pool
+    futures = [pool.submit(work, slot, chunk) for slot, chunk in enumerate(chunks) if slot]
+    work(0, chunks[0])  # the calling thread takes the first part
+    for future in futures:
+        future.result()
 
 _NP_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -211,9 +259,13 @@ def _conv_into(result, x, weight, bias, geom: ConvGeometry):
         phases = _phase_rows(x[bs], geom, plan, r0, rows, cdt)  # (n, C, phases, flat)
         # im2col, one contiguous copy per tap: cols[g, c, t, i, :] = phase slice
         cols = cols_buf[: c_in * taps * nb * length].reshape(g, cg, taps, nb, length)
-        for t, (phase, offset) in enumerate(plan.taps):
-            src = phases[:, :, phase, offset:offset + length]  # (n, C, L)
-            cols[:, :, t] = src.reshape(nb, g, cg, length).transpose(1, 2, 0, 3)
+
+        def copy_taps(_slot, part, phases=phases, cols=cols, nb=nb, length=length):
+            for t, (phase, offset) in part:
+                src = phases[:, :, phase, offset:offset + length]  # (n, C, L)
+                cols[:, :, t] = src.reshape(nb, g, cg, length).transpose(1, 2, 0, 3)
+
+        _parallel(copy_taps, enumerate(plan.taps))
         # (G, og, cg*K) @ (G, cg*K, n*L) -> (G, og, n*L)
         wide = wide_buf[: c_out * nb * length].reshape(g, og, nb * length)
         np.matmul(w, cols.reshape(g, cg * taps, nb * length), out=wide)
@@ -321,31 +373,32 @@ class NumpyBackend(GradMixin):
         crop = (slice(None),) * 3 + tuple(slice(0, o) for o in geom.out_size[1:])
         isz = cdt.itemsize
         per_row = c * plan.nphase * plan.row_len * isz  # the input phases are the buffer
-        for bs, r0, rows in _row_chunks(n, geom.out_size[0], per_row, WORKSPACE_BYTES):
+        budget = min(WORKSPACE_BYTES, CHUNK_BYTES)
+        for bs, r0, rows in _row_chunks(n, geom.out_size[0], per_row, budget):
             length = rows * plan.row_len
             phases = _phase_rows(x[bs], geom, plan, r0, rows, cdt)  # (n, C, phases, flat)
-            # channels per block: their phases, accumulator and product stay in cache
-            per_channel = (phases.shape[-1] * plan.nphase + 2 * mult * length) * isz
+            # channels per block: their im2col columns and outputs stay in cache
+            per_channel = (taps + mult) * length * isz
             block = max(1, min(c, DEPTHWISE_BLOCK_BYTES // per_channel))
-            acc_buf = np.empty(block * mult * length, dtype=cdt)
-            tmp_buf = np.empty(block * mult * length, dtype=cdt)
-            for i in range(bs.stop - bs.start):
-                for c0 in range(0, c, block):
+
+            def blocks(_slot, part, bs=bs, r0=r0, rows=rows, length=length, phases=phases, block=block):
+                cols_buf = np.empty(block * taps * length, dtype=cdt)
+                out_buf = np.empty(block * mult * length, dtype=cdt)
+                for i, c0 in part:
                     c1 = min(c, c0 + block)
-                    acc = acc_buf[: (c1 - c0) * mult * length].reshape(c1 - c0, mult, length)
-                    tmp = tmp_buf[: acc.size].reshape(acc.shape)
+                    cols = cols_buf[: (c1 - c0) * taps * length].reshape(c1 - c0, taps, length)
                     for t, (phase, offset) in enumerate(plan.taps):
-                        src = phases[i, c0:c1, phase, None, offset:offset + length]  # (cb, 1, L)
-                        wt = w[c0:c1, :, t, None]  # (cb, mult, 1)
-                        if t == 0:
-                            np.multiply(src, wt, out=acc)
-                        else:
-                            np.multiply(src, wt, out=tmp)
-                            acc += tmp
+                        cols[:, t] = phases[i, c0:c1, phase, offset:offset + length]
+                    # per channel (mult, K) @ (K, L), summed by einsum (no BLAS in threads)
+                    out = out_buf[: (c1 - c0) * mult * length].reshape(c1 - c0, mult, length)
+                    np.einsum("cmk,ckl->cml", w[c0:c1], cols, out=out)
                     # (cb*mult, rows, *inner) -> crop -> result rows
-                    wide = acc.reshape((1, (c1 - c0) * mult, rows) + plan.inner)[crop]
-                    dst = result[bs.start + i: bs.start + i + 1, c0 * mult:c1 * mult, r0:r0 + rows]
+                    wide = out.reshape((1, (c1 - c0) * mult, rows) + plan.inner)[crop]
+                    dst = result[bs.start + i:bs.start + i + 1, c0 * mult:c1 * mult, r0:r0 + rows]
                     _write(dst, wide, None if bias is None else bias[c0 * mult:c1 * mult])
+
+            _parallel(blocks, [(i, c0) for i in range(bs.stop - bs.start)
+                               for c0 in range(0, c, block)])
         return result
 
     # -------------------------------------------------------------- deformable
@@ -381,13 +434,41 @@ class NumpyBackend(GradMixin):
         result = np.empty((n, c_out, ho, wo), dtype=dtype)
         corner_dy = np.array([0, 0, 1, 1])
         corner_dx = np.array([0, 1, 0, 1])
-        # bytes per output position: 4 corners + samples (+ their per-group copy) + output
-        per_position = (4 * taps * (c_in // ogroups) + 2 * taps * c_in + c_out) * cdt.itemsize
+        # bytes per output position: samples (+ their per-group copy) + output, and each
+        # thread's 4 corners
+        per_position = (2 * taps * c_in + c_out + 4 * taps * cpo * NUM_THREADS) * cdt.itemsize
         step = max(1, min(WORKSPACE_BYTES, CHUNK_BYTES) // per_position)
         img = np.zeros((ogroups, height * width + 1, cpo), dtype=cdt)  # channels last
         # buffers reused by every chunk (fresh multi-MB temporaries cost page faults)
-        corners_buf = np.empty(step * taps * 4 * cpo, dtype=cdt)
+        sub = -(-step // NUM_THREADS)  # positions per thread and chunk
+        corners_bufs = [np.empty(sub * taps * 4 * cpo, dtype=cdt) for _ in range(NUM_THREADS)]
         samples_buf = np.empty(step * taps * c_in, dtype=cdt)
+
+        def sample(slot, part, i, samples, p0):
+            """Fill ``samples`` (positions p0.., K, OG, cpo) for (offset group, positions)."""
+            for og_i, q0, q1 in part:
+                pc = q1 - q0
+                py = base_y[q0:q1] + off[og_i, :, 0, q0:q1].T  # (pc, K)
+                px = base_x[q0:q1] + off[og_i, :, 1, q0:q1].T
+                scale = ((py > -1) & (py < height) & (px > -1) & (px < width)).astype(cdt)
+                if mask is not None:
+                    scale *= mask[i].reshape(ogroups, taps, p)[og_i, :, q0:q1].T
+                y0, x0 = np.floor(py), np.floor(px)
+                ly, lx = py - y0, px - x0
+                # the 4 corners (pc, K, 4): rows y0, y0, y0+1, y0+1; cols x0, x0+1, ...
+                ys = y0.astype(np.intp)[..., None] + corner_dy
+                xs = x0.astype(np.intp)[..., None] + corner_dx
+                wy = np.stack([1 - ly, 1 - ly, ly, ly], axis=-1)
+                wx = np.stack([1 - lx, lx, 1 - lx, lx], axis=-1)
+                valid = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
+                rows = np.where(valid, ys * width + xs, height * width).reshape(-1)
+                coef = (wy * wx * scale[..., None]).reshape(pc * taps, 4)
+                corners = corners_bufs[slot][: pc * taps * 4 * cpo].reshape(-1, cpo)
+                # every row index is valid: 'clip' only skips the bounds check's buffer
+                np.take(img[og_i], rows, axis=0, out=corners, mode="clip")
+                np.einsum("sk,skc->sc", coef, corners.reshape(pc * taps, 4, cpo),
+                          out=samples[q0 - p0:q1 - p0, :, og_i].reshape(pc * taps, cpo))
+
         for i in range(n):
             img[:, :-1] = x[i].reshape(ogroups, cpo, height * width).transpose(0, 2, 1)
             off = offset[i].astype(cdt, copy=False).reshape(ogroups, taps, 2, p)
@@ -395,27 +476,11 @@ class NumpyBackend(GradMixin):
                 p1 = min(p, p0 + step)
                 pc = p1 - p0
                 samples = samples_buf[: pc * taps * c_in].reshape(pc, taps, ogroups, cpo)
-                corners = corners_buf[: pc * taps * 4 * cpo].reshape(pc * taps * 4, cpo)
-                for og_i in range(ogroups):
-                    py = base_y[p0:p1] + off[og_i, :, 0, p0:p1].T  # (pc, K)
-                    px = base_x[p0:p1] + off[og_i, :, 1, p0:p1].T
-                    scale = ((py > -1) & (py < height) & (px > -1) & (px < width)).astype(cdt)
-                    if mask is not None:
-                        scale *= mask[i].reshape(ogroups, taps, p)[og_i, :, p0:p1].T
-                    y0, x0 = np.floor(py), np.floor(px)
-                    ly, lx = py - y0, px - x0
-                    # the 4 corners (pc, K, 4): rows y0, y0, y0+1, y0+1; cols x0, x0+1, ...
-                    ys = y0.astype(np.intp)[..., None] + corner_dy
-                    xs = x0.astype(np.intp)[..., None] + corner_dx
-                    wy = np.stack([1 - ly, 1 - ly, ly, ly], axis=-1)
-                    wx = np.stack([1 - lx, lx, 1 - lx, lx], axis=-1)
-                    valid = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
-                    rows = np.where(valid, ys * width + xs, height * width).reshape(-1)
-                    coef = (wy * wx * scale[..., None]).reshape(pc * taps, 4)
-                    # every row index is valid: 'clip' only skips the bounds check's buffer
-                    np.take(img[og_i], rows, axis=0, out=corners, mode="clip")
-                    np.einsum("sk,skc->sc", coef, corners.reshape(pc * taps, 4, cpo),
-                              out=samples[:, :, og_i].reshape(pc * taps, cpo))
+                # items of at most `sub` positions (a slot's corner buffer), one per thread
+                bounds = [p0 + pc * k // NUM_THREADS for k in range(NUM_THREADS + 1)]
+                items = [(og_i, q0, q1) for q0, q1 in zip(bounds, bounds[1:]) if q1 > q0
+                         for og_i in range(ogroups)]
+                _parallel(lambda slot, part: sample(slot, part, i, samples, p0), items)
                 # (G, pc, K*cg) @ (G, K*cg, og) -> (G, pc, og)
                 cols = samples.reshape(pc, taps, g, cg)
                 cols = cols.transpose(2, 0, 1, 3).reshape(g, pc, taps * cg)  # copies if G > 1
