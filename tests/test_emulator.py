@@ -415,8 +415,8 @@ def test_planted_oob_write_past_end(bugs):
     with emu.checked():
         with pytest.raises(emu.OutOfBoundsError,
                            match=r"kernel oob_write_past_end: parameter 0 \(ptr:f32\): "
-                                 r"out-of-bounds write at byte offset 4000 \(0 bytes past the "
-                                 r"end; element index 1000 .*thread \(232,0,0\) of block "
+                                 r"out-of-bounds write at byte offset 4000 \(the first byte "
+                                 r"past the end; element index 1000 .*thread \(232,0,0\) of block "
                                  r"\(3,0,0\)"):
             bugs.get_function("oob_write_past_end")(blocks_for(n + 1, 256), 256, (y, i64(n)))
 

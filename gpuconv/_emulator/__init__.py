@@ -525,7 +525,8 @@ class EmuFunction:
                     raise RaceError(
                         f"kernel {self.name}: parameter {i} ({code}) differs {how} between "
                         f"{ref_label} and {label} thread/block order: first at flat index {j} "
-                        f"({a[j]!r} vs {b[j]!r}; {bad.size} of {a.size} elements differ). "
+                        f"({a[j].item()!r} vs {b[j].item()!r}; {bad.size} of {a.size} elements "
+                        f"differ). "
                         f"The output depends on the order in which threads run: a missing "
                         f"__syncthreads(), a read of shared memory that no thread wrote (each run "
                         f"fills shared memory with different garbage), or threads writing the "
@@ -610,7 +611,9 @@ class EmuFunction:
                 )
             code = self.params[param]
             itemsize = args[param].itemsize
-            if offset >= nbytes:
+            if offset == nbytes:
+                rel = "the first byte past the end"
+            elif offset > nbytes:
                 rel = f"{offset - nbytes} bytes past the end"
             else:
                 rel = f"{-offset} bytes before the start"
