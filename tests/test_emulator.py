@@ -100,11 +100,28 @@ def run_with_deadline(fn, seconds=60):
 def test_params_type_codes(features):
     fn = features.get_function("all_types")
     assert fn.params == (
-        "ptr:f64", "i8", "u8", "i16", "u16", "i32", "u32", "i64", "u64", "f16", "f32", "f64",
-        "c64", "c128", "bool", "const ptr:c128", "const ptr:f16",
+        "ptr:f64",
+        "i8",
+        "u8",
+        "i16",
+        "u16",
+        "i32",
+        "u32",
+        "i64",
+        "u64",
+        "f16",
+        "f32",
+        "f64",
+        "c64",
+        "c128",
+        "bool",
+        "const ptr:c128",
+        "const ptr:f16",
     )
     assert features.get_function("block_sum_static<float, 256>").params == (
-        "const ptr:f32", "ptr:f32", "i64",
+        "const ptr:f32",
+        "ptr:f32",
+        "i64",
     )
 
 
@@ -114,15 +131,40 @@ def test_all_scalar_types_reach_the_kernel(features):
     pc128 = np.array([1 + 0.25j])
     pf16 = np.array([0.5], np.float16)
     args = (
-        out, np.int8(-7), np.uint8(250), np.int16(-30000), np.uint16(60000), np.int32(-2**31),
-        np.uint32(2**32 - 1), np.int64(-2**62), np.uint64(2**63), np.float16(1.5),
-        np.float32(0.1), np.float64(1e300), np.complex64(2 + 3j), np.complex128(4 - 5j),
-        np.bool_(True), pc128, pf16,
+        out,
+        np.int8(-7),
+        np.uint8(250),
+        np.int16(-30000),
+        np.uint16(60000),
+        np.int32(-(2**31)),
+        np.uint32(2**32 - 1),
+        np.int64(-(2**62)),
+        np.uint64(2**63),
+        np.float16(1.5),
+        np.float32(0.1),
+        np.float64(1e300),
+        np.complex64(2 + 3j),
+        np.complex128(4 - 5j),
+        np.bool_(True),
+        pc128,
+        pf16,
     )
     fn((1,), (1,), args)
     expected = [
-        -7, 250, -30000, 60000, -2**31, 2**32 - 1, float(-2**62), float(2**63), 1.5,
-        float(np.float32(0.1)), 1e300, 2 + 30, 4 - 50 + 0.25, 1.5,
+        -7,
+        250,
+        -30000,
+        60000,
+        -(2**31),
+        2**32 - 1,
+        float(-(2**62)),
+        float(2**63),
+        1.5,
+        float(np.float32(0.1)),
+        1e300,
+        2 + 30,
+        4 - 50 + 0.25,
+        1.5,
     ]
     np.testing.assert_array_equal(out, np.array(expected, dtype=np.float64))
 
@@ -229,8 +271,24 @@ def test_half_conversions_match_numpy(features):
             np.nextafter(midpoints.astype(np.float32), np.float32(-np.inf)),
             rng.standard_normal(20000).astype(np.float32) * np.float32(1000),
             np.float32(2.0) ** rng.integers(-30, 20, 5000).astype(np.float32),
-            np.array([65504, 65519.99, 65520, 1e6, -1e6, 2**-25, 2**-25 * 1.0001, 2**-26, 0.0, -0.0,
-                      np.inf, -np.inf, np.nan], np.float32),
+            np.array(
+                [
+                    65504,
+                    65519.99,
+                    65520,
+                    1e6,
+                    -1e6,
+                    2**-25,
+                    2**-25 * 1.0001,
+                    2**-26,
+                    0.0,
+                    -0.0,
+                    np.inf,
+                    -np.inf,
+                    np.nan,
+                ],
+                np.float32,
+            ),
         ]
     ).astype(np.float32)
     n = f_in.size
@@ -264,8 +322,9 @@ def test_64bit_scalar_arguments(features):
     fout = np.zeros(1)
     a, b = 2**40 + 1, -(2**33)
     c, d = 2**63 + 5, 2**62
-    features.get_function("scalars64")(1, 1, (out, fout, i64(a), i64(b), np.uint64(c),
-                                              np.uint64(d), np.float64(1.5e300)))
+    features.get_function("scalars64")(
+        1, 1, (out, fout, i64(a), i64(b), np.uint64(c), np.uint64(d), np.float64(1.5e300))
+    )
     assert out[0] == a + b
     assert out[1] == np.array(c ^ d, np.uint64).view(np.int64)
     assert fout[0] == 3e300
@@ -279,8 +338,11 @@ def test_syncthreads_count_and_or(features):
 
 def test_kernel_assert_is_an_error_not_an_abort(features):
     out = np.zeros(8, np.int32)
-    with pytest.raises(emu.EmulatorError, match=r"assertion .* failed at .*features\.cu:\d+.*"
-                       r"thread \(3,0,0\) of block \(1,0,0\)"):
+    with pytest.raises(
+        emu.EmulatorError,
+        match=r"assertion .* failed at .*features\.cu:\d+.*"
+        r"thread \(3,0,0\) of block \(1,0,0\)",
+    ):
         features.get_function("kernel_assert")(2, 4, (out,))
 
 
@@ -288,7 +350,9 @@ def test_unknown_name_expression(features):
     with pytest.raises(KeyError, match="not instantiated"):
         features.get_function("block_sum_static<int, 256>")
     # whitespace differences are tolerated
-    assert features.get_function("block_sum_static<float,256>").name == "block_sum_static<float,256>"
+    assert (
+        features.get_function("block_sum_static<float,256>").name == "block_sum_static<float,256>"
+    )
 
 
 # ---------------------------------------------------------------------------------- launch config
@@ -345,22 +409,44 @@ _X = np.arange(8, dtype=np.float32)
     [
         ((_X, np.zeros(8, np.float32)), r"takes 3 arguments .* got 2"),
         ((_X, np.zeros(8, np.float32), i64(8), i64(0)), r"takes 3 arguments .* got 4"),
-        ((_X.astype(np.float64), np.zeros(8, np.float32), i64(8)),
-         r"parameter 0 \(0-based\): expected .*dtype float32 \(const ptr:f32\), got numpy\.ndarray"
-         r"\(dtype=float64"),
-        ((_X, np.zeros(8, np.float32), 8),
-         r"parameter 2 \(0-based\): expected numpy\.int64 \(i64\), got int"),
-        ((_X, np.zeros(8, np.float32), np.int32(8)),
-         r"parameter 2 \(0-based\): expected numpy\.int64 \(i64\), got numpy\.int32"),
-        ((_X, np.zeros(16, np.float32)[::2], i64(8)),
-         r"parameter 1 \(0-based\): .*not C-contiguous"),
-        ((list(_X), np.zeros(8, np.float32), i64(8)),
-         r"parameter 0 \(0-based\): expected .*numpy\.ndarray.*, got list"),
-        ((_X, np.zeros(8, np.float32), np.float64(8)),
-         r"parameter 2 \(0-based\): expected numpy\.int64 \(i64\), got numpy\.float64"),
+        (
+            (_X.astype(np.float64), np.zeros(8, np.float32), i64(8)),
+            (
+                r"parameter 0 \(0-based\): expected .*dtype float32 \(const ptr:f32\), got "
+                r"numpy\.ndarray\(dtype=float64"
+            ),
+        ),
+        (
+            (_X, np.zeros(8, np.float32), 8),
+            r"parameter 2 \(0-based\): expected numpy\.int64 \(i64\), got int",
+        ),
+        (
+            (_X, np.zeros(8, np.float32), np.int32(8)),
+            r"parameter 2 \(0-based\): expected numpy\.int64 \(i64\), got numpy\.int32",
+        ),
+        (
+            (_X, np.zeros(16, np.float32)[::2], i64(8)),
+            r"parameter 1 \(0-based\): .*not C-contiguous",
+        ),
+        (
+            (list(_X), np.zeros(8, np.float32), i64(8)),
+            r"parameter 0 \(0-based\): expected .*numpy\.ndarray.*, got list",
+        ),
+        (
+            (_X, np.zeros(8, np.float32), np.float64(8)),
+            r"parameter 2 \(0-based\): expected numpy\.int64 \(i64\), got numpy\.float64",
+        ),
     ],
-    ids=["too-few", "too-many", "wrong-dtype", "python-int", "int32-for-i64", "non-contiguous",
-         "list-for-pointer", "float-for-i64"],
+    ids=[
+        "too-few",
+        "too-many",
+        "wrong-dtype",
+        "python-int",
+        "int32-for-i64",
+        "non-contiguous",
+        "list-for-pointer",
+        "float-for-i64",
+    ],
 )
 def test_argument_checker(bugs, args, match):
     with pytest.raises(TypeError, match=r"kernel scale2.*" + match):
@@ -385,10 +471,25 @@ def test_misaligned_complex128_is_rejected(features):
     offset = (8 - raw.ctypes.data) % 16
     misaligned = raw[offset : offset + 16].view(np.complex128)
     assert misaligned.ctypes.data % 16 == 8 and misaligned.flags.aligned
-    args = (np.zeros(14), np.int8(0), np.uint8(0), np.int16(0), np.uint16(0), np.int32(0),
-            np.uint32(0), np.int64(0), np.uint64(0), np.float16(0), np.float32(0), np.float64(0),
-            np.complex64(0), np.complex128(0), np.bool_(False), misaligned,
-            np.zeros(1, np.float16))
+    args = (
+        np.zeros(14),
+        np.int8(0),
+        np.uint8(0),
+        np.int16(0),
+        np.uint16(0),
+        np.int32(0),
+        np.uint32(0),
+        np.int64(0),
+        np.uint64(0),
+        np.float16(0),
+        np.float32(0),
+        np.float64(0),
+        np.complex64(0),
+        np.complex128(0),
+        np.bool_(False),
+        misaligned,
+        np.zeros(1, np.float16),
+    )
     with pytest.raises(TypeError, match=r"parameter 15 \(0-based\).*alignment, 16 bytes"):
         features.get_function("all_types")(1, 1, args)
 
@@ -397,8 +498,11 @@ def test_planted_wrong_scalar_type(bugs):
     """(4) np.int32 where the kernel takes long long: caught before anything runs."""
     y = np.zeros(4, np.int64)
     fn = bugs.get_function("add_offset")
-    with pytest.raises(TypeError, match=r"kernel add_offset: parameter 2 \(0-based\): expected "
-                       r"numpy\.int64 \(i64\), got numpy\.int32"):
+    with pytest.raises(
+        TypeError,
+        match=r"kernel add_offset: parameter 2 \(0-based\): expected "
+        r"numpy\.int64 \(i64\), got numpy\.int32",
+    ):
         fn(1, 4, (y, i64(4), np.int32(10)))
     assert not y.any()
     fn(1, 4, (y, i64(4), i64(10)))
@@ -412,13 +516,17 @@ def test_planted_oob_write_past_end(bugs):
     """(1) y[n] written: caught in checked mode, names the parameter and the byte offset."""
     n = 1000
     y = np.zeros(n, np.float32)
-    with emu.checked():
-        with pytest.raises(emu.OutOfBoundsError,
-                           match=r"kernel oob_write_past_end: parameter 0 \(ptr:f32\): "
-                                 r"out-of-bounds write at byte offset 4000 \(the first byte "
-                                 r"past the end; element index 1000 .*thread \(232,0,0\) of block "
-                                 r"\(3,0,0\)"):
-            bugs.get_function("oob_write_past_end")(blocks_for(n + 1, 256), 256, (y, i64(n)))
+    with (
+        emu.checked(),
+        pytest.raises(
+            emu.OutOfBoundsError,
+            match=r"kernel oob_write_past_end: parameter 0 \(ptr:f32\): "
+            r"out-of-bounds write at byte offset 4000 \(the first byte "
+            r"past the end; element index 1000 .*thread \(232,0,0\) of block "
+            r"\(3,0,0\)",
+        ),
+    ):
+        bugs.get_function("oob_write_past_end")(blocks_for(n + 1, 256), 256, (y, i64(n)))
 
 
 def test_planted_oob_read_before_start(bugs, monkeypatch):
@@ -427,10 +535,12 @@ def test_planted_oob_read_before_start(bugs, monkeypatch):
     n = 100
     x = np.ones(n, np.float32)
     y = np.zeros(n, np.float32)
-    with pytest.raises(emu.OutOfBoundsError,
-                       match=r"parameter 0 \(const ptr:f32\): out-of-bounds read at byte offset "
-                             r"-4 \(4 bytes before the start; element index -1 .*thread "
-                             r"\(0,0,0\) of block \(0,0,0\)"):
+    with pytest.raises(
+        emu.OutOfBoundsError,
+        match=r"parameter 0 \(const ptr:f32\): out-of-bounds read at byte offset "
+        r"-4 \(4 bytes before the start; element index -1 .*thread "
+        r"\(0,0,0\) of block \(0,0,0\)",
+    ):
         bugs.get_function("oob_read_before_start")(1, 128, (x, y, i64(n)))
 
 
@@ -458,16 +568,24 @@ def test_checked_mode_guards_dynamic_shared_memory(bugs):
     with emu.checked():
         fn(1, 64, (y,), shared_mem=64 * 4)  # enough: passes
         np.testing.assert_array_equal(y, np.arange(64))
-        with pytest.raises(emu.OutOfBoundsError,
-                           match=r"dynamic shared memory: out-of-bounds write at byte offset 128 "
-                                 r"of the 128-byte buffer"):
+        with pytest.raises(
+            emu.OutOfBoundsError,
+            match=r"dynamic shared memory: out-of-bounds write at byte offset 128 "
+            r"of the 128-byte buffer",
+        ):
             fn(1, 64, (y,), shared_mem=32 * 4)
 
 
 def test_checked_mode_stack_overflow_is_clean(bugs):
     y = np.ones(1, np.float32)
-    with emu.checked(), pytest.raises(emu.EmulatorError, match=r"stack overflow by thread "
-                                      r"\(0,0,0\) of block \(0,0,0\)"):
+    with (
+        emu.checked(),
+        pytest.raises(
+            emu.EmulatorError,
+            match=r"stack overflow by thread "
+            r"\(0,0,0\) of block \(0,0,0\)",
+        ),
+    ):
         bugs.get_function("stack_overflow")(1, 1, (y, np.int32(100_000)))
 
 
@@ -480,10 +598,15 @@ def test_planted_missing_syncthreads_is_a_race(bugs):
     n = 1000
     x = rng.standard_normal(n).astype(np.float32)
     y = np.zeros(n, np.float32)
-    with emu.race_check():
-        with pytest.raises(emu.RaceError, match=r"kernel neighbour_sum<false>: parameter 1 "
-                           r"\(ptr:f32\) differs bit for bit .* first at flat index 0 "):
-            bugs.get_function("neighbour_sum<false>")(blocks_for(n, 256), 256, (x, y, i64(n)))
+    with (
+        emu.race_check(),
+        pytest.raises(
+            emu.RaceError,
+            match=r"kernel neighbour_sum<false>: parameter 1 \(ptr:f32\) differs bit for bit .* "
+            r"first at flat index 0 ",
+        ),
+    ):
+        bugs.get_function("neighbour_sum<false>")(blocks_for(n, 256), 256, (x, y, i64(n)))
 
 
 def test_with_syncthreads_passes_the_race_check(bugs, monkeypatch):
@@ -510,8 +633,14 @@ def test_race_check_catches_conflicting_writes_and_uninitialised_shared(bugs):
 
 def test_race_check_permutes_blocks(bugs, monkeypatch):
     y = np.zeros(16, np.float32)
-    with emu.race_check(), pytest.raises(emu.RaceError, match=r"inter_block_dependency: "
-                                         r"parameter 0 .* first at flat index 1 "):
+    with (
+        emu.race_check(),
+        pytest.raises(
+            emu.RaceError,
+            match=r"inter_block_dependency: "
+            r"parameter 0 .* first at flat index 1 ",
+        ),
+    ):
         bugs.get_function("inter_block_dependency")(16, 32, (y,))
     with monkeypatch.context() as m:  # blocks in order on one worker: the bug stays hidden
         m.setenv("GPUCONV_EMULATE_THREADS", "1")
@@ -532,8 +661,9 @@ def test_checked_and_race_check_together(bugs):
             bugs.get_function("oob_write_past_end")(1, 64, (np.zeros(63, np.float32), i64(63)))
 
 
-@pytest.mark.parametrize("name,dtype", [("atomic_total<float>", np.float32),
-                                        ("atomic_total<double>", np.float64)])
+@pytest.mark.parametrize(
+    "name,dtype", [("atomic_total<float>", np.float32), ("atomic_total<double>", np.float64)]
+)
 def test_race_check_tolerates_float_atomic_rounding(bugs, name, dtype):
     rng = np.random.default_rng(7)
     n = 50_000
@@ -553,27 +683,31 @@ def test_race_check_tolerates_float_atomic_rounding(bugs, name, dtype):
 def test_planted_divergent_barrier(bugs):
     """(5) `if (threadIdx.x < 5) __syncthreads();` raises instead of hanging."""
     y = np.zeros(32, np.float32)
-    with pytest.raises(emu.DivergentBarrierError,
-                       match=r"kernel divergent_barrier: divergent __syncthreads\(\) in block "
-                             r"\(0,0,0\): 5 of 32 threads wait at barrier #1"):
+    with pytest.raises(
+        emu.DivergentBarrierError,
+        match=r"kernel divergent_barrier: divergent __syncthreads\(\) in block "
+        r"\(0,0,0\): 5 of 32 threads wait at barrier #1",
+    ):
         run_with_deadline(lambda: bugs.get_function("divergent_barrier")(1, 32, (y,)))
 
 
 def test_early_return_before_barrier(bugs):
     y = np.zeros(64, np.float32)
-    with pytest.raises(emu.DivergentBarrierError, match=r"thread \(0,0,0\)\) while|have returned "
-                       r"\(e\.g\. thread \(0,0,0\)\)"):
-        run_with_deadline(
-            lambda: bugs.get_function("early_return_barrier")(4, 64, (y, i64(64)))
-        )
+    with pytest.raises(
+        emu.DivergentBarrierError,
+        match=r"thread \(0,0,0\)\) while|have returned "
+        r"\(e\.g\. thread \(0,0,0\)\)",
+    ):
+        run_with_deadline(lambda: bugs.get_function("early_return_barrier")(4, 64, (y, i64(64))))
 
 
 # ---------------------------------------------------------------------------------- build
 
 
 def test_compile_error_names_the_cu_file_and_line():
-    with pytest.raises(emu.EmulatorCompileError,
-                       match=r"compile_error\.cu:7:\d+: error: .*undeclared_identifier"):
+    with pytest.raises(
+        emu.EmulatorCompileError, match=r"compile_error\.cu:7:\d+: error: .*undeclared_identifier"
+    ):
         emu.load_module(KDIR / "compile_error.cu", ["broken"])
 
 

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -52,19 +52,19 @@ from ._errors import (
 )
 
 __all__ = [
-    "EmulatorError",
-    "EmulatorCompileError",
     "DivergentBarrierError",
+    "EmuFunction",
+    "EmuModule",
+    "EmulatorCompileError",
+    "EmulatorError",
     "OutOfBoundsError",
     "RaceError",
     "available",
-    "load_module",
-    "EmuModule",
-    "EmuFunction",
     "checked",
+    "load_module",
     "race_check",
-    "stats",
     "reset_stats",
+    "stats",
 ]
 
 #: CUDA launch limits the emulator enforces (those of every GPU since compute capability 3.0)
@@ -131,9 +131,7 @@ def _worker_threads() -> int:
     try:
         n = int(value)
     except ValueError:
-        raise ValueError(
-            f"GPUCONV_EMULATE_THREADS={value!r} must be a positive integer"
-        ) from None
+        raise ValueError(f"GPUCONV_EMULATE_THREADS={value!r} must be a positive integer") from None
     if n < 1:
         raise ValueError(f"GPUCONV_EMULATE_THREADS={value!r} must be a positive integer")
     return n
@@ -319,8 +317,14 @@ def _expected_name(code: str) -> str:
 class EmuFunction:
     """One kernel instantiation; call it like a ``cupy.RawKernel``."""
 
-    def __init__(self, module: EmuModule, index: int, name: str, params: tuple[str, ...],
-                 alignments: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        module: EmuModule,
+        index: int,
+        name: str,
+        params: tuple[str, ...],
+        alignments: tuple[int, ...] = (),
+    ):
         self.module = module
         self.name = name
         self.params = tuple(params)
@@ -368,9 +372,7 @@ class EmuFunction:
 
     def _check_args(self, args):
         if not isinstance(args, tuple):
-            raise TypeError(
-                f"kernel {self.name}: args must be a tuple, got {type(args).__name__}"
-            )
+            raise TypeError(f"kernel {self.name}: args must be a tuple, got {type(args).__name__}")
         if len(args) != len(self.params):
             raise TypeError(
                 f"kernel {self.name}: takes {len(self.params)} arguments "
@@ -380,7 +382,9 @@ class EmuFunction:
             is_ptr, is_const, elem = split_code(code)
             where = f"kernel {self.name}: parameter {i} (0-based)"
             if elem not in ELEM_DTYPES:
-                raise TypeError(f"{where} has C++ type code {code!r}, which the emulator cannot pass")
+                raise TypeError(
+                    f"{where} has C++ type code {code!r}, which the emulator cannot pass"
+                )
             dtype = ELEM_DTYPES[elem]
             if is_ptr:
                 ok = (
@@ -568,7 +572,7 @@ class EmuFunction:
             (tmp / "spec.json").write_text(json.dumps(spec))
             worker = pathlib.Path(__file__).with_name("_worker.py")
             proc = subprocess.run(
-                [sys.executable, str(worker), str(tmp)], capture_output=True, text=True
+                [sys.executable, str(worker), str(tmp)], capture_output=True, text=True, check=False
             )
             # the kernel's printf output, like a device printf after synchronisation
             if proc.stdout:

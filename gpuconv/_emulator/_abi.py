@@ -23,6 +23,7 @@ def fill_flag(byte: int) -> int:
     """The flag bits that make FLAG_FILL_SHARED write ``byte`` (default 0xFF)."""
     return (byte & 0xFF) << 8
 
+
 RC_OK = 0
 RC_INVALID = 1
 RC_DIVERGENT_BARRIER = 2
@@ -146,21 +147,43 @@ class Library:
         errbuf = ctypes.create_string_buffer(_ERRLEN)
         stats = _u64_stats()
         rc = self._lib.gpuconv_emu_launch(
-            index, _u32x3(*grid), _u32x3(*block), shared_mem, argv, flags, seed, nthreads,
-            errbuf, _ERRLEN, stats,
+            index,
+            _u32x3(*grid),
+            _u32x3(*block),
+            shared_mem,
+            argv,
+            flags,
+            seed,
+            nthreads,
+            errbuf,
+            _ERRLEN,
+            stats,
         )
         return rc, errbuf.value.decode(errors="replace"), dict(zip(STATS_FIELDS, stats))
 
-    def checked_launch(self, index, grid, block, shared_mem, argv, nbytes, alias, flags, seed,
-                       nthreads, report_fd):
+    def checked_launch(
+        self, index, grid, block, shared_mem, argv, nbytes, alias, flags, seed, nthreads, report_fd
+    ):
         """Checked launch (only in a subprocess: a fault ends the process)."""
         errbuf = ctypes.create_string_buffer(_ERRLEN)
         stats = _u64_stats()
         n = len(nbytes)
         rc = self._lib.gpuconv_emu_checked_launch(
-            index, _u32x3(*grid), _u32x3(*block), shared_mem, argv, n,
-            (ctypes.c_longlong * n)(*nbytes), (ctypes.c_int * n)(*alias), flags, seed, nthreads,
-            report_fd, errbuf, _ERRLEN, stats,
+            index,
+            _u32x3(*grid),
+            _u32x3(*block),
+            shared_mem,
+            argv,
+            n,
+            (ctypes.c_longlong * n)(*nbytes),
+            (ctypes.c_int * n)(*alias),
+            flags,
+            seed,
+            nthreads,
+            report_fd,
+            errbuf,
+            _ERRLEN,
+            stats,
         )
         return rc, errbuf.value.decode(errors="replace"), dict(zip(STATS_FIELDS, stats))
 

@@ -12,6 +12,7 @@ Prints, for the fiber implementation compiled in (x86-64 assembly switch by defa
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import time
@@ -30,6 +31,15 @@ def _best(fn, repeat=5):
     return best
 
 
+def _seconds_per_barrier(rounds_fn, threads: int, blocks: int = 8) -> float:
+    """(time with many rounds - time with few) / the extra barriers (2 per round per block)."""
+    out = np.zeros(blocks, np.float32)
+    lo, hi = 2, 52
+    t_lo = _best(functools.partial(rounds_fn, (blocks,), (threads,), (out, np.int32(lo))))
+    t_hi = _best(functools.partial(rounds_fn, (blocks,), (threads,), (out, np.int32(hi))))
+    return (t_hi - t_lo) / (2 * (hi - lo) * blocks)
+
+
 def main() -> None:
     src = pathlib.Path(__file__).with_name("bench.cu")
     mod = load_module(src, ["fill_index<float>", "barrier_rounds"])
@@ -45,23 +55,14 @@ def main() -> None:
                 os.environ.pop("GPUCONV_EMULATE_THREADS", None)
             label = f"{workers} worker" if workers else "default pool"
             for threads in (256, 1024):
-                blocks = 8
-                out = np.zeros(blocks, np.float32)
-                lo, hi = 2, 52
-
-                def run(rounds):
-                    rounds_fn((blocks,), (threads,), (out, np.int32(rounds)))
-
-                t_lo = _best(lambda: run(lo))
-                t_hi = _best(lambda: run(hi))
-                per_barrier = (t_hi - t_lo) / (2 * (hi - lo) * blocks)
+                per_barrier = _seconds_per_barrier(rounds_fn, threads)
                 print(
                     f"[{label}] {threads:5d} threads/block: {per_barrier * 1e6:8.2f} us per "
                     f"barrier ({per_barrier / threads * 1e9:6.1f} ns per thread per barrier)"
                 )
             n = 1 << 20
             y = np.zeros(n, np.float32)
-            t = _best(lambda: fill((n // 256,), (256,), (y, np.int64(n))))
+            t = _best(functools.partial(fill, (n // 256,), (256,), (y, np.int64(n))))
             assert y[-1] == n - 1
             print(
                 f"[{label}] launch of {n} threads (4096 blocks of 256), no barrier: "

@@ -23,7 +23,7 @@ if __package__:  # imported as gpuconv._emulator._worker (e.g. by a doctest coll
     from . import _abi
 else:  # run by path in the checked-mode subprocess
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-    import _abi  # noqa: E402
+    import _abi
 
 
 def main(spec_dir: str) -> int:
@@ -60,8 +60,17 @@ def main(spec_dir: str) -> int:
                 args.append(copies[key])
         argv, keep, nbytes, alias = _abi.build_argv(params, args)
         rc, message, stats = lib.checked_launch(
-            spec["index"], spec["grid"], spec["block"], spec["shared_mem"], argv, nbytes, alias,
-            flags, 0, spec["nthreads"], report_fd,
+            spec["index"],
+            spec["grid"],
+            spec["block"],
+            spec["shared_mem"],
+            argv,
+            nbytes,
+            alias,
+            flags,
+            0,
+            spec["nthreads"],
+            report_fd,
         )
         del keep
         os.lseek(report_fd, 0, os.SEEK_SET)
