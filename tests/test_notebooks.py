@@ -1,7 +1,9 @@
 """Execute every notebook in ``notebooks/`` top to bottom and fail on any cell error.
 
 The notebooks check their own results (each section asserts against an independent reference),
-so a notebook that runs through is a passing test. The training notebook also writes its test
+so a notebook that runs through is a passing test. The tour runs twice: on the NumPy backend,
+and with ``GPUCONV_BACKEND=emulate`` so that the CUDA kernels (on the CPU emulator) face the same
+checks. The training notebook also writes its test
 accuracy to ``$GPUCONV_NOTEBOOK_OUT/03-train-a-cnn.json``, and this test asserts it is >= 0.95.
 
 The kernel is the interpreter running pytest: a temporary kernelspec whose ``argv`` starts with
@@ -55,6 +57,7 @@ def kernel_env(tmp_path, monkeypatch):
     out_dir.mkdir()
     monkeypatch.setenv("GPUCONV_NOTEBOOK_OUT", str(out_dir))
     monkeypatch.delenv("GPUCONV_WRITE_DOCS_IMAGES", raising=False)
+    monkeypatch.delenv("GPUCONV_BACKEND", raising=False)  # NumPy unless a test says otherwise
     return out_dir
 
 
@@ -96,6 +99,20 @@ def test_tour_notebook(kernel_env):
     # the separable-convolution parameter counts, as the notebook printed them
     assert "= 2,336" in text and "standard: 18,432 weights" in text
     assert "tour complete" in text
+
+
+def test_tour_notebook_on_emulated_kernels(kernel_env, monkeypatch):
+    """The tour again with GPUCONV_BACKEND=emulate: gpuconv's CUDA kernels, run by the CPU
+    emulator, must pass every check the tour makes against SciPy, NumPy and scikit-image."""
+    import gpuconv
+
+    status = gpuconv.available_backends()["emulate"]
+    if status != "available":
+        pytest.skip(f"emulate backend: {status}")
+    monkeypatch.setenv("GPUCONV_BACKEND", "emulate")
+    text = _outputs_text(execute("01-convolution-tour.ipynb"))
+    assert "computed on the 'emulate' backend" in text
+    assert "tour complete on the 'emulate' backend" in text
 
 
 def test_benchmark_notebook(kernel_env):
