@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import subprocess
 import threading
 import time
 
@@ -752,3 +753,29 @@ def test_disk_cache_key_follows_included_headers(tmp_path, monkeypatch, sub):
     assert emu.load_module(source, ["header_value"]).library_path == second
     assert pathlib.Path(second).stat().st_mtime_ns == mtime
     assert time.perf_counter() - start < 1.0
+
+
+def test_test_kernels_are_valid_cuda(tmp_path):
+    """The kernels above compile with nvcc too (to PTX; no GPU needed)."""
+    nvcc = shutil.which("nvcc") or (
+        "/usr/local/cuda/bin/nvcc" if pathlib.Path("/usr/local/cuda/bin/nvcc").exists() else None
+    )
+    if nvcc is None:
+        pytest.skip("nvcc not found")
+    proc = subprocess.run(
+        [
+            nvcc,
+            "--ptx",
+            "-arch=sm_80",
+            "-std=c++17",
+            str(KDIR / "nvcc_check.cu"),
+            "-o",
+            str(tmp_path / "check.ptx"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ptx = (tmp_path / "check.ptx").read_text()
+    assert ptx.count(".entry") == len(set(FEATURES + BUGS)) + 1  # + header_value
