@@ -87,6 +87,10 @@ _CXX_CODES: dict[str, str] = {
     "double": "f64",
     "gpuconv::complex<float>": "c64",
     "gpuconv::complex<double>": "c128",
+    # accumulator types (common.cuh's gpuconv::acc_t<T>: float for __half, else T)
+    "gpuconv::acc_t<__half>": "f32",
+    "gpuconv::acc_t<float>": "f32",
+    "gpuconv::acc_t<double>": "f64",
 }
 
 #: NVRTC options every kernel file is compiled with (the CUDA backend and the offline NVRTC
@@ -299,6 +303,21 @@ FAMILIES: dict[str, KernelFamily] = {
                      flags=(("0", "1", "2", "3"),), critical=True),
         KernelFamily("depthwise_tiled", "depthwise.cu", ("float16", "float32", "float64"),
                      flags=(("0", "1", "2", "3"),), critical=True),
+        # Gradients (gpuconv/backends/device/_grad.py). conv_weight_grad /
+        # depthwise_weight_grad<T, Index, PaddingMode, Deterministic>.
+        KernelFamily("conv_weight_grad", "conv_grad.cu", ("float16", "float32", "float64"),
+                     flags=(("0", "1", "2", "3"), ("false", "true")), critical=True),
+        KernelFamily("depthwise_weight_grad", "conv_grad.cu", ("float16", "float32", "float64"),
+                     flags=(("0", "1", "2", "3"), ("false", "true")), critical=True),
+        KernelFamily("weight_grad_reduce", "conv_grad.cu", ("float16", "float32", "float64")),
+        # pad_fold<T, Index, PaddingMode> (reflect, replicate, circular; zeros is a crop)
+        KernelFamily("pad_fold", "pad_fold.cu", ("float16", "float32", "float64"),
+                     flags=(("1", "2", "3"),), critical=True),
+        # deform_col2im / deform_col2im_coord<T, Index, HasMask>; float16 runs in float32
+        KernelFamily("deform_col2im", "deform_grad.cu", ("float32", "float64"),
+                     flags=(("false", "true"),), critical=True),
+        KernelFamily("deform_col2im_coord", "deform_grad.cu", ("float32", "float64"),
+                     flags=(("false", "true"),), critical=True),
     )
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 from ... import _kernels
-from . import _conv, _conv_transpose, _deform
+from . import _conv, _conv_transpose, _deform, _grad
 from . import convolve as _convolve
 from ._executor import CupyExecutor, EmulatorExecutor, Executor
 
@@ -113,12 +113,38 @@ class DeviceBackend:
         return _deform.deform_conv2d(self, x, offset, weight, bias, mask, geom, offset_groups)
 
     # Gradients (see gpuconv.grad; the NumPy backend's are in numpy_grad.GradMixin, with the
-    # same signatures). conv_input_grad(weight, grad_output, geom) is conv_transpose's forward
-    # and conv_transpose_input_grad is conv's forward, for padding_mode 'zeros'.
-    conv_input_grad = _not_yet("conv_input_grad", 5)
-    conv_weight_grad = _not_yet("conv_weight_grad", 5)
-    conv_transpose_input_grad = _not_yet("conv_transpose_input_grad", 5)
-    conv_transpose_weight_grad = _not_yet("conv_transpose_weight_grad", 5)
-    depthwise_conv_input_grad = _not_yet("depthwise_conv_input_grad", 5)
-    depthwise_conv_weight_grad = _not_yet("depthwise_conv_weight_grad", 5)
-    deform_conv2d_grad = _not_yet("deform_conv2d_grad", 5)
+    # same signatures). Input gradients reuse the forward kernels; see ``_grad``.
+    def conv_input_grad(self, weight, grad_output, geom):
+        """Gradient of ``conv`` with respect to its input: ``conv_transpose`` of grad_output
+        (zeros padding), or of the padded input then ``pad_fold`` of ``kernels/pad_fold.cu``."""
+        return _grad.conv_input_grad(self, weight, grad_output, geom)
+
+    def conv_weight_grad(self, x, grad_output, geom, deterministic=False):
+        """Gradient of ``conv`` with respect to its weight: ``conv_weight_grad`` (or, for one
+        input channel per group, ``depthwise_weight_grad``) of ``kernels/conv_grad.cu``."""
+        return _grad.conv_weight_grad(self, x, grad_output, geom, deterministic)
+
+    def conv_transpose_input_grad(self, weight, grad_output, geom):
+        """Gradient of ``conv_transpose`` with respect to its input: ``conv`` of grad_output."""
+        return _grad.conv_transpose_input_grad(self, weight, grad_output, geom)
+
+    def conv_transpose_weight_grad(self, x, grad_output, geom, deterministic=False):
+        """Gradient of ``conv_transpose`` with respect to its weight (``conv_weight_grad`` with
+        the roles of x and grad_output exchanged)."""
+        return _grad.conv_transpose_weight_grad(self, x, grad_output, geom, deterministic)
+
+    def depthwise_conv_input_grad(self, weight, grad_output, geom):
+        """Gradient of ``depthwise_conv`` with respect to its input (a grouped
+        ``conv_input_grad`` with groups = C)."""
+        return _grad.conv_input_grad(self, weight, grad_output, geom)
+
+    def depthwise_conv_weight_grad(self, x, grad_output, geom, deterministic=False):
+        """Gradient of ``depthwise_conv`` with respect to its weight: ``depthwise_weight_grad``
+        of ``kernels/conv_grad.cu``."""
+        return _grad.conv_weight_grad(self, x, grad_output, geom, deterministic)
+
+    def deform_conv2d_grad(self, x, offset, weight, mask, grad_output, geom, offset_groups):
+        """Gradients (input, offset, weight, mask) of ``deform_conv2d``: the forward's sampling,
+        two GEMMs per group, and ``kernels/deform_grad.cu`` (see ``_grad``)."""
+        return _grad.deform_conv2d_grad(self, x, offset, weight, mask, grad_output, geom,
+                                        offset_groups)

@@ -1,0 +1,235 @@
+// deform_grad.cu: gradients of deformable convolution v1/v2 (torchvision.ops.deform_conv2d)
+// with respect to the input, the offsets and the mask.
+//
+// The forward (deform.cu) samples, for every (image b, offset group og, tap, output position p)
+// the point (y, x) = (oy * stride_h - pad_h + i * dil_h + dy, ox * stride_w - pad_w + j * dil_w
+// + dx) bilinearly in each channel c of the offset group, reading zero outside the image and
+// contributing nothing at all when y <= -1, y >= height, x <= -1 or x >= width, and scales the
+// sample by the mask (v2). With y_low = floor(y), ly = y - y_low, hy = 1 - ly (x likewise) the
+// sample is
+//
+//     value = hy hx v(y_low, x_low) + hy lx v(y_low, x_low + 1) + ly hx v(y_low + 1, x_low)
+//           + ly lx v(y_low + 1, x_low + 1)                      (a corner outside reads 0)
+//     column[c * K + tap, (b, p)] = mask * value
+//
+// and the output is a GEMM of the weights with these columns. The host computes the columns'
+// gradient grad_cols = weight^T @ grad_output (a GEMM, like the weight gradient
+// grad_output @ columns^T) and these kernels apply the chain rule through the sampling:
+//
+//   * deform_col2im: grad_x[b, c, corner] += mask * grad_cols * (corner's bilinear weight), for
+//     the (up to) four corners inside the image -- a scatter, with atomicAdd;
+//   * deform_col2im_coord: grad_offset_y = sum_c mask * grad_cols * d value / d y,
+//     grad_offset_x likewise, grad_mask = sum_c grad_cols * value, per (b, og, tap, p) -- a
+//     gather over the offset group's channels, no atomics. d value / dy differentiates the
+//     bilinear weights with the corners held fixed (the cells that floor picks, so one-sided at
+//     integer positions), exactly as torchvision does.
+//
+// The host instantiates only float and double: float16 calls are computed in float (the
+// gradients accumulate in float32, as gpuconv.grad promises) and rounded once at the end.
+#include "common.cuh"
+
+namespace gpuconv {
+namespace deform_grad_detail {
+
+GPUCONV_HD float floor_of(float v) { return floorf(v); }
+GPUCONV_HD double floor_of(double v) { return floor(v); }
+
+// The sampling point of (b, og, tap, p) and its bilinear corners (see the file comment).
+template <class T, class Index>
+struct Sample {
+    bool inside;            // false: the sample contributes nothing (all gradients zero)
+    T ly, lx, hy, hx;       // fractional parts and their complements
+    Index o1;               // flat offset of the (y_low, x_low) corner in a channel plane
+    bool ok1, ok2, ok3, ok4;  // corners (low, low), (low, high), (high, low), (high, high) inside
+};
+
+template <class T, class Index>
+__device__ __forceinline__ Sample<T, Index> sample_at(T y, T x, Index height, Index width) {
+    Sample<T, Index> s;
+    s.inside = !(y <= T(-1) || y >= T(height) || x <= T(-1) || x >= T(width));
+    s.ly = s.lx = s.hy = s.hx = T(0);
+    s.o1 = 0;
+    s.ok1 = s.ok2 = s.ok3 = s.ok4 = false;
+    if (s.inside) {
+        const T y_floor = floor_of(y);
+        const T x_floor = floor_of(x);
+        const Index y_low = Index(y_floor);
+        const Index x_low = Index(x_floor);
+        s.ly = y - y_floor;
+        s.lx = x - x_floor;
+        s.hy = T(1) - s.ly;
+        s.hx = T(1) - s.lx;
+        const bool y_low_ok = y_low >= 0, y_high_ok = y_low + 1 <= height - 1;
+        const bool x_low_ok = x_low >= 0, x_high_ok = x_low + 1 <= width - 1;
+        s.ok1 = y_low_ok && x_low_ok;
+        s.ok2 = y_low_ok && x_high_ok;
+        s.ok3 = y_high_ok && x_low_ok;
+        s.ok4 = y_high_ok && x_high_ok;
+        s.o1 = y_low * width + x_low;
+    }
+    return s;
+}
+
+}  // namespace deform_grad_detail
+}  // namespace gpuconv
+
+// deform_col2im: the input gradient, by scatter.
+//
+// One thread per (image b, offset group og, tap, position q of the chunk) -- flat index, q
+// innermost, grid-stride in x -- and a slice of `channel_slice` of the offset group's channels
+// (blockIdx.y), as deform_im2col. The thread computes the sampling point once, then for each of
+// its channels reads grad_cols and atomically adds mask * grad_cols times each corner's bilinear
+// weight to grad_x at the corners inside the image.
+// Atomics: several samples (taps, neighbouring positions) hit the same cell, so the order of the
+// additions -- and the last bits of grad_x -- vary run to run on a GPU (the emulator's race check
+// compares such outputs within rounding).
+// Speed: bound by atomic throughput to L2 (four atomics per channel, tap and position; mostly
+// distinct addresses within a warp) and the coalesced grad_cols reads.
+template <class T, class Index, bool HasMask>
+__global__ void deform_col2im(const T* __restrict__ offset,     // (nb, offset_groups, K, 2, out_h * out_w): (dy, dx)
+                              const T* __restrict__ mask,       // (nb, offset_groups, K, out_h * out_w); unread without HasMask
+                              const T* __restrict__ grad_cols,  // (C_in * K, nb * p_count)
+                              T* __restrict__ grad_x,           // (nb, C_in, height, width), accumulated into
+                              Index nb,
+                              Index channels,
+                              Index height,
+                              Index width,
+                              Index out_h,
+                              Index out_w,
+                              Index kernel_h,
+                              Index kernel_w,
+                              Index stride_h,
+                              Index stride_w,
+                              Index pad_h,
+                              Index pad_w,
+                              Index dil_h,
+                              Index dil_w,
+                              Index offset_groups,
+                              Index channel_slice,  // channels per blockIdx.y slice, >= 1
+                              Index p_begin,        // first output position (flat oy * out_w + ox)
+                              Index p_count)        // output positions in this chunk
+{
+    using gpuconv::deform_grad_detail::sample_at;
+    const Index taps = kernel_h * kernel_w;
+    const Index positions = out_h * out_w;
+    const Index c_per_og = channels / offset_groups;
+    const Index plane = height * width;
+    const Index n_cols = nb * p_count;
+    const Index total = nb * offset_groups * taps * p_count;
+    const Index c_lo = Index(blockIdx.y) * channel_slice;
+    const Index c_hi = gpuconv::imin(c_per_og, c_lo + channel_slice);
+
+    for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+         e += Index(gridDim.x) * blockDim.x) {
+        const Index q = e % p_count;
+        const Index tap = (e / p_count) % taps;
+        const Index og = (e / (p_count * taps)) % offset_groups;
+        const Index b = e / (p_count * taps * offset_groups);
+        const Index p = p_begin + q;
+        const Index sample = (b * offset_groups + og) * taps + tap;  // (b, og, tap)
+        const T dy = offset[(sample * 2) * positions + p];
+        const T dx = offset[(sample * 2 + 1) * positions + p];
+        const T y = T((p / out_w) * stride_h - pad_h + (tap / kernel_w) * dil_h) + dy;
+        const T xf = T((p % out_w) * stride_w - pad_w + (tap % kernel_w) * dil_w) + dx;
+        const auto s = sample_at<T, Index>(y, xf, height, width);
+        if (!s.inside) continue;
+        const T scale = HasMask ? mask[sample * positions + p] : T(1);
+        const T w1 = scale * s.hy * s.hx, w2 = scale * s.hy * s.lx;
+        const T w3 = scale * s.ly * s.hx, w4 = scale * s.ly * s.lx;
+
+        const Index c_first = og * c_per_og;
+        T* gx = grad_x + (b * channels + c_first + c_lo) * plane + s.o1;
+        const T* gc = grad_cols + ((c_first + c_lo) * taps + tap) * n_cols + b * p_count + q;
+        for (Index c = c_lo; c < c_hi; ++c) {
+            const T g = *gc;
+            if (s.ok1) atomicAdd(gx, w1 * g);
+            if (s.ok2) atomicAdd(gx + 1, w2 * g);
+            if (s.ok3) atomicAdd(gx + width, w3 * g);
+            if (s.ok4) atomicAdd(gx + width + 1, w4 * g);
+            gx += plane;
+            gc += taps * n_cols;
+        }
+    }
+}
+
+// deform_col2im_coord: the offset and mask gradients, by gather.
+//
+// One thread per (image b, offset group og, tap, position q of the chunk) -- flat index, q
+// innermost, grid-stride in x. The thread computes the sampling point once, then walks the
+// offset group's channels: per channel it reads grad_cols and the four corners, and accumulates
+// grad_cols * (d value / dy, d value / dx) and grad_cols * value. It writes the two offset
+// gradients (times the mask) and, with HasMask, the mask gradient; all three are zero for a
+// sample outside the image. Every output has one owner: deterministic.
+// Speed: memory-bound: per channel one coalesced grad_cols read and four gathered input reads
+// (L1/L2 hits, as in the forward's sampling); the outputs are written once, coalesced along q.
+template <class T, class Index, bool HasMask>
+__global__ void deform_col2im_coord(const T* __restrict__ x,            // (nb, C_in, height, width)
+                                    const T* __restrict__ offset,       // (nb, offset_groups, K, 2, out_h * out_w)
+                                    const T* __restrict__ mask,         // (nb, offset_groups, K, out_h * out_w); unread without HasMask
+                                    const T* __restrict__ grad_cols,    // (C_in * K, nb * p_count)
+                                    T* __restrict__ grad_offset,        // (nb, offset_groups, K, 2, out_h * out_w)
+                                    T* __restrict__ grad_mask,          // (nb, offset_groups, K, out_h * out_w); unwritten without HasMask
+                                    Index nb,
+                                    Index channels,
+                                    Index height,
+                                    Index width,
+                                    Index out_h,
+                                    Index out_w,
+                                    Index kernel_h,
+                                    Index kernel_w,
+                                    Index stride_h,
+                                    Index stride_w,
+                                    Index pad_h,
+                                    Index pad_w,
+                                    Index dil_h,
+                                    Index dil_w,
+                                    Index offset_groups,
+                                    Index p_begin,
+                                    Index p_count)
+{
+    using gpuconv::deform_grad_detail::sample_at;
+    const Index taps = kernel_h * kernel_w;
+    const Index positions = out_h * out_w;
+    const Index c_per_og = channels / offset_groups;
+    const Index plane = height * width;
+    const Index n_cols = nb * p_count;
+    const Index total = nb * offset_groups * taps * p_count;
+
+    for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
+         e += Index(gridDim.x) * blockDim.x) {
+        const Index q = e % p_count;
+        const Index tap = (e / p_count) % taps;
+        const Index og = (e / (p_count * taps)) % offset_groups;
+        const Index b = e / (p_count * taps * offset_groups);
+        const Index p = p_begin + q;
+        const Index sample = (b * offset_groups + og) * taps + tap;
+        const T dy = offset[(sample * 2) * positions + p];
+        const T dx = offset[(sample * 2 + 1) * positions + p];
+        const T y = T((p / out_w) * stride_h - pad_h + (tap / kernel_w) * dil_h) + dy;
+        const T xf = T((p % out_w) * stride_w - pad_w + (tap % kernel_w) * dil_w) + dx;
+        const auto s = sample_at<T, Index>(y, xf, height, width);
+        const T scale = HasMask ? mask[sample * positions + p] : T(1);
+
+        T sum_dy = T(0), sum_dx = T(0), sum_value = T(0);
+        if (s.inside) {
+            const Index c_first = og * c_per_og;
+            const T* xc = x + (b * channels + c_first) * plane + s.o1;
+            const T* gc = grad_cols + (c_first * taps + tap) * n_cols + b * p_count + q;
+            for (Index c = 0; c < c_per_og; ++c) {
+                const T g = *gc;
+                const T v1 = s.ok1 ? xc[0] : T(0);
+                const T v2 = s.ok2 ? xc[1] : T(0);
+                const T v3 = s.ok3 ? xc[width] : T(0);
+                const T v4 = s.ok4 ? xc[width + 1] : T(0);
+                sum_dy += g * (s.hx * (v3 - v1) + s.lx * (v4 - v2));
+                sum_dx += g * (s.hy * (v2 - v1) + s.ly * (v4 - v3));
+                sum_value += g * (s.hy * (s.hx * v1 + s.lx * v2) + s.ly * (s.hx * v3 + s.lx * v4));
+                xc += plane;
+                gc += taps * n_cols;
+            }
+        }
+        grad_offset[(sample * 2) * positions + p] = scale * sum_dy;
+        grad_offset[(sample * 2 + 1) * positions + p] = scale * sum_dx;
+        if (HasMask) grad_mask[sample * positions + p] = sum_value;
+    }
+}
