@@ -54,8 +54,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 import numpy as np
 
@@ -182,7 +182,7 @@ def _conv_run(a, p):
 
 
 def _torch_conv(device, a, p):
-    torch, F = _torch(device)
+    _, F = _torch(device)
     x, w = _to_torch(a["x"]), _to_torch(a["weight"])
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(p["size"])]
     kw = dict(stride=p.get("stride", 1), padding=p["padding"], groups=p.get("groups", 1))
@@ -210,7 +210,7 @@ def _convT_run(a, p):
 
 
 def _torch_convT(device, a, p):
-    torch, F = _torch(device)
+    _, F = _torch(device)
     x, w = _to_torch(a["x"]), _to_torch(a["weight"])
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[len(p["size"])]
     return lambda: fn(x, w, stride=p["stride"], padding=p["padding"])
@@ -235,7 +235,7 @@ def _dw_run(a, p):
 
 
 def _torch_dw(device, a, p):
-    torch, F = _torch(device)
+    _, F = _torch(device)
     x, w = _to_torch(a["x"]), _to_torch(a["dw_weight"])
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(p["size"])]
     return lambda: fn(x, w, padding=p["padding"], stride=p.get("stride", 1), groups=p["c"])
@@ -246,7 +246,7 @@ def _sep_run(a, p):
 
 
 def _torch_sep(device, a, p):
-    torch, F = _torch(device)
+    _, F = _torch(device)
     x, dw, pw = (_to_torch(a[k]) for k in ("x", "dw_weight", "pw_weight"))
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(p["size"])]
     return lambda: fn(fn(x, dw, padding=p["padding"], groups=p["c"]), pw)
@@ -481,18 +481,23 @@ def _rel_diff(a, b) -> float:
 
 
 class CpuTimer:
-    """Wall-clock timing with ``time.perf_counter``."""
+    """Wall-clock timing with ``time.perf_counter``; or, with ``clock="thread"``, the
+    calling thread's CPU time (``time.thread_time``), which other processes' load does not
+    inflate: meaningful only when everything runs on that one thread (``--threads 1``)."""
 
     device = "cpu"
+
+    def __init__(self, clock: str = "wall"):
+        self.now = time.thread_time if clock == "thread" else time.perf_counter
 
     def sync(self):
         pass
 
     def sample(self, fn: Callable[[], object], number: int) -> float:
-        start = time.perf_counter()
+        start = self.now()
         for _ in range(number):
             fn()
-        return (time.perf_counter() - start) / number
+        return (self.now() - start) / number
 
 
 class CudaTimer:
@@ -545,10 +550,10 @@ def time_side_by_side(impls: Mapping[str, list], timer, repeat: int, warmup: int
 # ------------------------------------------------------------------------------ peaks
 
 
-def measure_peaks(xp, dtype, quick: bool) -> dict:
+def measure_peaks(xp, dtype, quick: bool, clock: str = "wall") -> dict:
     """Matrix-product FLOP/s and copy bytes/s on ``xp`` (NumPy or CuPy), best of a few."""
     on_gpu = xp is not np
-    timer = CudaTimer() if on_gpu else CpuTimer()
+    timer = CudaTimer() if on_gpu else CpuTimer(clock)
     n = (4096 if on_gpu else 2048) if not quick else (1024 if on_gpu else 512)
     rng = np.random.default_rng(0)
     a = xp.asarray(rng.standard_normal((n, n)).astype(dtype))
@@ -653,7 +658,7 @@ def _gpuconv_call(kind: Kind, arrays, params, backend: str):
 
 
 def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str, repeat: int,
-                 peaks: Mapping, seed: int = 0) -> dict:
+                 peaks: Mapping, seed: int = 0, clock: str = "wall") -> dict:
     """Time one workload on gpuconv and every peer; returns its JSON record."""
     kind = KINDS[workload.kind]
     params = dict(workload.sizes[size_set])
@@ -696,7 +701,8 @@ def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str,
         except Exception as exc:  # a peer that rejects this dtype/shape is reported, not fatal
             record["peers"][name] = None
             record["notes"].append(f"{name} failed: {type(exc).__name__}: {exc}")
-    times = time_side_by_side(impls, CudaTimer() if device == "cuda" else CpuTimer(), repeat)
+    timer = CudaTimer() if device == "cuda" else CpuTimer(clock)
+    times = time_side_by_side(impls, timer, repeat)
     medians = {name: statistics.median(t) for name, t in times.items()}
     for name in kind.peers:
         if name in medians:
@@ -851,8 +857,34 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="write results and machine description")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
+    p.add_argument("--threads", type=int,
+                   help="threads for BLAS (needs threadpoolctl), PyTorch and gpuconv's NumPy "
+                        "backend (default: each library's own default)")
+    p.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                   help="'thread': CPU time of the calling thread, robust to other processes' "
+                        "load; only with --threads 1 (default: wall clock)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def _set_threads(count: int) -> str | None:
+    """Limit BLAS, PyTorch and gpuconv's NumPy backend to ``count`` threads (None: done)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return "limiting BLAS threads needs threadpoolctl (pip install threadpoolctl)"
+    if _version("torch"):  # import it first, so its OpenMP/BLAS pools are limited too
+        try:
+            import torch
+
+            torch.set_num_threads(count)
+        except Exception:  # a broken torch is reported by the peers, not here
+            pass
+    threadpool_limits(count)
+    from .backends import numpy_backend
+
+    numpy_backend.NUM_THREADS = count
+    return None
 
 
 def _loadavg():
@@ -886,6 +918,13 @@ def main(argv: list[str] | None = None) -> int:
     if backend == "cuda" and not _cuda_available():
         print(f"error: --backend cuda: {gpuconv.available_backends()['cuda']}", file=sys.stderr)
         return 2
+    if args.clock == "thread" and (args.threads != 1 or backend == "cuda"):
+        print("error: --clock thread measures one thread's CPU time: it needs --threads 1 "
+              "and a CPU backend", file=sys.stderr)
+        return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"error: --threads={args.threads} must be at least 1", file=sys.stderr)
+        return 2
     if args.repeat is not None and args.repeat < 1:
         print(f"error: --repeat={args.repeat} must be at least 1", file=sys.stderr)
         return 2
@@ -911,6 +950,11 @@ def main(argv: list[str] | None = None) -> int:
         names = [n for n, w in WORKLOADS.items() if size_set in w.sizes and w.kind in KINDS]
     repeat = args.repeat or DEFAULT_REPEAT["quick" if args.quick else "full"]
 
+    if args.threads is not None:
+        problem = _set_threads(args.threads)
+        if problem:
+            print(f"error: --threads: {problem}", file=sys.stderr)
+            return 2
     load_start = _loadavg()
     xp = np
     if backend == "cuda":
@@ -923,7 +967,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks_by_dtype = {}
     for dt_name, compute in peak_dtypes.items():
         if compute.name not in peaks_by_dtype:
-            peaks_by_dtype[compute.name] = measure_peaks(xp, compute, args.quick)
+            peaks_by_dtype[compute.name] = measure_peaks(xp, compute, args.quick, args.clock)
 
     progress = _Progress(len(names), enabled=not args.no_progress)
     records = []
@@ -934,7 +978,8 @@ def main(argv: list[str] | None = None) -> int:
             dt = np.dtype(workload.dtype or args.dtype)
             peaks = peaks_by_dtype[peak_dtypes[dt.name].name]
             records.append(run_workload(workload, size_set=size_set, backend=backend,
-                                        dtype=args.dtype, repeat=repeat, peaks=peaks))
+                                        dtype=args.dtype, repeat=repeat, peaks=peaks,
+                                        clock=args.clock))
             progress.advance()
     finally:
         progress.close()
@@ -942,7 +987,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(backend)
     machine["loadavg_start"], machine["loadavg_end"] = load_start, _loadavg()
     print(f"gpuconv bench: backend {backend}, sizes {size_set!r}, {repeat} samples, "
-          f"median per call; {machine['cpu_model']} ({machine['cpu_count']} cores)"
+          f"median per call, {args.clock} clock"
+          + (f", {args.threads} thread(s)" if args.threads else "")
+          + f"; {machine['cpu_model']} ({machine['cpu_count']} cores)"
           + (f", {machine['gpu']}" if "gpu" in machine else ""))
     for dt_name, peak in peaks_by_dtype.items():
         print(f"ceilings ({dt_name}): matmul {peak['flops_per_s'] / 1e9:.1f} GFLOP/s, "
@@ -954,7 +1001,10 @@ def main(argv: list[str] | None = None) -> int:
     busy = max((v[0] for v in (load_start, machine["loadavg_end"]) if v), default=0.0)
     if busy > 0.5 * (os.cpu_count() or 1):
         notes.insert(0, f"the machine was busy (1-minute load average up to {busy:.1f} on "
-                        f"{os.cpu_count()} cores): the times are unreliable")
+                        f"{os.cpu_count()} cores): "
+                        + ("thread CPU times, less affected than wall times, but caches and "
+                           "memory bandwidth are shared" if args.clock == "thread"
+                           else "the times are unreliable"))
     notes += [f"{r['workload']}: {r['note']}" for r in records if r["note"]]
     for r in records:
         for peer, v in r["peers"].items():
@@ -966,7 +1016,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         doc = {"schema": JSON_SCHEMA, "machine": machine,
                "config": {"backend": backend, "dtype": args.dtype, "size_set": size_set,
-                          "repeat": repeat, "copies": COPIES, "min_sample_s": MIN_SAMPLE_S},
+                          "repeat": repeat, "copies": COPIES, "min_sample_s": MIN_SAMPLE_S,
+                          "threads": args.threads, "clock": args.clock},
                "peaks": peaks_by_dtype, "results": records, "notes": notes}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)

@@ -11,7 +11,6 @@ import pytest
 
 from gpuconv import bench
 
-
 # ---------------------------------------------------------------- FLOPs and bytes
 
 

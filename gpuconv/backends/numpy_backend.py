@@ -3,7 +3,7 @@
 Written independently of the CUDA kernels, from NumPy building blocks: ``numpy.pad`` for
 the padding modes, contiguous slice copies for im2col, BLAS (``numpy.matmul``) for the
 contractions. No Python loop runs over output elements; the loops run over kernel taps,
-groups and cache-sized chunks.
+groups, stride phases and cache-sized chunks.
 
 How conv and depthwise_conv read their input (the *flat plan*)
 ---------------------------------------------------------------
@@ -20,8 +20,18 @@ for stride 1 ``Q_d = out_d + (k_d - 1) * dilation_d``).
 * conv: per chunk, im2col is one contiguous copy per tap into ``cols (G, C/G, K, n, L)``
   and one GEMM per group, ``(C_out/G, C/G*K) @ (C/G*K, n*L)``, then one cropping copy into
   the result (bias added and dtype rounded in the same pass).
-* depthwise_conv: per block of channels small enough for the CPU cache, a multiply-add per
-  tap on contiguous rows, then the same crop.
+* depthwise_conv: per block of channels, the same im2col copies and a per-channel
+  ``(mult, K) @ (K, L)`` contraction (``einsum``), then the same crop.
+* conv_transpose: each stride phase of the *output* receives a fixed subset of the taps,
+  so it is a stride-1 conv of the input with those taps reversed (no scatter-add); each
+  phase runs through conv's path and writes its strided share of the result.
+* deform_conv2d: per image, bilinear samples are whole rows of a channels-last copy of the
+  input (one ``np.take`` for the 4 corners, ``einsum`` with the weights), then one GEMM.
+* convolve/correlate (real, long): a blocked Toeplitz GEMM; NumPy's own loop otherwise.
+
+Threads: the GEMMs use BLAS's threads; the copies and elementwise work between them (im2col,
+depthwise blocks, deformable sampling) are split over ``NUM_THREADS`` threads, as NumPy
+releases the GIL there.
 
 Memory is bounded: every temporary (phases, im2col columns, wide output, sampling buffers)
 is built for a chunk of the batch, or of the outermost output dim, sized to stay under
@@ -33,6 +43,7 @@ float16 inputs are computed in float32 and rounded once, when the result is writ
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -445,7 +456,7 @@ class NumpyBackend(GradMixin):
         corners_bufs = [np.empty(sub * taps * 4 * cpo, dtype=cdt) for _ in range(NUM_THREADS)]
         samples_buf = np.empty(step * taps * c_in, dtype=cdt)
 
-        def sample(slot, part, i, samples, p0):
+        def sample(slot, part, *, i, samples, p0):
             """Fill ``samples`` (positions p0.., K, OG, cpo) for (offset group, positions)."""
             for og_i, q0, q1 in part:
                 pc = q1 - q0
@@ -481,7 +492,7 @@ class NumpyBackend(GradMixin):
                 bounds = [p0 + pc * k // NUM_THREADS for k in range(NUM_THREADS + 1)]
                 items = [(og_i, q0, q1) for q0, q1 in zip(bounds, bounds[1:]) if q1 > q0
                          for og_i in range(ogroups)]
-                _parallel(lambda slot, part: sample(slot, part, i, samples, p0), items)
+                _parallel(functools.partial(sample, i=i, samples=samples, p0=p0), items)
                 # (G, pc, K*cg) @ (G, K*cg, og) -> (G, pc, og)
                 cols = samples.reshape(pc, taps, g, cg)
                 cols = cols.transpose(2, 0, 1, 3).reshape(g, pc, taps * cg)  # copies if G > 1
