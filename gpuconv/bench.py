@@ -733,8 +733,8 @@ def _ms(seconds) -> str:
         else f"{seconds * 1e3:.1f}"
 
 
-def format_table(records: list[dict]) -> str:
-    """The text table: one row per workload, per-peer times at the right."""
+def format_table(records: list[dict], markdown: bool = False) -> str:
+    """The table: one row per workload, per-peer times at the right (text or Markdown)."""
     peer_names = []
     for r in records:
         for name in r["peers"]:
@@ -754,6 +754,11 @@ def format_table(records: list[dict]) -> str:
             peer = r["peers"].get(name)
             row.append(_ms(peer["median_s"]) if peer else "-")
         rows.append(row)
+    if markdown:
+        lines = ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+        lines.insert(1, "|" + "|".join(" --- " if i < 3 else " ---: " for i in range(len(head)))
+                     + "|")
+        return "\n".join(lines)
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     lines = ["  ".join(str(c).rjust(w) if i >= 3 else str(c).ljust(w)
                        for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
@@ -856,6 +861,7 @@ def _parser() -> argparse.ArgumentParser:
                                               f"{DEFAULT_REPEAT['quick']} with --quick)")
     p.add_argument("--json", metavar="PATH", help="write results and machine description")
     p.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (needs matplotlib)")
+    p.add_argument("--markdown", metavar="PATH", help="write the table and notes as Markdown")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument("--threads", type=int,
                    help="threads for BLAS (needs threadpoolctl), PyTorch and gpuconv's NumPy "
@@ -986,11 +992,13 @@ def main(argv: list[str] | None = None) -> int:
 
     machine = machine_info(backend)
     machine["loadavg_start"], machine["loadavg_end"] = load_start, _loadavg()
-    print(f"gpuconv bench: backend {backend}, sizes {size_set!r}, {repeat} samples, "
-          f"median per call, {args.clock} clock"
-          + (f", {args.threads} thread(s)" if args.threads else "")
-          + f"; {machine['cpu_model']} ({machine['cpu_count']} cores)"
-          + (f", {machine['gpu']}" if "gpu" in machine else ""))
+    headline = (f"gpuconv bench: backend {backend}, sizes {size_set!r}, {repeat} samples, "
+                f"median per call, {args.clock} clock"
+                + (f", {args.threads} thread(s)" if args.threads else "")
+                + f"; {machine['cpu_model']} ({machine['cpu_count']} cores)"
+                + (f", {machine['gpu']}" if "gpu" in machine else "")
+                + f"; load average {load_start} -> {machine['loadavg_end']}")
+    print(headline)
     for dt_name, peak in peaks_by_dtype.items():
         print(f"ceilings ({dt_name}): matmul {peak['flops_per_s'] / 1e9:.1f} GFLOP/s, "
               f"copy {peak['bytes_per_s'] / 1e9:.1f} GB/s")
@@ -1021,6 +1029,10 @@ def main(argv: list[str] | None = None) -> int:
                "peaks": peaks_by_dtype, "results": records, "notes": notes}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"{headline}\n\n{format_table(records, markdown=True)}\n\n")
+            f.write("".join(f"- {note}\n" for note in notes))
     if args.plot:
         write_plot(args.plot, records,
                    f"gpuconv {backend} ({args.dtype}, {size_set}) - {machine['cpu_model']}"
