@@ -66,9 +66,11 @@
 //   * b_s (BK, BN + 1): the im2col values xpad[n, g * cg + ci, o * s - p + tap * d], generated on
 //     the fly with the padding resolved by index mapping (zeros past the columns / l_end);
 // (the +1 column keeps the staging stores, l varying fastest across threads, free of bank
-// conflicts), then every thread does BK * 16 FMAs from registers. Each thread stages the same
-// reduction position l in every step, so it decomposes l into (n, od, oh, ow) once per step, and
-// its four columns' (ci, kd, kh, kw) once per block.
+// conflicts), then every thread does BK * 16 FMAs from registers. The global loads of the next
+// step are issued into registers before those FMAs (software pipelining), so their latency
+// overlaps the arithmetic. Each thread stages the same reduction position l in every step, so it
+// decomposes l into (n, od, oh, ow) once per step, and its four columns' (ci, kd, kh, kw) once
+// per block.
 // Static shared memory: BK * (BM + BN + 2) * sizeof(acc_t<T>) (8.3 KiB float, 16.5 KiB double).
 // Speed: arithmetic-bound for realistic layers (og and cg * K >= 64: 16 FMAs per two shared
 // loads, 8 global loads per thread per 256 FMAs); small groups waste the unused part of the
@@ -155,46 +157,53 @@ __global__ void conv_weight_grad(
         for (int j = 0; j < TN; ++j) acc[i][j] = gpuconv::zero<Acc>();
     }
 
-    for (Index l0 = l_begin; l0 < l_end; l0 += BK) {
+    // Global -> registers for the step starting at l0 (zeros past l_end, the group's channels
+    // or its columns). Issued one step ahead, so the loads are in flight during the FMAs.
+    Acc a_reg[LOADS], b_reg[LOADS];
+    auto fetch = [&](Index l0) {
         const Index l = l0 + sk;
-        if (l < l_end) {
-            const Index n = l / out_plane;
-            const Index o = l - n * out_plane;
-            const Index ow = o % out_w;
-            const Index oh = (o / out_w) % out_h;
-            const Index od = o / (out_w * out_h);
-            const T* go_l = go_group + n * c_out * out_plane + o;
 #pragma unroll
-            for (int r = 0; r < LOADS; ++r) {
-                const Index m = sc + r * STEP;
-                a_s[sk][m] = (m0 + m < og) ? gpuconv::load_acc(go_l[m * out_plane])
-                                           : gpuconv::zero<Acc>();
-            }
-            const Index d_first = od * stride_d - pad_d;
-            const Index h_first = oh * stride_h - pad_h;
-            const Index w_first = ow * stride_w - pad_w;
-            const T* x_n = x_group + n * c_in * in_volume;
+        for (int r = 0; r < LOADS; ++r) {
+            a_reg[r] = gpuconv::zero<Acc>();
+            b_reg[r] = gpuconv::zero<Acc>();
+        }
+        if (l >= l_end) return;
+        const Index n = l / out_plane;
+        const Index o = l - n * out_plane;
+        const Index ow = o % out_w;
+        const Index oh = (o / out_w) % out_h;
+        const Index od = o / (out_w * out_h);
+        const T* go_l = go_group + n * c_out * out_plane + o;
 #pragma unroll
-            for (int r = 0; r < LOADS; ++r) {
-                Acc v = gpuconv::zero<Acc>();
-                if (col_ok[r]) {
-                    const Index id = gpuconv::source_index<Mode>(d_first + col_kd[r], in_d);
-                    const Index ih = gpuconv::source_index<Mode>(h_first + col_kh[r], in_h);
-                    const Index iw = gpuconv::source_index<Mode>(w_first + col_kw[r], in_w);
-                    if (id >= 0 && ih >= 0 && iw >= 0) {
-                        v = gpuconv::load_acc(x_n[col_channel[r] + (id * in_h + ih) * in_w + iw]);
-                    }
-                }
-                b_s[sk][sc + r * STEP] = v;
-            }
-        } else {
+        for (int r = 0; r < LOADS; ++r) {
+            const Index m = sc + r * STEP;
+            if (m0 + m < og) a_reg[r] = gpuconv::load_acc(go_l[m * out_plane]);
+        }
+        const Index d_first = od * stride_d - pad_d;
+        const Index h_first = oh * stride_h - pad_h;
+        const Index w_first = ow * stride_w - pad_w;
+        const T* x_n = x_group + n * c_in * in_volume;
 #pragma unroll
-            for (int r = 0; r < LOADS; ++r) {
-                a_s[sk][sc + r * STEP] = gpuconv::zero<Acc>();
-                b_s[sk][sc + r * STEP] = gpuconv::zero<Acc>();
+        for (int r = 0; r < LOADS; ++r) {
+            if (!col_ok[r]) continue;
+            const Index id = gpuconv::source_index<Mode>(d_first + col_kd[r], in_d);
+            const Index ih = gpuconv::source_index<Mode>(h_first + col_kh[r], in_h);
+            const Index iw = gpuconv::source_index<Mode>(w_first + col_kw[r], in_w);
+            if (id >= 0 && ih >= 0 && iw >= 0) {
+                b_reg[r] = gpuconv::load_acc(x_n[col_channel[r] + (id * in_h + ih) * in_w + iw]);
             }
         }
+    };
+
+    fetch(l_begin);
+    for (Index l0 = l_begin; l0 < l_end; l0 += BK) {
+#pragma unroll
+        for (int r = 0; r < LOADS; ++r) {
+            a_s[sk][sc + r * STEP] = a_reg[r];
+            b_s[sk][sc + r * STEP] = b_reg[r];
+        }
         __syncthreads();
+        if (l0 + BK < l_end) fetch(l0 + BK);
 #pragma unroll
         for (int k = 0; k < BK; ++k) {
             Acc a[TM], b[TN];
