@@ -292,27 +292,32 @@ def _transpose_phase_1d(size, k, stride, dilation, crop_lo, out, residue):
     The outputs ``o`` with ``(o + crop_lo) % stride == residue`` (``o = first, first +
     stride, ...``: ``count`` of them) receive only the taps ``t`` with ``t * dilation %
     stride == residue``, and output ``u`` of the phase reads input ``u + q0 - a_t`` with
-    ``a_t = t * dilation // stride``: a stride-1 correlation of the input with those taps in
-    reverse order, whose offsets ``a_max - a_t`` step by a constant (its dilation).
+    ``a_t = t * dilation // stride``: a stride-1 correlation of the input, padded by
+    ``pad_lo = a_max - q0`` at the low end (negative: cropped), with those taps in reverse
+    order, whose offsets ``a_max - a_t`` step by a constant (its dilation).
 
-    Returns ``(first, count, sub)``; ``sub`` is ``None`` when these outputs receive nothing
-    (no taps, or every read outside the input), else ``(input slice, (pad_lo, pad_hi),
-    taps in correlation order, dilation)``.
+    Returns ``(first, count, taps in correlation order or None, dilation, pad_lo)``.
     """
     first = (residue - crop_lo) % stride
     count = len(range(first, out, stride))
     taps = [t for t in range(k) if t * dilation % stride == residue]
     if count == 0 or not taps:
-        return first, count, None
+        return first, count, None, 1, 0
     a = [t * dilation // stride for t in taps]
     q0 = (first + crop_lo - residue) // stride
-    pad_lo = a[-1] - q0  # input i sits at padded index i + pad_lo
-    pad_hi = count + a[-1] - a[0] - pad_lo - size
-    start, stop = max(0, -pad_lo), size - max(0, -pad_hi)  # inputs no output reads: cut
-    if stop <= start:
-        return first, count, None
     step = (a[-1] - a[0]) // (len(taps) - 1) if len(taps) > 1 else 1
-    return first, count, (slice(start, stop), (max(pad_lo, 0), max(pad_hi, 0)), taps[::-1], step)
+    return first, count, taps[::-1], step, a[-1] - q0
+
+
+def _window(size, pad_lo, count, reach):
+    """Input slice and non-negative (lo, hi) padding for ``count`` stride-1 outputs that read
+    padded positions ``u .. u + reach`` of the input padded by ``pad_lo`` (negative: cropped);
+    None when no output reads any input."""
+    pad_hi = count + reach - pad_lo - size
+    start, stop = max(0, -pad_lo), size - max(0, -pad_hi)
+    if stop <= start:
+        return None
+    return slice(start, stop), (max(pad_lo, 0), max(pad_hi, 0))
 
 
 class NumpyBackend(GradMixin):
@@ -338,7 +343,11 @@ class NumpyBackend(GradMixin):
         """Each stride phase of the output is a stride-1 conv of ``x`` (no scatter-add).
 
         Output phase ``r`` (``(o + pad_lo) % stride == r`` per dim) receives only the taps
-        with ``t * dilation % stride == r``; see :func:`_transpose_phase_1d`.
+        with ``t * dilation % stride == r``; see :func:`_transpose_phase_1d`. When every
+        phase has the same number of taps at the same spacing (``kernel % stride == 0``,
+        the usual upsampling layers), the phases differ only by a shift of the input, so
+        they run as ONE conv with ``prod(stride) * C_out`` output channels over a common
+        window; otherwise one conv per phase.
         """
         cdt = _compute_dtype(x.dtype)
         n, c_in = x.shape[:2]
@@ -354,22 +363,72 @@ class NumpyBackend(GradMixin):
             for args in zip(geom.in_size, geom.kernel, geom.stride, geom.dilation,
                             geom.pad_lo, geom.out_size)
         ]
-        for phase in itertools.product(*per_dim):
-            firsts, counts, subs = zip(*phase)
-            if 0 in counts:
-                continue
+        phases = [p for p in itertools.product(*per_dim) if all(d[1] for d in p)]
+        if self._transpose_merged(x, w, bias, geom, per_dim, phases, result):
+            return result
+        for phase in phases:
+            firsts, counts, taps, steps, pads_lo = zip(*phase)
             dst = result[(slice(None), slice(None)) + tuple(
                 slice(f, None, s) for f, s in zip(firsts, geom.stride))]
-            if any(sub is None for sub in subs):  # outputs no tap reaches
+            windows = [None if t is None else _window(size, lo, count, (len(t) - 1) * step)
+                       for size, lo, count, t, step
+                       in zip(geom.in_size, pads_lo, counts, taps, steps)]
+            if any(win is None for win in windows):  # outputs no tap reaches
                 _write(dst, np.zeros((1,) * dst.ndim, dtype=cdt), bias)
                 continue
-            cuts, pads, taps, steps = zip(*subs)
+            cuts, pads = zip(*windows)
             sub_geom = _shapes.conv_geometry(
                 tuple(c.stop - c.start for c in cuts), tuple(len(t) for t in taps), stride=1,
                 padding=pads, dilation=steps, groups=g)
             sub_w = np.ascontiguousarray(w[(slice(None), slice(None)) + np.ix_(*taps)])
             _conv_into(dst, x[(slice(None), slice(None)) + cuts], sub_w, bias, sub_geom)
         return result
+
+    @staticmethod
+    def _transpose_merged(x, w, bias, geom, per_dim, phases, result) -> bool:
+        """All phases as one conv over a common window, if their taps allow (see above)."""
+        shape = []  # per dim: (common pad_lo, output extent, taps per phase, spacing)
+        for residues in per_dim:
+            live = [r for r in residues if r[1]]  # residues that own outputs
+            if any(r[2] is None for r in live) or len({(len(r[2]), r[3]) for r in live}) > 1:
+                return False
+            lo = max(r[4] for r in live)
+            extent = max(lo - r[4] + r[1] for r in live)  # shifted outputs, all phases
+            shape.append((lo, extent, len(live[0][2]), live[0][3]))
+        windows = [_window(size, lo, extent, (k - 1) * step)
+                   for size, (lo, extent, k, step) in zip(geom.in_size, shape)]
+        if any(win is None for win in windows):
+            return False
+        cuts, pads = zip(*windows)
+        g, nph = geom.groups, len(phases)
+        og = w.shape[0] // g
+        sub_geom = _shapes.conv_geometry(
+            tuple(c.stop - c.start for c in cuts), tuple(s[2] for s in shape), stride=1,
+            padding=pads, dilation=tuple(s[3] for s in shape), groups=g)
+        # weights of every phase, group-major: (G, phases, og, cg, *k')
+        stacked = np.stack([w[(slice(None), slice(None)) + np.ix_(*[d[2] for d in phase])]
+                            .reshape(g, og, *w.shape[1:2], *sub_geom.kernel)
+                            for phase in phases], axis=1)
+        stacked = stacked.reshape(g * nph * og, w.shape[1], *sub_geom.kernel)
+        n = x.shape[0]
+        per_image = g * nph * og * math.prod(sub_geom.out_size) * w.itemsize
+        step = max(1, WORKSPACE_BYTES // max(per_image, 1))
+        x = x[(slice(None), slice(None)) + cuts]
+        for n0 in range(0, n, step):
+            bs = slice(n0, min(n, n0 + step))
+            big = np.empty((bs.stop - bs.start, g * nph * og, *sub_geom.out_size), w.dtype)
+            _conv_into(big, x[bs], stacked, None, sub_geom)
+            big = big.reshape(bs.stop - bs.start, g, nph, og, *sub_geom.out_size)
+            for ph, phase in enumerate(phases):
+                # phase outputs sit `lo - pad_lo` into the common extent
+                src = (slice(None), slice(None)) + tuple(
+                    slice(s[0] - d[4], s[0] - d[4] + d[1]) for s, d in zip(shape, phase))
+                dst = (bs,) + tuple(slice(d[0], None, st) for d, st in zip(phase, geom.stride))
+                for gi in range(g):
+                    channels = slice(gi * og, (gi + 1) * og)
+                    _write(result[(dst[0], channels) + dst[1:]], big[:, gi, ph][src],
+                           None if bias is None else bias[channels])
+        return True
 
     # --------------------------------------------------------------- depthwise
     def depthwise_conv(self, x, weight, bias, geom: ConvGeometry):
