@@ -14,8 +14,11 @@ cells that supplied them (a reflect/replicate/circular pad's adjoint).
 
 NumPy arrays in give NumPy arrays out, CuPy arrays in give CuPy arrays out; the result has
 dtype ``numpy.result_type`` of the array arguments, and float16 is accumulated in float32.
-The NumPy backend computes every gradient; the device backends raise ``NotImplementedError``
-until their gradient kernels exist.
+Every backend computes every gradient: NumPy (``backends/numpy_grad.py``, the reference) and
+the device backends (``backends/device/_grad.py``: the forward kernels for input gradients,
+gradient kernels for weights, the padding fold and deformable sampling). ``deterministic=True``
+makes the device weight gradients bitwise reproducible (no floating-point atomics); the
+deformable input gradient always scatters with atomics on the device backends.
 
 Examples
 --------

@@ -586,3 +586,53 @@ def test_public_gradients_on_emulate_match_numpy(emulate):
                 continue
             assert isinstance(o, np.ndarray) and o.dtype == e.dtype and o.shape == e.shape
             np.testing.assert_allclose(o, e, rtol=2e-4, atol=2e-4 * float(np.abs(e).max()))
+
+
+def test_cupy_executor_flow_with_a_stand_in_cupy(monkeypatch, emulate):
+    """The ``cuda`` backend's flow without a GPU: a stand-in ``cupy`` module (NumPy's functions,
+    a RawModule that runs the emulator's build of the same file) behind ``CupyExecutor``, so
+    the gradients use only array functions CuPy has and the kernels' parameter types come from
+    the registry's signature parser (``gpuconv::acc_t<T>*`` included), as on a GPU."""
+    import sys
+    import types
+
+    from gpuconv import _kernels
+    from gpuconv.backends.device._backend import DeviceBackend
+    from gpuconv.backends.device._executor import CupyExecutor
+
+    class RawModule:
+        def __init__(self, *, code, options, name_expressions):
+            (file,) = [f for f in _kernels.files()
+                       if list(name_expressions) == _kernels.name_expressions(f)]
+            assert '#include "' not in code.replace('#include "cuda_shim.h"', "")
+            self._module = _emulator.load_module(_kernels.source_path(file), name_expressions,
+                                                 include_dirs=[_kernels.kernel_dir()])
+
+        def get_function(self, name):
+            return self._module.get_function(name)
+
+    fake = types.ModuleType("cupy")
+    for name in ("ndarray", "ascontiguousarray", "empty", "zeros", "matmul"):
+        setattr(fake, name, getattr(np, name))
+    fake.RawModule = RawModule
+    fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    backend = DeviceBackend(CupyExecutor())
+    assert backend.xp is fake
+
+    for dtype in (np.float16, np.float64):
+        x, w, g, geom = _tiny_conv(dtype, "circular")
+        w64, g64, x64 = _f64(w, g, x)
+        np.testing.assert_allclose(backend.conv_input_grad(w, g, geom),
+                                   REFERENCE.conv_input_grad(w64, g64, geom), rtol=2e-2,
+                                   atol=2e-2 * float(np.abs(g64).max() * np.abs(w64).max()) * 9)
+        for deterministic in (False, True):
+            np.testing.assert_allclose(
+                backend.conv_weight_grad(x, g, geom, deterministic),
+                REFERENCE.conv_weight_grad(x64, g64, geom), rtol=2e-2,
+                atol=2e-2 * float(np.abs(g64).max() * np.abs(x64).max()) * g.size)
+    case = deform_case(np.random.default_rng(2), np.float32, mask=True, tiny=True)
+    got = backend.deform_conv2d_grad(*case)
+    ref = REFERENCE.deform_conv2d_grad(*_f64(*case[:5]), *case[5:])
+    for a, b in zip(got, ref):
+        _assert_normwise(a, b, np.float32, 200)
