@@ -286,7 +286,7 @@ def _torchvision_deform(device, a, p):
     try:
         from torchvision.ops import deform_conv2d
     except Exception as exc:  # ImportError, or a torchvision built for another torch
-        raise _Unavailable(f"torchvision: {type(exc).__name__}: {exc}") from None
+        raise _Unavailable(f"not importable ({type(exc).__name__}: {exc})") from None
     x, off, w = (_to_torch(a[k]) for k in ("x", "offset", "weight"))
     mask = _to_torch(a["mask"]) if "mask" in a else None
     return lambda: deform_conv2d(x, off, w, padding=p["padding"], mask=mask)

@@ -105,8 +105,7 @@ def _parallel(work, items) -> None:
     chunks = [items[a:b] for a, b in zip(bounds, bounds[1:])]
     with _pool_lock:
         if _pool is None or _pool_size < parts:
-            if _pool is not None:
-                _pool.shutdown(wait=False)
+            # a smaller pool still in use elsewhere finishes its work and is collected
             _pool = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="gpuconv")
             _pool_size = parts
         pool = _pool
