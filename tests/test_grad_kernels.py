@@ -272,6 +272,11 @@ def test_conv_transpose_grads_match_numpy(emulate, dtype, rank):
     x_shape, w_shape, geom = transpose_case(rng, rank)
     x, w = _random(rng, x_shape, dtype), _random(rng, w_shape, dtype)
     g = _random(rng, (x_shape[0], w_shape[1] * geom.groups, *geom.out_size), dtype)
+    check_conv_transpose_grads(emulate, x, w, g, geom, dtype)
+
+
+def check_conv_transpose_grads(emulate, x, w, g, geom, dtype):
+    x_shape, w_shape = x.shape, w.shape
     x64, w64, g64 = _f64(x, w, g)
     got = emulate.conv_transpose_input_grad(w, g, geom)
     ref = REFERENCE.conv_transpose_input_grad(w64, g64, geom)
@@ -432,8 +437,15 @@ def _run_tiny_conv_grads(emulate, dtype, mode):
     check_conv_weight_grad(emulate, x, g, geom, dtype, False, method="gemm", splits=2)
     check_conv_weight_grad(emulate, x, g, geom, dtype, True, method="gemm", splits=2)
     x, w, g, geom = _tiny_conv(dtype, mode, depthwise=True)
+    check_conv_input_grad(emulate, w, g, geom, dtype)
     check_conv_weight_grad(emulate, x, g, geom, dtype, False, method="depthwise", splits=2)
     check_conv_weight_grad(emulate, x, g, geom, dtype, True, method="depthwise", splits=2)
+    if mode == "zeros":  # conv_transpose's gradients (zero padding only)
+        rng = np.random.default_rng(_seed("tiny transpose", np.dtype(dtype).name))
+        x_shape, w_shape, geom = transpose_case(rng, 2)
+        x, w = _random(rng, x_shape, dtype), _random(rng, w_shape, dtype)
+        g = _random(rng, (x_shape[0], w_shape[1] * geom.groups, *geom.out_size), dtype)
+        check_conv_transpose_grads(emulate, x, w, g, geom, dtype)
 
 
 @pytest.mark.parametrize("mode", MODES)
