@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._emulator._abi import ELEM_DTYPES
+
 # ----------------------------------------------------------------------------- type table
 
 #: The one type table: NumPy dtype -> C++ type name (element types and index types).
@@ -41,23 +43,9 @@ CXX_TYPES: dict[np.dtype, str] = {
     np.dtype(np.int64): "long long",
 }
 
-#: Type code (as in ``EmuFunction.params``) -> NumPy dtype.
-CODE_DTYPES: dict[str, np.dtype] = {
-    "bool": np.dtype(np.bool_),
-    "i8": np.dtype(np.int8),
-    "u8": np.dtype(np.uint8),
-    "i16": np.dtype(np.int16),
-    "u16": np.dtype(np.uint16),
-    "i32": np.dtype(np.int32),
-    "u32": np.dtype(np.uint32),
-    "i64": np.dtype(np.int64),
-    "u64": np.dtype(np.uint64),
-    "f16": np.dtype(np.float16),
-    "f32": np.dtype(np.float32),
-    "f64": np.dtype(np.float64),
-    "c64": np.dtype(np.complex64),
-    "c128": np.dtype(np.complex128),
-}
+#: Type code (as in ``EmuFunction.params``) -> NumPy dtype: the emulator's table, which its
+#: checked-mode worker loads without importing gpuconv.
+CODE_DTYPES: dict[str, np.dtype] = ELEM_DTYPES
 
 # C++ spelling (whitespace-normalised) -> type code. The CXX_TYPES names plus the aliases a
 # kernel may write for a scalar parameter.
