@@ -122,103 +122,63 @@ def _deterministic() -> bool:
 # --------------------------------------------------------- autograd functions
 
 
-class _ConvFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, kwargs):
-        ctx.kwargs = kwargs
-        ctx.has_bias = bias is not None
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.save_for_backward(x, weight)
-        with _device_scope(x.device):
-            return _to_tensor(_api.conv(_to_array(x), _to_array(weight), _to_array(bias),
-                                        **kwargs))
+def _save_context(ctx, bias, kwargs, *tensors):
+    """Keep what every backward needs: the op's keyword arguments, whether (and in which dtype)
+    a bias was given, and the tensors ``tensors``."""
+    ctx.kwargs = kwargs
+    ctx.has_bias = bias is not None
+    ctx.bias_dtype = None if bias is None else bias.dtype
+    ctx.save_for_backward(*tensors)
 
-    @staticmethod
-    @once_differentiable
+
+def _weighted_function(name, forward_op, input_grad, weight_grad):
+    """An autograd Function for ``forward_op(x, weight, bias, **kwargs)`` whose gradients are
+    ``input_grad(x_shape, weight, grad_output, **kwargs)``,
+    ``weight_grad(x, weight_shape, grad_output, deterministic=..., **kwargs)`` and
+    :func:`gpuconv.grad.conv_bias`; each is computed only when it is needed."""
+
+    def forward(ctx, x, weight, bias, kwargs):
+        _save_context(ctx, bias, kwargs, x, weight)
+        with _device_scope(x.device):
+            return _to_tensor(forward_op(_to_array(x), _to_array(weight), _to_array(bias),
+                                         **kwargs))
+
     def backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
         gx = gw = gb = None
         with _device_scope(x.device):
             g = _to_array(grad_output)
             if ctx.needs_input_grad[0]:
-                gx = _to_tensor(_grad.conv_input(tuple(x.shape), _to_array(weight), g,
-                                                 **ctx.kwargs), x.dtype)
+                gx = _to_tensor(input_grad(tuple(x.shape), _to_array(weight), g, **ctx.kwargs),
+                                x.dtype)
             if ctx.needs_input_grad[1]:
-                gw = _to_tensor(_grad.conv_weight(_to_array(x), tuple(weight.shape), g,
-                                                  deterministic=_deterministic(),
-                                                  **ctx.kwargs), weight.dtype)
+                gw = _to_tensor(weight_grad(_to_array(x), tuple(weight.shape), g,
+                                            deterministic=_deterministic(), **ctx.kwargs),
+                                weight.dtype)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 gb = _to_tensor(_grad.conv_bias(g), ctx.bias_dtype)
         return gx, gw, gb, None
 
-
-class _ConvTransposeFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, kwargs):
-        ctx.kwargs = kwargs
-        ctx.has_bias = bias is not None
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.save_for_backward(x, weight)
-        with _device_scope(x.device):
-            return _to_tensor(_api.conv_transpose(_to_array(x), _to_array(weight),
-                                                  _to_array(bias), **kwargs))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        x, weight = ctx.saved_tensors
-        gx = gw = gb = None
-        with _device_scope(x.device):
-            g = _to_array(grad_output)
-            if ctx.needs_input_grad[0]:
-                gx = _to_tensor(_grad.conv_transpose_input(tuple(x.shape), _to_array(weight), g,
-                                                           **ctx.kwargs), x.dtype)
-            if ctx.needs_input_grad[1]:
-                gw = _to_tensor(_grad.conv_transpose_weight(_to_array(x), tuple(weight.shape), g,
-                                                            deterministic=_deterministic(),
-                                                            **ctx.kwargs), weight.dtype)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                gb = _to_tensor(_grad.conv_bias(g), ctx.bias_dtype)
-        return gx, gw, gb, None
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward),
+        "backward": staticmethod(once_differentiable(backward)),
+    })
 
 
-class _DepthwiseFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, kwargs):
-        ctx.kwargs = kwargs
-        ctx.has_bias = bias is not None
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.save_for_backward(x, weight)
-        with _device_scope(x.device):
-            return _to_tensor(_api.depthwise_conv(_to_array(x), _to_array(weight),
-                                                  _to_array(bias), **kwargs))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        x, weight = ctx.saved_tensors
-        gx = gw = gb = None
-        with _device_scope(x.device):
-            g = _to_array(grad_output)
-            if ctx.needs_input_grad[0]:
-                gx = _to_tensor(_grad.depthwise_conv_input(tuple(x.shape), _to_array(weight), g,
-                                                           **ctx.kwargs), x.dtype)
-            if ctx.needs_input_grad[1]:
-                gw = _to_tensor(_grad.depthwise_conv_weight(_to_array(x), tuple(weight.shape), g,
-                                                            deterministic=_deterministic(),
-                                                            **ctx.kwargs), weight.dtype)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                gb = _to_tensor(_grad.conv_bias(g), ctx.bias_dtype)
-        return gx, gw, gb, None
+_ConvFunction = _weighted_function(
+    "_ConvFunction", _api.conv, _grad.conv_input, _grad.conv_weight)
+_ConvTransposeFunction = _weighted_function(
+    "_ConvTransposeFunction", _api.conv_transpose, _grad.conv_transpose_input,
+    _grad.conv_transpose_weight)
+_DepthwiseFunction = _weighted_function(
+    "_DepthwiseFunction", _api.depthwise_conv, _grad.depthwise_conv_input,
+    _grad.depthwise_conv_weight)
 
 
 class _SeparableFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, depthwise_weight, pointwise_weight, bias, kwargs):
-        ctx.kwargs = kwargs
-        ctx.has_bias = bias is not None
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.save_for_backward(x, depthwise_weight, pointwise_weight)
+        _save_context(ctx, bias, kwargs, x, depthwise_weight, pointwise_weight)
         with _device_scope(x.device):
             return _to_tensor(_api.separable_conv(
                 _to_array(x), _to_array(depthwise_weight), _to_array(pointwise_weight),
@@ -241,10 +201,7 @@ class _SeparableFunction(torch.autograd.Function):
 class _DeformFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, offset, weight, bias, mask, kwargs):
-        ctx.kwargs = kwargs
-        ctx.has_bias = bias is not None
-        ctx.bias_dtype = None if bias is None else bias.dtype
-        ctx.save_for_backward(x, offset, weight, mask)
+        _save_context(ctx, bias, kwargs, x, offset, weight, mask)
         with _device_scope(x.device):
             return _to_tensor(_api.deform_conv2d(
                 _to_array(x), _to_array(offset), _to_array(weight), _to_array(bias),
@@ -386,7 +343,8 @@ def _init_uniform(tensor, fan_in: int):
 
 
 class _Layer(nn.Module):
-    """Shared by the layers: rank checking (with unbatched inputs) and the repr."""
+    """Shared by the layers: rank checking (with unbatched inputs), channel and padding_mode
+    validation, weight creation and initialization, and the repr."""
 
     _ndim: int
     _op: str
@@ -414,11 +372,9 @@ class _Layer(nn.Module):
     def _repr_items(self):
         return []
 
-
-class _ConvNd(_Layer):
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
-        super().__init__()
+    def _set_channels(self, in_channels, out_channels, groups):
+        """Set ``in_channels``, ``out_channels`` and ``groups`` (positive ints, ``groups``
+        dividing both)."""
         self.in_channels = _positive_channels("in_channels", in_channels)
         self.out_channels = _positive_channels("out_channels", out_channels)
         self.groups = _positive_channels("groups", groups)
@@ -427,24 +383,40 @@ class _ConvNd(_Layer):
                 f"{self._op}: groups={self.groups} must divide in_channels={self.in_channels} "
                 f"and out_channels={self.out_channels}"
             )
+
+    def _set_padding_mode(self, padding_mode):
         if padding_mode not in _shapes.PADDING_MODES:
             raise ValueError(
                 f"{self._op}: padding_mode={padding_mode!r} must be one of {_shapes.PADDING_MODES}"
             )
-        self.kernel_size = _shapes.positive_tuple(kernel_size, self._ndim, "kernel_size")
-        self.stride, self.padding, self.dilation = stride, padding, dilation
         self.padding_mode = padding_mode
+
+    def _set_weight(self, weight_shape, bias, out_channels, device, dtype):
+        """Create ``weight`` of ``weight_shape`` and, if ``bias``, a bias of ``out_channels``
+        values; then initialize them."""
         f = _factory(device, dtype)
-        self.weight = nn.Parameter(torch.empty(
-            (self.out_channels, self.in_channels // self.groups, *self.kernel_size), **f))
-        self.bias = nn.Parameter(torch.empty(self.out_channels, **f)) if bias else None
+        self.weight = nn.Parameter(torch.empty(weight_shape, **f))
+        self.bias = nn.Parameter(torch.empty(out_channels, **f)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self):
+        # fan_in = weight[0].numel(), for transposed weights too, as PyTorch computes it
         fan_in = self.weight[0].numel()
         _init_uniform(self.weight, fan_in)
         if self.bias is not None:
             _init_uniform(self.bias, fan_in)
+
+
+class _ConvNd(_Layer):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
+        super().__init__()
+        self._set_channels(in_channels, out_channels, groups)
+        self._set_padding_mode(padding_mode)
+        self.kernel_size = _shapes.positive_tuple(kernel_size, self._ndim, "kernel_size")
+        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self._set_weight((self.out_channels, self.in_channels // self.groups, *self.kernel_size),
+                         bias, self.out_channels, device, dtype)
 
     def forward(self, x):
         return self._run(x, conv, self.weight, self.bias, stride=self.stride,
@@ -492,14 +464,7 @@ class _ConvTransposeNd(_Layer):
                  output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
                  device=None, dtype=None):
         super().__init__()
-        self.in_channels = _positive_channels("in_channels", in_channels)
-        self.out_channels = _positive_channels("out_channels", out_channels)
-        self.groups = _positive_channels("groups", groups)
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
-                f"{self._op}: groups={self.groups} must divide in_channels={self.in_channels} "
-                f"and out_channels={self.out_channels}"
-            )
+        self._set_channels(in_channels, out_channels, groups)
         if padding_mode != "zeros":
             raise ValueError(
                 f"{self._op}: padding_mode={padding_mode!r} must be 'zeros' for a transposed "
@@ -508,17 +473,8 @@ class _ConvTransposeNd(_Layer):
         self.kernel_size = _shapes.positive_tuple(kernel_size, self._ndim, "kernel_size")
         self.stride, self.padding, self.output_padding = stride, padding, output_padding
         self.dilation, self.padding_mode = dilation, padding_mode
-        f = _factory(device, dtype)
-        self.weight = nn.Parameter(torch.empty(
-            (self.in_channels, self.out_channels // self.groups, *self.kernel_size), **f))
-        self.bias = nn.Parameter(torch.empty(self.out_channels, **f)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        fan_in = self.weight[0].numel()  # as PyTorch computes it for transposed weights
-        _init_uniform(self.weight, fan_in)
-        if self.bias is not None:
-            _init_uniform(self.bias, fan_in)
+        self._set_weight((self.in_channels, self.out_channels // self.groups, *self.kernel_size),
+                         bias, self.out_channels, device, dtype)
 
     def forward(self, x):
         return self._run(x, conv_transpose, self.weight, self.bias, stride=self.stride,
@@ -560,24 +516,11 @@ class _DepthwiseConvNd(_Layer):
         super().__init__()
         self.channels = _positive_channels("channels", channels)
         self.multiplier = _positive_channels("multiplier", multiplier)
-        if padding_mode not in _shapes.PADDING_MODES:
-            raise ValueError(
-                f"{self._op}: padding_mode={padding_mode!r} must be one of {_shapes.PADDING_MODES}"
-            )
+        self._set_padding_mode(padding_mode)
         self.kernel_size = _shapes.positive_tuple(kernel_size, self._ndim, "kernel_size")
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.padding_mode = padding_mode
-        f = _factory(device, dtype)
         out = self.channels * self.multiplier
-        self.weight = nn.Parameter(torch.empty((out, 1, *self.kernel_size), **f))
-        self.bias = nn.Parameter(torch.empty(out, **f)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        fan_in = self.weight[0].numel()
-        _init_uniform(self.weight, fan_in)
-        if self.bias is not None:
-            _init_uniform(self.bias, fan_in)
+        self._set_weight((out, 1, *self.kernel_size), bias, out, device, dtype)
 
     def forward(self, x):
         return self._run(x, depthwise_conv, self.weight, self.bias, stride=self.stride,
@@ -617,13 +560,9 @@ class _SeparableConvNd(_Layer):
         self.in_channels = _positive_channels("in_channels", in_channels)
         self.out_channels = _positive_channels("out_channels", out_channels)
         self.multiplier = _positive_channels("multiplier", multiplier)
-        if padding_mode not in _shapes.PADDING_MODES:
-            raise ValueError(
-                f"{self._op}: padding_mode={padding_mode!r} must be one of {_shapes.PADDING_MODES}"
-            )
+        self._set_padding_mode(padding_mode)
         self.kernel_size = _shapes.positive_tuple(kernel_size, self._ndim, "kernel_size")
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        self.padding_mode = padding_mode
         f = _factory(device, dtype)
         mid = self.in_channels * self.multiplier
         self.depthwise_weight = nn.Parameter(torch.empty((mid, 1, *self.kernel_size), **f))
@@ -680,27 +619,11 @@ class DeformConv2d(_Layer):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, device=None, dtype=None):
         super().__init__()
-        self.in_channels = _positive_channels("in_channels", in_channels)
-        self.out_channels = _positive_channels("out_channels", out_channels)
-        self.groups = _positive_channels("groups", groups)
-        if self.in_channels % self.groups or self.out_channels % self.groups:
-            raise ValueError(
-                f"{self._op}: groups={self.groups} must divide in_channels={self.in_channels} "
-                f"and out_channels={self.out_channels}"
-            )
+        self._set_channels(in_channels, out_channels, groups)
         self.kernel_size = _shapes.positive_tuple(kernel_size, 2, "kernel_size")
         self.stride, self.padding, self.dilation = stride, padding, dilation
-        f = _factory(device, dtype)
-        self.weight = nn.Parameter(torch.empty(
-            (self.out_channels, self.in_channels // self.groups, *self.kernel_size), **f))
-        self.bias = nn.Parameter(torch.empty(self.out_channels, **f)) if bias else None
-        self.reset_parameters()
-
-    def reset_parameters(self):
-        fan_in = self.weight[0].numel()
-        _init_uniform(self.weight, fan_in)
-        if self.bias is not None:
-            _init_uniform(self.bias, fan_in)
+        self._set_weight((self.out_channels, self.in_channels // self.groups, *self.kernel_size),
+                         bias, self.out_channels, device, dtype)
 
     def forward(self, x, offset, mask=None):
         x, unbatched = self._batched(x)
