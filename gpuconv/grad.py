@@ -102,16 +102,62 @@ def _check_grad_output(op: str, grad_output, expected, source: str):
         )
 
 
+def _backend_method(arrays, method: str):
+    """The call's backend's ``method``, or NotImplementedError naming both."""
+    func = getattr(arrays.call.backend, method, None)
+    if func is None:
+        raise NotImplementedError(f"backend {arrays.call.name!r} has no {method}")
+    return func
+
+
 def _run(arrays, method: str, shape, *args, empty: bool):
     """Call backend ``method`` on the prepared arrays ``args`` (non-arrays pass through)."""
     if empty:
         return _api._empty_result(arrays, shape, None)
-    backend = arrays.call.backend
-    func = getattr(backend, method, None)
-    if func is None:
-        raise NotImplementedError(f"backend {arrays.call.name!r} has no {method}")
+    func = _backend_method(arrays, method)
     prepared = [arrays.prepare(a) if _api._is_array(a) else a for a in args]
     return arrays.call.from_backend(func(*prepared))
+
+
+def _weight_channels(w_shape, geom) -> int:
+    """Output channels of a conv or depthwise_conv: ``weight.shape[0]``."""
+    return w_shape[0]
+
+
+def _transpose_channels(w_shape, geom) -> int:
+    """Output channels of a conv_transpose: ``weight.shape[1] * groups``."""
+    return w_shape[1] * geom.groups
+
+
+def _input_grad(op, setup, out_channels, input_shape, weight, grad_output, **forward):
+    """The body of every ``*_input`` gradient: validate the arguments as the forward's
+    ``setup`` does (``input_shape`` standing for ``x``), check ``grad_output`` against the
+    forward output's shape (``out_channels(weight.shape, geom)`` channels) and run the
+    backend method ``{op}_grad``."""
+    arrays = _api._Arrays(op, weight=weight, grad_output=grad_output)
+    input_shape = _check_shape(op, "input_shape", input_shape)
+    geom = setup(op, input_shape, weight.shape, x_name="input_shape", **forward)
+    expected = (input_shape[0], out_channels(weight.shape, geom), *geom.out_size)
+    _check_grad_output(op, grad_output, expected,
+                       f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
+    empty = input_shape[0] == 0 or 0 in geom.in_size
+    return _run(arrays, f"{op}_grad", input_shape, weight, grad_output, geom, empty=empty)
+
+
+def _weight_grad(op, setup, out_channels, x, weight_shape, grad_output, deterministic,
+                 **forward):
+    """The body of every ``*_weight`` gradient, as :func:`_input_grad` with ``weight_shape``
+    standing for ``weight``; ``deterministic`` is passed on to the backend method."""
+    arrays = _api._Arrays(op, x=x, grad_output=grad_output)
+    weight_shape = _check_shape(op, "weight_shape", weight_shape)
+    deterministic = _check_flag(op, "deterministic", deterministic)
+    geom = setup(op, x.shape, weight_shape, w_name="weight_shape", **forward)
+    expected = (x.shape[0], out_channels(weight_shape, geom), *geom.out_size)
+    _check_grad_output(op, grad_output, expected,
+                       f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
+    empty = x.shape[0] == 0 or 0 in geom.in_size
+    return _run(arrays, f"{op}_grad", weight_shape, x, grad_output, geom, deterministic,
+                empty=empty)
 
 
 # --------------------------------------------------------------------- conv
@@ -153,17 +199,9 @@ def conv_input(input_shape, weight, grad_output, *, stride=1, padding=0, dilatio
     >>> grad.conv_input((1, 1, 3), w, g, padding=1, padding_mode="replicate")  # x0 read twice
     array([[[ 12., 111., 210.]]])
     """
-    op = "conv_input"
-    arrays = _api._Arrays(op, weight=weight, grad_output=grad_output)
-    input_shape = _check_shape(op, "input_shape", input_shape)
-    geom = _api.conv_setup(op, input_shape, weight.shape, stride=stride, padding=padding,
-                           dilation=dilation, groups=groups, padding_mode=padding_mode,
-                           x_name="input_shape")
-    expected = (input_shape[0], weight.shape[0], *geom.out_size)
-    _check_grad_output(op, grad_output, expected,
-                       f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
-    empty = input_shape[0] == 0 or 0 in geom.in_size
-    return _run(arrays, "conv_input_grad", input_shape, weight, grad_output, geom, empty=empty)
+    return _input_grad("conv_input", _api.conv_setup, _weight_channels, input_shape, weight,
+                       grad_output, stride=stride, padding=padding, dilation=dilation,
+                       groups=groups, padding_mode=padding_mode)
 
 
 def conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1, groups=1,
@@ -201,19 +239,9 @@ def conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1
     >>> grad.conv_weight(x, (1, 1, 2), np.array([[[1.0, -1.0]]]))
     array([[[-1., -1.]]])
     """
-    op = "conv_weight"
-    arrays = _api._Arrays(op, x=x, grad_output=grad_output)
-    weight_shape = _check_shape(op, "weight_shape", weight_shape)
-    deterministic = _check_flag(op, "deterministic", deterministic)
-    geom = _api.conv_setup(op, x.shape, weight_shape, stride=stride, padding=padding,
-                           dilation=dilation, groups=groups, padding_mode=padding_mode,
-                           w_name="weight_shape")
-    expected = (x.shape[0], weight_shape[0], *geom.out_size)
-    _check_grad_output(op, grad_output, expected,
-                       f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
-    empty = x.shape[0] == 0 or 0 in geom.in_size
-    return _run(arrays, "conv_weight_grad", weight_shape, x, grad_output, geom, deterministic,
-                empty=empty)
+    return _weight_grad("conv_weight", _api.conv_setup, _weight_channels, x, weight_shape,
+                        grad_output, deterministic, stride=stride, padding=padding,
+                        dilation=dilation, groups=groups, padding_mode=padding_mode)
 
 
 def conv_bias(grad_output):
@@ -292,18 +320,9 @@ def conv_transpose_input(input_shape, weight, grad_output, *, stride=1, padding=
     ...                           stride=2)
     array([[[ 6., 12.]]])
     """
-    op = "conv_transpose_input"
-    arrays = _api._Arrays(op, weight=weight, grad_output=grad_output)
-    input_shape = _check_shape(op, "input_shape", input_shape)
-    geom = _api.conv_transpose_setup(op, input_shape, weight.shape, stride=stride,
-                                     padding=padding, output_padding=output_padding,
-                                     dilation=dilation, groups=groups, x_name="input_shape")
-    expected = (input_shape[0], weight.shape[1] * geom.groups, *geom.out_size)
-    _check_grad_output(op, grad_output, expected,
-                       f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
-    empty = input_shape[0] == 0 or 0 in geom.in_size
-    return _run(arrays, "conv_transpose_input_grad", input_shape, weight, grad_output, geom,
-                empty=empty)
+    return _input_grad("conv_transpose_input", _api.conv_transpose_setup, _transpose_channels,
+                       input_shape, weight, grad_output, stride=stride, padding=padding,
+                       output_padding=output_padding, dilation=dilation, groups=groups)
 
 
 def conv_transpose_weight(x, weight_shape, grad_output, *, stride=1, padding=0,
@@ -339,19 +358,10 @@ def conv_transpose_weight(x, weight_shape, grad_output, *, stride=1, padding=0,
     ...                            stride=2)
     array([[[1., 0., 2.]]])
     """
-    op = "conv_transpose_weight"
-    arrays = _api._Arrays(op, x=x, grad_output=grad_output)
-    weight_shape = _check_shape(op, "weight_shape", weight_shape)
-    deterministic = _check_flag(op, "deterministic", deterministic)
-    geom = _api.conv_transpose_setup(op, x.shape, weight_shape, stride=stride, padding=padding,
-                                     output_padding=output_padding, dilation=dilation,
-                                     groups=groups, w_name="weight_shape")
-    expected = (x.shape[0], weight_shape[1] * geom.groups, *geom.out_size)
-    _check_grad_output(op, grad_output, expected,
-                       f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
-    empty = x.shape[0] == 0 or 0 in geom.in_size
-    return _run(arrays, "conv_transpose_weight_grad", weight_shape, x, grad_output, geom,
-                deterministic, empty=empty)
+    return _weight_grad("conv_transpose_weight", _api.conv_transpose_setup, _transpose_channels,
+                        x, weight_shape, grad_output, deterministic, stride=stride,
+                        padding=padding, output_padding=output_padding, dilation=dilation,
+                        groups=groups)
 
 
 # ---------------------------------------------------------------- depthwise
@@ -387,18 +397,9 @@ def depthwise_conv_input(input_shape, weight, grad_output, *, stride=1, padding=
     >>> grad.depthwise_conv_input((1, 1, 3), w, np.ones((1, 2, 2)))
     array([[[3., 3., 0.]]])
     """
-    op = "depthwise_conv_input"
-    arrays = _api._Arrays(op, weight=weight, grad_output=grad_output)
-    input_shape = _check_shape(op, "input_shape", input_shape)
-    geom = _api.depthwise_setup(op, input_shape, weight.shape, stride=stride, padding=padding,
-                                dilation=dilation, padding_mode=padding_mode,
-                                x_name="input_shape")
-    expected = (input_shape[0], weight.shape[0], *geom.out_size)
-    _check_grad_output(op, grad_output, expected,
-                       f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
-    empty = input_shape[0] == 0 or 0 in geom.in_size
-    return _run(arrays, "depthwise_conv_input_grad", input_shape, weight, grad_output, geom,
-                empty=empty)
+    return _input_grad("depthwise_conv_input", _api.depthwise_setup, _weight_channels,
+                       input_shape, weight, grad_output, stride=stride, padding=padding,
+                       dilation=dilation, padding_mode=padding_mode)
 
 
 def depthwise_conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
@@ -433,19 +434,9 @@ def depthwise_conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, 
     >>> grad.depthwise_conv_weight(x, (1, 1, 2), np.array([[[1.0, 1.0]]]))
     array([[[3., 5.]]])
     """
-    op = "depthwise_conv_weight"
-    arrays = _api._Arrays(op, x=x, grad_output=grad_output)
-    weight_shape = _check_shape(op, "weight_shape", weight_shape)
-    deterministic = _check_flag(op, "deterministic", deterministic)
-    geom = _api.depthwise_setup(op, x.shape, weight_shape, stride=stride, padding=padding,
-                                dilation=dilation, padding_mode=padding_mode,
-                                w_name="weight_shape")
-    expected = (x.shape[0], weight_shape[0], *geom.out_size)
-    _check_grad_output(op, grad_output, expected,
-                       f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
-    empty = x.shape[0] == 0 or 0 in geom.in_size
-    return _run(arrays, "depthwise_conv_weight_grad", weight_shape, x, grad_output, geom,
-                deterministic, empty=empty)
+    return _weight_grad("depthwise_conv_weight", _api.depthwise_setup, _weight_channels, x,
+                        weight_shape, grad_output, deterministic, stride=stride,
+                        padding=padding, dilation=dilation, padding_mode=padding_mode)
 
 
 # ---------------------------------------------------------------- separable
@@ -591,10 +582,7 @@ def deform_conv2d(x, offset, weight, grad_output, *, stride=1, padding=0, dilati
                 xp.zeros(a.shape, dtype=arrays.dtype))
 
         return DeformConvGrads(zeros(x), zeros(offset), zeros(weight), zeros(mask), bias_grad)
-    backend = arrays.call.backend
-    func = getattr(backend, "deform_conv2d_grad", None)
-    if func is None:
-        raise NotImplementedError(f"backend {arrays.call.name!r} has no deform_conv2d_grad")
+    func = _backend_method(arrays, "deform_conv2d_grad")
     results = func(arrays.prepare(x), arrays.prepare(offset), arrays.prepare(weight),
                    arrays.prepare(mask), arrays.prepare(grad_output), geom, offset_groups)
     grad_x, grad_offset, grad_weight, grad_mask = (
