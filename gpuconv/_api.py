@@ -6,8 +6,9 @@ Each function follows the same three steps:
    supported dtype, and computes the result dtype (``numpy.result_type``).
 2. ``gpuconv._shapes`` resolves stride/padding/dilation into a ``ConvGeometry`` and raises
    ``ValueError`` for anything inconsistent, before any work is done.
-3. ``gpuconv._dispatch.Call`` picks the backend; the backend computes; ``_finish`` writes
-   into ``out=`` when given.
+3. ``gpuconv._dispatch.Call`` picks the backend; ``_forward`` checks ``bias`` and ``out``,
+   the backend computes (nothing for an empty call), and ``_finish`` writes into ``out=``
+   when given.
 """
 
 from __future__ import annotations
@@ -145,6 +146,19 @@ def _empty_result(arrays: _Arrays, shape, out):
     return _finish(arrays, xp.zeros(shape, dtype=arrays.dtype), out)
 
 
+def _forward(arrays: _Arrays, geom, n: int, c_out: int, bias, out, compute):
+    """The last steps of every forward function: check ``bias`` and ``out`` against the
+    output shape ``(n, c_out, *geom.out_size)``; then zeros without backend work for an
+    empty call, else ``compute(backend)``'s result (written into ``out`` when given)."""
+    op = arrays.op
+    _check_bias(op, bias, c_out)
+    shape = (n, c_out, *geom.out_size)
+    _check_out(op, out, shape, arrays.dtype, arrays)
+    if n == 0 or 0 in geom.in_size:
+        return _empty_result(arrays, shape, out)
+    return _finish(arrays, compute(arrays.call.backend), out)
+
+
 # --------------------------------------------------------------------------- conv
 
 
@@ -193,16 +207,9 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     geom = conv_setup(_op, x.shape, weight.shape, spatial_ndim=_spatial_ndim, stride=stride,
                       padding=padding, dilation=dilation, groups=groups,
                       padding_mode=padding_mode)
-    n, c_out = x.shape[0], weight.shape[0]
-    _check_bias(_op, bias, c_out)
-    shape = (n, c_out, *geom.out_size)
-    _check_out(_op, out, shape, arrays.dtype, arrays)
-    if n == 0 or 0 in geom.in_size:
-        return _empty_result(arrays, shape, out)
-    result = arrays.call.backend.conv(
-        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom
-    )
-    return _finish(arrays, result, out)
+    return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
+                    lambda backend: backend.conv(arrays.prepare(x), arrays.prepare(weight),
+                                                 arrays.prepare(bias), geom))
 
 
 def conv_setup(op: str, x_shape, w_shape, *, spatial_ndim=None, stride, padding, dilation,
@@ -294,16 +301,9 @@ def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=
     geom = conv_transpose_setup(_op, x.shape, weight.shape, spatial_ndim=_spatial_ndim,
                                 stride=stride, padding=padding, output_padding=output_padding,
                                 dilation=dilation, groups=groups)
-    n, c_out = x.shape[0], weight.shape[1] * geom.groups
-    _check_bias(_op, bias, c_out)
-    shape = (n, c_out, *geom.out_size)
-    _check_out(_op, out, shape, arrays.dtype, arrays)
-    if n == 0 or 0 in geom.in_size:
-        return _empty_result(arrays, shape, out)
-    result = arrays.call.backend.conv_transpose(
-        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom
-    )
-    return _finish(arrays, result, out)
+    return _forward(arrays, geom, x.shape[0], weight.shape[1] * geom.groups, bias, out,
+                    lambda backend: backend.conv_transpose(
+                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom))
 
 
 def conv_transpose_setup(op: str, x_shape, w_shape, *, spatial_ndim=None, stride, padding,
@@ -393,15 +393,9 @@ def depthwise_conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1,
     arrays = _Arrays(op, x=x, weight=weight, bias=bias)
     geom = depthwise_setup(op, x.shape, weight.shape, stride=stride, padding=padding,
                            dilation=dilation, padding_mode=padding_mode)
-    _check_bias(op, bias, weight.shape[0])
-    shape = (x.shape[0], weight.shape[0], *geom.out_size)
-    _check_out(op, out, shape, arrays.dtype, arrays)
-    if x.shape[0] == 0 or 0 in geom.in_size:
-        return _empty_result(arrays, shape, out)
-    result = arrays.call.backend.depthwise_conv(
-        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom
-    )
-    return _finish(arrays, result, out)
+    return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
+                    lambda backend: backend.depthwise_conv(
+                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom))
 
 
 def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1, padding=0,
@@ -454,22 +448,19 @@ def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1
     c_out = pointwise_weight.shape[0]
     if c_out == 0:
         raise ValueError(f"{op}: pointwise_weight has 0 output channels")
-    _check_bias(op, bias, c_out)
-    shape = (x.shape[0], c_out, *geom.out_size)
-    _check_out(op, out, shape, arrays.dtype, arrays)
-    if x.shape[0] == 0 or 0 in geom.in_size:
-        return _empty_result(arrays, shape, out)
-    backend = arrays.call.backend
-    mid_result = backend.depthwise_conv(
-        arrays.prepare(x), arrays.prepare(depthwise_weight), None, geom
-    )
-    pointwise_geom = _shapes.conv_geometry(
-        geom.out_size, (1,) * spatial, stride=1, padding=0, dilation=1, groups=1
-    )
-    result = backend.conv(
-        mid_result, arrays.prepare(pointwise_weight), arrays.prepare(bias), pointwise_geom
-    )
-    return _finish(arrays, result, out)
+
+    def compute(backend):
+        mid_result = backend.depthwise_conv(
+            arrays.prepare(x), arrays.prepare(depthwise_weight), None, geom
+        )
+        pointwise_geom = _shapes.conv_geometry(
+            geom.out_size, (1,) * spatial, stride=1, padding=0, dilation=1, groups=1
+        )
+        return backend.conv(
+            mid_result, arrays.prepare(pointwise_weight), arrays.prepare(bias), pointwise_geom
+        )
+
+    return _forward(arrays, geom, x.shape[0], c_out, bias, out, compute)
 
 
 # ------------------------------------------------------------------- deformable
@@ -568,17 +559,10 @@ def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation
         op, x.shape, offset.shape, weight.shape, None if mask is None else mask.shape,
         stride=stride, padding=padding, dilation=dilation,
     )
-    n, c_out = x.shape[0], weight.shape[0]
-    _check_bias(op, bias, c_out)
-    shape = (n, c_out, *geom.out_size)
-    _check_out(op, out, shape, arrays.dtype, arrays)
-    if n == 0 or 0 in geom.in_size:
-        return _empty_result(arrays, shape, out)
-    result = arrays.call.backend.deform_conv2d(
-        arrays.prepare(x), arrays.prepare(offset), arrays.prepare(weight),
-        arrays.prepare(bias), arrays.prepare(mask), geom, offset_groups,
-    )
-    return _finish(arrays, result, out)
+    return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
+                    lambda backend: backend.deform_conv2d(
+                        arrays.prepare(x), arrays.prepare(offset), arrays.prepare(weight),
+                        arrays.prepare(bias), arrays.prepare(mask), geom, offset_groups))
 
 
 # ------------------------------------------------------------ convolve/correlate
