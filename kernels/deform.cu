@@ -17,15 +17,7 @@
 // and the price -- writing and re-reading the columns, K times the input size per chunk -- is
 // small next to the GEMM for realistic channel counts (C_out >= 32).
 #include "common.cuh"
-
-namespace gpuconv {
-namespace deform_detail {
-
-GPUCONV_HD float floor_of(float v) { return floorf(v); }
-GPUCONV_HD double floor_of(double v) { return floor(v); }
-
-}  // namespace deform_detail
-}  // namespace gpuconv
+#include "bilinear.cuh"
 
 // deform_im2col: one thread per (image b, offset group og, tap, output position p) and a slice
 // of the offset group's input channels.
@@ -67,7 +59,6 @@ __global__ void deform_im2col(const T* __restrict__ x,       // (nb, C_in, heigh
                               Index p_count)        // output positions in this chunk
 {
     using Acc = gpuconv::acc_t<T>;
-    using gpuconv::deform_detail::floor_of;
     const Index taps = kernel_h * kernel_w;
     const Index positions = out_h * out_w;
     const Index c_per_og = channels / offset_groups;
@@ -76,71 +67,28 @@ __global__ void deform_im2col(const T* __restrict__ x,       // (nb, C_in, heigh
     const Index total = nb * offset_groups * taps * p_count;
     const Index c_lo = Index(blockIdx.y) * channel_slice;
     const Index c_hi = gpuconv::imin(c_per_og, c_lo + channel_slice);
-    const Acc one = Acc(1);
 
     for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
          e += Index(gridDim.x) * blockDim.x) {
-        const Index q = e % p_count;
-        const Index tap = (e / p_count) % taps;
-        const Index og = (e / (p_count * taps)) % offset_groups;
-        const Index b = e / (p_count * taps * offset_groups);
-        const Index p = p_begin + q;
-        const Index oy = p / out_w;
-        const Index ox = p % out_w;
-        const Index i = tap / kernel_w;
-        const Index j = tap % kernel_w;
-
-        const Index sample = (b * offset_groups + og) * taps + tap;  // (b, og, tap)
-        const Acc dy = gpuconv::load_acc(offset[(sample * 2) * positions + p]);
-        const Acc dx = gpuconv::load_acc(offset[(sample * 2 + 1) * positions + p]);
-        const Acc scale = HasMask ? gpuconv::load_acc(mask[sample * positions + p]) : one;
-        const Acc y = Acc(oy * stride_h - pad_h + i * dil_h) + dy;
-        const Acc xf = Acc(ox * stride_w - pad_w + j * dil_w) + dx;
-
-        // Corner weights and offsets. A corner outside the image is never read (it counts as
+        const gpuconv::bilinear::DeformPoint<Index> pt(e, p_count, taps, offset_groups, p_begin);
+        const Index q = pt.q, tap = pt.tap, og = pt.og, b = pt.b;
+        Acc y, xf;
+        pt.point(offset, positions, out_w, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h,
+                 dil_w, y, xf);
+        const Acc scale = HasMask ? gpuconv::load_acc(mask[pt.sample * positions + pt.p]) : Acc(1);
+        // The corners and their weights. A corner outside the image is never read (it counts as
         // zero, as in torchvision, so an inf/NaN elsewhere in the image cannot leak in).
-        const bool inside = !(y <= -one || y >= Acc(height) || xf <= -one || xf >= Acc(width));
-        Acc w1 = Acc(0), w2 = Acc(0), w3 = Acc(0), w4 = Acc(0);
-        Index o1 = 0, o2 = 0, o3 = 0, o4 = 0;
-        bool ok1 = false, ok2 = false, ok3 = false, ok4 = false;
-        if (inside) {
-            const Acc y_floor = floor_of(y);
-            const Acc x_floor = floor_of(xf);
-            const Index y_low = Index(y_floor);
-            const Index x_low = Index(x_floor);
-            const Index y_high = y_low + 1;
-            const Index x_high = x_low + 1;
-            const Acc ly = y - y_floor;
-            const Acc lx = xf - x_floor;
-            const Acc hy = one - ly;
-            const Acc hx = one - lx;
-            w1 = hy * hx;
-            w2 = hy * lx;
-            w3 = ly * hx;
-            w4 = ly * lx;
-            const bool y_low_ok = y_low >= 0, y_high_ok = y_high <= height - 1;
-            const bool x_low_ok = x_low >= 0, x_high_ok = x_high <= width - 1;
-            ok1 = y_low_ok && x_low_ok;
-            ok2 = y_low_ok && x_high_ok;
-            ok3 = y_high_ok && x_low_ok;
-            ok4 = y_high_ok && x_high_ok;
-            o1 = y_low * width + x_low;
-            o2 = o1 + 1;
-            o3 = o1 + width;
-            o4 = o3 + 1;
-        }
+        const auto s = gpuconv::bilinear::bilinear_at<Acc, Index>(y, xf, height, width);
+        const Acc w1 = s.hy * s.hx, w2 = s.hy * s.lx, w3 = s.ly * s.hx, w4 = s.ly * s.lx;
 
         const Index c_first = og * c_per_og;
         const T* x_img = x + (b * channels + c_first) * plane;
         T* col = columns + ((c_first + c_lo) * taps + tap) * n_cols + b * p_count + q;
         for (Index c = c_lo; c < c_hi; ++c) {
-            const T* xc = x_img + c * plane;
             Acc value = gpuconv::zero<Acc>();
-            if (inside) {
-                const Acc v1 = ok1 ? gpuconv::load_acc(xc[o1]) : Acc(0);
-                const Acc v2 = ok2 ? gpuconv::load_acc(xc[o2]) : Acc(0);
-                const Acc v3 = ok3 ? gpuconv::load_acc(xc[o3]) : Acc(0);
-                const Acc v4 = ok4 ? gpuconv::load_acc(xc[o4]) : Acc(0);
+            if (s.inside) {
+                Acc v1, v2, v3, v4;
+                gpuconv::bilinear::corners(s, x_img + c * plane + s.o1, width, v1, v2, v3, v4);
                 value = w1 * v1 + w2 * v2 + w3 * v3 + w4 * v4;
             }
             *col = gpuconv::store_acc<T>(scale * value);

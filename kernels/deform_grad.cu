@@ -1,9 +1,9 @@
 // deform_grad.cu: gradients of deformable convolution v1/v2 (torchvision.ops.deform_conv2d)
 // with respect to the input, the offsets and the mask.
 //
-// The forward (deform.cu) samples, for every (image b, offset group og, tap, output position p)
-// the point (y, x) = (oy * stride_h - pad_h + i * dil_h + dy, ox * stride_w - pad_w + j * dil_w
-// + dx) bilinearly in each channel c of the offset group, reading zero outside the image and
+// The forward (deform.cu; the sampling in bilinear.cuh, shared with these kernels) samples, for
+// every (image b, offset group og, tap, output position p) the point (y, x) = (oy * stride_h -
+// pad_h + i * dil_h + dy, ox * stride_w - pad_w + j * dil_w + dx) bilinearly in each channel c of the offset group, reading zero outside the image and
 // contributing nothing at all when y <= -1, y >= height, x <= -1 or x >= width, and scales the
 // sample by the mask (v2). With y_low = floor(y), ly = y - y_low, hy = 1 - ly (x likewise) the
 // sample is
@@ -27,51 +27,7 @@
 // The host instantiates only float and double: float16 calls are computed in float (the
 // gradients accumulate in float32, as gpuconv.grad promises) and rounded once at the end.
 #include "common.cuh"
-
-namespace gpuconv {
-namespace deform_grad_detail {
-
-GPUCONV_HD float floor_of(float v) { return floorf(v); }
-GPUCONV_HD double floor_of(double v) { return floor(v); }
-
-// The sampling point of (b, og, tap, p) and its bilinear corners (see the file comment).
-template <class T, class Index>
-struct Sample {
-    bool inside;            // false: the sample contributes nothing (all gradients zero)
-    T ly, lx, hy, hx;       // fractional parts and their complements
-    Index o1;               // flat offset of the (y_low, x_low) corner in a channel plane
-    bool ok1, ok2, ok3, ok4;  // corners (low, low), (low, high), (high, low), (high, high) inside
-};
-
-template <class T, class Index>
-__device__ __forceinline__ Sample<T, Index> sample_at(T y, T x, Index height, Index width) {
-    Sample<T, Index> s;
-    s.inside = !(y <= T(-1) || y >= T(height) || x <= T(-1) || x >= T(width));
-    s.ly = s.lx = s.hy = s.hx = T(0);
-    s.o1 = 0;
-    s.ok1 = s.ok2 = s.ok3 = s.ok4 = false;
-    if (s.inside) {
-        const T y_floor = floor_of(y);
-        const T x_floor = floor_of(x);
-        const Index y_low = Index(y_floor);
-        const Index x_low = Index(x_floor);
-        s.ly = y - y_floor;
-        s.lx = x - x_floor;
-        s.hy = T(1) - s.ly;
-        s.hx = T(1) - s.lx;
-        const bool y_low_ok = y_low >= 0, y_high_ok = y_low + 1 <= height - 1;
-        const bool x_low_ok = x_low >= 0, x_high_ok = x_low + 1 <= width - 1;
-        s.ok1 = y_low_ok && x_low_ok;
-        s.ok2 = y_low_ok && x_high_ok;
-        s.ok3 = y_high_ok && x_low_ok;
-        s.ok4 = y_high_ok && x_high_ok;
-        s.o1 = y_low * width + x_low;
-    }
-    return s;
-}
-
-}  // namespace deform_grad_detail
-}  // namespace gpuconv
+#include "bilinear.cuh"
 
 // deform_col2im: the input gradient, by scatter.
 //
@@ -109,7 +65,6 @@ __global__ void deform_col2im(const T* __restrict__ offset,     // (nb, offset_g
                               Index p_begin,        // first output position (flat oy * out_w + ox)
                               Index p_count)        // output positions in this chunk
 {
-    using gpuconv::deform_grad_detail::sample_at;
     const Index taps = kernel_h * kernel_w;
     const Index positions = out_h * out_w;
     const Index c_per_og = channels / offset_groups;
@@ -121,19 +76,14 @@ __global__ void deform_col2im(const T* __restrict__ offset,     // (nb, offset_g
 
     for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
          e += Index(gridDim.x) * blockDim.x) {
-        const Index q = e % p_count;
-        const Index tap = (e / p_count) % taps;
-        const Index og = (e / (p_count * taps)) % offset_groups;
-        const Index b = e / (p_count * taps * offset_groups);
-        const Index p = p_begin + q;
-        const Index sample = (b * offset_groups + og) * taps + tap;  // (b, og, tap)
-        const T dy = offset[(sample * 2) * positions + p];
-        const T dx = offset[(sample * 2 + 1) * positions + p];
-        const T y = T((p / out_w) * stride_h - pad_h + (tap / kernel_w) * dil_h) + dy;
-        const T xf = T((p % out_w) * stride_w - pad_w + (tap % kernel_w) * dil_w) + dx;
-        const auto s = sample_at<T, Index>(y, xf, height, width);
+        const gpuconv::bilinear::DeformPoint<Index> pt(e, p_count, taps, offset_groups, p_begin);
+        const Index q = pt.q, tap = pt.tap, og = pt.og, b = pt.b;
+        T y, xf;
+        pt.point(offset, positions, out_w, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h,
+                 dil_w, y, xf);
+        const auto s = gpuconv::bilinear::bilinear_at<T, Index>(y, xf, height, width);
         if (!s.inside) continue;
-        const T scale = HasMask ? mask[sample * positions + p] : T(1);
+        const T scale = HasMask ? mask[pt.sample * positions + pt.p] : T(1);
         const T w1 = scale * s.hy * s.hx, w2 = scale * s.hy * s.lx;
         const T w3 = scale * s.ly * s.hx, w4 = scale * s.ly * s.lx;
 
@@ -187,7 +137,6 @@ __global__ void deform_col2im_coord(const T* __restrict__ x,            // (nb, 
                                     Index p_begin,
                                     Index p_count)
 {
-    using gpuconv::deform_grad_detail::sample_at;
     const Index taps = kernel_h * kernel_w;
     const Index positions = out_h * out_w;
     const Index c_per_og = channels / offset_groups;
@@ -197,17 +146,12 @@ __global__ void deform_col2im_coord(const T* __restrict__ x,            // (nb, 
 
     for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
          e += Index(gridDim.x) * blockDim.x) {
-        const Index q = e % p_count;
-        const Index tap = (e / p_count) % taps;
-        const Index og = (e / (p_count * taps)) % offset_groups;
-        const Index b = e / (p_count * taps * offset_groups);
-        const Index p = p_begin + q;
-        const Index sample = (b * offset_groups + og) * taps + tap;
-        const T dy = offset[(sample * 2) * positions + p];
-        const T dx = offset[(sample * 2 + 1) * positions + p];
-        const T y = T((p / out_w) * stride_h - pad_h + (tap / kernel_w) * dil_h) + dy;
-        const T xf = T((p % out_w) * stride_w - pad_w + (tap % kernel_w) * dil_w) + dx;
-        const auto s = sample_at<T, Index>(y, xf, height, width);
+        const gpuconv::bilinear::DeformPoint<Index> pt(e, p_count, taps, offset_groups, p_begin);
+        const Index q = pt.q, tap = pt.tap, og = pt.og, b = pt.b, p = pt.p, sample = pt.sample;
+        T y, xf;
+        pt.point(offset, positions, out_w, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h,
+                 dil_w, y, xf);
+        const auto s = gpuconv::bilinear::bilinear_at<T, Index>(y, xf, height, width);
         const T scale = HasMask ? mask[sample * positions + p] : T(1);
 
         T sum_dy = T(0), sum_dx = T(0), sum_value = T(0);
@@ -217,10 +161,8 @@ __global__ void deform_col2im_coord(const T* __restrict__ x,            // (nb, 
             const T* gc = grad_cols + (c_first * taps + tap) * n_cols + b * p_count + q;
             for (Index c = 0; c < c_per_og; ++c) {
                 const T g = *gc;
-                const T v1 = s.ok1 ? xc[0] : T(0);
-                const T v2 = s.ok2 ? xc[1] : T(0);
-                const T v3 = s.ok3 ? xc[width] : T(0);
-                const T v4 = s.ok4 ? xc[width + 1] : T(0);
+                T v1, v2, v3, v4;
+                gpuconv::bilinear::corners(s, xc, width, v1, v2, v3, v4);
                 sum_dy += g * (s.hx * (v3 - v1) + s.lx * (v4 - v2));
                 sum_dx += g * (s.hy * (v2 - v1) + s.ly * (v4 - v3));
                 sum_value += g * (s.hy * (s.hx * v1 + s.lx * v2) + s.ly * (s.hx * v3 + s.lx * v4));
