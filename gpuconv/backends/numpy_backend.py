@@ -29,9 +29,9 @@ for stride 1 ``Q_d = out_d + (k_d - 1) * dilation_d``).
   input (one ``np.take`` for the 4 corners, ``einsum`` with the weights), then one GEMM.
 * convolve/correlate (real, long): a blocked Toeplitz GEMM; NumPy's own loop otherwise.
 
-Threads: the GEMMs use BLAS's threads; the copies and elementwise work between them (im2col,
-depthwise blocks, deformable sampling) are split over ``NUM_THREADS`` threads, as NumPy
-releases the GIL there.
+Threads: the GEMMs use BLAS's threads; depthwise blocks and deformable sampling, which
+have no GEMM inside, are split over ``NUM_THREADS`` threads, as NumPy releases the GIL
+there.
 
 Memory is bounded: every temporary (phases, im2col columns, wide output, sampling buffers)
 is built for a chunk of the batch, or of the outermost output dim, sized to stay under
@@ -79,9 +79,10 @@ def _default_threads() -> int:
     return max(1, min(cores or 1, 8))
 
 
-#: Threads for the loops that BLAS does not run (im2col copies, depthwise blocks, deformable
-#: sampling): NumPy releases the GIL in copies, ufuncs and einsum. The GEMMs use BLAS's own
-#: threads. Default: the usable cores (at most 8), or ``GPUCONV_NUM_THREADS``; 1 disables.
+#: Threads for the loops that BLAS does not run (depthwise blocks, deformable sampling):
+#: NumPy releases the GIL in copies, ufuncs and einsum. The GEMMs use BLAS's own threads.
+#: Default: the usable cores (at most 8), or ``GPUCONV_NUM_THREADS``; 1 disables (advisable
+#: where other processes keep the cores busy: waiting thread pools then slow each other).
 NUM_THREADS = _default_threads()
 
 _pool: ThreadPoolExecutor | None = None
@@ -269,14 +270,11 @@ def _conv_into(result, x, weight, bias, geom: ConvGeometry):
         length = rows * plan.row_len  # wide outputs per image in this chunk
         phases = _phase_rows(x[bs], geom, plan, r0, rows, cdt)  # (n, C, phases, flat)
         # im2col, one contiguous copy per tap: cols[g, c, t, i, :] = phase slice
+        # (not spread over threads: between GEMMs, BLAS's spinning workers and ours fight)
         cols = cols_buf[: c_in * taps * nb * length].reshape(g, cg, taps, nb, length)
-
-        def copy_taps(_slot, part, phases=phases, cols=cols, nb=nb, length=length):
-            for t, (phase, offset) in part:
-                src = phases[:, :, phase, offset:offset + length]  # (n, C, L)
-                cols[:, :, t] = src.reshape(nb, g, cg, length).transpose(1, 2, 0, 3)
-
-        _parallel(copy_taps, enumerate(plan.taps))
+        for t, (phase, offset) in enumerate(plan.taps):
+            src = phases[:, :, phase, offset:offset + length]  # (n, C, L)
+            cols[:, :, t] = src.reshape(nb, g, cg, length).transpose(1, 2, 0, 3)
         # (G, og, cg*K) @ (G, cg*K, n*L) -> (G, og, n*L)
         wide = wide_buf[: c_out * nb * length].reshape(g, og, nb * length)
         np.matmul(w, cols.reshape(g, cg * taps, nb * length), out=wide)
