@@ -87,6 +87,19 @@ def backend(request):
     return BackendHarness(name)
 
 
+@pytest.fixture(scope="module")
+def emulate():
+    """The ``emulate`` device backend itself (the CUDA kernels on the CPU emulator), for the
+    kernel tests that call its methods or the device modules directly; skips where it is
+    unavailable."""
+    reason = gpuconv.available_backends()["emulate"]
+    if reason != "available":
+        pytest.skip(f"emulate backend unavailable: {reason}")
+    from gpuconv.backends.device import make_backend
+
+    return make_backend("emulate")
+
+
 def pytest_collection_modifyitems(config, items):
     reason = None
     for item in items:

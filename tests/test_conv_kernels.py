@@ -22,25 +22,17 @@ import zlib
 
 import numpy as np
 import pytest
+from kernel_helpers import (
+    DTYPES,
+    MODES,
+    RANKS,
+    REFERENCE,
+    inlined_source_path,
+    stand_in_cupy,
+)
 
 import gpuconv
 from gpuconv._shapes import conv_geometry
-from gpuconv.backends.numpy_backend import NumpyBackend
-
-DTYPES = [np.float16, np.float32, np.float64]
-MODES = ["zeros", "reflect", "replicate", "circular"]
-RANKS = [1, 2, 3]
-REFERENCE = NumpyBackend()
-
-
-@pytest.fixture(scope="module")
-def emulate():
-    reason = gpuconv.available_backends()["emulate"]
-    if reason != "available":
-        pytest.skip(f"emulate backend unavailable: {reason}")
-    from gpuconv.backends.device import make_backend
-
-    return make_backend("emulate")
 
 
 @pytest.fixture(scope="module")
@@ -428,15 +420,7 @@ def test_cupy_executor_with_a_stand_in_cupy(monkeypatch, emulate, conv_module):
     """The ``cuda`` backend's flow without a GPU: a stand-in ``cupy`` whose RawModule compiles
     the code TEXT it is given (``padding.cuh`` and ``common.cuh`` inlined) with the emulator, and
     whose ``matmul`` is NumPy's -- conv (tiled and direct), depthwise and the 1x1 GEMM path."""
-    import hashlib
-    import pathlib
-    import sys
-    import tempfile
-    import types
-
     from gpuconv import _emulator
-    from gpuconv.backends.device._backend import DeviceBackend
-    from gpuconv.backends.device._executor import CupyExecutor
 
     compiled = []
 
@@ -444,24 +428,14 @@ def test_cupy_executor_with_a_stand_in_cupy(monkeypatch, emulate, conv_module):
         def __init__(self, *, code, options, name_expressions):
             assert '#include "padding.cuh"' not in code and "source_index" in code
             compiled.append(tuple(name_expressions))
-            digest = hashlib.sha256(code.encode()).hexdigest()[:24]
-            path = pathlib.Path(tempfile.gettempdir()) / "gpuconv-tests" / f"inlined-{digest}.cu"
-            path.parent.mkdir(exist_ok=True)
-            if not path.is_file():
-                path.write_text(code)
-            self._module = _emulator.load_module(path, name_expressions)  # no -I kernels/
+            self._module = _emulator.load_module(inlined_source_path(code),
+                                                 name_expressions)  # no -I kernels/
 
         def get_function(self, name):
             return self._module.get_function(name)
 
-    fake = types.ModuleType("cupy")
-    for name in ("ndarray", "ascontiguousarray", "empty", "zeros", "matmul"):
-        setattr(fake, name, getattr(np, name))
-    fake.RawModule = RawModule
-    fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0))
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    backend = DeviceBackend(CupyExecutor())
-    assert backend.xp is fake
+    backend = stand_in_cupy(monkeypatch, RawModule,
+                            ("ndarray", "ascontiguousarray", "empty", "zeros", "matmul"))
 
     rng = np.random.default_rng(71)
     x, w, b = make_arrays(rng, (2, 4, 7, 9), (8, 2, 3, 3), np.float32)

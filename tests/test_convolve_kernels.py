@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kernel_helpers import inlined_source_path, stand_in_cupy
 
 import gpuconv
 from gpuconv.backends.device import convolve as device_convolve
@@ -265,15 +266,7 @@ def test_cupy_executor_with_a_stand_in_cupy(monkeypatch):
     compiles the code TEXT it is given (the inlined source) with the emulator. Checks the
     options and name expressions RawModule receives, per-device caching, and that the inlined
     text is a complete, correct kernel source."""
-    import hashlib
-    import pathlib
-    import sys
-    import tempfile
-    import types
-
     from gpuconv import _kernels
-    from gpuconv.backends.device._backend import DeviceBackend
-    from gpuconv.backends.device._executor import CupyExecutor
 
     emulator = _emulator()
     created = []
@@ -282,14 +275,8 @@ def test_cupy_executor_with_a_stand_in_cupy(monkeypatch):
     class RawModule:
         def __init__(self, *, code, options, name_expressions):
             created.append((device_id[0], options, tuple(name_expressions)))
-            # Compiled WITHOUT the kernels dir on the include path. A stable path per text
-            # lets the emulator's disk cache (keyed by path and contents) serve later runs.
-            digest = hashlib.sha256(code.encode()).hexdigest()[:24]
-            path = pathlib.Path(tempfile.gettempdir()) / "gpuconv-tests" / f"inlined-{digest}.cu"
-            path.parent.mkdir(exist_ok=True)
-            if not path.is_file():
-                path.write_text(code)
-            self._module = emulator.load_module(path, name_expressions)
+            # Compiled WITHOUT the kernels dir on the include path.
+            self._module = emulator.load_module(inlined_source_path(code), name_expressions)
 
         def get_function(self, name):
             return self._module.get_function(name)
@@ -298,16 +285,9 @@ def test_cupy_executor_with_a_stand_in_cupy(monkeypatch):
         def __init__(self):
             self.id = device_id[0]
 
-    fake = types.ModuleType("cupy")
-    for name in ("ndarray", "asarray", "ascontiguousarray", "empty", "conj", "convolve",
-                 "correlate"):
-        setattr(fake, name, getattr(np, name))
-    fake.RawModule = RawModule
-    fake.cuda = types.SimpleNamespace(Device=Device)
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-
-    backend = DeviceBackend(CupyExecutor())
-    assert backend.xp is fake
+    backend = stand_in_cupy(monkeypatch, RawModule,
+                            ("ndarray", "asarray", "ascontiguousarray", "empty", "conj",
+                             "convolve", "correlate"), device=Device)
     rng = np.random.default_rng(23)
     a = _random(rng, 300, np.complex64)
     v = _random(rng, 40, np.complex64)

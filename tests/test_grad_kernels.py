@@ -28,27 +28,22 @@ import zlib
 
 import numpy as np
 import pytest
+from kernel_helpers import (
+    DTYPES,
+    MODES,
+    RANKS,
+    REFERENCE,
+    acc_roundoff,
+    assert_within,
+    f64,
+    roundoff,
+    stand_in_cupy,
+)
 
 import gpuconv
 from gpuconv import _emulator, grad
 from gpuconv._shapes import conv_geometry, conv_transpose_geometry
 from gpuconv.backends.device import _grad
-from gpuconv.backends.numpy_backend import NumpyBackend
-
-DTYPES = [np.float16, np.float32, np.float64]
-MODES = ["zeros", "reflect", "replicate", "circular"]
-RANKS = [1, 2, 3]
-REFERENCE = NumpyBackend()
-
-
-@pytest.fixture(scope="module")
-def emulate():
-    reason = gpuconv.available_backends()["emulate"]
-    if reason != "available":
-        pytest.skip(f"emulate backend unavailable: {reason}")
-    from gpuconv.backends.device import make_backend
-
-    return make_backend("emulate")
 
 
 def _seed(*parts) -> int:
@@ -58,44 +53,17 @@ def _seed(*parts) -> int:
 # ----------------------------------------------------------------------------- tolerances
 
 
-def _roundoff(dtype) -> float:
-    return float(np.finfo(dtype).eps) / 2
-
-
-def _acc_roundoff(dtype) -> float:
-    return _roundoff(np.float32 if np.dtype(dtype) == np.float16 else dtype)
-
-
-def _assert_within(got, ref, scale, dtype, terms, scaled_out=0):
-    """|got - ref| <= u_out * (|ref| + scaled_out * scale) + (terms + 2) * u_acc * scale."""
-    assert got.dtype == np.dtype(dtype), (got.dtype, dtype)
-    assert got.shape == ref.shape, (got.shape, ref.shape)
-    assert got.flags.c_contiguous
-    bound = (_roundoff(dtype) * (np.abs(ref) + scaled_out * scale)
-             + (terms + 2) * _acc_roundoff(dtype) * scale + np.finfo(np.float64).tiny)
-    error = np.abs(got.astype(np.float64) - ref)
-    worst = np.unravel_index(int(np.argmax(error - bound)), error.shape)
-    assert np.all(error <= bound), (
-        f"element {worst}: got {got[worst]!r}, expected {ref[worst]!r}, error {error[worst]:.3g}"
-        f" > bound {bound[worst]:.3g}"
-    )
-
-
 def _assert_normwise(got, ref, dtype, terms):
     """|got - ref| <= u_out * |ref| + (terms + 4) * u_acc * max|ref| (deformable gradients)."""
     assert got.dtype == np.dtype(dtype) and got.shape == ref.shape
     size = float(np.abs(ref).max(initial=0.0)) + np.finfo(np.float64).tiny
-    bound = _roundoff(dtype) * np.abs(ref) + (terms + 4) * _acc_roundoff(dtype) * size
+    bound = roundoff(dtype) * np.abs(ref) + (terms + 4) * acc_roundoff(dtype) * size
     error = np.abs(got.astype(np.float64) - ref)
     assert np.all(error <= bound), f"max error {error.max():.3g} > bound {bound.max():.3g}"
 
 
 def _random(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
-
-
-def _f64(*arrays):
-    return [None if a is None else a.astype(np.float64) for a in arrays]
 
 
 # ----------------------------------------------------------------------------- conv cases
@@ -149,21 +117,21 @@ def reference_fold(padded, geom):
 
 def check_conv_input_grad(emulate, w, g, geom, dtype):
     got = emulate.conv_input_grad(w, g, geom)
-    w64, g64 = _f64(w, g)
+    w64, g64 = f64(w, g)
     ref = REFERENCE.conv_input_grad(w64, g64, geom)
     scale = REFERENCE.conv_input_grad(np.abs(w64), np.abs(g64), geom)
     terms = g.shape[1] // geom.groups * math.prod(geom.kernel) + _fold_terms(geom)
     # The padded-input gradient is rounded once before the fold adds its cells.
-    _assert_within(got, ref, scale, dtype, terms,
+    assert_within(got, ref, scale, dtype, terms,
                    scaled_out=0 if geom.padding_mode == "zeros" else 1)
 
 
 def check_conv_weight_grad(emulate, x, g, geom, dtype, deterministic, **hooks):
     got = _grad.conv_weight_grad(emulate, x, g, geom, deterministic, **hooks)
-    x64, g64 = _f64(x, g)
+    x64, g64 = f64(x, g)
     ref = REFERENCE.conv_weight_grad(x64, g64, geom)
     scale = REFERENCE.conv_weight_grad(np.abs(x64), np.abs(g64), geom)
-    _assert_within(got, ref, scale, dtype, x.shape[0] * math.prod(geom.out_size))
+    assert_within(got, ref, scale, dtype, x.shape[0] * math.prod(geom.out_size))
     return got
 
 
@@ -217,17 +185,17 @@ def test_depthwise_grads_match_numpy(emulate, dtype, mode):
     g = _random(rng, (x_shape[0], w_shape[0], *geom.out_size), dtype)
     # through the backend methods of depthwise_conv (groups == C in the geometry)
     got = emulate.depthwise_conv_input_grad(w, g, geom)
-    w64, g64, x64 = _f64(w, g, x)
+    w64, g64, x64 = f64(w, g, x)
     ref = REFERENCE.depthwise_conv_input_grad(w64, g64, geom)
     scale = REFERENCE.depthwise_conv_input_grad(np.abs(w64), np.abs(g64), geom)
-    _assert_within(got, ref, scale, dtype,
+    assert_within(got, ref, scale, dtype,
                    w_shape[0] // x_shape[1] * math.prod(geom.kernel) + _fold_terms(geom),
                    scaled_out=0 if mode == "zeros" else 1)
     for deterministic in (False, True):
         got = emulate.depthwise_conv_weight_grad(x, g, geom, deterministic)
         ref = REFERENCE.depthwise_conv_weight_grad(x64, g64, geom)
         scale = REFERENCE.depthwise_conv_weight_grad(np.abs(x64), np.abs(g64), geom)
-        _assert_within(got, ref, scale, dtype, x_shape[0] * math.prod(geom.out_size))
+        assert_within(got, ref, scale, dtype, x_shape[0] * math.prod(geom.out_size))
 
 
 def test_depthwise_weight_grad_many_taps_and_splits(emulate):
@@ -277,16 +245,16 @@ def test_conv_transpose_grads_match_numpy(emulate, dtype, rank):
 
 def check_conv_transpose_grads(emulate, x, w, g, geom, dtype):
     x_shape, w_shape = x.shape, w.shape
-    x64, w64, g64 = _f64(x, w, g)
+    x64, w64, g64 = f64(x, w, g)
     got = emulate.conv_transpose_input_grad(w, g, geom)
     ref = REFERENCE.conv_transpose_input_grad(w64, g64, geom)
     scale = REFERENCE.conv_transpose_input_grad(np.abs(w64), np.abs(g64), geom)
-    _assert_within(got, ref, scale, dtype, w_shape[1] * math.prod(geom.kernel))
+    assert_within(got, ref, scale, dtype, w_shape[1] * math.prod(geom.kernel))
     for deterministic in (False, True):
         got = emulate.conv_transpose_weight_grad(x, g, geom, deterministic)
         ref = REFERENCE.conv_transpose_weight_grad(x64, g64, geom)
         scale = REFERENCE.conv_transpose_weight_grad(np.abs(x64), np.abs(g64), geom)
-        _assert_within(got, ref, scale, dtype, x_shape[0] * math.prod(geom.in_size))
+        assert_within(got, ref, scale, dtype, x_shape[0] * math.prod(geom.in_size))
 
 
 # ----------------------------------------------------------------------------- deformable
@@ -317,7 +285,7 @@ def deform_case(rng, dtype, *, mask: bool, tiny: bool = False):
 def check_deform(emulate, case, dtype, **hooks):
     x, offset, w, m, g, geom, offset_groups = case
     got = _grad.deform_conv2d_grad(emulate, x, offset, w, m, g, geom, offset_groups, **hooks)
-    ref = REFERENCE.deform_conv2d_grad(*_f64(x, offset, w, m, g), geom, offset_groups)
+    ref = REFERENCE.deform_conv2d_grad(*f64(x, offset, w, m, g), geom, offset_groups)
     taps = math.prod(geom.kernel)
     terms = {
         "input": 4 * taps * w.shape[0],
@@ -400,7 +368,7 @@ def test_deterministic_weight_grad_is_bitwise_reproducible(emulate, dtype, metho
         atomic_raced = run(False)
     scale = np.abs(first.astype(np.float64)).max()
     np.testing.assert_allclose(atomic.astype(np.float64), atomic_raced.astype(np.float64),
-                               atol=100 * _roundoff(dtype) * scale)
+                               atol=100 * roundoff(dtype) * scale)
 
 
 def test_public_deterministic_flag_reaches_the_kernels(emulate):
@@ -491,7 +459,7 @@ def test_int64_index_instantiations(emulate, dtype):
             got = _grad.fold_padding(emulate, padded, geom, index=index)
             ref = reference_fold(padded.astype(np.float64), geom)
             scale = reference_fold(np.abs(padded.astype(np.float64)), geom)
-            _assert_within(got, ref, scale, dtype, _fold_terms(geom))
+            assert_within(got, ref, scale, dtype, _fold_terms(geom))
         x, _, g, geom = _tiny_conv(dtype, mode, depthwise=True)
         for deterministic in (False, True):
             check_conv_weight_grad(emulate, x, g, geom, dtype, deterministic, method="depthwise",
@@ -605,12 +573,7 @@ def test_cupy_executor_flow_with_a_stand_in_cupy(monkeypatch, emulate):
     a RawModule that runs the emulator's build of the same file) behind ``CupyExecutor``, so
     the gradients use only array functions CuPy has and the kernels' parameter types come from
     the registry's signature parser (``gpuconv::acc_t<T>*`` included), as on a GPU."""
-    import sys
-    import types
-
     from gpuconv import _kernels
-    from gpuconv.backends.device._backend import DeviceBackend
-    from gpuconv.backends.device._executor import CupyExecutor
 
     class RawModule:
         def __init__(self, *, code, options, name_expressions):
@@ -623,18 +586,12 @@ def test_cupy_executor_flow_with_a_stand_in_cupy(monkeypatch, emulate):
         def get_function(self, name):
             return self._module.get_function(name)
 
-    fake = types.ModuleType("cupy")
-    for name in ("ndarray", "ascontiguousarray", "empty", "zeros", "matmul"):
-        setattr(fake, name, getattr(np, name))
-    fake.RawModule = RawModule
-    fake.cuda = types.SimpleNamespace(Device=lambda: types.SimpleNamespace(id=0))
-    monkeypatch.setitem(sys.modules, "cupy", fake)
-    backend = DeviceBackend(CupyExecutor())
-    assert backend.xp is fake
+    backend = stand_in_cupy(monkeypatch, RawModule,
+                            ("ndarray", "ascontiguousarray", "empty", "zeros", "matmul"))
 
     for dtype in (np.float16, np.float64):
         x, w, g, geom = _tiny_conv(dtype, "circular")
-        w64, g64, x64 = _f64(w, g, x)
+        w64, g64, x64 = f64(w, g, x)
         np.testing.assert_allclose(backend.conv_input_grad(w, g, geom),
                                    REFERENCE.conv_input_grad(w64, g64, geom), rtol=2e-2,
                                    atol=2e-2 * float(np.abs(g64).max() * np.abs(w64).max()) * 9)
@@ -645,6 +602,6 @@ def test_cupy_executor_flow_with_a_stand_in_cupy(monkeypatch, emulate):
                 atol=2e-2 * float(np.abs(g64).max() * np.abs(x64).max()) * g.size)
     case = deform_case(np.random.default_rng(2), np.float32, mask=True, tiny=True)
     got = backend.deform_conv2d_grad(*case)
-    ref = REFERENCE.deform_conv2d_grad(*_f64(*case[:5]), *case[5:])
+    ref = REFERENCE.deform_conv2d_grad(*f64(*case[:5]), *case[5:])
     for a, b in zip(got, ref):
         _assert_normwise(a, b, np.float32, 200)

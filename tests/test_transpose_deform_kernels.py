@@ -23,53 +23,12 @@ import math
 
 import numpy as np
 import pytest
+from kernel_helpers import DTYPES, abs64, assert_within, f64
 
 import gpuconv
 from gpuconv import _emulator
 from gpuconv._shapes import conv_geometry, conv_transpose_geometry
-from gpuconv.backends.device import _conv_transpose, _deform, make_backend
-from gpuconv.backends.numpy_backend import NumpyBackend
-
-DTYPES = [np.float16, np.float32, np.float64]
-REFERENCE = NumpyBackend()
-
-
-@pytest.fixture(scope="module")
-def emulate():
-    reason = gpuconv.available_backends()["emulate"]
-    if reason != "available":
-        pytest.skip(f"emulate backend unavailable: {reason}")
-    return make_backend("emulate")
-
-
-def _roundoff(dtype) -> float:
-    return float(np.finfo(dtype).eps) / 2
-
-
-def _acc_roundoff(dtype) -> float:
-    return _roundoff(np.float32 if np.dtype(dtype) == np.float16 else dtype)
-
-
-def _assert_within(got, ref, scale, dtype, terms, extra_terms=2, scaled_out=0):
-    """|got - ref| <= u_out * (|ref| + scaled_out * scale) + (terms + extra_terms) * u_acc * scale.
-
-    ``scaled_out`` counts roundings to the output type of intermediate values (bounded by
-    ``scale``, not by ``|ref|``)."""
-    assert got.dtype == np.dtype(dtype)
-    assert got.shape == ref.shape
-    assert got.flags.c_contiguous
-    bound = (
-        _roundoff(dtype) * (np.abs(ref) + scaled_out * scale)
-        + (terms + extra_terms) * _acc_roundoff(dtype) * scale
-        + np.finfo(np.float64).tiny
-    )
-    error = np.abs(got.astype(np.float64) - ref)
-    worst = np.unravel_index(int(np.argmax(error - bound)), error.shape)
-    assert np.all(error <= bound), (
-        f"element {worst}: got {got[worst]!r}, expected {ref[worst]!r}, error {error[worst]:.3g}"
-        f" > bound {bound[worst]:.3g}"
-    )
-
+from gpuconv.backends.device import _conv_transpose, _deform
 
 # --------------------------------------------------------------------------- conv_transpose
 
@@ -198,11 +157,9 @@ def _transpose_kwargs(case):
 def _transpose_reference(case, x, w, b):
     """(float64 result, float64 result on absolute values, terms per output)."""
     kwargs = _transpose_kwargs(case)
-    wide = lambda a: None if a is None else a.astype(np.float64)
-    absolute = lambda a: None if a is None else np.abs(a).astype(np.float64)
     with gpuconv.use_backend("numpy"):
-        ref = gpuconv.conv_transpose(wide(x), wide(w), wide(b), **kwargs)
-        scale = gpuconv.conv_transpose(absolute(x), absolute(w), absolute(b), **kwargs)
+        ref = gpuconv.conv_transpose(*f64(x, w, b), **kwargs)
+        scale = gpuconv.conv_transpose(*abs64(x, w, b), **kwargs)
     terms = (case["c_in"] // case["groups"]) * math.prod(case["kernel"]) + 1
     return ref, scale, terms
 
@@ -215,7 +172,7 @@ def test_conv_transpose_matches_numpy(emulate, case, dtype):
     with gpuconv.use_backend("emulate"):
         got = gpuconv.conv_transpose(x, w, b, **_transpose_kwargs(case))
     ref, scale, terms = _transpose_reference(case, x, w, b)
-    _assert_within(got, ref, scale, dtype, terms)
+    assert_within(got, ref, scale, dtype, terms)
 
 
 def _geometry(case, x_shape):
@@ -269,7 +226,7 @@ def test_conv_transpose_every_instantiation(emulate, forced, dtype):
     x, w, b = _transpose_inputs(case, dtype, rng)
     got = _conv_transpose.conv_transpose(emulate, x, w, b, _geometry(case, x.shape), **forced)
     ref, scale, terms = _transpose_reference(case, x, w, b)
-    _assert_within(got, ref, scale, dtype, terms)
+    assert_within(got, ref, scale, dtype, terms)
 
 
 @pytest.mark.parametrize("mode", ["checked", "race_check"])
@@ -311,8 +268,8 @@ def test_conv_transpose_checked_and_race(emulate, mode, dtype):
             emulate, x, w, b, geom, cout_per_thread=1, stage_weights=False
         )
     ref, scale, terms = _transpose_reference(case, x, w, b)
-    _assert_within(got, ref, scale, dtype, terms)
-    _assert_within(unstaged, ref, scale, dtype, terms)
+    assert_within(got, ref, scale, dtype, terms)
+    assert_within(unstaged, ref, scale, dtype, terms)
 
 
 def test_conv_transpose_plan_choices():
@@ -352,7 +309,7 @@ def test_conv_transpose_large_kernel_unstaged(emulate):
     with gpuconv.use_backend("emulate"):
         got = gpuconv.conv_transpose(x, w, b, **_transpose_kwargs(case))
     ref, scale, terms = _transpose_reference(case, x, w, b)
-    _assert_within(got, ref, scale, np.float64, terms)
+    assert_within(got, ref, scale, np.float64, terms)
 
 
 def test_conv_transpose_hand_checked(emulate):
@@ -521,20 +478,13 @@ def _deform_inputs(case, dtype, rng, *, spread=3.0, quantised=True):
 
 def _deform_reference(case, arrays):
     x, offset, weight, bias, mask = arrays
-    wide = lambda a: None if a is None else a.astype(np.float64)
-    absolute = lambda a: None if a is None else np.abs(a).astype(np.float64)
     kwargs = {"stride": case["stride"], "padding": case["padding"], "dilation": case["dilation"]}
+    x64, offset64, weight64, bias64, mask64 = f64(x, offset, weight, bias, mask)
+    abs_x, abs_weight, abs_bias, abs_mask = abs64(x, weight, bias, mask)
     with gpuconv.use_backend("numpy"):
-        ref = gpuconv.deform_conv2d(
-            wide(x), wide(offset), wide(weight), wide(bias), mask=wide(mask), **kwargs
-        )
+        ref = gpuconv.deform_conv2d(x64, offset64, weight64, bias64, mask=mask64, **kwargs)
         scale = gpuconv.deform_conv2d(
-            absolute(x),
-            wide(offset),
-            absolute(weight),
-            absolute(bias),
-            mask=absolute(mask),
-            **kwargs,
+            abs_x, offset64, abs_weight, abs_bias, mask=abs_mask, **kwargs
         )
     kh, kw = case["kernel"]
     terms = (case["c_in"] // case["groups"]) * kh * kw
@@ -545,7 +495,7 @@ def _assert_deform(got, ref, scale, dtype, terms):
     # sampling: 4 products + 3 sums + mask (5 u_acc) and the rounding of each column entry to
     # the column type (u_out * scale in all); GEMM: (terms + 2) u_acc; the product's rounding
     # (u_out * scale) and the bias add's (u_out * |ref|).
-    _assert_within(got, ref, scale, dtype, terms, extra_terms=7, scaled_out=2)
+    assert_within(got, ref, scale, dtype, terms, extra_terms=7, scaled_out=2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
