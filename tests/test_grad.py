@@ -106,64 +106,48 @@ def _case_id(case):
 # ----------------------------------------------------------------- conv
 
 
-@pytest.mark.parametrize("case", CONV_CASES, ids=_case_id)
-def test_conv_grads_match_finite_differences(case):
+def check_grads_match_finite_differences(forward, input_grad, weight_grad, case, c_out):
+    """``input_grad``, ``weight_grad`` and ``grad.conv_bias`` of ``forward`` for one case,
+    against central differences of ``forward``; ``c_out(w_shape, kwargs)`` is the bias size."""
     x_shape, w_shape, kwargs = case
     x = rng.standard_normal(x_shape)
     w = rng.standard_normal(w_shape)
-    b = rng.standard_normal(w_shape[0])
-    g = rng.standard_normal(gpuconv.conv(x, w, **kwargs).shape)
+    b = rng.standard_normal(c_out(w_shape, kwargs))
+    g = rng.standard_normal(forward(x, w, **kwargs).shape)
 
-    got_x = grad.conv_input(x.shape, w, g, **kwargs)
-    want_x = numeric_grad(lambda a: gpuconv.conv(a, w, **kwargs), x, g, 1e-3)
+    got_x = input_grad(x.shape, w, g, **kwargs)
+    want_x = numeric_grad(lambda a: forward(a, w, **kwargs), x, g, 1e-3)
     assert_grad_close(got_x, want_x)
 
-    got_w = grad.conv_weight(x, w.shape, g, **kwargs)
-    want_w = numeric_grad(lambda a: gpuconv.conv(x, a, **kwargs), w, g, 1e-3)
+    got_w = weight_grad(x, w.shape, g, **kwargs)
+    want_w = numeric_grad(lambda a: forward(x, a, **kwargs), w, g, 1e-3)
     assert_grad_close(got_w, want_w)
 
-    want_b = numeric_grad(lambda a: gpuconv.conv(x, w, a, **kwargs), b, g, 1e-3)
+    want_b = numeric_grad(lambda a: forward(x, w, a, **kwargs), b, g, 1e-3)
     assert_grad_close(grad.conv_bias(g), want_b)
+
+
+def _leading_channels(w_shape, kwargs):
+    return w_shape[0]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=_case_id)
+def test_conv_grads_match_finite_differences(case):
+    check_grads_match_finite_differences(gpuconv.conv, grad.conv_input, grad.conv_weight, case,
+                                         _leading_channels)
 
 
 @pytest.mark.parametrize("case", CONV_TRANSPOSE_CASES, ids=_case_id)
 def test_conv_transpose_grads_match_finite_differences(case):
-    x_shape, w_shape, kwargs = case
-    x = rng.standard_normal(x_shape)
-    w = rng.standard_normal(w_shape)
-    b = rng.standard_normal(w_shape[1] * kwargs.get("groups", 1))
-    g = rng.standard_normal(gpuconv.conv_transpose(x, w, **kwargs).shape)
-
-    got_x = grad.conv_transpose_input(x.shape, w, g, **kwargs)
-    want_x = numeric_grad(lambda a: gpuconv.conv_transpose(a, w, **kwargs), x, g, 1e-3)
-    assert_grad_close(got_x, want_x)
-
-    got_w = grad.conv_transpose_weight(x, w.shape, g, **kwargs)
-    want_w = numeric_grad(lambda a: gpuconv.conv_transpose(x, a, **kwargs), w, g, 1e-3)
-    assert_grad_close(got_w, want_w)
-
-    want_b = numeric_grad(lambda a: gpuconv.conv_transpose(x, w, a, **kwargs), b, g, 1e-3)
-    assert_grad_close(grad.conv_bias(g), want_b)
+    check_grads_match_finite_differences(
+        gpuconv.conv_transpose, grad.conv_transpose_input, grad.conv_transpose_weight, case,
+        lambda w_shape, kwargs: w_shape[1] * kwargs.get("groups", 1))
 
 
 @pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=_case_id)
 def test_depthwise_grads_match_finite_differences(case):
-    x_shape, w_shape, kwargs = case
-    x = rng.standard_normal(x_shape)
-    w = rng.standard_normal(w_shape)
-    b = rng.standard_normal(w_shape[0])
-    g = rng.standard_normal(gpuconv.depthwise_conv(x, w, **kwargs).shape)
-
-    got_x = grad.depthwise_conv_input(x.shape, w, g, **kwargs)
-    want_x = numeric_grad(lambda a: gpuconv.depthwise_conv(a, w, **kwargs), x, g, 1e-3)
-    assert_grad_close(got_x, want_x)
-
-    got_w = grad.depthwise_conv_weight(x, w.shape, g, **kwargs)
-    want_w = numeric_grad(lambda a: gpuconv.depthwise_conv(x, a, **kwargs), w, g, 1e-3)
-    assert_grad_close(got_w, want_w)
-
-    want_b = numeric_grad(lambda a: gpuconv.depthwise_conv(x, w, a, **kwargs), b, g, 1e-3)
-    assert_grad_close(grad.conv_bias(g), want_b)
+    check_grads_match_finite_differences(gpuconv.depthwise_conv, grad.depthwise_conv_input,
+                                         grad.depthwise_conv_weight, case, _leading_channels)
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -285,28 +285,18 @@ def test_deform_matches_naive_torch_reference(case):
 # ------------------------------------------------------------------ modules
 
 
-def test_conv_modules_match_torch_nn():
-    for ours, theirs, shape in ((gt.Conv1d, torch.nn.Conv1d, (2, 4, 9)),
-                                (gt.Conv2d, torch.nn.Conv2d, (2, 4, 7, 6)),
-                                (gt.Conv3d, torch.nn.Conv3d, (1, 4, 5, 4, 5))):
-        kwargs = dict(stride=1, padding="same", dilation=2, groups=2, padding_mode="circular")
-        a = ours(4, 6, 3, dtype=F64, **kwargs)
-        b = theirs(4, 6, 3, dtype=F64, **kwargs)
-        b.load_state_dict(a.state_dict())
-        x = _randn(*shape)
-        ya, yb = a(x), b(x)
-        torch.testing.assert_close(ya, yb)
-        ga = torch.autograd.grad(ya.square().sum(), [x, a.weight, a.bias])
-        gb = torch.autograd.grad(yb.square().sum(), [x, b.weight, b.bias])
-        for u, v in zip(ga, gb):
-            torch.testing.assert_close(u, v)
-
-
-def test_conv_transpose_modules_match_torch_nn():
-    for ours, theirs, shape in ((gt.ConvTranspose1d, torch.nn.ConvTranspose1d, (2, 4, 5)),
-                                (gt.ConvTranspose2d, torch.nn.ConvTranspose2d, (2, 4, 3, 4)),
-                                (gt.ConvTranspose3d, torch.nn.ConvTranspose3d, (1, 4, 2, 3, 2))):
-        kwargs = dict(stride=2, padding=1, output_padding=1, groups=2, dilation=1)
+@pytest.mark.parametrize("layers, kwargs", [
+    (((gt.Conv1d, torch.nn.Conv1d, (2, 4, 9)),
+      (gt.Conv2d, torch.nn.Conv2d, (2, 4, 7, 6)),
+      (gt.Conv3d, torch.nn.Conv3d, (1, 4, 5, 4, 5))),
+     dict(stride=1, padding="same", dilation=2, groups=2, padding_mode="circular")),
+    (((gt.ConvTranspose1d, torch.nn.ConvTranspose1d, (2, 4, 5)),
+      (gt.ConvTranspose2d, torch.nn.ConvTranspose2d, (2, 4, 3, 4)),
+      (gt.ConvTranspose3d, torch.nn.ConvTranspose3d, (1, 4, 2, 3, 2))),
+     dict(stride=2, padding=1, output_padding=1, groups=2, dilation=1)),
+], ids=["conv", "conv_transpose"])
+def test_modules_match_torch_nn(layers, kwargs):
+    for ours, theirs, shape in layers:
         a = ours(4, 6, 3, dtype=F64, **kwargs)
         b = theirs(4, 6, 3, dtype=F64, **kwargs)
         b.load_state_dict(a.state_dict())
