@@ -17,6 +17,7 @@
 // convolutions to a GEMM and groups == C_in (one input channel per group) to depthwise.cu.
 #include "common.cuh"
 #include "padding.cuh"
+#include "tiled.cuh"
 
 // Output channels per thread in conv_tiled (register blocking; the host reads the same value).
 #ifndef GPUCONV_CONV_CO_PER_THREAD
@@ -137,17 +138,14 @@ __global__ void conv_tiled(
             for (Index ci0 = 0; ci0 < cg; ci0 += chunk) {
                 const int cc = int(gpuconv::imin(chunk, cg - ci0));
                 const T* x_plane = x_group + (ci0 * in_d + id) * in_plane;  // channel stride in_d * in_plane
-                for (int e = tid; e < cc * plane; e += threads) {
-                    const int c = e / plane;
-                    const int rem = e - c * plane;
-                    const int r = rem / cols_in;
-                    const int col = rem - r * cols_in;
-                    const Index ih = gpuconv::source_index<Mode>(h_first + r, in_h);
-                    const Index iw = gpuconv::source_index<Mode>(w_first + col, in_w);
-                    in_tile[e] = (ih >= 0 && iw >= 0)
-                                     ? x_plane[Index(c) * in_d * in_plane + ih * in_w + iw]
-                                     : gpuconv::zero<T>();
-                }
+                gpuconv::stage_tile(in_tile, x_plane, cc, rows_in, cols_in, tid, threads,
+                                    [&](int c, int r, int col) {
+                                        const Index ih = gpuconv::source_index<Mode>(h_first + r, in_h);
+                                        const Index iw = gpuconv::source_index<Mode>(w_first + col, in_w);
+                                        return (ih >= 0 && iw >= 0)
+                                                   ? Index(c) * in_d * in_plane + ih * in_w + iw
+                                                   : Index(-1);
+                                    });
                 // e = (j * cc + c) * taps_hw + tap: consecutive threads read consecutive taps.
                 for (int e = tid; e < cb_n * cc * taps_hw; e += threads) {
                     const int tap = e % taps_hw;
@@ -188,13 +186,9 @@ __global__ void conv_tiled(
 #pragma unroll
             for (int j = 0; j < CO; ++j) {
                 if (j < co_count) {
-                    const Acc b = gpuconv::load_acc(bias[co0 + j]);
                     T* out_row = out + (((nb * c_out + co0 + j) * out_d + od) * out_h + oh) * out_w;
-#pragma unroll
-                    for (int r = 0; r < RW; ++r) {
-                        const Index ow = ow0 + tx + Index(r) * bx;
-                        if (ow < out_w) out_row[ow] = gpuconv::store_acc<T>(acc[j][r] + b);
-                    }
+                    gpuconv::store_row(out_row, acc[j], gpuconv::load_acc(bias[co0 + j]), ow0 + tx, bx,
+                                       out_w);
                 }
             }
         }

@@ -186,12 +186,9 @@ __global__ void conv_weight_grad(
 #pragma unroll
         for (int r = 0; r < LOADS; ++r) {
             if (!col_ok[r]) continue;
-            const Index id = gpuconv::source_index<Mode>(d_first + col_kd[r], in_d);
-            const Index ih = gpuconv::source_index<Mode>(h_first + col_kh[r], in_h);
-            const Index iw = gpuconv::source_index<Mode>(w_first + col_kw[r], in_w);
-            if (id >= 0 && ih >= 0 && iw >= 0) {
-                b_reg[r] = gpuconv::load_acc(x_n[col_channel[r] + (id * in_h + ih) * in_w + iw]);
-            }
+            const Index src = gpuconv::source_offset<Mode>(d_first + col_kd[r], h_first + col_kh[r],
+                                                           w_first + col_kw[r], in_d, in_h, in_w);
+            if (src >= 0) b_reg[r] = gpuconv::load_acc(x_n[col_channel[r] + src]);
         }
     };
 
@@ -324,12 +321,9 @@ __global__ void depthwise_weight_grad(
 #pragma unroll
         for (int t = 0; t < TAPS; ++t) {
             if (tap_off[t][0] < 0) continue;
-            const Index id = gpuconv::source_index<Mode>(d_first + tap_off[t][0], in_d);
-            const Index ih = gpuconv::source_index<Mode>(h_first + tap_off[t][1], in_h);
-            const Index iw = gpuconv::source_index<Mode>(w_first + tap_off[t][2], in_w);
-            if (id >= 0 && ih >= 0 && iw >= 0) {
-                acc[t] += gv * gpuconv::load_acc(x_nc[(id * in_h + ih) * in_w + iw]);
-            }
+            const Index src = gpuconv::source_offset<Mode>(d_first + tap_off[t][0], h_first + tap_off[t][1],
+                                                           w_first + tap_off[t][2], in_d, in_h, in_w);
+            if (src >= 0) acc[t] += gv * gpuconv::load_acc(x_nc[src]);
         }
     }
 

@@ -3,10 +3,10 @@
 //
 // The forward (deform.cu; the sampling in bilinear.cuh, shared with these kernels) samples, for
 // every (image b, offset group og, tap, output position p) the point (y, x) = (oy * stride_h -
-// pad_h + i * dil_h + dy, ox * stride_w - pad_w + j * dil_w + dx) bilinearly in each channel c of the offset group, reading zero outside the image and
-// contributing nothing at all when y <= -1, y >= height, x <= -1 or x >= width, and scales the
-// sample by the mask (v2). With y_low = floor(y), ly = y - y_low, hy = 1 - ly (x likewise) the
-// sample is
+// pad_h + i * dil_h + dy, ox * stride_w - pad_w + j * dil_w + dx) bilinearly in each channel c
+// of the offset group, reading zero outside the image and contributing nothing at all when
+// y <= -1, y >= height, x <= -1 or x >= width, and scales the sample by the mask (v2). With
+// y_low = floor(y), ly = y - y_low, hy = 1 - ly (x likewise) the sample is
 //
 //     value = hy hx v(y_low, x_low) + hy lx v(y_low, x_low + 1) + ly hx v(y_low + 1, x_low)
 //           + ly lx v(y_low + 1, x_low + 1)                      (a corner outside reads 0)

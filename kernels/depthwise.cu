@@ -12,6 +12,7 @@
 // This equals conv.cu with groups = C (the host also sends such grouped convolutions here).
 #include "common.cuh"
 #include "padding.cuh"
+#include "tiled.cuh"
 
 // Outputs along W per thread (register blocking; the host reads the same value).
 #ifndef GPUCONV_DEPTHWISE_W_PER_THREAD
@@ -100,17 +101,11 @@ __global__ void depthwise_tiled(
         const Index w_first = ow0 * stride_w - pad_w;
         const T* x_c = x + (nb * channels + c) * in_d * in_plane;  // (D, H, W)
 
-        for (int e = tid; e < volume; e += threads) {
-            const int z = e / plane;
-            const int rem = e - z * plane;
-            const int r = rem / cols_in;
-            const int col = rem - r * cols_in;
-            const Index id = gpuconv::source_index<Mode>(d_first + z, in_d);
-            const Index ih = gpuconv::source_index<Mode>(h_first + r, in_h);
-            const Index iw = gpuconv::source_index<Mode>(w_first + col, in_w);
-            in_tile[e] = (id >= 0 && ih >= 0 && iw >= 0) ? x_c[id * in_plane + ih * in_w + iw]
-                                                         : gpuconv::zero<T>();
-        }
+        gpuconv::stage_tile(in_tile, x_c, depth_in, rows_in, cols_in, tid, threads,
+                            [&](int z, int r, int col) {
+                                return gpuconv::source_offset<Mode>(d_first + z, h_first + r,
+                                                                    w_first + col, in_d, in_h, in_w);
+                            });
 
         const Index od = od0 + tz, oh = oh0 + ty;
         const bool row_ok = od < out_d && oh < out_h;
@@ -140,13 +135,8 @@ __global__ void depthwise_tiled(
                 }
                 if (row_ok) {
                     const Index co = c * multiplier + m0 + m;
-                    const Acc b = gpuconv::load_acc(bias[co]);
                     T* out_row = out + (((nb * channels * multiplier + co) * out_d + od) * out_h + oh) * out_w;
-#pragma unroll
-                    for (int r = 0; r < RW; ++r) {
-                        const Index ow = ow0 + tx + Index(r) * bx;
-                        if (ow < out_w) out_row[ow] = gpuconv::store_acc<T>(acc[r] + b);
-                    }
+                    gpuconv::store_row(out_row, acc, gpuconv::load_acc(bias[co]), ow0 + tx, bx, out_w);
                 }
             }
             __syncthreads();  // the next pass (or task) overwrites the tiles

@@ -1,5 +1,5 @@
 // padding.cuh: padding modes resolved by index mapping, for kernels that read a padded input
-// without ever building a padded copy (conv.cu, depthwise.cu).
+// without ever building a padded copy (conv.cu, depthwise.cu, conv_grad.cu).
 //
 // A kernel reads "padded position" p of an input dimension of `size` elements, in input
 // coordinates: p = out_index * stride - pad_lo + tap * dilation, so p lies in [-pad_lo,
@@ -40,6 +40,17 @@ GPUCONV_HD Index source_index(Index p, Index size) {
         }
     }
     return (p >= 0 && p < size) ? p : Index(-1);
+}
+
+// The flat offset (id * in_h + ih) * in_w + iw in an (in_d, in_h, in_w) volume of the element
+// that supplies padded position (pd, ph, pw), each coordinate resolved by source_index<Mode>;
+// -1 if the position reads as zero.
+template <int Mode, class Index>
+GPUCONV_HD Index source_offset(Index pd, Index ph, Index pw, Index in_d, Index in_h, Index in_w) {
+    const Index id = source_index<Mode>(pd, in_d);
+    const Index ih = source_index<Mode>(ph, in_h);
+    const Index iw = source_index<Mode>(pw, in_w);
+    return (id >= 0 && ih >= 0 && iw >= 0) ? (id * in_h + ih) * in_w + iw : Index(-1);
 }
 
 }  // namespace gpuconv
