@@ -491,6 +491,21 @@ def _deform_reference(case, arrays):
     return ref, scale, terms
 
 
+def _deform_on_emulate(case, x, offset, weight, bias, mask):
+    """gpuconv.deform_conv2d with ``case``'s geometry on the emulate backend."""
+    with gpuconv.use_backend("emulate"):
+        return gpuconv.deform_conv2d(
+            x,
+            offset,
+            weight,
+            bias,
+            stride=case["stride"],
+            padding=case["padding"],
+            dilation=case["dilation"],
+            mask=mask,
+        )
+
+
 def _assert_deform(got, ref, scale, dtype, terms):
     # sampling: 4 products + 3 sums + mask (5 u_acc) and the rounding of each column entry to
     # the column type (u_out * scale in all); GEMM: (terms + 2) u_acc; the product's rounding
@@ -504,17 +519,7 @@ def test_deform_matches_numpy(emulate, case, dtype):
     rng = np.random.default_rng(13)
     arrays, _ = _deform_inputs(case, dtype, rng)
     x, offset, weight, bias, mask = arrays
-    with gpuconv.use_backend("emulate"):
-        got = gpuconv.deform_conv2d(
-            x,
-            offset,
-            weight,
-            bias,
-            stride=case["stride"],
-            padding=case["padding"],
-            dilation=case["dilation"],
-            mask=mask,
-        )
+    got = _deform_on_emulate(case, x, offset, weight, bias, mask)
     ref, scale, terms = _deform_reference(case, arrays)
     _assert_deform(got, ref, scale, dtype, terms)
 
@@ -525,17 +530,7 @@ def test_deform_matches_naive_torchvision_loop(emulate, case):
     # unquantised offsets: generic bilinear weights, compared in float64
     arrays, _ = _deform_inputs(case, np.float64, rng, quantised=False)
     x, offset, weight, bias, mask = arrays
-    with gpuconv.use_backend("emulate"):
-        got = gpuconv.deform_conv2d(
-            x,
-            offset,
-            weight,
-            bias,
-            stride=case["stride"],
-            padding=case["padding"],
-            dilation=case["dilation"],
-            mask=mask,
-        )
+    got = _deform_on_emulate(case, x, offset, weight, bias, mask)
     expected = naive_deform(
         x, offset, weight, bias, mask, case["stride"], case["padding"], case["dilation"]
     )
