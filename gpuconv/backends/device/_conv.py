@@ -41,15 +41,13 @@ import numpy as np
 from ... import _kernels
 from ..._launch import MAX_DYNAMIC_SHARED_BYTES
 from ..._shapes import ConvGeometry
+from ._common import PADDING_MODE_CODES, ceil_div, pow2_at_least, prepare
 
 CONV_FILE = "conv.cu"
 DEPTHWISE_FILE = "depthwise.cu"
 TILED = _kernels.FAMILIES["conv_tiled"]
 DIRECT = _kernels.FAMILIES["conv_direct"]
 DEPTHWISE = _kernels.FAMILIES["depthwise_tiled"]
-
-#: padding_mode -> the kernels' ``Mode`` template argument (``gpuconv::PaddingMode``).
-PADDING_MODE_CODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
 
 #: conv_tiled's register blocking: output channels and output columns per thread.
 CO_PER_THREAD = _kernels.source_define(CONV_FILE, "GPUCONV_CONV_CO_PER_THREAD")
@@ -74,14 +72,6 @@ MAX_BLOCKS = 65535
 
 CONV_METHODS = ("matmul", "depthwise", "tiled", "direct")
 DEPTHWISE_METHODS = ("tiled", "direct")
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
 
 
 @dataclass(frozen=True)
@@ -131,6 +121,22 @@ def _max_index(g: Geometry3d, *extents: int) -> int:
 # ----------------------------------------------------------------------------- plans
 
 
+def _fit_block(block: tuple[int, int, int], shared_bytes) -> tuple[int, int, int] | None:
+    """``block`` (x, y, z), halved in z, else y, else x, until ``shared_bytes(x, y, z)`` fits
+    :data:`MAX_DYNAMIC_SHARED_BYTES`; None if not even (1, 1, 1) fits."""
+    bx, by, bz = block
+    while shared_bytes(bx, by, bz) > MAX_DYNAMIC_SHARED_BYTES:
+        if bz > 1:
+            bz //= 2
+        elif by > 1:
+            by //= 2
+        elif bx > 1:
+            bx //= 2
+        else:
+            return None
+    return bx, by, bz
+
+
 @dataclass(frozen=True)
 class TiledPlan:
     """A launch of ``conv_tiled`` or ``depthwise_tiled``: block (x, y, z), grid, the channel or
@@ -167,30 +173,26 @@ def conv_tiled_plan(g: Geometry3d, batch: int, c_in: int, c_out: int, groups: in
     cg, og = c_in // groups, c_out // groups
     rw, co = CONV_W_PER_THREAD, CO_PER_THREAD
     cap = CONV_MAX_THREADS if out_h == 1 else 32
-    bx = min(cap, _pow2_at_least(_ceil_div(out_w, rw)))
-    by = min(_pow2_at_least(out_h), CONV_MAX_THREADS // bx)
+    bx = min(cap, pow2_at_least(ceil_div(out_w, rw)))
+    by = min(pow2_at_least(out_h), CONV_MAX_THREADS // bx)
     # Threads left over by a small output plane take further output-channel blocks.
-    bz = min(_pow2_at_least(_ceil_div(og, co)), CONV_MAX_THREADS // (bx * by), 64)
-    while True:
+    bz = min(pow2_at_least(ceil_div(og, co)), CONV_MAX_THREADS // (bx * by), 64)
+
+    def per_channel_bytes(bx, by, bz):  # one staged input channel: its tile and weights
         rows_in = (by - 1) * s_h + (k_h - 1) * d_h + 1
         cols_in = (bx * rw - 1) * s_w + (k_w - 1) * d_w + 1
-        per_channel = (rows_in * cols_in + k_h * k_w * co * bz) * itemsize
-        if per_channel <= MAX_DYNAMIC_SHARED_BYTES:
-            break
-        if bz > 1:
-            bz //= 2
-        elif by > 1:
-            by //= 2
-        elif bx > 1:
-            bx //= 2
-        else:
-            return None
-    spatial_tasks = batch * g.out_size[0] * _ceil_div(out_h, by) * _ceil_div(out_w, bx * rw)
-    while bz > 1 and spatial_tasks * groups * _ceil_div(og, co * bz) < FILL_BLOCKS:
+        return (rows_in * cols_in + k_h * k_w * co * bz) * itemsize
+
+    block = _fit_block((bx, by, bz), per_channel_bytes)
+    if block is None:
+        return None
+    bx, by, bz = block
+    spatial_tasks = batch * g.out_size[0] * ceil_div(out_h, by) * ceil_div(out_w, bx * rw)
+    while bz > 1 and spatial_tasks * groups * ceil_div(og, co * bz) < FILL_BLOCKS:
         bz //= 2  # more, smaller blocks
-    per_channel = (rows_in * cols_in + k_h * k_w * co * bz) * itemsize
+    per_channel = per_channel_bytes(bx, by, bz)
     chunk = max(1, min(cg, MAX_CHUNK, SHARED_TARGET_BYTES // per_channel))
-    tasks = spatial_tasks * groups * _ceil_div(og, co * bz)
+    tasks = spatial_tasks * groups * ceil_div(og, co * bz)
     return TiledPlan((bx, by, bz), max(1, min(tasks, MAX_BLOCKS)), chunk, chunk * per_channel,
                      tasks)
 
@@ -212,26 +214,23 @@ def depthwise_tiled_plan(g: Geometry3d, batch: int, channels: int, multiplier: i
     rw, limit = DEPTHWISE_W_PER_THREAD, DEPTHWISE_MAX_THREADS
     taps = k_d * k_h * k_w
     cap = limit if out_h == 1 and out_d == 1 else 32
-    bx = min(cap, _pow2_at_least(_ceil_div(out_w, rw)))
-    by = min(_pow2_at_least(out_h), limit // bx)
-    bz = min(_pow2_at_least(out_d), limit // (bx * by), 64)
-    while True:
-        volume = (((bz - 1) * s_d + (k_d - 1) * d_d + 1) * ((by - 1) * s_h + (k_h - 1) * d_h + 1)
-                  * ((bx * rw - 1) * s_w + (k_w - 1) * d_w + 1))
-        if (volume + taps) * itemsize <= MAX_DYNAMIC_SHARED_BYTES:
-            break
-        if bz > 1:
-            bz //= 2
-        elif by > 1:
-            by //= 2
-        elif bx > 1:
-            bx //= 2
-        else:
-            return None
+    bx = min(cap, pow2_at_least(ceil_div(out_w, rw)))
+    by = min(pow2_at_least(out_h), limit // bx)
+    bz = min(pow2_at_least(out_d), limit // (bx * by), 64)
+
+    def tile_volume(bx, by, bz):  # input tile incl. halo, in elements
+        return (((bz - 1) * s_d + (k_d - 1) * d_d + 1) * ((by - 1) * s_h + (k_h - 1) * d_h + 1)
+                * ((bx * rw - 1) * s_w + (k_w - 1) * d_w + 1))
+
+    block = _fit_block((bx, by, bz), lambda *b: (tile_volume(*b) + taps) * itemsize)
+    if block is None:
+        return None
+    bx, by, bz = block
+    volume = tile_volume(bx, by, bz)
     room = max(SHARED_TARGET_BYTES, (volume + taps) * itemsize) - volume * itemsize
     chunk = max(1, min(multiplier, room // (taps * itemsize)))
-    tasks = (batch * channels * _ceil_div(out_d, bz) * _ceil_div(out_h, by)
-             * _ceil_div(out_w, bx * rw))
+    tasks = (batch * channels * ceil_div(out_d, bz) * ceil_div(out_h, by)
+             * ceil_div(out_w, bx * rw))
     return TiledPlan((bx, by, bz), max(1, min(tasks, MAX_BLOCKS)), chunk,
                      (volume + chunk * taps) * itemsize, tasks)
 
@@ -255,16 +254,8 @@ def choose_conv_method(x_shape, weight_shape, geom: ConvGeometry, itemsize: int)
 # ----------------------------------------------------------------------------- operations
 
 
-def _prepare(xp, array, dtype):
-    """C-contiguous, ``dtype``, and aligned to the element size (the launch helper checks)."""
-    array = xp.ascontiguousarray(array, dtype=dtype)
-    if xp is np and array.size and array.ctypes.data % dtype.itemsize:
-        array = array.copy()
-    return array
-
-
 def _bias_or_zeros(xp, bias, channels: int, dtype):
-    return xp.zeros(channels, dtype=dtype) if bias is None else _prepare(xp, bias, dtype)
+    return xp.zeros(channels, dtype=dtype) if bias is None else prepare(xp, bias, dtype)
 
 
 def _check_dtype(dtype):
@@ -295,7 +286,7 @@ def conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = N
     xp = backend.xp
     dtype = np.dtype(x.dtype)
     _check_dtype(dtype)
-    x, weight = _prepare(xp, x, dtype), _prepare(xp, weight, dtype)
+    x, weight = prepare(xp, x, dtype), prepare(xp, weight, dtype)
     batch, c_in = x.shape[:2]
     c_out = weight.shape[0]
     groups = geom.groups
@@ -321,7 +312,7 @@ def conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = N
                                          x.reshape(batch, groups, cg, positions))
         result = xp.ascontiguousarray(result.reshape(batch, c_out, *geom.out_size), dtype=dtype)
         if bias is not None:
-            result += _prepare(xp, bias, dtype).reshape((1, c_out) + (1,) * geom.ndim)
+            result += prepare(xp, bias, dtype).reshape((1, c_out) + (1,) * geom.ndim)
         return result
     if method == "depthwise":
         return _depthwise(backend, x, weight, bias, geom, method=None, index=index)
@@ -353,8 +344,8 @@ def _launch_conv(backend, x, weight, bias, out, geom: ConvGeometry, groups: int,
                                 args=(*common, plan.chunk), shared_mem=plan.shared_mem)
         return
     total = out.size
-    threads = min(DIRECT_THREADS, 32 * _ceil_div(total, 32))
-    blocks = max(1, min(_ceil_div(total, threads), MAX_BLOCKS))
+    threads = min(DIRECT_THREADS, 32 * ceil_div(total, 32))
+    blocks = max(1, min(ceil_div(total, threads), MAX_BLOCKS))
     if index is None:
         index = _kernels.index_dtype(x, weight, out, max_index=_max_index(g, total))
     kernel = backend.executor.get_function(CONV_FILE, DIRECT.name_expression(out.dtype, index, mode))
@@ -381,7 +372,7 @@ def depthwise_conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str 
     _check_dtype(dtype)
     if method not in (None, *DEPTHWISE_METHODS):
         raise ValueError(f"method={method!r} must be None or one of {DEPTHWISE_METHODS}")
-    return _depthwise(backend, _prepare(xp, x, dtype), _prepare(xp, weight, dtype), bias, geom,
+    return _depthwise(backend, prepare(xp, x, dtype), prepare(xp, weight, dtype), bias, geom,
                       method=method, index=index)
 
 

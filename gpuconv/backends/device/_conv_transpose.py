@@ -29,6 +29,7 @@ import numpy as np
 from ... import _kernels
 from ..._launch import MAX_DYNAMIC_SHARED_BYTES
 from ..._shapes import ConvGeometry
+from ._common import ceil_div
 
 FILE = "conv_transpose.cu"
 FAMILY = _kernels.FAMILIES["conv_transpose3d"]
@@ -42,10 +43,6 @@ SHARED_BUDGET_BYTES = 12 * 1024
 #: CUDA's grid limits in x and y.
 MAX_GRID_X = 2**31 - 1
 MAX_GRID_Y = 65535
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -102,11 +99,11 @@ def plan(x_shape, weight_shape, geom: ConvGeometry, itemsize: int, *,
     else:
         chunk = 1  # unused by the kernel
     if threads is None:
-        threads = min(THREADS, 32 * _ceil_div(out_plane, 32))
-    co_blocks = _ceil_div(og, cout_per_thread)
+        threads = min(THREADS, 32 * ceil_div(out_plane, 32))
+    co_blocks = ceil_div(og, cout_per_thread)
     limit_x, limit_y = max_grid or (MAX_GRID_X, MAX_GRID_Y)
     grid = (
-        max(1, min(_ceil_div(out_plane, threads), limit_x, MAX_GRID_X)),
+        max(1, min(ceil_div(out_plane, threads), limit_x, MAX_GRID_X)),
         max(1, min(batch * groups * co_blocks, limit_y, MAX_GRID_Y)),
     )
     shared_mem = chunk * per_channel if stage_weights else 0
@@ -165,7 +162,7 @@ def conv_transpose(backend, x, weight, bias, geom: ConvGeometry, *, index=None, 
         # flattened (image, group, channel block) index and tile * blockDim.x.
         full = max((i - 1) * s + d * (k - 1) + 1 + c
                    for i, k, s, d, c in zip(in_size, kernel, stride, dilation, crop))
-        blocks_y = batch * geom.groups * _ceil_div(og, p.cout_per_thread)
+        blocks_y = batch * geom.groups * ceil_div(og, p.cout_per_thread)
         max_index = max(full, blocks_y + p.grid[1],
                         math.prod(out_size) + p.threads * (p.grid[0] + 1))
         index = _kernels.index_dtype(x, weight, out, max_index=max_index)

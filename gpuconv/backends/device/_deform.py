@@ -22,6 +22,7 @@ import numpy as np
 
 from ... import _kernels
 from ..._shapes import ConvGeometry
+from ._common import ceil_div
 
 FILE = "deform.cu"
 FAMILY = _kernels.FAMILIES["deform_im2col"]
@@ -37,10 +38,6 @@ TARGET_THREADS = 1 << 18
 #: CUDA's grid limits in x and y.
 MAX_GRID_X = 2**31 - 1
 MAX_GRID_Y = 65535
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def chunking(batch: int, positions: int, rows: int, itemsize: int,
@@ -70,10 +67,50 @@ def channel_slicing(c_per_offset_group: int, points: int,
     >>> channel_slicing(3, 10**6)
     (3, 1)
     """
-    wanted = max(1, min(c_per_offset_group, _ceil_div(target_threads, max(points, 1))))
+    wanted = max(1, min(c_per_offset_group, ceil_div(target_threads, max(points, 1))))
     wanted = min(wanted, MAX_GRID_Y)
-    channel_slice = max(1, _ceil_div(c_per_offset_group, wanted))
-    return channel_slice, max(1, _ceil_div(c_per_offset_group, channel_slice))
+    channel_slice = max(1, ceil_div(c_per_offset_group, wanted))
+    return channel_slice, max(1, ceil_div(c_per_offset_group, channel_slice))
+
+
+def chunks(batch: int, positions: int, images: int, count: int):
+    """``(b0, b1, p0, p1)`` of every chunk of ``images`` images x ``count`` output positions
+    (from :func:`chunking`), images outermost.
+
+    >>> list(chunks(3, 4, 2, 4))
+    [(0, 2, 0, 4), (2, 3, 0, 4)]
+    """
+    for b0 in range(0, batch, images):
+        for p0 in range(0, positions, count):
+            yield b0, min(batch, b0 + images), p0, min(positions, p0 + count)
+
+
+def chunk_launch(points: int, c_per_offset_group: int, channel_slice: int | None,
+                 max_grid_x: int) -> tuple[int, tuple[int, int]]:
+    """``(channel_slice, grid)`` of the sampling kernels (``deform_im2col``, ``deform_col2im``)
+    for a chunk of ``points`` sampling points; ``channel_slice`` None lets
+    :func:`channel_slicing` choose."""
+    if channel_slice is None:
+        channel_slice, slices = channel_slicing(c_per_offset_group, points)
+    else:
+        slices = ceil_div(c_per_offset_group, channel_slice)
+    return channel_slice, (max(1, min(ceil_div(points, THREADS), max_grid_x, MAX_GRID_X)), slices)
+
+
+def chunk_index(arrays, geom: ConvGeometry, in_size, kernel, points: int, grid_x: int,
+                columns_size: int, margin: int = 1) -> np.dtype:
+    """The kernels' index dtype for one chunk: besides the arrays' extents, the flat thread
+    index (points + one grid of threads), the corner offsets and the output-position
+    coordinates (oy * stride + i * dilation) and the column matrix, times ``margin``."""
+    (height, width), (kh, kw) = in_size, kernel
+    out_h, out_w = geom.out_size
+    stride_h, stride_w = geom.stride
+    pad_h, pad_w = geom.pad_lo
+    dil_h, dil_w = geom.dilation
+    extent = max(out_h * stride_h + kh * dil_h + height, out_w * stride_w + kw * dil_w + width)
+    return _kernels.index_dtype(
+        *arrays, max_index=margin * max(points + THREADS * (grid_x + 1), extent + pad_h + pad_w,
+                                        columns_size))
 
 
 def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
@@ -129,47 +166,33 @@ def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
     pad_h, pad_w = geom.pad_lo
     dil_h, dil_w = geom.dilation
 
-    for b0 in range(0, batch, nb):
-        b1 = min(batch, b0 + nb)
-        for p0 in range(0, positions, pc):
-            p1 = min(positions, p0 + pc)
-            n_img, n_pos = b1 - b0, p1 - p0
-            columns = columns_buffer[: rows * n_img * n_pos].reshape(rows, n_img * n_pos)
-            points = n_img * offset_groups * taps * n_pos
-            if channel_slice is None:
-                slice_, slices = channel_slicing(c_per_og, points)
-            else:
-                slice_ = channel_slice
-                slices = _ceil_div(c_per_og, slice_)
-            grid = (max(1, min(_ceil_div(points, THREADS), max_grid_x, MAX_GRID_X)), slices)
-            x_chunk = x[b0:b1]
-            offset_chunk = offset[b0:b1]
-            mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
-            chunk_index = index
-            if chunk_index is None:
-                # Flat thread index (points + one grid of threads), corner offsets, and the
-                # output-position coordinates (oy * stride + i * dilation) besides the arrays.
-                extent = max(out_h * stride_h + kh * dil_h + height,
-                             out_w * stride_w + kw * dil_w + width)
-                chunk_index = _kernels.index_dtype(
-                    x_chunk, offset_chunk, columns,
-                    max_index=max(points + THREADS * (grid[0] + 1), extent + pad_h + pad_w,
-                                  rows * n_img * n_pos))
-            name = FAMILY.name_expression(dtype, chunk_index, has_mask)
-            function = backend.executor.get_function(FILE, name)
-            backend.executor.launch(
-                function,
-                grid=grid,
-                block=THREADS,
-                args=(x_chunk, offset_chunk, mask_chunk, columns, n_img, c_in, height, width,
-                      out_h, out_w, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                      offset_groups, slice_, p0, n_pos),
-            )
-            # (G, og, cg * K) @ (G, cg * K, n_img * n_pos) -> (G, og, n_img * n_pos)
-            product = backend.executor.matmul(
-                weight_matrix, columns.reshape(groups, cg * taps, n_img * n_pos))
-            # (C_out, n_img, n_pos) -> (n_img, C_out, n_pos)
-            result[b0:b1, :, p0:p1] = product.reshape(c_out, n_img, n_pos).transpose(1, 0, 2)
+    for b0, b1, p0, p1 in chunks(batch, positions, nb, pc):
+        n_img, n_pos = b1 - b0, p1 - p0
+        columns = columns_buffer[: rows * n_img * n_pos].reshape(rows, n_img * n_pos)
+        points = n_img * offset_groups * taps * n_pos
+        slice_, grid = chunk_launch(points, c_per_og, channel_slice, max_grid_x)
+        x_chunk = x[b0:b1]
+        offset_chunk = offset[b0:b1]
+        mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
+        chunk_dtype = index
+        if chunk_dtype is None:
+            chunk_dtype = chunk_index((x_chunk, offset_chunk, columns), geom, (height, width),
+                                      (kh, kw), points, grid[0], rows * n_img * n_pos)
+        name = FAMILY.name_expression(dtype, chunk_dtype, has_mask)
+        function = backend.executor.get_function(FILE, name)
+        backend.executor.launch(
+            function,
+            grid=grid,
+            block=THREADS,
+            args=(x_chunk, offset_chunk, mask_chunk, columns, n_img, c_in, height, width,
+                  out_h, out_w, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                  offset_groups, slice_, p0, n_pos),
+        )
+        # (G, og, cg * K) @ (G, cg * K, n_img * n_pos) -> (G, og, n_img * n_pos)
+        product = backend.executor.matmul(
+            weight_matrix, columns.reshape(groups, cg * taps, n_img * n_pos))
+        # (C_out, n_img, n_pos) -> (n_img, C_out, n_pos)
+        result[b0:b1, :, p0:p1] = product.reshape(c_out, n_img, n_pos).transpose(1, 0, 2)
     if bias is not None:
         result += bias.reshape(1, c_out, 1)
     return result.reshape(batch, c_out, out_h, out_w)

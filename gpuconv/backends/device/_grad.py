@@ -51,6 +51,7 @@ import numpy as np
 from ... import _kernels
 from ..._shapes import ConvGeometry, transpose_as_conv
 from . import _deform
+from ._common import PADDING_MODE_CODES, ceil_div, pow2_at_least
 
 GRAD_FILE = "conv_grad.cu"
 FOLD_FILE = "pad_fold.cu"
@@ -61,9 +62,6 @@ REDUCE = _kernels.FAMILIES["weight_grad_reduce"]
 FOLD = _kernels.FAMILIES["pad_fold"]
 COL2IM = _kernels.FAMILIES["deform_col2im"]
 COL2IM_COORD = _kernels.FAMILIES["deform_col2im_coord"]
-
-#: padding_mode -> the kernels' ``Mode`` template argument (``gpuconv::PaddingMode``).
-PADDING_MODE_CODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
 
 #: conv_weight_grad's tile (output channels x columns x reduction step) and threads per block.
 TILE_M = _kernels.source_define(GRAD_FILE, "GPUCONV_WGRAD_BM")
@@ -92,14 +90,6 @@ MAX_GRID_Y = 65535
 WEIGHT_GRAD_METHODS = ("gemm", "depthwise")
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(0, (int(n) - 1).bit_length())
-
-
 def _acc_dtype(dtype: np.dtype) -> np.dtype:
     """The accumulator dtype of the kernels (``gpuconv::acc_t``): float32 for float16."""
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
@@ -117,7 +107,7 @@ def _lead3(values, fill: int) -> tuple[int, int, int]:
 
 
 def _grid_stride_blocks(total: int) -> int:
-    return max(1, min(_ceil_div(total, THREADS), MAX_BLOCKS))
+    return max(1, min(ceil_div(total, THREADS), MAX_BLOCKS))
 
 
 # ----------------------------------------------------------------------------- splits
@@ -142,12 +132,12 @@ def split_plan(tiles: int, length: int, step: int, min_len: int, out_elems: int,
     """
     length = max(int(length), 1)
     if splits is None:
-        splits = min(_ceil_div(TARGET_BLOCKS, max(tiles, 1)), _ceil_div(length, min_len))
+        splits = min(ceil_div(TARGET_BLOCKS, max(tiles, 1)), ceil_div(length, min_len))
         if deterministic:
             splits = min(splits, WORKSPACE_BYTES // max(out_elems * acc_itemsize, 1))
-    splits = max(1, min(int(splits), MAX_GRID_Y, _ceil_div(length, step)))
-    split_len = _ceil_div(_ceil_div(length, splits), step) * step
-    return _ceil_div(length, split_len), split_len
+    splits = max(1, min(int(splits), MAX_GRID_Y, ceil_div(length, step)))
+    split_len = ceil_div(ceil_div(length, splits), step) * step
+    return ceil_div(length, split_len), split_len
 
 
 # ----------------------------------------------------------------------------- padding fold
@@ -289,17 +279,17 @@ def conv_weight_grad(backend, x, grad_output, geom: ConvGeometry, deterministic:
         return xp.zeros(shape, dtype=dtype)
 
     if method == "gemm":
-        tiles = groups * _ceil_div(og, TILE_M) * _ceil_div(cg * taps, TILE_N)
+        tiles = groups * ceil_div(og, TILE_M) * ceil_div(cg * taps, TILE_N)
         n_splits, split_len = split_plan(tiles, length, TILE_K, MIN_SPLIT_LEN, out_elems,
                                          acc.itemsize, deterministic, splits)
         family, grid, block = WEIGHT_GRAD, (tiles, n_splits), WEIGHT_GRAD_THREADS
         counts = (batch, c_in, c_out, groups)
     else:
-        tiles = c_out * _ceil_div(taps, DEPTHWISE_TAPS)
+        tiles = c_out * ceil_div(taps, DEPTHWISE_TAPS)
         n_splits, split_len = split_plan(tiles, length, 1, DEPTHWISE_MIN_SPLIT_LEN, out_elems,
                                          acc.itemsize, deterministic, splits)
         family, grid = DEPTHWISE_WEIGHT_GRAD, (tiles, n_splits)
-        block = max(32, min(DEPTHWISE_THREADS, _pow2_at_least(split_len)))
+        block = max(32, min(DEPTHWISE_THREADS, pow2_at_least(split_len)))
         counts = (batch, c_in, og)  # channels, multiplier
 
     if deterministic:
@@ -390,55 +380,44 @@ def deform_conv2d_grad(backend, x, offset, weight, mask, grad_output, geom: Conv
     dil_h, dil_w = geom.dilation
     executor = backend.executor
 
-    for b0 in range(0, batch, nb):
-        b1 = min(batch, b0 + nb)
-        for p0 in range(0, positions, pc):
-            p1 = min(positions, p0 + pc)
-            n_img, n_pos = b1 - b0, p1 - p0
-            n_cols = n_img * n_pos
-            columns = columns_buffer[: rows * n_cols].reshape(rows, n_cols)
-            points = n_img * offset_groups * taps * n_pos
-            if channel_slice is None:
-                slice_, slices = _deform.channel_slicing(c_per_og, points)
-            else:
-                slice_, slices = channel_slice, _ceil_div(c_per_og, channel_slice)
-            grid = (max(1, min(_ceil_div(points, THREADS), max_grid_x, _deform.MAX_GRID_X)),
-                    slices)
-            x_chunk = x[b0:b1]
-            offset_chunk = offset[b0:b1]
-            mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
-            chunk_index = index
-            if chunk_index is None:
-                extent = max(out_h * stride_h + kh * dil_h + height,
-                             out_w * stride_w + kw * dil_w + width)
-                chunk_index = _kernels.index_dtype(
-                    x_chunk, offset_chunk, columns,
-                    max_index=2 * max(points + THREADS * (grid[0] + 1),
-                                      extent + pad_h + pad_w, rows * n_cols))
-            common = (n_img, c_in, height, width, out_h, out_w, kh, kw, stride_h, stride_w,
-                      pad_h, pad_w, dil_h, dil_w, offset_groups)
-            # The forward's columns (mask-scaled samples): (C_in * K, n_img * n_pos)
-            im2col = executor.get_function(
-                _deform.FILE, _deform.FAMILY.name_expression(cdt, chunk_index, has_mask))
-            executor.launch(im2col, grid=grid, block=THREADS,
-                            args=(x_chunk, offset_chunk, mask_chunk, columns, *common, slice_,
-                                  p0, n_pos))
-            # grad_output of the chunk as (G, og, n_img * n_pos)
-            go = xp.ascontiguousarray(grad_output[b0:b1, :, p0:p1].transpose(1, 0, 2))
-            go = go.reshape(groups, og, n_cols)
-            grad_w += executor.matmul(go, columns.reshape(groups, cg * taps, n_cols)
-                                      .transpose(0, 2, 1))
-            # gradient of the columns: (G, cg * K, og) @ (G, og, n_cols) = (C_in * K, n_cols)
-            grad_cols = xp.ascontiguousarray(executor.matmul(weight_t, go)).reshape(rows, n_cols)
-            col2im = executor.get_function(
-                DEFORM_FILE, COL2IM.name_expression(cdt, chunk_index, has_mask))
-            executor.launch(col2im, grid=grid, block=THREADS,
-                            args=(offset_chunk, mask_chunk, grad_cols, grad_x[b0:b1], *common,
-                                  slice_, p0, n_pos))
-            coord = executor.get_function(
-                DEFORM_FILE, COL2IM_COORD.name_expression(cdt, chunk_index, has_mask))
-            grad_mask_chunk = grad_mask[b0:b1] if has_mask else mask_arg
-            executor.launch(coord, grid=(grid[0], 1), block=THREADS,
-                            args=(x_chunk, offset_chunk, mask_chunk, grad_cols,
-                                  grad_offset[b0:b1], grad_mask_chunk, *common, p0, n_pos))
+    for b0, b1, p0, p1 in _deform.chunks(batch, positions, nb, pc):
+        n_img, n_pos = b1 - b0, p1 - p0
+        n_cols = n_img * n_pos
+        columns = columns_buffer[: rows * n_cols].reshape(rows, n_cols)
+        points = n_img * offset_groups * taps * n_pos
+        slice_, grid = _deform.chunk_launch(points, c_per_og, channel_slice, max_grid_x)
+        x_chunk = x[b0:b1]
+        offset_chunk = offset[b0:b1]
+        mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
+        chunk_index = index
+        if chunk_index is None:
+            chunk_index = _deform.chunk_index((x_chunk, offset_chunk, columns), geom,
+                                              (height, width), (kh, kw), points, grid[0],
+                                              rows * n_cols, margin=2)
+        common = (n_img, c_in, height, width, out_h, out_w, kh, kw, stride_h, stride_w,
+                  pad_h, pad_w, dil_h, dil_w, offset_groups)
+        # The forward's columns (mask-scaled samples): (C_in * K, n_img * n_pos)
+        im2col = executor.get_function(
+            _deform.FILE, _deform.FAMILY.name_expression(cdt, chunk_index, has_mask))
+        executor.launch(im2col, grid=grid, block=_deform.THREADS,
+                        args=(x_chunk, offset_chunk, mask_chunk, columns, *common, slice_,
+                              p0, n_pos))
+        # grad_output of the chunk as (G, og, n_img * n_pos)
+        go = xp.ascontiguousarray(grad_output[b0:b1, :, p0:p1].transpose(1, 0, 2))
+        go = go.reshape(groups, og, n_cols)
+        grad_w += executor.matmul(go, columns.reshape(groups, cg * taps, n_cols)
+                                  .transpose(0, 2, 1))
+        # gradient of the columns: (G, cg * K, og) @ (G, og, n_cols) = (C_in * K, n_cols)
+        grad_cols = xp.ascontiguousarray(executor.matmul(weight_t, go)).reshape(rows, n_cols)
+        col2im = executor.get_function(
+            DEFORM_FILE, COL2IM.name_expression(cdt, chunk_index, has_mask))
+        executor.launch(col2im, grid=grid, block=_deform.THREADS,
+                        args=(offset_chunk, mask_chunk, grad_cols, grad_x[b0:b1], *common,
+                              slice_, p0, n_pos))
+        coord = executor.get_function(
+            DEFORM_FILE, COL2IM_COORD.name_expression(cdt, chunk_index, has_mask))
+        grad_mask_chunk = grad_mask[b0:b1] if has_mask else mask_arg
+        executor.launch(coord, grid=(grid[0], 1), block=_deform.THREADS,
+                        args=(x_chunk, offset_chunk, mask_chunk, grad_cols,
+                              grad_offset[b0:b1], grad_mask_chunk, *common, p0, n_pos))
     return result()

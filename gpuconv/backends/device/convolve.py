@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _kernels
+from ._common import ceil_div, pow2_at_least, prepare
 
 FILE = "convolve.cu"
 TILED = _kernels.FAMILIES["correlate1d"]
@@ -41,14 +42,6 @@ REDUCE_MIN_TAPS = 512
 REDUCE_BELOW_TILED_BLOCKS = 64
 #: The reduce kernel's grid-stride loop covers outputs past this many blocks.
 REDUCE_MAX_BLOCKS = 65535
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _next_power_of_two(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
 
 
 def output_window(n_a: int, n_v: int, mode: str, *, convolve: bool) -> tuple[int, int]:
@@ -77,18 +70,10 @@ def output_window(n_a: int, n_v: int, mode: str, *, convolve: bool) -> tuple[int
 
 def choose_method(n_out: int, n_taps: int) -> str:
     """``"tiled"`` or ``"reduce"`` for ``n_out`` outputs of a ``n_taps``-tap filter."""
-    tiled_blocks = _ceil_div(n_out, TILED_THREADS * OUTPUTS_PER_THREAD)
+    tiled_blocks = ceil_div(n_out, TILED_THREADS * OUTPUTS_PER_THREAD)
     if n_taps >= REDUCE_MIN_TAPS and tiled_blocks < REDUCE_BELOW_TILED_BLOCKS:
         return "reduce"
     return "tiled"
-
-
-def _prepare(xp, array, dtype):
-    """C-contiguous, ``dtype``, and aligned to the element size."""
-    array = xp.ascontiguousarray(array, dtype=dtype)
-    if xp is np and array.size and array.ctypes.data % dtype.itemsize:
-        array = array.copy()
-    return array
 
 
 def correlate(backend, a, v, mode: str, *, convolve: bool, method: str | None = None):
@@ -121,8 +106,8 @@ def correlate(backend, a, v, mode: str, *, convolve: bool, method: str | None = 
             return func(a.astype(np.int64), v.astype(np.int64), mode) != 0
         return func(a, v, mode)
 
-    a = _prepare(xp, a, dtype)
-    v = _prepare(xp, v, dtype)
+    a = prepare(xp, a, dtype)
+    v = prepare(xp, v, dtype)
     start, n_out = output_window(a.size, v.size, mode, convolve=convolve)
     # The kernels loop over the taps of their second sequence: make that the shorter one.
     # The full convolution is symmetric; the full correlation of (a, v) is the full
@@ -131,7 +116,7 @@ def correlate(backend, a, v, mode: str, *, convolve: bool, method: str | None = 
         if convolve:
             a, v = v, a
         else:
-            a, v = _prepare(xp, xp.conj(v[::-1]), dtype), a
+            a, v = prepare(xp, xp.conj(v[::-1]), dtype), a
             convolve = True
     out = xp.empty(n_out, dtype=dtype)
     _launch_window(backend, a, v, out, start, convolve=convolve,
@@ -145,7 +130,7 @@ def _launch_window(backend, a, v, out, start: int, *, convolve: bool, method: st
     itemsize = out.dtype.itemsize
     if method == "tiled":
         # Whole warps, no more than the outputs need.
-        threads = min(TILED_THREADS, 32 * _ceil_div(_ceil_div(n_out, OUTPUTS_PER_THREAD), 32))
+        threads = min(TILED_THREADS, 32 * ceil_div(ceil_div(n_out, OUTPUTS_PER_THREAD), 32))
         tile = threads * OUTPUTS_PER_THREAD
         chunk = min(n_v, threads)
         index = _kernels.index_dtype(a, v, out, max_index=2 * (n_a + n_v) + n_v + 2 * tile)
@@ -153,14 +138,14 @@ def _launch_window(backend, a, v, out, start: int, *, convolve: bool, method: st
         kernel = backend.executor.get_function(FILE, name)
         backend.executor.launch(
             kernel,
-            grid=_ceil_div(n_out, tile),
+            grid=ceil_div(n_out, tile),
             block=threads,
             args=(a, n_a, v, n_v, out, n_out, start, chunk),
             shared_mem=(chunk + tile + chunk - 1) * itemsize,
         )
     else:
         low, high = REDUCE_THREADS
-        threads = min(high, max(low, _next_power_of_two(_ceil_div(n_v, 16))))
+        threads = min(high, max(low, pow2_at_least(ceil_div(n_v, 16))))
         blocks = min(n_out, REDUCE_MAX_BLOCKS)
         index = _kernels.index_dtype(a, v, out, max_index=2 * (n_a + n_v) + blocks + threads)
         name = REDUCE.name_expression(out.dtype, index, convolve)
