@@ -453,36 +453,20 @@ inline int __float2int_rz(float x) { return static_cast<int>(x); }
 inline int __float2int_rd(float x) { return static_cast<int>(floorf(x)); }
 inline int __float2int_ru(float x) { return static_cast<int>(ceilf(x)); }
 inline int __double2int_rn(double x) { return static_cast<int>(nearbyint(x)); }
-inline int __float_as_int(float x) {
-    int i;
-    std::memcpy(&i, &x, 4);
-    return i;
+// The bit reinterpretations: the bits of `from` read as a To (std::bit_cast is C++20).
+template <class To, class From>
+inline To gpuconv_shim_bit_cast(const From& from) {
+    static_assert(sizeof(To) == sizeof(From), "bit cast between types of different sizes");
+    To to;
+    std::memcpy(&to, &from, sizeof(To));
+    return to;
 }
-inline float __int_as_float(int i) {
-    float x;
-    std::memcpy(&x, &i, 4);
-    return x;
-}
-inline unsigned int __float_as_uint(float x) {
-    unsigned int i;
-    std::memcpy(&i, &x, 4);
-    return i;
-}
-inline float __uint_as_float(unsigned int i) {
-    float x;
-    std::memcpy(&x, &i, 4);
-    return x;
-}
-inline long long __double_as_longlong(double x) {
-    long long i;
-    std::memcpy(&i, &x, 8);
-    return i;
-}
-inline double __longlong_as_double(long long i) {
-    double x;
-    std::memcpy(&x, &i, 8);
-    return x;
-}
+inline int __float_as_int(float x) { return gpuconv_shim_bit_cast<int>(x); }
+inline float __int_as_float(int i) { return gpuconv_shim_bit_cast<float>(i); }
+inline unsigned int __float_as_uint(float x) { return gpuconv_shim_bit_cast<unsigned int>(x); }
+inline float __uint_as_float(unsigned int i) { return gpuconv_shim_bit_cast<float>(i); }
+inline long long __double_as_longlong(double x) { return gpuconv_shim_bit_cast<long long>(x); }
+inline double __longlong_as_double(long long i) { return gpuconv_shim_bit_cast<double>(i); }
 inline int __popc(unsigned int x) { return __builtin_popcount(x); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
