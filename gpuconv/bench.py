@@ -864,8 +864,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", metavar="PATH", help="write the table and notes as Markdown")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     p.add_argument("--threads", type=int,
-                   help="threads for BLAS (needs threadpoolctl), PyTorch and gpuconv's NumPy "
-                        "backend (default: each library's own default)")
+                   help="threads for BLAS (needs threadpoolctl) and PyTorch "
+                        "(default: each library's own default)")
     p.add_argument("--clock", choices=("wall", "thread"), default="wall",
                    help="'thread': CPU time of the calling thread, robust to other processes' "
                         "load; only with --threads 1 (default: wall clock)")
@@ -874,7 +874,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _set_threads(count: int) -> str | None:
-    """Limit BLAS, PyTorch and gpuconv's NumPy backend to ``count`` threads (None: done)."""
+    """Limit BLAS (so gpuconv's NumPy backend) and PyTorch to ``count`` threads (None: done)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
@@ -887,9 +887,6 @@ def _set_threads(count: int) -> str | None:
         except Exception:  # a broken torch is reported by the peers, not here
             pass
     threadpool_limits(count)
-    from .backends import numpy_backend
-
-    numpy_backend.NUM_THREADS = count
     return None
 
 

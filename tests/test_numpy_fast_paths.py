@@ -1,8 +1,8 @@
 """The NumPy backend's fast paths against small independent references.
 
 The backend computes through stride phases, wide rows, per-phase transposed convs, row
-gathers and a Toeplitz GEMM, chunked and spread over threads. Here each path is forced
-(tiny chunks, 1 or 3 threads, strides larger than the kernel, ...) and compared, in
+gathers and a Toeplitz GEMM, chunked. Here each path is forced
+(tiny chunks, strides larger than the kernel, ...) and compared, in
 float64, with a reference that shares none of that machinery: one shifted-slice
 multiply-add per kernel tap on the ``numpy.pad``-ded input, a scatter-add per tap for the
 transpose, a per-sample loop for deformable sampling, ``numpy.convolve`` for 1-D.
@@ -89,12 +89,6 @@ def ref_deform(x, offset, w, mask, padding):
     return out
 
 
-@pytest.fixture(params=[1, 3], ids=["1-thread", "3-threads"])
-def threads(request, monkeypatch):
-    monkeypatch.setattr(numpy_backend, "NUM_THREADS", request.param)
-    return request.param
-
-
 @pytest.fixture(params=["default", "tiny"])
 def chunks(request, monkeypatch):
     if request.param == "tiny":  # every chunk one output row (or one block) at most
@@ -117,7 +111,7 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{len(c[0])}d-s{c[2]}-{c[6]}")
-def test_conv_matches_direct_reference(case, threads, chunks):
+def test_conv_matches_direct_reference(case, chunks):
     size, kernel, stride, padding, dilation, groups, mode = case
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 2 * groups, *size))
@@ -131,7 +125,7 @@ def test_conv_matches_direct_reference(case, threads, chunks):
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{len(c[0])}d-s{c[2]}-{c[6]}")
-def test_depthwise_matches_direct_reference(case, threads, chunks):
+def test_depthwise_matches_direct_reference(case, chunks):
     size, kernel, stride, padding, dilation, _, mode = case
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, *size))
@@ -150,7 +144,7 @@ def test_depthwise_matches_direct_reference(case, threads, chunks):
     ((6,), (5,), (4,), (3,), (3,), (2,), 2),
     ((3, 2, 4), (2, 3, 2), (2, 1, 3), (1, 1, 0), (1, 0, 2), (1, 1, 1), 1),
 ], ids=lambda c: f"{len(c[0])}d-s{c[2]}-d{c[5]}")
-def test_conv_transpose_matches_scatter_reference(case, threads, chunks):
+def test_conv_transpose_matches_scatter_reference(case, chunks):
     size, kernel, stride, padding, output_padding, dilation, groups = case
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 2 * groups, *size))
@@ -166,7 +160,7 @@ def test_conv_transpose_matches_scatter_reference(case, threads, chunks):
 
 @pytest.mark.parametrize("offset_groups", [1, 2])
 @pytest.mark.parametrize("with_mask", [True, False])
-def test_deform_matches_per_sample_reference(offset_groups, with_mask, threads, chunks):
+def test_deform_matches_per_sample_reference(offset_groups, with_mask, chunks):
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 4, 5, 6))
     w = rng.standard_normal((3, 4, 3, 3))
@@ -193,14 +187,3 @@ def test_long_signal_gemm_path_matches_numpy(func, mode, taps, monkeypatch):
     got32 = getattr(gpuconv, func)(a.astype(np.float32), v.astype(np.float32), mode)
     assert got32.dtype == np.float32
     np.testing.assert_allclose(got32, expected, rtol=0, atol=1e-4 * np.abs(expected).max())
-
-
-def test_thread_count_does_not_change_results(monkeypatch):
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((3, 8, 17, 13)).astype(np.float32)
-    w = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
-    results = []
-    for count in (1, 2, 5):
-        monkeypatch.setattr(numpy_backend, "NUM_THREADS", count)
-        results.append(gpuconv.depthwise_conv(x, w, padding=1))
-    assert all(np.array_equal(results[0], r) for r in results[1:])

@@ -29,9 +29,9 @@ for stride 1 ``Q_d = out_d + (k_d - 1) * dilation_d``).
   input (one ``np.take`` for the 4 corners, ``einsum`` with the weights), then one GEMM.
 * convolve/correlate (real, long): a blocked Toeplitz GEMM; NumPy's own loop otherwise.
 
-Threads: the GEMMs use BLAS's threads; depthwise blocks and deformable sampling, which
-have no GEMM inside, are split over ``NUM_THREADS`` threads, as NumPy releases the GIL
-there.
+Threads: only BLAS's. (Spreading the copies, ``take`` and ``einsum`` calls between GEMMs
+over Python threads made them slower, measured on 2 cores: not all of them release the
+GIL, and the threads fight BLAS's spinning workers.)
 
 Memory is bounded: every temporary (phases, im2col columns, wide output, sampling buffers)
 is built for a chunk of the batch, or of the outermost output dim, sized to stay under
@@ -43,12 +43,8 @@ float16 inputs are computed in float32 and rounded once, when the result is writ
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,56 +60,12 @@ WORKSPACE_BYTES = 64 * 2**20
 
 #: Preferred chunk size for conv's im2col, in bytes: small enough to stay in the last-level
 #: cache between the im2col copy and the GEMM that reads it.
-CHUNK_BYTES = 4 * 2**20
+CHUNK_BYTES = 16 * 2**20
 
 #: Working-set target, in bytes, of one depthwise channel block (its im2col columns and
 #: outputs): a share of the last-level cache.
 DEPTHWISE_BLOCK_BYTES = 1024 * 1024
 
-
-def _default_threads() -> int:
-    env = os.environ.get("GPUCONV_NUM_THREADS", "").strip()
-    if env:
-        return max(1, int(env))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, 8))
-
-
-#: Threads for the loops that BLAS does not run (depthwise blocks, deformable sampling):
-#: NumPy releases the GIL in copies, ufuncs and einsum. The GEMMs use BLAS's own threads.
-#: Default: the usable cores (at most 8), or ``GPUCONV_NUM_THREADS``; 1 disables (advisable
-#: where other processes keep the cores busy: waiting thread pools then slow each other).
-NUM_THREADS = _default_threads()
-
-_pool: ThreadPoolExecutor | None = None
-_pool_size = 0
-_pool_lock = threading.Lock()
-
-
-def _parallel(work, items) -> None:
-    """Call ``work(slot, part)`` for up to ``NUM_THREADS`` contiguous parts of ``items``.
-
-    The parts run in parallel, part number ``slot`` (0, 1, ...) on one thread, so ``work``
-    can allocate scratch once per part or use a buffer per slot.
-    """
-    global _pool, _pool_size
-    items = list(items)
-    parts = max(1, min(NUM_THREADS, len(items)))
-    if parts == 1:
-        work(0, items)
-        return
-    bounds = [len(items) * k // parts for k in range(parts + 1)]
-    chunks = [items[a:b] for a, b in zip(bounds, bounds[1:])]
-    with _pool_lock:
-        if _pool is None or _pool_size < parts:
-            # a smaller pool still in use elsewhere finishes its work and is collected
-            _pool = ThreadPoolExecutor(max_workers=parts, thread_name_prefix="gpuconv")
-            _pool_size = parts
-        pool = _pool
-    futures = [pool.submit(work, slot, chunk) for slot, chunk in enumerate(chunks) if slot]
-    work(0, chunks[0])  # the calling thread takes the first part
-    for future in futures:
-        future.result()
 
 _NP_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -449,24 +401,21 @@ class NumpyBackend(GradMixin):
             per_channel = (taps + mult) * length * isz
             block = max(1, min(c, DEPTHWISE_BLOCK_BYTES // per_channel))
 
-            def blocks(_slot, part, bs=bs, r0=r0, rows=rows, length=length, phases=phases, block=block):
-                cols_buf = np.empty(block * taps * length, dtype=cdt)
-                out_buf = np.empty(block * mult * length, dtype=cdt)
-                for i, c0 in part:
+            cols_buf = np.empty(block * taps * length, dtype=cdt)
+            out_buf = np.empty(block * mult * length, dtype=cdt)
+            for i in range(bs.stop - bs.start):
+                for c0 in range(0, c, block):
                     c1 = min(c, c0 + block)
                     cols = cols_buf[: (c1 - c0) * taps * length].reshape(c1 - c0, taps, length)
                     for t, (phase, offset) in enumerate(plan.taps):
                         cols[:, t] = phases[i, c0:c1, phase, offset:offset + length]
-                    # per channel (mult, K) @ (K, L), summed by einsum (no BLAS in threads)
+                    # per channel (mult, K) @ (K, L)
                     out = out_buf[: (c1 - c0) * mult * length].reshape(c1 - c0, mult, length)
                     np.einsum("cmk,ckl->cml", w[c0:c1], cols, out=out)
                     # (cb*mult, rows, *inner) -> crop -> result rows
                     wide = out.reshape((1, (c1 - c0) * mult, rows) + plan.inner)[crop]
                     dst = result[bs.start + i:bs.start + i + 1, c0 * mult:c1 * mult, r0:r0 + rows]
                     _write(dst, wide, None if bias is None else bias[c0 * mult:c1 * mult])
-
-            _parallel(blocks, [(i, c0) for i in range(bs.stop - bs.start)
-                               for c0 in range(0, c, block)])
         return result
 
     # -------------------------------------------------------------- deformable
@@ -502,41 +451,13 @@ class NumpyBackend(GradMixin):
         result = np.empty((n, c_out, ho, wo), dtype=dtype)
         corner_dy = np.array([0, 0, 1, 1])
         corner_dx = np.array([0, 1, 0, 1])
-        # bytes per output position: samples (+ their per-group copy) + output, and each
-        # thread's 4 corners
-        per_position = (2 * taps * c_in + c_out + 4 * taps * cpo * NUM_THREADS) * cdt.itemsize
+        # bytes per output position: 4 corners + samples (+ their per-group copy) + output
+        per_position = (4 * taps * cpo + 2 * taps * c_in + c_out) * cdt.itemsize
         step = max(1, min(WORKSPACE_BYTES, CHUNK_BYTES) // per_position)
         img = np.zeros((ogroups, height * width + 1, cpo), dtype=cdt)  # channels last
         # buffers reused by every chunk (fresh multi-MB temporaries cost page faults)
-        sub = -(-step // NUM_THREADS)  # positions per thread and chunk
-        corners_bufs = [np.empty(sub * taps * 4 * cpo, dtype=cdt) for _ in range(NUM_THREADS)]
+        corners_buf = np.empty(step * taps * 4 * cpo, dtype=cdt)
         samples_buf = np.empty(step * taps * c_in, dtype=cdt)
-
-        def sample(slot, part, *, i, samples, p0):
-            """Fill ``samples`` (positions p0.., K, OG, cpo) for (offset group, positions)."""
-            for og_i, q0, q1 in part:
-                pc = q1 - q0
-                py = base_y[q0:q1] + off[og_i, :, 0, q0:q1].T  # (pc, K)
-                px = base_x[q0:q1] + off[og_i, :, 1, q0:q1].T
-                scale = ((py > -1) & (py < height) & (px > -1) & (px < width)).astype(cdt)
-                if mask is not None:
-                    scale *= mask[i].reshape(ogroups, taps, p)[og_i, :, q0:q1].T
-                y0, x0 = np.floor(py), np.floor(px)
-                ly, lx = py - y0, px - x0
-                # the 4 corners (pc, K, 4): rows y0, y0, y0+1, y0+1; cols x0, x0+1, ...
-                ys = y0.astype(np.intp)[..., None] + corner_dy
-                xs = x0.astype(np.intp)[..., None] + corner_dx
-                wy = np.stack([1 - ly, 1 - ly, ly, ly], axis=-1)
-                wx = np.stack([1 - lx, lx, 1 - lx, lx], axis=-1)
-                valid = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
-                rows = np.where(valid, ys * width + xs, height * width).reshape(-1)
-                coef = (wy * wx * scale[..., None]).reshape(pc * taps, 4)
-                corners = corners_bufs[slot][: pc * taps * 4 * cpo].reshape(-1, cpo)
-                # every row index is valid: 'clip' only skips the bounds check's buffer
-                np.take(img[og_i], rows, axis=0, out=corners, mode="clip")
-                np.einsum("sk,skc->sc", coef, corners.reshape(pc * taps, 4, cpo),
-                          out=samples[q0 - p0:q1 - p0, :, og_i].reshape(pc * taps, cpo))
-
         for i in range(n):
             img[:, :-1] = x[i].reshape(ogroups, cpo, height * width).transpose(0, 2, 1)
             off = offset[i].astype(cdt, copy=False).reshape(ogroups, taps, 2, p)
@@ -544,11 +465,27 @@ class NumpyBackend(GradMixin):
                 p1 = min(p, p0 + step)
                 pc = p1 - p0
                 samples = samples_buf[: pc * taps * c_in].reshape(pc, taps, ogroups, cpo)
-                # items of at most `sub` positions (a slot's corner buffer), one per thread
-                bounds = [p0 + pc * k // NUM_THREADS for k in range(NUM_THREADS + 1)]
-                items = [(og_i, q0, q1) for q0, q1 in zip(bounds, bounds[1:]) if q1 > q0
-                         for og_i in range(ogroups)]
-                _parallel(functools.partial(sample, i=i, samples=samples, p0=p0), items)
+                corners = corners_buf[: pc * taps * 4 * cpo].reshape(-1, cpo)
+                for og_i in range(ogroups):
+                    py = base_y[p0:p1] + off[og_i, :, 0, p0:p1].T  # (pc, K)
+                    px = base_x[p0:p1] + off[og_i, :, 1, p0:p1].T
+                    scale = ((py > -1) & (py < height) & (px > -1) & (px < width)).astype(cdt)
+                    if mask is not None:
+                        scale *= mask[i].reshape(ogroups, taps, p)[og_i, :, p0:p1].T
+                    y0, x0 = np.floor(py), np.floor(px)
+                    ly, lx = py - y0, px - x0
+                    # the 4 corners (pc, K, 4): rows y0, y0, y0+1, y0+1; cols x0, x0+1, ...
+                    ys = y0.astype(np.intp)[..., None] + corner_dy
+                    xs = x0.astype(np.intp)[..., None] + corner_dx
+                    wy = np.stack([1 - ly, 1 - ly, ly, ly], axis=-1)
+                    wx = np.stack([1 - lx, lx, 1 - lx, lx], axis=-1)
+                    valid = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
+                    rows = np.where(valid, ys * width + xs, height * width).reshape(-1)
+                    coef = (wy * wx * scale[..., None]).reshape(pc * taps, 4)
+                    # every row index is valid: 'clip' only skips the bounds check's buffer
+                    np.take(img[og_i], rows, axis=0, out=corners, mode="clip")
+                    np.einsum("sk,skc->sc", coef, corners.reshape(pc * taps, 4, cpo),
+                              out=samples[:, :, og_i].reshape(pc * taps, cpo))
                 # (G, pc, K*cg) @ (G, K*cg, og) -> (G, pc, og)
                 cols = samples.reshape(pc, taps, g, cg)
                 cols = cols.transpose(2, 0, 1, 3).reshape(g, pc, taps * cg)  # copies if G > 1
