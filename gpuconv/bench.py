@@ -36,9 +36,15 @@ Adding workloads
 ----------------
 :data:`WORKLOADS` maps a name to a :class:`Workload` of a *kind*; :data:`KINDS` maps each
 kind to how its inputs are made, how gpuconv and each peer run it, and its FLOP and byte
-counts. The kind ``"backward"`` is reserved for gradient workloads: register a
-:class:`Kind` under that name with :func:`register_kind` and add workloads with
-:func:`register_workload`.
+counts (:func:`register_kind`, :func:`register_workload`).
+
+Backward workloads (kind ``"backward"``, named ``<forward>_backward``, one for each name in
+:data:`BACKWARD_OF`, same sizes) time the gradients of every array input of the forward
+(``x`` and the weight; also the offset and mask for deform) for one random ``grad_output``:
+gpuconv's :mod:`gpuconv.grad` functions against ``torch.autograd.grad`` of PyTorch's (or
+torchvision's) forward output, built once before the timing with ``retain_graph=True``, so
+both sides time the backward pass alone. Their results (tuples of gradients) are compared
+pairwise; ``rel_diff`` is the largest of the per-gradient differences.
 """
 
 from __future__ import annotations
@@ -98,8 +104,9 @@ class Kind:
     run(arrays, params) -> gpuconv's result;
     peers: name -> (device, arrays, params) -> zero-argument callable, where ``device`` is
     ``"cpu"`` or ``"cuda"`` and ``arrays`` are on it (NumPy or CuPy); the callable returns
-    the peer's result as an array convertible by ``_to_numpy``. A peer raises
-    ``_Unavailable`` (or ImportError) when it cannot run here;
+    the peer's result as an array convertible by ``_to_numpy`` (or a tuple of them). A peer
+    raises ``_Unavailable`` (or ImportError) when it cannot run here (a note says why), and
+    ``_NotApplicable`` when it does not compute this workload at all (silently skipped);
     flops(params) -> int; out_elements(params) -> int (for the byte count).
     """
 
@@ -113,6 +120,10 @@ class Kind:
 
 class _Unavailable(Exception):
     """A peer cannot run this workload here (missing package, no device, dtype)."""
+
+
+class _NotApplicable(_Unavailable):
+    """A peer does not compute this workload at all (no note, no column entry)."""
 
 
 def _prod(values) -> int:
@@ -151,6 +162,14 @@ def flops(kind: str, p: Mapping) -> int:
       sampled value (4 corners) ``+ 1`` for the mask, over ``N * C_in * K * P`` samples
       (``P`` outputs per map, ``K`` taps)
     * convolve: direct-method count ``2 * len(out) * taps`` (whatever the method)
+    * backward: the input gradient and the weight gradient each cost their forward's FLOPs
+      (the same multiply-adds, contracted over other axes), so conv, conv_transpose and
+      depthwise count ``2 *`` the forward. Deform counts its two GEMMs (``2 *`` the
+      forward's) plus, per sampled value, ``8`` to resample it for the weight gradient
+      (4 corners), ``8`` to scatter its gradient onto the 4 corners (input gradient),
+      ``16`` for the offset gradient (each coordinate's bilinear derivative over 4 corners)
+      and, with a mask, ``1`` (the mask product) ``+ 2`` (the mask gradient's multiply-add):
+      ``2 * GEMM + samples * (32 + 3)``
     """
     return int(KINDS[kind].flops(p))
 
@@ -383,13 +402,13 @@ WORKLOADS: dict[str, Workload] = {}
 
 def register_workload(workload: Workload) -> None:
     """Add (or replace) a workload; its kind must be in :data:`KINDS`."""
-    if workload.kind not in KINDS and workload.kind != "backward":
+    if workload.kind not in KINDS:
         raise ValueError(f"workload {workload.name!r}: unknown kind {workload.kind!r}")
     WORKLOADS[workload.name] = workload
 
 
 def register_kind(name: str, kind: Kind) -> None:
-    """Add a workload kind (for example ``"backward"``, for gradient workloads)."""
+    """Add (or replace) a workload kind."""
     KINDS[name] = kind
 
 
@@ -430,6 +449,145 @@ for _w in (
     register_workload(_w)
 
 
+# --- backward (gradients) -------------------------------------------------------------------
+#
+# A backward workload's parameters are its forward workload's plus ``op``, the forward kind
+# ("conv", "conv_transpose", "depthwise" or "deform"). gpuconv computes the gradient of every
+# array input of the forward (x and the weight; also the offset and the mask for deform) from
+# one random ``grad_output``; each peer differentiates its own forward, built once outside the
+# timing, with the same ``grad_output`` (``torch.autograd.grad(..., retain_graph=True)``), so
+# only the backward pass is timed on both sides.
+
+#: Forward kind -> (key of the weight in the kind's arrays, keyword arguments the forward
+#: takes from the parameters, gpuconv's input and weight gradient function names).
+_BACKWARD_OPS = {
+    "conv": ("weight", ("stride", "padding", "groups"), ("conv_input", "conv_weight")),
+    "conv_transpose": ("weight", ("stride", "padding"),
+                       ("conv_transpose_input", "conv_transpose_weight")),
+    "depthwise": ("dw_weight", ("stride", "padding"),
+                  ("depthwise_conv_input", "depthwise_conv_weight")),
+    "deform": ("weight", ("padding",), None),
+}
+
+
+def _bwd_split(p):
+    """(forward kind, forward parameters) of a backward workload's parameters."""
+    return p["op"], {k: v for k, v in p.items() if k != "op"}
+
+
+def _forward_out_shape(op, p):
+    """Shape of the forward output, i.e. of ``grad_output``."""
+    if op == "conv_transpose":
+        return (p["n"], p["c_out"], *_convT_out(p))
+    if op == "depthwise":
+        return (p["n"], p["c"], *_conv_out(p))
+    return (p["n"], p["c_out"], *(_deform_out(p) if op == "deform" else _conv_out(p)))
+
+
+def _bwd_grad_names(op, p):
+    """The forward's arrays that get a gradient, in the order gradients are returned."""
+    weight = _BACKWARD_OPS[op][0]
+    if op != "deform":
+        return ("x", weight)
+    return ("x", "offset", weight) + (("mask",) if p.get("mask", True) else ())
+
+
+def _bwd_make(p, dtype, rng):
+    op, fp = _bwd_split(p)
+    arrays = KINDS[op].make(fp, dtype, rng)
+    arrays["grad_output"] = _rand(rng, _forward_out_shape(op, fp), dtype)
+    return arrays
+
+
+def _bwd_run(a, p):
+    from gpuconv import grad
+
+    op, fp = _bwd_split(p)
+    weight_key, keywords, functions = _BACKWARD_OPS[op]
+    kw = {k: fp[k] for k in keywords if k in fp}
+    go = a["grad_output"]
+    if op == "deform":
+        r = grad.deform_conv2d(a["x"], a["offset"], a[weight_key], go, mask=a.get("mask"),
+                               bias=False, **kw)
+        return tuple(v for v in (r.input, r.offset, r.weight, r.mask) if v is not None)
+    input_grad, weight_grad = (getattr(grad, f) for f in functions)
+    return (input_grad(a["x"].shape, a[weight_key], go, **kw),
+            weight_grad(a["x"], a[weight_key].shape, go, **kw))
+
+
+def _autograd_peer(forward_peer, device, a, p):
+    """``torch.autograd.grad`` of ``forward_peer``'s output (built once, here) with respect to
+    the forward's arrays, for the workload's ``grad_output``."""
+    torch, _ = _torch(device)
+    op, fp = _bwd_split(p)
+    names = _bwd_grad_names(op, fp)
+    leaves = {k: _to_torch(a[k]).requires_grad_() for k in names}
+    out = forward_peer(device, {**a, **leaves}, fp)()
+    go = _to_torch(a["grad_output"])
+    inputs = [leaves[k] for k in names]
+    return lambda: torch.autograd.grad(out, inputs, go, retain_graph=True)
+
+
+def _torch_backward(device, a, p):
+    forward = {"conv": _torch_conv, "conv_transpose": _torch_convT,
+               "depthwise": _torch_dw}.get(p["op"])
+    if forward is None:
+        raise _NotApplicable
+    return _autograd_peer(forward, device, a, p)
+
+
+def _torchvision_backward(device, a, p):
+    if p["op"] != "deform":
+        raise _NotApplicable
+    return _autograd_peer(_torchvision_deform, device, a, p)
+
+
+def _bwd_flops(p):
+    op, fp = _bwd_split(p)
+    if op != "deform":
+        return 2 * KINDS[op].flops(fp)  # input gradient + weight gradient, each a forward's
+    ho, wo = _deform_out(fp)
+    samples = fp["n"] * fp["c_in"] * _ksize(fp) * ho * wo
+    per_sample = 8 + 8 + 16 + (1 + 2 if fp.get("mask", True) else 0)
+    return 2 * _conv_flops(fp) + samples * per_sample
+
+
+def _bwd_out_elements(p):
+    """Elements of every gradient (each of its forward array's size)."""
+    op, fp = _bwd_split(p)
+    x = fp["n"] * fp.get("c_in", fp.get("c")) * _prod(fp["size"])
+    k = _ksize(fp)
+    weight = {"conv": lambda: fp["c_out"] * fp["c_in"] // fp.get("groups", 1) * k,
+              "conv_transpose": lambda: fp["c_in"] * fp["c_out"] * k,
+              "depthwise": lambda: fp["c"] * k,
+              "deform": lambda: fp["c_out"] * fp["c_in"] * k}[op]()
+    extra = 0
+    if op == "deform":
+        positions = fp["n"] * k * _prod(_deform_out(fp))
+        extra = 2 * positions + (positions if fp.get("mask", True) else 0)
+    return x + weight + extra
+
+
+def _bwd_describe(p):
+    op, fp = _bwd_split(p)
+    names = ", ".join("weight" if n.endswith("weight") else n for n in _bwd_grad_names(op, fp))
+    return f"grad {names} of {KINDS[op].describe(fp)}"
+
+
+register_kind("backward", Kind(_bwd_make, _bwd_run, _bwd_flops, _bwd_out_elements,
+                               {"torch": _torch_backward, "torchvision": _torchvision_backward},
+                               _bwd_describe))
+
+#: Forward workloads that get a ``<name>_backward`` twin with the same sizes.
+BACKWARD_OF = ("conv2d_resnet", "conv2d_stem", "conv1d", "conv3d", "conv_transpose2d",
+               "depthwise", "deform_conv2d")
+for _name in BACKWARD_OF:
+    _fw = WORKLOADS[_name]
+    register_workload(Workload(
+        f"{_name}_backward", "backward",
+        {s: {**params, "op": _fw.kind} for s, params in _fw.sizes.items()}, _fw.dtype))
+
+
 # ------------------------------------------------------------------- array helpers
 
 
@@ -450,9 +608,12 @@ def _torch(device):
 
 
 def _to_torch(a):
-    """A torch tensor sharing ``a``'s memory (NumPy: CPU; CuPy: the GPU, via DLPack)."""
+    """A torch tensor sharing ``a``'s memory (NumPy: CPU; CuPy: the GPU, via DLPack); a
+    tensor passes through."""
     import torch
 
+    if isinstance(a, torch.Tensor):
+        return a
     if isinstance(a, np.ndarray):
         return torch.from_numpy(a)
     return torch.from_dlpack(a)
@@ -469,6 +630,12 @@ def _to_numpy(a):
 
 
 def _rel_diff(a, b) -> float:
+    """max |a - b| / max |b|; for tuples (a backward's gradients), the largest over pairs."""
+    if isinstance(a, (tuple, list)) or isinstance(b, (tuple, list)):
+        if not (isinstance(a, (tuple, list)) and isinstance(b, (tuple, list))) \
+                or len(a) != len(b):
+            return float("nan")
+        return max((_rel_diff(x, y) for x, y in zip(a, b)), default=0.0)
     a = _to_numpy(a).astype(np.float64)
     b = _to_numpy(b).astype(np.float64)
     if a.shape != b.shape:
@@ -693,6 +860,8 @@ def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str,
             fns = [make_peer(device, s, params) for s in sets]
             results[name] = fns[0]()
             impls[name] = fns
+        except _NotApplicable:
+            continue
         except _Unavailable as exc:
             record["peers"][name] = None
             if device == "cpu" and name.startswith("cupyx"):
@@ -909,10 +1078,11 @@ def main(argv: list[str] | None = None) -> int:
     backend = args.backend or ("cuda" if _cuda_available() else "numpy")
     size_set = "quick" if args.quick else ("gpu" if backend == "cuda" else "cpu")
     if args.list:
+        width = max(len(n) for n in WORKLOADS)
         for w in WORKLOADS.values():
             sets = ", ".join(s for s in SIZE_SETS if s in w.sizes)
             desc = KINDS[w.kind].describe(w.sizes[sets.split(", ")[0]]) if w.kind in KINDS else ""
-            print(f"{w.name:18s} {w.kind:15s} [{sets}] {desc}")
+            print(f"{w.name:{width}s} {w.kind:15s} [{sets}] {desc}")
         return 0
     if backend == "emulate" and not args.quick:
         print("error: --backend emulate runs the CUDA kernels on a CPU emulator, far too slowly "

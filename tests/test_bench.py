@@ -43,11 +43,87 @@ def test_flops_hand_computed():
     assert bench.flops("convolve", dict(length=10, taps=3, mode="valid")) == 2 * 8 * 3
 
 
+def test_backward_flops_hand_computed():
+    # conv1d 1x1x5, k=3, no padding: 3 outputs * 3 taps multiply-adds for the input
+    # gradient (each grad_output value times each tap), as many for the weight gradient
+    assert bench.flops("backward", dict(op="conv", n=1, c_in=1, c_out=1, size=(5,), kernel=3,
+                                        padding=0)) == 2 * 9 + 2 * 9
+    # conv2d 2x3x5x5 -> 4, 3x3, pad 1: 2*4*25 outputs * 3*9 taps, once per gradient
+    assert bench.flops("backward", dict(op="conv", n=2, c_in=3, c_out=4, size=(5, 5),
+                                        kernel=3, padding=1)) == 2 * 2 * (2 * 4 * 25) * 27
+    # transpose 1x2x3 -> 1, k=2, stride 2: 2*3 inputs * 2 taps, per gradient
+    assert bench.flops("backward", dict(op="conv_transpose", n=1, c_in=2, c_out=1, size=(3,),
+                                        kernel=2, stride=2, padding=0)) == 2 * 2 * 12
+    # depthwise 1x2x4x4, 3x3, pad 1: 32 outputs * 9 taps, per gradient
+    assert bench.flops("backward", dict(op="depthwise", n=1, c=2, size=(4, 4), kernel=3,
+                                        padding=1)) == 2 * 2 * 32 * 9
+    # deform 1x1x2x2 -> 1, 1x1 kernel, mask: 4 outputs, one multiply-add each for the
+    # column gradient and for the weight gradient (2 * 8), and per each of the 4 samples
+    # 8 (resample) + 8 (scatter) + 16 (offset) + 1 (mask product) + 2 (mask gradient)
+    assert bench.flops("backward", dict(op="deform", n=1, c_in=1, c_out=1, size=(2, 2),
+                                        kernel=1, padding=0, mask=True)) == 16 + 4 * 35
+    assert bench.flops("backward", dict(op="deform", n=1, c_in=1, c_out=1, size=(2, 2),
+                                        kernel=1, padding=0, mask=False)) == 16 + 4 * 32
+
+
 def test_traffic_bytes_counts_inputs_weights_output_once():
     params = dict(n=2, c_in=3, c_out=4, size=(5, 5), kernel=3, padding=1)
     arrays = bench.KINDS["conv"].make(params, np.float32, np.random.default_rng(0))
     expected = (2 * 3 * 25 + 4 * 3 * 9 + 2 * 4 * 25) * 4
     assert bench.traffic_bytes("conv", params, arrays, 4) == expected
+
+
+def test_backward_traffic_bytes_counts_gradients_as_outputs():
+    # conv: x, weight and grad_output read; grad x and grad weight written
+    params = dict(op="conv", n=2, c_in=3, c_out=4, size=(5, 5), kernel=3, padding=1)
+    arrays = bench.KINDS["backward"].make(params, np.float32, np.random.default_rng(0))
+    x, weight, go = 2 * 3 * 25, 4 * 3 * 9, 2 * 4 * 25
+    assert bench.traffic_bytes("backward", params, arrays, 4) == (x + weight + go + x + weight) * 4
+    # deform 1x2x3x3 -> 5, 3x3, pad 1, mask: out 3x3; offset 2*9 and mask 9 maps of 3x3
+    params = dict(op="deform", n=1, c_in=2, c_out=5, size=(3, 3), kernel=3, padding=1, mask=True)
+    arrays = bench.KINDS["backward"].make(params, np.float32, np.random.default_rng(0))
+    x, offset, weight, mask, go = 18, 18 * 9, 5 * 2 * 9, 9 * 9, 5 * 9
+    assert bench.traffic_bytes("backward", params, arrays, 4) == \
+        (x + offset + weight + mask + go + x + offset + weight + mask) * 4
+
+
+def _forward_of(op, arrays, params):
+    """The forward call of a backward workload, through the public API, in float64."""
+    import gpuconv
+
+    kw = {k: params[k] for k in ("stride", "padding", "groups") if k in params}
+    if op == "conv":
+        return gpuconv.conv(arrays["x"], arrays["weight"], **kw)
+    if op == "conv_transpose":
+        return gpuconv.conv_transpose(arrays["x"], arrays["weight"], **kw)
+    if op == "depthwise":
+        return gpuconv.depthwise_conv(arrays["x"], arrays["dw_weight"], **kw)
+    return gpuconv.deform_conv2d(arrays["x"], arrays["offset"], arrays["weight"],
+                                 mask=arrays.get("mask"), **kw)
+
+
+@pytest.mark.parametrize("name", [f"{n}_backward" for n in bench.BACKWARD_OF])
+def test_backward_workload_gradients_match_their_forward(name):
+    """Each backward workload differentiates its own forward: the forward is linear in x and
+    in the weight (and in the mask), so <grad_output, forward> equals <grad_a, a> for each
+    such array a (Euler's identity for a degree-1 function). This checks the workload passes
+    the forward's geometry and returns the gradients in the order of its arrays."""
+    workload = bench.WORKLOADS[name]
+    params = dict(workload.sizes["quick"])
+    op = params.pop("op")
+    arrays = bench.KINDS["backward"].make({**params, "op": op}, np.float64,
+                                          np.random.default_rng(1))
+    grads = bench.KINDS["backward"].run(arrays, {**params, "op": op})
+    names = ["x", "dw_weight" if op == "depthwise" else "weight"]
+    if op == "deform":
+        names = ["x", "offset", "weight", "mask"]
+    assert [g.shape for g in grads] == [arrays[k].shape for k in names]
+    forward = _forward_of(op, arrays, params)
+    total = float(np.vdot(arrays["grad_output"], forward))
+    for key, g in zip(names, grads):
+        if key == "offset":  # not linear: checked against torchvision in the quick run
+            continue
+        assert float(np.vdot(g, arrays[key])) == pytest.approx(total, rel=1e-10), key
 
 
 def test_roofline_pct():
@@ -171,10 +247,47 @@ def test_quick_run_writes_json_and_plot(tmp_path, capsys):
         pytest.skip("matplotlib not installed: the PNG was not checked")
 
 
+def test_quick_backward_run(tmp_path, capsys):
+    json_path = tmp_path / "bench.json"
+    ops = "conv2d_resnet_backward,conv_transpose2d_backward,depthwise_backward," \
+          "deform_conv2d_backward"
+    assert bench.main(["--quick", "--ops", ops, "--repeat", "2", "--no-progress",
+                       "--json", str(json_path)]) == 0
+    assert "deform_conv2d_backward" in capsys.readouterr().out
+    doc = json.loads(json_path.read_text())
+    records = {r["workload"]: r for r in doc["results"]}
+    assert list(records) == ops.split(",")
+    for r in records.values():
+        assert r["kind"] == "backward" and r["median_s"] > 0
+        assert r["flops"] == bench.flops("backward", r["params"])
+        assert r["gflops"] == pytest.approx(r["flops"] / r["median_s"] / 1e9)
+        # each op has its one peer: torch for the convs, torchvision for deform
+        expected_peer = "torchvision" if r["params"]["op"] == "deform" else "torch"
+        assert list(r["peers"]) == [expected_peer]
+        result = r["peers"][expected_peer]
+        if result is None:  # not installed: the run says so in a note
+            assert any(expected_peer in note for note in r["notes"])
+        else:  # the peer's gradients (every one of them) are gpuconv's
+            assert result["median_s"] > 0
+            assert result["rel_diff"] < 1e-4
+
+
+def test_rel_diff_of_gradient_tuples():
+    a = (np.array([1.0, 2.0]), np.array([10.0]))
+    assert bench._rel_diff(a, a) == 0.0
+    # the worst pair counts, each relative to its own scale
+    # (scaled by the second argument's largest magnitude, as for a single array)
+    assert bench._rel_diff((np.array([1.0, 2.2]), np.array([10.0])), a) == pytest.approx(0.1)
+    assert bench._rel_diff((np.array([1.0, 2.0]), np.array([9.5])), a) == pytest.approx(0.05)
+    assert np.isnan(bench._rel_diff(a, a[:1]))
+    assert np.isnan(bench._rel_diff(a, a[0]))
+
+
 @pytest.mark.gpu
 def test_quick_run_on_cuda(tmp_path):
     json_path = tmp_path / "bench.json"
-    assert bench.main(["--quick", "--backend", "cuda", "--ops", "conv2d_resnet,convolve_long",
+    assert bench.main(["--quick", "--backend", "cuda", "--ops",
+                       "conv2d_resnet,convolve_long,conv2d_resnet_backward,deform_conv2d_backward",
                        "--repeat", "2", "--no-progress", "--json", str(json_path)]) == 0
     doc = json.loads(json_path.read_text())
     assert all(r["median_s"] > 0 for r in doc["results"])
