@@ -196,19 +196,18 @@ def test_choose_method():
     assert device_convolve.choose_method(100, 511) == "tiled"
 
 
-def test_unimplemented_ops_say_so():
-    """Ops without a kernel yet raise NotImplementedError naming the op (ops that gained a
-    kernel since are skipped here)."""
-    from gpuconv.backends.device._backend import DeviceBackend, _not_yet
+def test_every_backend_implements_every_operation():
+    """The device and NumPy backends implement the whole backend contract (no stubs left)."""
+    from gpuconv.backends.device._backend import DeviceBackend
+    from gpuconv.backends.numpy_backend import NumpyBackend
 
-    message = r"^frobnicate has no CUDA kernel yet \(issue 4\)$"
-    with pytest.raises(NotImplementedError, match=message):
-        _not_yet("frobnicate")(None)
-    backend = _device_backend("emulate")
-    for op in ("conv", "conv_transpose", "depthwise_conv", "deform_conv2d"):
-        if getattr(DeviceBackend, op).__qualname__.startswith("_not_yet."):
-            with pytest.raises(NotImplementedError, match=rf"^{op} has no CUDA kernel yet"):
-                getattr(backend, op)(None, None, None, None)
+    ops = ("convolve", "correlate", "conv", "conv_transpose", "depthwise_conv", "deform_conv2d",
+           "conv_input_grad", "conv_weight_grad", "conv_transpose_input_grad",
+           "conv_transpose_weight_grad", "depthwise_conv_input_grad",
+           "depthwise_conv_weight_grad", "deform_conv2d_grad")
+    for backend in (DeviceBackend, NumpyBackend):
+        missing = [op for op in ops if not callable(getattr(backend, op, None))]
+        assert not missing, f"{backend.__name__} lacks {missing}"
 
 
 # --------------------------------------------------------------------- emulator checkers

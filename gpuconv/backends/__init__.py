@@ -8,6 +8,14 @@ Every backend has ``name``, ``xp`` (its array module) and one method per operati
     deform_conv2d(x, offset, weight, bias, mask, geom, offset_groups)
     convolve(a, v, mode), correlate(a, v, mode)     # 1-D, NumPy semantics
 
+and one per gradient (see ``gpuconv.grad``)::
+
+    conv_input_grad(weight, grad_output, geom)
+    conv_weight_grad(x, grad_output, geom, deterministic=False)
+    conv_transpose_input_grad / conv_transpose_weight_grad      # same pattern
+    depthwise_conv_input_grad / depthwise_conv_weight_grad      # same pattern
+    deform_conv2d_grad(x, offset, weight, mask, grad_output, geom, offset_groups)
+
 Array arguments arrive C-contiguous, in the result dtype, as the backend's array type;
 ``geom`` is a :class:`gpuconv._shapes.ConvGeometry`. Methods return a new C-contiguous array.
 ``gpuconv._dispatch`` creates the backends; ``numpy_backend`` is the reference and

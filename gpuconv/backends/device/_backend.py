@@ -59,15 +59,6 @@ def make_backend(name: str) -> "DeviceBackend":
     return DeviceBackend(executor)
 
 
-def _not_yet(op: str, issue: int = 4):
-    def method(self, *args, **kwargs):
-        raise NotImplementedError(f"{op} has no CUDA kernel yet (issue {issue})")
-
-    method.__name__ = op
-    method.__doc__ = f"``{op}``: not implemented on the device backends yet."
-    return method
-
-
 class DeviceBackend:
     """gpuconv's CUDA kernels behind the backend interface (see :mod:`gpuconv.backends`).
 
