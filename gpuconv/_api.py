@@ -130,6 +130,8 @@ def _check_out(op: str, out, shape, dtype, arrays: _Arrays):
         raise ValueError(f"{op}: out has shape {tuple(out.shape)}; expected {tuple(shape)}")
     if np.dtype(out.dtype) != np.dtype(dtype):
         raise ValueError(f"{op}: out has dtype {out.dtype}; expected {np.dtype(dtype)}")
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError(f"{op}: out is read-only; expected a writeable array")
 
 
 def _finish(arrays: _Arrays, result, out):

@@ -64,6 +64,8 @@ W2 = rng.standard_normal((6, 4, 3, 3))
         (lambda: gpuconv.conv(X2, W2, out=np.zeros((2, 6, 6, 5))), ValueError, r"out has shape \(2, 6, 6, 5\); expected \(2, 6, 6, 6\)"),
         (lambda: gpuconv.conv(X2, W2, out=np.zeros((2, 6, 6, 6), np.float32)), ValueError, r"out has dtype float32; expected float64"),
         (lambda: gpuconv.conv(X2, W2, out=[0.0]), TypeError, r"out must be an array, got list"),
+        (lambda: gpuconv.conv(X2, W2, out=np.broadcast_to(np.zeros(1), (2, 6, 6, 6))), ValueError,
+         r"conv: out is read-only; expected a writeable array"),
         # dtypes
         (lambda: gpuconv.conv(X2.astype(np.int32), W2), TypeError, r"x has dtype int32; expected float16, float32 or float64"),
         (lambda: gpuconv.conv(X2, W2.astype(complex)), TypeError, r"weight has dtype complex128"),
