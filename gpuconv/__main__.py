@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 import gpuconv
+from gpuconv import grad
 
 # relative tolerance of a float32 run against the float64 reference
 TOLERANCE = 1e-4
@@ -43,6 +44,18 @@ def _cases(rng):
          (r((2, 4, 9, 11)), off, r((6, 2, 3, 3)), r(6)),
          dict(padding=1, mask=rng.uniform(0, 1, (2, 2 * 9, 9, 11)))),
         ("convolve", gpuconv.convolve, (r(1001), r(31)), dict(mode="same")),
+        # gradients (gpuconv.grad): the same kinds of call, backwards
+        ("grad.conv_input", grad.conv_input, ((2, 3, 17, 19), r((8, 3, 3, 3)), r((2, 8, 17, 19))),
+         dict(padding=1, padding_mode="reflect")),
+        ("grad.conv_weight", grad.conv_weight, (r((2, 4, 37)), (6, 2, 5), r((2, 6, 19))),
+         dict(stride=2, padding="same", groups=2)),
+        ("grad.conv_transpose_input", grad.conv_transpose_input,
+         ((2, 6, 9, 7), r((6, 2, 4, 4)), r((2, 4, 18, 14))), dict(stride=2, padding=1, groups=2)),
+        ("grad.depthwise_conv_weight", grad.depthwise_conv_weight,
+         (r((2, 5, 21, 18)), (10, 1, 3, 3), r((2, 10, 21, 9))), dict(padding=1, stride=(1, 2))),
+        ("grad.deform_conv2d", grad.deform_conv2d,
+         (r((2, 4, 9, 11)), off, r((6, 2, 3, 3)), r((2, 6, 9, 11))),
+         dict(padding=1, mask=rng.uniform(0, 1, (2, 2 * 9, 9, 11)))),
         ("correlate", gpuconv.correlate,
          (r(257) + 1j * r(257), r(40) + 1j * r(40)), dict(mode="full")),
     ]
@@ -55,7 +68,12 @@ def _cast(a, dtype):
 
 
 def _shapes(arrays):
-    return " ".join("x".join(map(str, a.shape)) for a in arrays if a is not None)
+    return " ".join("x".join(map(str, getattr(a, "shape", a))) for a in arrays if a is not None)
+
+
+def _parts(result):
+    """The arrays of a result: itself, or the non-None members of a gradient tuple."""
+    return [p for p in result if p is not None] if isinstance(result, tuple) else [result]
 
 
 def check(stream=sys.stdout) -> int:
@@ -66,13 +84,13 @@ def check(stream=sys.stdout) -> int:
         print(f"  backend {name:8s} {status}", file=stream)
     rng = np.random.default_rng(0)
     cases = _cases(rng)
-    print(f"\n{'op':18s} {'shapes':32s} {'backend':8s} {'max rel err':>12s} {'time':>10s}  ok",
+    print(f"\n{'op':26s} {'shapes':32s} {'backend':8s} {'max rel err':>12s} {'time':>10s}  ok",
           file=stream)
     failures = 0
     for op, func, arrays, kwargs in cases:
         with gpuconv.use_backend("numpy"):
             reference = func(*arrays, **kwargs)
-        scale = float(np.abs(reference).max()) or 1.0
+        reference = _parts(reference)
         for name, status in report.items():
             if status != "available":
                 continue
@@ -86,18 +104,19 @@ def check(stream=sys.stdout) -> int:
             start = time.perf_counter()
             try:
                 with gpuconv.use_backend(name):
-                    got = func(*args, **kw)
+                    got = _parts(func(*args, **kw))
                 if name == "cuda":
-                    got = cupy.asnumpy(got)
+                    got = [cupy.asnumpy(g) for g in got]
             except NotImplementedError as exc:
-                print(f"{op:18s} {_shapes(arrays):32s} {name:8s} {'-':>12s} {'-':>10s}  "
+                print(f"{op:26s} {_shapes(arrays):32s} {name:8s} {'-':>12s} {'-':>10s}  "
                       f"not built: {exc}", file=stream)
                 continue
             elapsed = time.perf_counter() - start
-            err = float(np.abs(got - reference).max()) / scale
-            ok = err <= TOLERANCE and got.shape == reference.shape
+            err = max(float(np.abs(g - ref).max()) / (float(np.abs(ref).max()) or 1.0)
+                      for g, ref in zip(got, reference))
+            ok = err <= TOLERANCE and [g.shape for g in got] == [ref.shape for ref in reference]
             failures += not ok
-            print(f"{op:18s} {_shapes(arrays):32s} {name:8s} {err:12.2e} "
+            print(f"{op:26s} {_shapes(arrays):32s} {name:8s} {err:12.2e} "
                   f"{elapsed * 1e3:8.2f}ms  {'ok' if ok else 'MISMATCH'}", file=stream)
     print(f"\n{'all operations match the reference' if not failures else f'{failures} mismatches'}",
           file=stream)
