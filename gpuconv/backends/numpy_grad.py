@@ -12,6 +12,10 @@ forward code in ``numpy_backend``, from three building blocks of its own:
   is the matching per-tap scatter-add (:func:`_col2im`);
 * contractions are grouped GEMMs (``numpy.matmul``); weight gradients run one GEMM per image
   and group over the output positions and sum over the batch.
+* the input gradient of a stride-1 conv, where that moves less data than col2im, is a
+  correlation of the zero-padded grad_output with the flipped weights: contiguous per-tap
+  copies of a flattened ("wide") layout and one GEMM per group and chunk
+  (:func:`_stride1_input_grad`).
 
 Buffers are built for chunks of the batch small enough to stay under ``WORKSPACE_BYTES``.
 float16 arrays are computed in float32 and rounded once at the end. Array arguments arrive
@@ -26,6 +30,9 @@ from .._shapes import ConvGeometry, transpose_as_conv
 
 #: Upper bound, in bytes, for one temporary column buffer (per batch chunk).
 WORKSPACE_BYTES = 64 * 2**20
+#: Preferred size of one im2col chunk of the stride-1 input gradient: small enough to stay
+#: in the last-level cache between the copies that build it and the GEMM that reads it.
+CHUNK_BYTES = 8 * 2**20
 #: Working set of one depthwise-gradient block (kept in cache across the kernel taps).
 CACHE_BLOCK_BYTES = 2 * 2**20
 
@@ -193,6 +200,100 @@ def _contract_positions(a, b):
     return np.matmul(a, b.transpose(0, 1, 3, 2)).sum(axis=0)
 
 
+
+def _stride1_input_pays(weight_shape, geom: ConvGeometry) -> bool:
+    """Whether :func:`_stride1_input_grad` applies (stride 1) and beats the col2im path.
+
+    Both paths run the same GEMM FLOPs (up to the wide columns); they differ in memory
+    traffic. The correlation writes and reads its columns, ``og * K * L_wide`` per image,
+    ``L_wide = padded_0 * prod(out_d + 2 * (k_d - 1) * d_d, d >= 1)``; col2im writes the
+    GEMM's ``cg * K * P`` columns and reads them and the padded gradient once more per tap
+    (about 4 passes). Measured (2 cores, float32): 2.5x faster on 8x64x56x56 3x3 (og = cg,
+    L_wide = 1.11 P), 1.5x on 16x64x4096 k=9; 0.6x on 2x16x16x32x32 -> 32 3x3x3 (og = 2 cg,
+    L_wide = 1.42 P), which the rule below sends to col2im.
+    """
+    if any(s != 1 for s in geom.stride):
+        return False
+    og = weight_shape[0] // geom.groups
+    cg = weight_shape[1]
+    wide = geom.padded_size[0] * int(np.prod(
+        [o + 2 * (k - 1) * d for o, k, d in zip(geom.out_size[1:], geom.kernel[1:],
+                                                geom.dilation[1:])]))
+    return og * wide <= 2 * cg * int(np.prod(geom.out_size))
+
+
+def _stride1_input_grad(weight, grad_output, geom: ConvGeometry):
+    """Input gradient of a stride-1 conv: (N, C_in, *in) in ``weight``'s dtype.
+
+    The padded-input gradient is ``gp[q] = sum_t go[q - t*d] w[t]``: a correlation of
+    grad_output, zero-padded by ``(k - 1) * d`` on both sides (``z``), with the flipped
+    weights. Flattened with ``z``'s row lengths ("wide" layout), tap ``t`` of the flipped
+    kernel reads one contiguous slice of ``z`` for a whole run of dim-1 rows, so im2col is
+    one contiguous copy per tap, and the contraction one GEMM per group and chunk,
+    ``(cg, og*K) @ (og*K, n*L)``. The wide columns past the padded input are discarded by
+    the crop; the padding is folded as usual.
+    """
+    cdt = weight.dtype
+    n, c_out = grad_output.shape[:2]
+    c_in_g = weight.shape[1]
+    g = geom.groups
+    og, cg = c_out // g, c_in_g
+    kernel, dil = geom.kernel, geom.dilation
+    taps = list(np.ndindex(*kernel))
+    nk = len(taps)
+    halo = [(k - 1) * d for k, d in zip(kernel, dil)]
+    # z: grad_output zero-padded by halo on both sides, plus one extra dim-1 row so that the
+    # last tap's slice stays in bounds (it only feeds discarded wide columns)
+    zsize = [o + 2 * h for o, h in zip(geom.out_size, halo)]
+    zsize[0] += 1
+    flat = [int(np.prod(zsize[d + 1:])) for d in range(geom.ndim)]
+    row_len = flat[0]
+    padded_rows = geom.padded_size[0]  # = out_0 + halo_0 for stride 1
+    # flipped tap t' = k - 1 - t reads z at offset t' * d: weight index of that tap
+    offsets = [sum(t * d * f for t, d, f in zip(tap, dil, flat)) for tap in taps]
+    # W'[g, c, o, t'] = w[g*og + o, c, k - 1 - t']
+    wf = weight.reshape(g, og, cg, nk)[..., ::-1].transpose(0, 2, 1, 3).reshape(g, cg, og * nk)
+    wf = np.ascontiguousarray(wf)
+    fold_zeros = geom.padding_mode == "zeros" and min(geom.pad_lo + geom.pad_hi) >= 0
+    result = np.empty((n, g * cg, *geom.in_size), dtype=cdt)
+    # per padded dim-1 row: columns (og*K) + wide product (cg), per group
+    per_row = (c_out * nk + g * cg) * row_len * cdt.itemsize
+    z_image = c_out * int(np.prod(zsize)) * cdt.itemsize
+    budget = min(WORKSPACE_BYTES, CHUNK_BYTES)
+    for bs in _batch_chunks(n, z_image + per_row * padded_rows):
+        nb = bs.stop - bs.start
+        z = np.zeros((nb, c_out, *zsize), dtype=cdt)
+        z[(slice(None), slice(None)) + tuple(
+            slice(h, h + o) for h, o in zip(halo, geom.out_size))] = grad_output[bs]
+        z = z.reshape(nb, g, og, -1)
+        if not fold_zeros:
+            gp = np.empty((nb, g * cg, *geom.padded_size), dtype=cdt)
+        rows_step = max(1, budget // max(per_row * nb, 1))
+        for r0 in range(0, padded_rows, rows_step):
+            rows = min(rows_step, padded_rows - r0)
+            length = rows * row_len
+            base = r0 * row_len
+            cols = np.empty((g, og, nk, nb, length), dtype=cdt)
+            for k, off in enumerate(offsets):
+                cols[:, :, k] = z[..., base + off:base + off + length].transpose(1, 2, 0, 3)
+            wide = np.matmul(wf, cols.reshape(g, og * nk, nb * length))  # (G, cg, nb*L)
+            wide = wide.reshape(g * cg, nb, rows, *zsize[1:]).swapaxes(0, 1)
+            if fold_zeros:
+                # crop the padded rows/columns straight into the result
+                lo0, size0 = geom.pad_lo[0], geom.in_size[0]
+                a, b = max(r0, lo0), min(r0 + rows, lo0 + size0)
+                if b > a:
+                    src = wide[(slice(None), slice(None), slice(a - r0, b - r0)) + tuple(
+                        slice(lo, lo + s) for lo, s in zip(geom.pad_lo[1:], geom.in_size[1:]))]
+                    result[bs, :, a - lo0:b - lo0] = src
+            else:
+                gp[:, :, r0:r0 + rows] = wide[(slice(None),) * 3 + tuple(
+                    slice(0, p) for p in geom.padded_size[1:])]
+        if not fold_zeros:
+            result[bs] = fold_padding(gp, geom)
+    return result
+
+
 class GradMixin:
     """Gradient methods of the NumPy backend (see the module docstring).
 
@@ -203,9 +304,17 @@ class GradMixin:
 
     # ------------------------------------------------------------------ conv
     def conv_input_grad(self, weight, grad_output, geom: ConvGeometry):
-        """d<grad_output, conv(x, weight)>/dx: (N, C_in, *in). col2im of W^T @ grad_output."""
+        """d<grad_output, conv(x, weight)>/dx: (N, C_in, *in).
+
+        Stride 1, where it moves less data (:func:`_stride1_input_pays`): a correlation of
+        the zero-padded grad_output with the flipped weights (:func:`_stride1_input_grad`,
+        one GEMM per chunk). Otherwise: col2im of W^T @ grad_output.
+        """
         dtype = grad_output.dtype
         cdt = _compute_dtype(dtype)
+        if _stride1_input_pays(weight.shape, geom):
+            return _stride1_input_grad(weight.astype(cdt, copy=False),
+                                       grad_output, geom).astype(dtype, copy=False)
         n, c_out = grad_output.shape[:2]
         g = geom.groups
         og, cg = c_out // g, weight.shape[1]
