@@ -270,6 +270,24 @@ def test_depthwise_filter_chunks_and_block_loop(emulate, conv_module, monkeypatc
         conv_module.depthwise_conv(emulate, x, w, b, geom)
 
 
+@pytest.mark.parametrize("dtype, multiplier", [(np.float32, 64), (np.float16, 100)])
+def test_depthwise_partial_last_filter_chunk(emulate, conv_module, dtype, multiplier):
+    """A real 3-D shape whose multiplier is not a multiple of the filters staged per pass:
+    5x5x5 filters, multiplier 64, float32 stages 23 + 23 + 18 filters. A
+    kernel that skipped or over-ran the partial last pass leaves outputs unwritten or reads
+    the next channel's filters; both fail here by orders of magnitude."""
+    rng = np.random.default_rng(64)
+    x_shape, w_shape = (1, 2, 9, 9, 9), (2 * multiplier, 1, 5, 5, 5)
+    geom = conv_geometry(x_shape[2:], w_shape[2:], stride=1, padding=2, dilation=1, groups=2,
+                         padding_mode="zeros")
+    plan = conv_module.depthwise_tiled_plan(conv_module.as_3d(geom), 1, 2, multiplier,
+                                            np.dtype(dtype).itemsize)
+    assert multiplier % plan.chunk != 0 and plan.chunk > 1, plan
+    x, w, b = make_arrays(rng, x_shape, w_shape, dtype)
+    got = conv_module.depthwise_conv(emulate, x, w, b, geom, method="tiled")
+    assert_close(got, x, w, b, geom, depthwise=True)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_largest_legal_padding(emulate, conv_module, mode):
     """Reflect pads of size - 1, circular pads of size, and far-out zero/replicate pads: every
