@@ -21,6 +21,9 @@ from ._api import (
 )
 from ._dispatch import available_backends, current_backend, use_backend
 
+# ``gpuconv.grad`` is reachable right after ``import gpuconv`` (it needs only NumPy).
+from . import grad  # noqa: E402  (after _api, which it imports)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "current_backend",
     "deform_conv2d",
     "depthwise_conv",
+    "grad",
     "separable_conv",
     "use_backend",
 ]
