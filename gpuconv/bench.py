@@ -11,26 +11,42 @@ Timing
 ------
 * CPU: ``time.perf_counter`` around calls. GPU: ``cupy.cuda.Event`` pairs on the null
   stream (which orders PyTorch's default stream too), synchronised after each sample.
-* gpuconv and its peers run in the same process, one after the other, each after a
-  pause (``SETTLE_S``, so the previous one's spinning BLAS/OpenMP threads have parked)
-  and a warm-up; then ``--repeat`` samples. Sample ``r`` uses input set ``r % COPIES``
-  (rotated inputs, so caches don't flatter). A sample repeats the call enough times to
-  last ``MIN_SAMPLE_S``; the reported time is the median sample, per call.
-* The load average before and after the run goes into the JSON: on a busy machine the
-  numbers mean little (the table says so).
-* The ceilings are measured in the same run: a large matrix product (FLOP/s; float32, or
-  the workload's compute dtype) and a large copy (bytes read + written per second).
+* gpuconv, its peers and the two ceilings (below) run in the same process, *interleaved*:
+  each warms up, then the ``--repeat`` samples go round-robin, one sample of each per round
+  (the order rotating), each after a pause (``SETTLE_S``, so the previous one's spinning
+  BLAS/OpenMP threads have parked). Sample ``r`` uses input set ``r % COPIES`` (rotated
+  inputs, so caches don't flatter). A sample repeats the call enough times to last
+  ``MIN_SAMPLE_S``. The table reports the median sample per call, and the spread.
+* The ceilings are timed beside every workload, in the same rounds: a large matrix product
+  (FLOP/s; float32, or the workload's compute dtype) and a large copy (bytes read +
+  written per second). A burst of load lands on the workload and its ceilings alike.
+
+Reliability
+-----------
+Every timing keeps its samples: min/median/max and ``spread = (max - min) / median``. The
+load is measured twice: the 1-minute load average before and after the run, and, per
+workload, the CPU time other processes used while it was timed (``/proc/stat`` minus this
+process's own: :class:`LoadProbe`). :func:`assess` flags a row unreliable when a spread
+exceeds :data:`SPREAD_LIMIT`, other processes used more than :data:`LOAD_LIMIT` of the
+cores, or the load average was too high (:data:`LOADAVG_LIMIT`); the table then prints
+``~`` and two digits and the ratio's range instead of exact-looking figures. A roofline
+above 100% is impossible, so it is flagged as a measurement error (``ERR``), never
+reported as a result. The JSON records which BLAS library and kernel ran
+(:func:`blas_info`), and the run warns when ``OPENBLAS_CORETYPE`` pins an older kernel than
+the CPU supports (:func:`openblas_kernel_warning`).
 
 Roofline
 --------
 For each workload ``F`` counts FLOPs (a multiply-add is 2 FLOPs; the formulas are in
 :func:`flops`) and ``B`` bytes (every input, weight and output array once, in the workload
-dtype: :func:`traffic_bytes`). With the measured peaks ``P`` (FLOP/s) and ``W`` (bytes/s),
-the roofline time is ``max(F / P, B / W)`` and::
+dtype: :func:`traffic_bytes`). With the ceilings ``P`` (FLOP/s) and ``W`` (bytes/s) --
+the fastest of the samples timed beside this workload, a rate the machine demonstrably
+reached -- the roofline time is ``max(F / P, B / W)`` and::
 
     % of roofline = 100 * (F / t) / min(P, (F / B) * W) = 100 * max(F / P, B / W) / t
 
-``ratio`` is gpuconv's time divided by the fastest peer's (below 1: gpuconv is faster).
+``ratio`` is gpuconv's median time divided by the fastest peer's (below 1: gpuconv is
+faster); ``ratio_min`` and ``ratio_max`` bound it from the samples' extremes.
 
 Adding workloads
 ----------------
@@ -71,11 +87,27 @@ import gpuconv
 COPIES = 3
 #: A timing sample repeats the call until it lasts at least this long (seconds).
 MIN_SAMPLE_S = 0.002
-#: Pause before each implementation's turn (seconds); see :func:`time_side_by_side`.
+#: Pause before each timing sample (seconds); see :func:`time_side_by_side`.
 SETTLE_S = 0.25
+#: The pause with ``--quick`` (a smoke test: short, not a measurement).
+QUICK_SETTLE_S = 0.02
 DEFAULT_REPEAT = {"quick": 3, "full": 10}
 SIZE_SETS = ("quick", "cpu", "gpu")
-JSON_SCHEMA = "gpuconv-bench/1"
+JSON_SCHEMA = "gpuconv-bench/2"
+
+# Reliability thresholds (see :func:`assess` and benchmarks/README.md for why these values).
+#: A timing whose samples spread by more than this fraction of their median
+#: (``(max - min) / median``) makes its row unreliable.
+SPREAD_LIMIT = 0.5
+#: Other processes' average CPU use while a row is timed, as a fraction of the machine's
+#: cores, above which the row is unreliable.
+LOAD_LIMIT = 0.15
+#: 1-minute load average per core before the run above which every row is unreliable.
+LOADAVG_LIMIT = 0.5
+#: ... and after the run (the benchmark itself keeps up to one thread per core busy).
+LOADAVG_END_LIMIT = 1.0
+THRESHOLDS = {"spread_limit": SPREAD_LIMIT, "load_limit": LOAD_LIMIT,
+              "loadavg_limit": LOADAVG_LIMIT, "loadavg_end_limit": LOADAVG_END_LIMIT}
 
 
 # ----------------------------------------------------------------------- workloads
@@ -692,58 +724,244 @@ class CudaTimer:
 
 
 def time_side_by_side(impls: Mapping[str, list], timer, repeat: int, warmup: int = 2,
-                      settle_s: float = SETTLE_S):
-    """Seconds per call of each implementation: ``repeat`` samples each.
+                      settle_s: float = SETTLE_S, sleep: Callable[[float], None] = time.sleep):
+    """Seconds per call of each implementation: ``repeat`` samples each, interleaved.
 
     ``impls`` maps a name to a list of zero-argument callables, one per input set; sample
-    ``r`` uses input set ``r % len``. The implementations run one after the other, each
-    after a pause of ``settle_s`` and its own warm-up: interleaving them call by call
-    would make each one compete with the other's spinning worker threads (OpenBLAS's and
-    OpenMP's), which on a machine with few cores costs several times the work itself.
-    Returns name -> list of per-call times (one per sample).
+    ``r`` uses input set ``r % len``. Each implementation first warms up and sets how many
+    calls make one sample (at least :data:`MIN_SAMPLE_S`). Then the samples go round-robin:
+    round ``r`` takes one sample of every implementation, starting with the ``r``-th (the
+    order rotates, so none always follows the same neighbour), each after a pause of
+    ``settle_s`` so that the previous implementation's spinning worker threads (OpenBLAS's,
+    OpenMP's) have parked. A burst of load from other processes therefore lands on every
+    implementation alike instead of on whichever happened to be running, and it shows as a
+    spread of the samples (:func:`spread_of`).
+
+    Returns name -> list of per-call times (one per sample, in the order taken).
     """
-    times = {}
-    for name, fns in impls.items():
-        time.sleep(settle_s)
+    names = list(impls)
+    number = {}
+    for name in names:
+        fns = impls[name]
+        sleep(settle_s)
         for i in range(warmup):
             fns[i % len(fns)]()
         timer.sync()
         once = timer.sample(fns[0], 1)
-        number = max(1, min(1000, math.ceil(MIN_SAMPLE_S / max(once, 1e-9))))
-        times[name] = [timer.sample(fns[r % len(fns)], number) for r in range(repeat)]
+        number[name] = max(1, min(1000, math.ceil(MIN_SAMPLE_S / max(once, 1e-9))))
+    times = {name: [] for name in names}
+    for r in range(repeat):
+        for j in range(len(names)):
+            name = names[(r + j) % len(names)]
+            fns = impls[name]
+            sleep(settle_s)
+            times[name].append(timer.sample(fns[r % len(fns)], number[name]))
     return times
 
 
-# ------------------------------------------------------------------------------ peaks
+def spread_of(times) -> dict:
+    """``min_s``, ``median_s``, ``max_s`` of the samples and ``spread``: (max - min) / median."""
+    median = statistics.median(times)
+    return {"min_s": min(times), "median_s": median, "max_s": max(times),
+            "spread": (max(times) - min(times)) / median if median > 0 else float("inf")}
 
 
-def measure_peaks(xp, dtype, quick: bool, clock: str = "wall") -> dict:
-    """Matrix-product FLOP/s and copy bytes/s on ``xp`` (NumPy or CuPy), best of a few."""
-    on_gpu = xp is not np
-    timer = CudaTimer() if on_gpu else CpuTimer(clock)
-    n = (4096 if on_gpu else 2048) if not quick else (1024 if on_gpu else 512)
-    rng = np.random.default_rng(0)
-    a = xp.asarray(rng.standard_normal((n, n)).astype(dtype))
-    b = xp.asarray(rng.standard_normal((n, n)).astype(dtype))
-    out = xp.empty((n, n), dtype=dtype)
-    xp.matmul(a, b, out=out)
-    timer.sync()
-    best_mm = min(timer.sample(lambda: xp.matmul(a, b, out=out), 1) for _ in range(3))
-    elements = (1 << 26 if on_gpu else 1 << 25) if not quick else 1 << 22
-    src = xp.ones(elements, dtype=np.float32)
-    dst = xp.empty_like(src)
-    xp.copyto(dst, src)
-    timer.sync()
-    best_copy = min(timer.sample(lambda: xp.copyto(dst, src), 1) for _ in range(5))
-    return {"matmul_n": n, "matmul_dtype": np.dtype(dtype).name,
-            "flops_per_s": 2 * n ** 3 / best_mm,
-            "copy_bytes": int(src.nbytes), "bytes_per_s": 2 * src.nbytes / best_copy}
+# ---------------------------------------------------------------------------- ceilings
+
+
+class Ceilings:
+    """The machine's ceilings, timed beside each workload (the same rounds, the same load).
+
+    A matrix product ``n x n @ n x n`` in ``dtype`` (``2 n^3`` FLOPs) and a copy of
+    ``elements`` float32 values (bytes read + bytes written). :meth:`impls` gives the two as
+    implementations for :func:`time_side_by_side`; :meth:`rates` turns their samples into
+    rates. The ceiling a roofline uses is the *fastest* sample (the rate the machine
+    demonstrably reached), so a disturbed sample cannot lower it.
+    """
+
+    def __init__(self, xp, dtype, quick: bool):
+        on_gpu = xp is not np
+        n = (4096 if on_gpu else 2048) if not quick else (1024 if on_gpu else 512)
+        elements = (1 << 26 if on_gpu else 1 << 25) if not quick else 1 << 22
+        rng = np.random.default_rng(0)
+        a = xp.asarray(rng.standard_normal((n, n)).astype(dtype))
+        b = xp.asarray(rng.standard_normal((n, n)).astype(dtype))
+        out = xp.empty((n, n), dtype=dtype)
+        src = xp.ones(elements, dtype=np.float32)
+        dst = xp.empty_like(src)
+        self.matmul_n, self.dtype, self.copy_bytes = n, np.dtype(dtype).name, int(src.nbytes)
+        self._matmul = lambda: xp.matmul(a, b, out=out)
+        self._copy = lambda: xp.copyto(dst, src)
+
+    def impls(self) -> dict:
+        return {"ceiling:matmul": [self._matmul], "ceiling:copy": [self._copy]}
+
+    def rates(self, times: Mapping[str, list]) -> dict:
+        """FLOP/s and bytes/s from the samples of :meth:`impls`: the fastest sample as the
+        ceiling, and the min/median/max rate with the spread of the samples."""
+        mm, cp = spread_of(times["ceiling:matmul"]), spread_of(times["ceiling:copy"])
+        flop, moved = 2 * self.matmul_n ** 3, 2 * self.copy_bytes
+        return {"matmul_n": self.matmul_n, "matmul_dtype": self.dtype,
+                "flops_per_s": flop / mm["min_s"],
+                "flops_per_s_median": flop / mm["median_s"],
+                "flops_per_s_min": flop / mm["max_s"], "flops_spread": mm["spread"],
+                "matmul_times_s": list(times["ceiling:matmul"]),
+                "copy_bytes": self.copy_bytes, "bytes_per_s": moved / cp["min_s"],
+                "bytes_per_s_median": moved / cp["median_s"],
+                "bytes_per_s_min": moved / cp["max_s"], "bytes_spread": cp["spread"],
+                "copy_times_s": list(times["ceiling:copy"])}
+
+
+def measure_peaks(xp, dtype, quick: bool, clock: str = "wall", repeat: int = 3) -> dict:
+    """Matrix-product FLOP/s and copy bytes/s on ``xp`` (NumPy or CuPy), on their own (a
+    run of the benchmark measures them beside each workload instead: :class:`Ceilings`)."""
+    timer = CudaTimer() if xp is not np else CpuTimer(clock)
+    ceilings = Ceilings(xp, dtype, quick)
+    return ceilings.rates(time_side_by_side(ceilings.impls(), timer, repeat, warmup=1))
 
 
 def roofline_pct(flop: float, nbytes: float, seconds: float, peaks: Mapping) -> float:
     """``100 * max(F / P, B / W) / t``: see the module docstring."""
     bound = max(flop / peaks["flops_per_s"], nbytes / peaks["bytes_per_s"])
     return 100.0 * bound / seconds
+
+
+# ------------------------------------------------------------------------- load
+
+
+def _cpu_stat():
+    """(busy CPU seconds of the whole machine, its CPU count) from /proc/stat, or None."""
+    try:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    fields = [int(v) for v in lines[0].split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already);
+    # steal is CPU time the hypervisor gave to another machine: load all the same.
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    cores = sum(1 for line in lines if line.startswith("cpu") and line[3:4].isdigit())
+    return busy / os.sysconf("SC_CLK_TCK"), cores
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class LoadProbe:
+    """How much CPU *other* processes used while a block of timing ran.
+
+    ``start()`` then ``stop()`` returns ``{"others_cores": c, "cores": n}``: the machine's busy
+    CPU time in between (from ``/proc/stat``, steal time included) minus this process's own
+    (every thread, from ``os.times``), divided by the wall time. So ``c`` is the average
+    number of cores that something else kept busy. ``stop()`` returns None where there is no
+    ``/proc/stat`` (the run-level load average then decides alone).
+    """
+
+    def start(self):
+        self._start = (time.perf_counter(), _cpu_stat(), _own_cpu_s())
+
+    def stop(self) -> dict | None:
+        wall0, stat0, own0 = self._start
+        stat1 = _cpu_stat()
+        wall = time.perf_counter() - wall0
+        if stat0 is None or stat1 is None or wall <= 0:
+            return None
+        others = (stat1[0] - stat0[0]) - (_own_cpu_s() - own0)
+        return {"others_cores": round(max(0.0, others) / wall, 3), "cores": stat1[1],
+                "seconds": round(wall, 3)}
+
+
+def _loadavg():
+    """The 1, 5 and 15-minute load averages, or None where the OS has none."""
+    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+# ------------------------------------------------------------------------ reliability
+
+
+def _fastest_peer(record: Mapping):
+    peers = {n: v for n, v in record.get("peers", {}).items() if v and v.get("median_s")}
+    if not peers:
+        return None, None
+    name = min(peers, key=lambda n: peers[n]["median_s"])
+    return name, peers[name]
+
+
+def assess(record: Mapping, machine: Mapping | None = None) -> dict:
+    """Why a record's numbers cannot be taken at face value: its flags.
+
+    Returns ``{"reliable": bool, "roofline_ok": bool, "flags": [{"code", "text"}, ...]}``.
+    Works on records of either JSON schema (``gpuconv-bench/1`` lacks the per-row load and
+    ceilings: only what it has is judged). The rules (thresholds in
+    ``benchmarks/README.md``):
+
+    * ``spread``: gpuconv's samples or the fastest peer's spread by more than
+      :data:`SPREAD_LIMIT` of their median: the ratio could move that much in a rerun.
+    * ``load``: other processes kept more than :data:`LOAD_LIMIT` of the machine's cores busy
+      on average while the row was timed (:class:`LoadProbe`).
+    * ``busy``: the run's 1-minute load average per core was above :data:`LOADAVG_LIMIT`
+      before it started, or above :data:`LOADAVG_END_LIMIT` after it (the benchmark itself
+      keeps up to one thread per core busy): every row of the run gets it.
+    * ``ceiling``: the interleaved matrix-product or copy samples spread by more than
+      :data:`SPREAD_LIMIT`: the roofline is uncertain.
+    * ``roofline``: above 100% of the roofline, which no code can reach: the ceiling was
+      measured too low. A measurement error, never a result.
+
+    ``spread``, ``load`` and ``busy`` make the row unreliable (``reliable`` False); any flag
+    makes its roofline unreliable (``roofline_ok`` False).
+    """
+    flags = []
+    timings = []
+    if record.get("times_s"):
+        timings.append(("gpuconv", record["times_s"]))
+    peer, peer_result = _fastest_peer(record)
+    if peer_result and peer_result.get("times_s"):
+        timings.append((peer, peer_result["times_s"]))
+    for name, times in timings:
+        spread = spread_of(times)["spread"]
+        if spread > SPREAD_LIMIT:
+            flags.append({"code": "spread",
+                          "text": f"{name}'s {len(times)} samples spread by {spread:.0%} of "
+                                  f"their median (limit {SPREAD_LIMIT:.0%})"})
+    load = record.get("load")
+    if load and load.get("others_cores") is not None and \
+            load["others_cores"] > LOAD_LIMIT * load["cores"]:
+        flags.append({"code": "load",
+                      "text": f"other processes kept {load['others_cores']:.2f} of "
+                              f"{load['cores']} cores busy while it ran (limit "
+                              f"{LOAD_LIMIT * load['cores']:.2f})"})
+    busy = _busy(machine) if machine else None
+    if busy:
+        flags.append({"code": "busy", "text": busy})
+    ceilings = record.get("ceilings") or {}
+    for key, label in (("flops_spread", "matrix-product"), ("bytes_spread", "copy")):
+        if ceilings.get(key) is not None and ceilings[key] > SPREAD_LIMIT:
+            flags.append({"code": "ceiling",
+                          "text": f"the {label} ceiling's samples spread by "
+                                  f"{ceilings[key]:.0%} (limit {SPREAD_LIMIT:.0%})"})
+    pct = record.get("roofline_pct")
+    if pct is not None and pct > 100:
+        flags.append({"code": "roofline",
+                      "text": f"{pct:.0f}% of the roofline is a measurement error (no code "
+                              f"beats the roofline: a ceiling was measured too low)"})
+    codes = {f["code"] for f in flags}
+    return {"reliable": not codes & {"spread", "load", "busy"}, "roofline_ok": not codes,
+            "flags": flags}
+
+
+def _busy(machine: Mapping) -> str | None:
+    """The run-level load verdict from the load averages before/after, or None."""
+    cores = machine.get("cpu_count") or 1
+    start, end = machine.get("loadavg_start"), machine.get("loadavg_end")
+    if start and start[0] > LOADAVG_LIMIT * cores:
+        return (f"the machine was busy before the run (1-minute load average {start[0]:.2f} "
+                f"on {cores} cores, limit {LOADAVG_LIMIT * cores:.2f})")
+    if end and end[0] > LOADAVG_END_LIMIT * cores:
+        return (f"the machine was busy during the run (1-minute load average {end[0]:.2f} "
+                f"after it on {cores} cores, limit {LOADAVG_END_LIMIT * cores:.2f})")
+    return None
 
 
 # ---------------------------------------------------------------------------- machine
@@ -760,17 +978,105 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _blas() -> object:
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``, x86 Linux); empty elsewhere."""
     try:
-        from threadpoolctl import threadpool_info
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
 
-        return [{k: v for k, v in lib.items() if k != "filepath"} for lib in threadpool_info()]
-    except ImportError:
+
+#: OpenBLAS x86-64 kernel (core) names by instruction-set level: 0 SSE, 1 AVX, 2 AVX2 + FMA,
+#: 3 AVX-512 (F, BW), 4 AVX-512 BF16, 5 AMX. (Zen runs Haswell-class AVX2 kernels.)
+OPENBLAS_KERNEL_LEVEL = {
+    **dict.fromkeys(("generic", "katmai", "coppermine", "northwood", "prescott", "banias",
+                     "core2", "penryn", "dunnington", "nehalem", "atom", "athlon", "opteron",
+                     "opteron_sse3", "barcelona", "bobcat", "nano"), 0),
+    **dict.fromkeys(("sandybridge", "bulldozer", "piledriver", "steamroller", "excavator"), 1),
+    "haswell": 2, "zen": 2, "skylakex": 3, "cooperlake": 4, "sapphirerapids": 5,
+}
+#: The newest OpenBLAS kernel for each level (what DYNAMIC_ARCH picks on such a CPU).
+_LEVEL_KERNEL = {0: "Prescott/Core2", 1: "Sandybridge", 2: "Haswell", 3: "SkylakeX",
+                 4: "Cooperlake", 5: "SapphireRapids"}
+
+
+def cpu_kernel_level(flags) -> int | None:
+    """The newest OpenBLAS kernel level (see :data:`OPENBLAS_KERNEL_LEVEL`) the CPU flags
+    allow; None without flags (not x86 Linux)."""
+    flags = set(flags)
+    if not flags:
+        return None
+    if {"amx_bf16", "avx512_bf16", "avx512f", "avx512bw"} <= flags:
+        return 5
+    if {"avx512_bf16", "avx512f", "avx512bw"} <= flags:
+        return 4
+    if {"avx512f", "avx512bw"} <= flags:
+        return 3
+    if {"avx2", "fma"} <= flags:
+        return 2
+    return 1 if "avx" in flags else 0
+
+
+def openblas_kernel_warning(architecture: str | None, env: Mapping[str, str],
+                            cpu_flags) -> str | None:
+    """A warning when ``OPENBLAS_CORETYPE`` pins an older OpenBLAS kernel than the CPU runs.
+
+    ``architecture`` is the kernel OpenBLAS reports (threadpoolctl's ``architecture``;
+    ``env`` the environment; ``cpu_flags`` from ``/proc/cpuinfo``. Without the variable, an
+    older kernel than the CPU allows gets a milder note (the OpenBLAS build may lack the
+    newer one). None when the kernel matches the CPU or either is unknown.
+    """
+    cpu_level = cpu_kernel_level(cpu_flags)
+    pinned = env.get("OPENBLAS_CORETYPE")
+    running = architecture or pinned
+    level = OPENBLAS_KERNEL_LEVEL.get((running or "").lower())
+    if cpu_level is None or level is None or level >= cpu_level:
+        return None
+    native = _LEVEL_KERNEL[cpu_level]
+    if pinned:
+        l2 = env.get("OPENBLAS_L2_SIZE")
+        return (f"OPENBLAS_CORETYPE={pinned} pins OpenBLAS's {running} kernel, but this CPU "
+                f"supports {native}: NumPy's matrix products (the NumPy backend's GEMMs and "
+                f"the matmul ceiling) run slower than they can"
+                + (f" (OPENBLAS_L2_SIZE={l2} is set too)" if l2 else "")
+                + ". PyTorch uses its own BLAS. For a benchmark of the native kernel run it "
+                  "under `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`.")
+    return (f"OpenBLAS runs its {running} kernel, but this CPU supports {native} (this "
+            f"OpenBLAS build may not include it)")
+
+
+def blas_info() -> dict:
+    """The BLAS libraries loaded and the kernel each runs, and which one NumPy uses.
+
+    ``libraries``: threadpoolctl's ``threadpool_info()`` (``internal_api``, ``version``,
+    ``architecture`` = the kernel/core name, ``num_threads``, ``threading_layer``), with the
+    directory of each library instead of its full path; ``numpy``: the entry of NumPy's own
+    BLAS (the library under NumPy's directory, else the one NumPy's build config names),
+    None without threadpoolctl; ``numpy_build``: NumPy's build configuration for BLAS.
+    """
+    info = {"libraries": [], "numpy": None, "numpy_build": None}
+    try:
+        info["numpy_build"] = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    except Exception:  # older NumPy: no dict mode
         pass
     try:
-        return np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    except Exception:  # older NumPy: no dict mode
-        return "unknown"
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return info
+    for lib in threadpool_info():
+        entry = {k: v for k, v in lib.items() if k != "filepath"}
+        entry["directory"] = os.path.basename(os.path.dirname(lib.get("filepath") or ""))
+        info["libraries"].append(entry)
+    blas = [lib for lib in info["libraries"] if lib.get("user_api") == "blas"]
+    build_version = (info["numpy_build"] or {}).get("version")
+    info["numpy"] = next((lib for lib in blas if "numpy" in lib["directory"]), None) or \
+        next((lib for lib in blas if build_version and lib.get("version") == build_version),
+             None) or (blas[0] if blas else None)
+    return info
 
 
 def _version(dist: str) -> str | None:
@@ -782,19 +1088,27 @@ def _version(dist: str) -> str | None:
 
 def machine_info(backend: str) -> dict:
     """Where and with what the benchmark ran (goes into the JSON)."""
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                      "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                      "MKL_NUM_THREADS") if k in os.environ}
+    flags = _cpu_flags()
+    blas = blas_info()
+    numpy_blas = blas["numpy"] or {}
+    level = cpu_kernel_level(flags)
     info = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
+        "cpu_kernel_level": None if level is None else _LEVEL_KERNEL[level],
         "python": platform.python_version(),
         "platform": platform.platform(),
         "numpy": np.__version__,
-        "blas": _blas(),
+        "blas": blas,
+        "blas_warning": openblas_kernel_warning(numpy_blas.get("architecture"), env, flags)
+        if numpy_blas.get("internal_api", "openblas") == "openblas" else None,
         "gpuconv": gpuconv.__version__,
         "versions": {d: _version(d) for d in ("torch", "torchvision", "scipy", "matplotlib")},
-        "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                           "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                           "MKL_NUM_THREADS") if k in os.environ},
+        "env": env,
     }
     if "torch" in sys.modules:
         info["torch_threads"] = sys.modules["torch"].get_num_threads()
@@ -805,6 +1119,20 @@ def machine_info(backend: str) -> dict:
         info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         info["versions"]["cupy"] = cupy.__version__
     return info
+
+
+def describe_blas(machine: Mapping) -> str:
+    """One line: NumPy's BLAS, its kernel and threads, and the CPU's newest kernel."""
+    blas = machine.get("blas")
+    lib = blas.get("numpy") if isinstance(blas, Mapping) else None
+    if not lib:
+        return "NumPy's BLAS: unknown (install threadpoolctl to record it)"
+    cpu = machine.get("cpu_kernel_level")
+    return (f"NumPy's BLAS: {lib.get('internal_api')} {lib.get('version')}, "
+            f"{lib.get('architecture') or '?'} kernel, {lib.get('num_threads')} thread(s)"
+            + (f"; the CPU supports {cpu}" if cpu else "")
+            + "".join(f"; {k}={v}" for k, v in machine.get("env", {}).items()
+                      if k.startswith("OPENBLAS_CORETYPE") or k == "OPENBLAS_L2_SIZE"))
 
 
 # ------------------------------------------------------------------------------- runs
@@ -825,8 +1153,18 @@ def _gpuconv_call(kind: Kind, arrays, params, backend: str):
 
 
 def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str, repeat: int,
-                 peaks: Mapping, seed: int = 0, clock: str = "wall") -> dict:
-    """Time one workload on gpuconv and every peer; returns its JSON record."""
+                 ceilings: Ceilings | None = None, peaks: Mapping | None = None, seed: int = 0,
+                 clock: str = "wall", timer=None, settle_s: float = SETTLE_S,
+                 load_probe: LoadProbe | None = None) -> dict:
+    """Time one workload on gpuconv and every peer, interleaved; returns its JSON record.
+
+    With ``ceilings``, the matrix product and the copy are timed in the same rounds and the
+    roofline uses the rates measured there (``record["ceilings"]``); otherwise ``peaks``
+    (a :func:`measure_peaks` result) is used as given. ``timer`` defaults to the device's;
+    ``load_probe`` (default a :class:`LoadProbe`) measures the other processes' CPU use
+    during the timing. The record carries :func:`assess`'s flags for what it knows itself
+    (the run-level load average is judged by :func:`main`).
+    """
     kind = KINDS[workload.kind]
     params = dict(workload.sizes[size_set])
     dtype = np.dtype(workload.dtype or dtype)
@@ -870,27 +1208,37 @@ def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str,
         except Exception as exc:  # a peer that rejects this dtype/shape is reported, not fatal
             record["peers"][name] = None
             record["notes"].append(f"{name} failed: {type(exc).__name__}: {exc}")
-    timer = CudaTimer() if device == "cuda" else CpuTimer(clock)
-    times = time_side_by_side(impls, timer, repeat)
-    medians = {name: statistics.median(t) for name, t in times.items()}
+    if "gpuconv" in impls and ceilings is not None:
+        impls.update(ceilings.impls())
+    timer = timer or (CudaTimer() if device == "cuda" else CpuTimer(clock))
+    load_probe = load_probe or LoadProbe()
+    load_probe.start()
+    times = time_side_by_side(impls, timer, repeat, settle_s=settle_s)
+    record["load"] = load_probe.stop()
+    stats = {name: spread_of(t) for name, t in times.items()}
     for name in kind.peers:
-        if name in medians:
+        if name in stats:
             record["peers"][name] = {
-                "median_s": medians[name], "times_s": times[name],
+                **stats[name], "times_s": times[name],
                 "rel_diff": _rel_diff(results["gpuconv"], results[name])
                 if "gpuconv" in results else None,
             }
-    if "gpuconv" not in medians:
+    if "gpuconv" not in stats:
         record.update(median_s=None, times_s=None)
+        record.update(assess(record))
         return record
-    t = medians["gpuconv"]
-    record.update(median_s=t, times_s=times["gpuconv"],
+    if ceilings is not None:
+        peaks = record["ceilings"] = ceilings.rates(times)
+    t = stats["gpuconv"]["median_s"]
+    record.update(**stats["gpuconv"], times_s=times["gpuconv"],
                   gflops=record["flops"] / t / 1e9, gbs=record["bytes"] / t / 1e9,
                   roofline_pct=roofline_pct(record["flops"], record["bytes"], t, peaks))
-    peer_times = {n: v["median_s"] for n, v in record["peers"].items() if v}
-    if peer_times:
-        fastest = min(peer_times, key=peer_times.get)
-        record.update(fastest_peer=fastest, ratio=t / peer_times[fastest])
+    fastest, peer = _fastest_peer(record)
+    if fastest:
+        record.update(fastest_peer=fastest, ratio=t / peer["median_s"],
+                      ratio_min=record["min_s"] / peer["max_s"],
+                      ratio_max=record["max_s"] / peer["min_s"])
+    record.update(assess(record))
     return record
 
 
@@ -902,74 +1250,175 @@ def _ms(seconds) -> str:
         else f"{seconds * 1e3:.1f}"
 
 
+def _two_digits(value: float) -> str:
+    return f"{float(f'{value:.2g}'):g}"
+
+
+def _approx(value: float) -> str:
+    """``~`` and two significant digits: a number that does not pretend to be exact."""
+    return f"~{_two_digits(value)}"
+
+
+def _stats(entry: Mapping | None) -> dict | None:
+    """min/median/max/spread of a record's or a peer's samples (any schema), or None."""
+    if not entry or not entry.get("times_s"):
+        return None
+    return spread_of(entry["times_s"])
+
+
+def _verdict(r: Mapping) -> dict:
+    return r if "reliable" in r else {**r, **assess(r)}
+
+
 def format_table(records: list[dict], markdown: bool = False) -> str:
-    """The table: one row per workload, per-peer times at the right (text or Markdown)."""
+    """The table: one row per workload, per-peer times at the right (text or Markdown).
+
+    A reliable row shows the median time, its min-max range and spread, and the ratio to the
+    fastest peer. An unreliable one (:func:`assess`) shows ``~`` and two significant digits
+    instead of exact-looking figures, and the range of the ratio (gpuconv's fastest sample
+    over the peer's slowest, to gpuconv's slowest over the peer's fastest). A roofline above
+    100% shows ``ERR``. The ``flags`` column names the reasons; :func:`main` prints them.
+    """
     peer_names = []
     for r in records:
         for name in r["peers"]:
             if name not in peer_names and any(x["peers"].get(name) for x in records):
                 peer_names.append(name)
-    head = ["workload", "backend", "dtype", "time ms", "ratio", "vs", "GFLOP/s", "GB/s",
-            "% roof"] + [f"{n} ms" for n in peer_names]
+    head = ["workload", "backend", "dtype", "time ms", "min-max ms", "spread", "ratio", "vs",
+            "GFLOP/s", "GB/s", "% roof"] + [f"{n} ms (spread)" for n in peer_names] + ["flags"]
     rows = [head]
     for r in records:
-        t = r.get("median_s")
-        row = [r["workload"], r["backend"], r["dtype"], _ms(t),
-               f"{r['ratio']:.2f}" if r.get("ratio") is not None else "-",
-               r.get("fastest_peer", "-"),
-               f"{r['gflops']:.1f}" if t else "-", f"{r['gbs']:.1f}" if t else "-",
-               f"{r['roofline_pct']:.0f}" if t else "-"]
+        r = _verdict(r)
+        ok = r["reliable"]
+        stats = _stats(r)
+        t = stats["median_s"] if stats else None
+        row = [r["workload"], r["backend"], r["dtype"]]
+        if t:
+            row += [_ms(t) if ok else _approx(t * 1e3),
+                    f"{_ms(stats['min_s'])}-{_ms(stats['max_s'])}", f"{stats['spread']:.0%}"]
+        else:
+            row += ["-", "-", "-"]
+        fastest, peer = _fastest_peer(r)
+        peer_stats = _stats(peer)
+        if t and peer_stats:
+            row.append(f"{t / peer_stats['median_s']:.2f}" if ok else
+                       f"{_two_digits(stats['min_s'] / peer_stats['max_s'])}.."
+                       f"{_two_digits(stats['max_s'] / peer_stats['min_s'])}")
+            row.append(fastest)
+        else:
+            row += ["-", "-"]
+        if t:
+            pct = r["roofline_pct"]
+            row += [f"{r['flops'] / t / 1e9:.1f}" if ok else _approx(r["flops"] / t / 1e9),
+                    f"{r['bytes'] / t / 1e9:.1f}" if ok else _approx(r["bytes"] / t / 1e9),
+                    f"{pct:.0f} ERR" if pct > 100 else
+                    f"{pct:.0f}" if r["roofline_ok"] else _approx(pct)]
+        else:
+            row += ["-", "-", "-"]
         for name in peer_names:
-            peer = r["peers"].get(name)
-            row.append(_ms(peer["median_s"]) if peer else "-")
+            s = _stats(r["peers"].get(name))
+            row.append("-" if s is None else
+                       f"{_ms(s['median_s']) if ok else _approx(s['median_s'] * 1e3)} "
+                       f"({s['spread']:.0%})")
+        codes = list(dict.fromkeys(f["code"] for f in r["flags"]))
+        row.append(", ".join(codes) if codes else "-")
         rows.append(row)
     if markdown:
         lines = ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-        lines.insert(1, "|" + "|".join(" --- " if i < 3 else " ---: " for i in range(len(head)))
-                     + "|")
+        lines.insert(1, "|" + "|".join(" --- " if i < 3 or i == len(head) - 1 else " ---: "
+                                       for i in range(len(head))) + "|")
         return "\n".join(lines)
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
-    lines = ["  ".join(str(c).rjust(w) if i >= 3 else str(c).ljust(w)
-                       for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = ["  ".join(str(c).rjust(w) if 3 <= i < len(head) - 1 else str(c).ljust(w)
+                       for i, (c, w) in enumerate(zip(row, widths))).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
+TABLE_LEGEND = (
+    "time = median of the samples, per call; spread = (max - min) / median; ratio = gpuconv "
+    "time / fastest peer time (< 1: gpuconv faster); % roof = 100 * max(F/peak_flops, "
+    "B/peak_bw) / time, with the ceilings timed in the same rounds. '~': an unreliable row "
+    "(flags spread/load/busy), the ratio shows its range; 'ERR': above the roofline, a "
+    "measurement error.")
+
+
+def flag_notes(records: list[dict], machine: Mapping | None = None) -> list[str]:
+    """One note per flag: the run-level load once, then each row's own flags."""
+    notes = []
+    busy = _busy(machine) if machine else None
+    if busy:
+        notes.append(f"{busy}: every row is unreliable")
+    for r in records:
+        notes += [f"{r['workload']}: {f['text']}" for f in _verdict(r)["flags"]
+                  if f["code"] != "busy"]
+    return notes
+
+
+def plot_records(records: list[dict], title: str):
+    """The chart, as a matplotlib figure: gpuconv's time / each peer's time per workload
+    (log scale; unreliable rows hatched and pale, with the ratio's range as an error bar),
+    and % of roofline (red ``ERR`` above 100%, hatched where uncertain)."""
+    import matplotlib.pyplot as plt
+
+    timed = [_verdict(r) for r in records if _stats(r)]
+    names = [r["workload"] for r in timed]
+    peers = sorted({p for r in timed for p, v in r["peers"].items() if _stats(v)})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(names) + 4), 4.8))
+    colors = {peer: f"C{j}" for j, peer in enumerate(peers)}
+    for i, r in enumerate(timed):  # each workload's bars centred on its tick
+        mine = _stats(r)
+        present = [p for p in peers if _stats(r["peers"].get(p))]
+        width = 0.8 / max(1, len(present))
+        for j, peer in enumerate(present):
+            theirs = _stats(r["peers"][peer])
+            ratio = mine["median_s"] / theirs["median_s"]
+            lo, hi = mine["min_s"] / theirs["max_s"], mine["max_s"] / theirs["min_s"]
+            ax1.bar(i + (j - (len(present) - 1) / 2) * width, ratio, width,
+                    color=colors[peer], label=f"vs {peer}",
+                    alpha=1.0 if r["reliable"] else 0.4, hatch=None if r["reliable"] else "//",
+                    yerr=[[ratio - lo], [hi - ratio]], ecolor="0.3", capsize=2)
+    handles, labels = ax1.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax1.axhline(1.0, color="black", linewidth=0.8)
+    ax1.set_yscale("log")
+    ax1.set_ylabel("gpuconv time / peer time (lower is better)\n"
+                   "bars: median; whiskers: min-max range")
+    ax1.set_xticks(np.arange(len(names)), [n if r["reliable"] else f"~ {n}"
+                                           for n, r in zip(names, timed)],
+                   rotation=40, ha="right")
+    for tick, r in zip(ax1.get_xticklabels(), timed):
+        if not r["reliable"]:
+            tick.set_color("tab:red")
+    if unique:
+        ax1.legend(unique.values(), unique.keys(), fontsize=8)
+    ax1.set_title("time ratio ('~': unreliable, hatched)")
+    pcts = [r["roofline_pct"] for r in timed]
+    colors2 = ["tab:red" if p > 100 else "tab:green" if r["roofline_ok"] else "tab:olive"
+               for p, r in zip(pcts, timed)]
+    bars = ax2.bar(np.arange(len(names)), pcts, color=colors2)
+    for bar, p, r in zip(bars, pcts, timed):
+        if not r["roofline_ok"]:
+            bar.set_hatch("//")
+    ax2.bar_label(bars, labels=[f"{p:.0f} ERR" if p > 100 else f"{p:.0f}" if r["roofline_ok"]
+                                else _approx(p) for p, r in zip(pcts, timed)], fontsize=8)
+    ax2.axhline(100, color="tab:red", linestyle="--", linewidth=0.8)
+    ax2.set_xticks(np.arange(len(names)), names, rotation=40, ha="right")
+    ax2.set_ylabel("% of roofline")
+    ax2.set_title("gpuconv: % of roofline (ERR: > 100%, a measurement error)")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def write_plot(path: str, records: list[dict], title: str) -> None:
-    """Bar chart: gpuconv's time / each peer's time per workload, and % of roofline."""
+    """:func:`plot_records`, saved as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timed = [r for r in records if r.get("median_s")]
-    names = [r["workload"] for r in timed]
-    peers = sorted({p for r in timed for p, v in r["peers"].items() if v})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 1.1 * len(names) + 4), 4.8))
-    colors = {peer: f"C{j}" for j, peer in enumerate(peers)}
-    for i, r in enumerate(timed):  # each workload's bars centred on its tick
-        present = [p for p in peers if r["peers"].get(p)]
-        width = 0.8 / max(1, len(present))
-        for j, peer in enumerate(present):
-            ratio = r["median_s"] / r["peers"][peer]["median_s"]
-            ax1.bar(i + (j - (len(present) - 1) / 2) * width, ratio, width,
-                    color=colors[peer], label=f"vs {peer}")
-    handles, labels = ax1.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    ax1.axhline(1.0, color="black", linewidth=0.8)
-    ax1.set_yscale("log")
-    ax1.set_ylabel("gpuconv time / peer time (lower is better)")
-    ax1.set_xticks(np.arange(len(names)), names, rotation=40, ha="right")
-    if unique:
-        ax1.legend(unique.values(), unique.keys(), fontsize=8)
-    ax1.set_title("time ratio")
-    bars = ax2.bar(np.arange(len(names)), [r["roofline_pct"] for r in timed], color="tab:green")
-    ax2.bar_label(bars, fmt="%.0f", fontsize=8)
-    ax2.set_xticks(np.arange(len(names)), names, rotation=40, ha="right")
-    ax2.set_ylabel("% of roofline")
-    ax2.set_title("gpuconv: % of roofline")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig = plot_records(records, title)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -1038,6 +1487,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clock", choices=("wall", "thread"), default="wall",
                    help="'thread': CPU time of the calling thread, robust to other processes' "
                         "load; only with --threads 1 (default: wall clock)")
+    p.add_argument("--settle", type=float, metavar="SECONDS",
+                   help=f"pause before each timing sample (default {SETTLE_S}, "
+                        f"{QUICK_SETTLE_S} with --quick)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -1059,13 +1511,14 @@ def _set_threads(count: int) -> str | None:
     return None
 
 
-def _loadavg():
-    """The 1, 5 and 15-minute load averages, or None where the OS has none."""
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
 def _cuda_available() -> bool:
     return gpuconv.available_backends().get("cuda") == "available"
+
+
+def _compute_dtype(workload: Workload, dtype: str, on_gpu: bool) -> np.dtype:
+    """The dtype of a workload's matmul ceiling (float16 computes in float32 on the CPU)."""
+    dt = np.dtype(workload.dtype or dtype)
+    return np.dtype(np.float32) if dt == np.float16 and not on_gpu else dt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1101,6 +1554,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat is not None and args.repeat < 1:
         print(f"error: --repeat={args.repeat} must be at least 1", file=sys.stderr)
         return 2
+    if args.settle is not None and not args.settle >= 0:
+        print(f"error: --settle={args.settle} must be at least 0 (seconds)", file=sys.stderr)
+        return 2
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -1122,6 +1578,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         names = [n for n, w in WORKLOADS.items() if size_set in w.sizes and w.kind in KINDS]
     repeat = args.repeat or DEFAULT_REPEAT["quick" if args.quick else "full"]
+    settle = args.settle if args.settle is not None else (QUICK_SETTLE_S if args.quick
+                                                          else SETTLE_S)
 
     if args.threads is not None:
         problem = _set_threads(args.threads)
@@ -1132,15 +1590,11 @@ def main(argv: list[str] | None = None) -> int:
     xp = np
     if backend == "cuda":
         import cupy as xp
-    peak_dtypes = {}
+    ceilings = {}  # compute dtype name -> Ceilings, made once and timed beside each workload
     for n in names:
-        dt = np.dtype(WORKLOADS[n].dtype or args.dtype)
-        compute = np.dtype(np.float32) if dt == np.float16 and xp is np else dt
-        peak_dtypes[dt.name] = compute
-    peaks_by_dtype = {}
-    for dt_name, compute in peak_dtypes.items():
-        if compute.name not in peaks_by_dtype:
-            peaks_by_dtype[compute.name] = measure_peaks(xp, compute, args.quick, args.clock)
+        compute = _compute_dtype(WORKLOADS[n], args.dtype, xp is not np)
+        if compute.name not in ceilings:
+            ceilings[compute.name] = Ceilings(xp, compute, args.quick)
 
     progress = _Progress(len(names), enabled=not args.no_progress)
     records = []
@@ -1148,38 +1602,50 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             progress.step(name)
             workload = WORKLOADS[name]
-            dt = np.dtype(workload.dtype or args.dtype)
-            peaks = peaks_by_dtype[peak_dtypes[dt.name].name]
+            compute = _compute_dtype(workload, args.dtype, xp is not np)
             records.append(run_workload(workload, size_set=size_set, backend=backend,
-                                        dtype=args.dtype, repeat=repeat, peaks=peaks,
-                                        clock=args.clock))
+                                        dtype=args.dtype, repeat=repeat,
+                                        ceilings=ceilings[compute.name], clock=args.clock,
+                                        settle_s=settle))
             progress.advance()
     finally:
         progress.close()
 
     machine = machine_info(backend)
     machine["loadavg_start"], machine["loadavg_end"] = load_start, _loadavg()
-    headline = (f"gpuconv bench: backend {backend}, sizes {size_set!r}, {repeat} samples, "
-                f"median per call, {args.clock} clock"
+    for r in records:
+        r.update(assess(r, machine))
+    peaks_by_dtype = {}  # every interleaved ceiling sample of the run, per dtype
+    for dt_name, ceiling in ceilings.items():
+        rows = [r["ceilings"] for r in records if r.get("ceilings", {}).get("matmul_dtype")
+                == dt_name]
+        if rows:
+            peaks_by_dtype[dt_name] = ceiling.rates(
+                {"ceiling:matmul": [t for c in rows for t in c["matmul_times_s"]],
+                 "ceiling:copy": [t for c in rows for t in c["copy_times_s"]]})
+    headline = (f"gpuconv bench: backend {backend}, sizes {size_set!r}, {repeat} interleaved "
+                f"samples, median per call, {args.clock} clock"
                 + (f", {args.threads} thread(s)" if args.threads else "")
                 + f"; {machine['cpu_model']} ({machine['cpu_count']} cores)"
                 + (f", {machine['gpu']}" if "gpu" in machine else "")
                 + f"; load average {load_start} -> {machine['loadavg_end']}")
-    print(headline)
+    lines = [headline, describe_blas(machine)]
     for dt_name, peak in peaks_by_dtype.items():
-        print(f"ceilings ({dt_name}): matmul {peak['flops_per_s'] / 1e9:.1f} GFLOP/s, "
-              f"copy {peak['bytes_per_s'] / 1e9:.1f} GB/s")
+        lines.append(
+            f"ceilings ({dt_name}, {len(peak['matmul_times_s'])} samples beside the workloads, "
+            f"best [min-median]): matmul {peak['flops_per_s'] / 1e9:.1f} "
+            f"[{peak['flops_per_s_min'] / 1e9:.1f}-{peak['flops_per_s_median'] / 1e9:.1f}] "
+            f"GFLOP/s, copy {peak['bytes_per_s'] / 1e9:.1f} "
+            f"[{peak['bytes_per_s_min'] / 1e9:.1f}-{peak['bytes_per_s_median'] / 1e9:.1f}] GB/s")
+    print("\n".join(lines))
+    if machine["blas_warning"]:
+        print(f"warning: {machine['blas_warning']}")
     print(format_table(records))
-    print("ratio = gpuconv time / fastest peer time (< 1: gpuconv faster); "
-          "% roof = 100 * max(F/peak_flops, B/peak_bw) / time")
-    notes = [f"{r['workload']}: {n}" for r in records for n in r["notes"]]
-    busy = max((v[0] for v in (load_start, machine["loadavg_end"]) if v), default=0.0)
-    if busy > 0.5 * (os.cpu_count() or 1):
-        notes.insert(0, f"the machine was busy (1-minute load average up to {busy:.1f} on "
-                        f"{os.cpu_count()} cores): "
-                        + ("thread CPU times, less affected than wall times, but caches and "
-                           "memory bandwidth are shared" if args.clock == "thread"
-                           else "the times are unreliable"))
+    print(TABLE_LEGEND)
+    notes = flag_notes(records, machine)
+    if machine["blas_warning"]:
+        notes.insert(0, machine["blas_warning"])
+    notes += [f"{r['workload']}: {n}" for r in records for n in r["notes"]]
     notes += [f"{r['workload']}: {r['note']}" for r in records if r["note"]]
     for r in records:
         for peer, v in r["peers"].items():
@@ -1192,13 +1658,15 @@ def main(argv: list[str] | None = None) -> int:
         doc = {"schema": JSON_SCHEMA, "machine": machine,
                "config": {"backend": backend, "dtype": args.dtype, "size_set": size_set,
                           "repeat": repeat, "copies": COPIES, "min_sample_s": MIN_SAMPLE_S,
-                          "threads": args.threads, "clock": args.clock},
+                          "settle_s": settle, "threads": args.threads, "clock": args.clock,
+                          "thresholds": THRESHOLDS},
                "peaks": peaks_by_dtype, "results": records, "notes": notes}
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)
     if args.markdown:
         with open(args.markdown, "w") as f:
-            f.write(f"{headline}\n\n{format_table(records, markdown=True)}\n\n")
+            f.write("\n\n".join(lines) + f"\n\n{format_table(records, markdown=True)}\n\n"
+                    f"{TABLE_LEGEND}\n\n")
             f.write("".join(f"- {note}\n" for note in notes))
     if args.plot:
         write_plot(args.plot, records,
