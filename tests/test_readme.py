@@ -291,3 +291,33 @@ def test_ci_runs_the_readme_test_command():
     assert shlex.split(after_activate)[-1] == "pytest"
     syntax = subprocess.run(["bash", "-n", str(CI_RUN)], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr
+
+
+# --- the skip rules themselves ------------------------------------------------------------
+
+def _reason(source, line=1):
+    block = Block("python", line, source)
+    return skip_reason(block, ast.parse(source))
+
+
+def test_a_block_needing_a_missing_package_is_skipped_naming_it(monkeypatch):
+    assert "'no_such_package_xyz'" in _reason("import no_such_package_xyz.sub as s\n")
+    # gpuconv.torch without torch installed: skipped, naming torch
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.delitem(sys.modules, "gpuconv.torch", raising=False)
+    assert "needs 'torch'" in _reason("from gpuconv import torch as gt\n")
+    assert _reason("import numpy as np\nimport gpuconv\n") is None
+
+
+def test_a_missing_gpuconv_module_fails_instead_of_skipping():
+    with pytest.raises(ModuleNotFoundError):
+        _reason("import gpuconv.no_such_module\n")
+
+
+def test_cupy_blocks_must_carry_the_marker(monkeypatch):
+    with pytest.raises(pytest.fail.Exception, match="must say"):
+        _reason("import cupy\n")
+    monkeypatch.setattr(gpuconv, "available_backends",
+                        lambda: {"numpy": "available", "emulate": "available",
+                                 "cuda": "no CUDA device"})
+    assert "needs CuPy and a GPU" in _reason(f"{GPU_MARKER}\nimport cupy\n")
