@@ -20,6 +20,9 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
+import shutil
+import subprocess
 import sys
 import time
 
@@ -74,6 +77,41 @@ def execute(name: str):
     client.execute()   # raises CellExecutionError, naming the cell, on any error
     print(f"{name}: executed in {time.perf_counter() - start:.1f} s")
     return notebook
+
+
+def test_notebooks_extra_lets_nbconvert_execute():
+    """``pip install ".[notebooks]"`` must bring what ``jupyter nbconvert --execute`` needs."""
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["notebooks"]
+    names = {re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower() for requirement in extra}
+    assert {"nbconvert", "ipykernel"} <= names, extra
+
+
+def test_jupyter_nbconvert_execute_runs_a_notebook(tmp_path):
+    """The command a user types, ``jupyter nbconvert --to notebook --execute``, on a one-cell
+    notebook that imports gpuconv: the ``jupyter`` of this environment, its default ``python3``
+    kernel, no kernelspec set up by the test (only user-level Jupyter dirs moved aside)."""
+    pytest.importorskip("nbconvert", reason="jupyter nbconvert needs nbconvert")
+    jupyter = shutil.which("jupyter", path=str(pathlib.Path(sys.executable).parent))
+    if jupyter is None:
+        pytest.skip(f"no jupyter command next to {sys.executable}")
+    notebook = nbformat.v4.new_notebook(metadata={"kernelspec": {
+        "name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}})
+    notebook.cells.append(nbformat.v4.new_code_cell(
+        "import gpuconv\nprint(gpuconv.convolve([1.0, 2.0, 3.0, 4.0], [1.0, 0.5, -1.0]).tolist())"))
+    nbformat.write(notebook, tmp_path / "tiny.ipynb")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTER")}
+    env.update(JUPYTER_DATA_DIR=str(tmp_path / "data"), JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
+               PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p))
+    run = subprocess.run([jupyter, "nbconvert", "--to", "notebook", "--execute",
+                          "--output", "executed.ipynb", "tiny.ipynb"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    # [1, 2, 3, 4] * [1, 0.5, -1], by hand
+    assert _outputs_text(executed).strip() == "[1.0, 2.5, 3.0, 3.5, -1.0, -4.0]"
 
 
 def test_notebooks_are_committed_without_outputs():
