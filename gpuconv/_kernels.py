@@ -83,7 +83,9 @@ _CXX_CODES: dict[str, str] = {
 
 #: NVRTC options every kernel file is compiled with (the CUDA backend and the offline NVRTC
 #: check; CuPy adds -arch and the include directory of the CUDA runtime headers).
-NVRTC_OPTIONS = ("--std=c++17",)
+#: ``-ftz=false``: float32 subnormals are kept, as on the emulator and in NumPy (NVRTC's
+#: default, stated because CuPy's RawModule would compile with ``-ftz=true``; docs/kernels.md).
+NVRTC_OPTIONS = ("--std=c++17", "-ftz=false")
 
 #: The index types a kernel may be instantiated with.
 INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
@@ -322,6 +324,34 @@ def name_expressions(file: str) -> list[str]:
     if not names:
         raise LookupError(f"no kernel family is registered for file {file!r}")
     return names
+
+
+def compile_group(name_expression: str) -> tuple[str, str]:
+    """The compile group of an instantiation: its first two template arguments (``T``,
+    ``Index``), e.g. ``("float", "int")`` for ``conv_tiled<float, int, 0>``.
+
+    The CUDA backend compiles a file one group at a time, on first use of any member, so a
+    call pays NVRTC only for the instantiations of its dtype and index type (the kernels a
+    call launches share both), not for the whole file.
+    """
+    _, args = parse_name_expression(name_expression)
+    if len(args) < 2:
+        raise ValueError(f"name expression {name_expression!r} must start with <T, Index, ...>")
+    return args[0], args[1]
+
+
+def group_name_expressions(file: str, group: tuple[str, str]) -> list[str]:
+    """The instantiations of ``file`` in compile group ``group`` (see :func:`compile_group`),
+    in registry order."""
+    names = [name for name in name_expressions(file) if compile_group(name) == tuple(group)]
+    if not names:
+        raise LookupError(f"{file} has no instantiation in compile group {tuple(group)}")
+    return names
+
+
+def compile_groups(file: str) -> list[tuple[str, str]]:
+    """Every compile group of ``file``, in registry order."""
+    return list(dict.fromkeys(compile_group(name) for name in name_expressions(file)))
 
 
 # ----------------------------------------------------------------------------- signatures

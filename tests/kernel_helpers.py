@@ -14,6 +14,7 @@ The ``emulate`` fixture lives in ``conftest.py``.
 from __future__ import annotations
 
 import hashlib
+import json
 import pathlib
 import sys
 import tempfile
@@ -94,18 +95,49 @@ def _device_zero():
 
 
 def stand_in_cupy(monkeypatch, raw_module, names, *, device=None):
-    """Install a module ``cupy`` made of NumPy's functions ``names``, with ``raw_module`` as
-    its ``RawModule`` and ``device`` as ``cupy.cuda.Device`` (default: always device 0), for
-    the test; return a ``DeviceBackend`` on a ``CupyExecutor``, which must use it."""
+    """Install a module ``cupy`` made of NumPy's functions ``names`` for the test, and return a
+    ``DeviceBackend`` on a ``CupyExecutor``, which must use it.
+
+    The executor compiles through the stand-in's ``cuda.compiler.compile_using_nvrtc``, which
+    returns the code text, options and name expressions as its "cubin"; the stand-in's
+    ``RawModule(path=...)`` hands them to ``raw_module(code=, options=, name_expressions=)``
+    (which compiles them, e.g. with the emulator). ``device`` plays ``cupy.cuda.Device``
+    (default: always device 0). gpuconv's CUDA module cache goes to a fresh directory."""
     from gpuconv.backends.device._backend import DeviceBackend
     from gpuconv.backends.device._executor import CupyExecutor
+
+    device = device or _device_zero
+
+    def compile_using_nvrtc(source, options=(), arch=None, *, filename="kern.cu",
+                            name_expressions=None, cache_in_memory=False, **kwargs):
+        payload = {"code": source, "options": list(options), "names": list(name_expressions)}
+        return json.dumps(payload).encode(), {name: name for name in name_expressions}
+
+    class RawModule:
+        def __init__(self, *, path):
+            payload = json.loads(pathlib.Path(path).read_text())
+            self._module = raw_module(code=payload["code"], options=tuple(payload["options"]),
+                                      name_expressions=payload["names"])
+
+        def get_function(self, name):
+            return self._module.get_function(name)
 
     fake = types.ModuleType("cupy")
     for name in names:
         setattr(fake, name, getattr(np, name))
-    fake.RawModule = raw_module
-    fake.cuda = types.SimpleNamespace(Device=device or _device_zero)
+    fake.__version__ = "stand-in"
+    fake.RawModule = RawModule
+    fake.cuda = types.SimpleNamespace(
+        Device=device,
+        runtime=types.SimpleNamespace(getDevice=lambda: device().id),
+        nvrtc=types.SimpleNamespace(getVersion=lambda: (0, 0)),
+        compiler=types.SimpleNamespace(compile_using_nvrtc=compile_using_nvrtc,
+                                       _get_arch=lambda: "80"),
+    )
+    fake._core = types.SimpleNamespace(core=types.SimpleNamespace(
+        assemble_cupy_compiler_options=lambda options: tuple(options)))
     monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.setenv("GPUCONV_CACHE_DIR", tempfile.mkdtemp(prefix="gpuconv-stand-in-"))
     backend = DeviceBackend(CupyExecutor())
     assert backend.xp is fake
     return backend

@@ -3,18 +3,25 @@
 
 * :class:`EmulatorExecutor` compiles the ``.cu`` file with g++ through
   :func:`gpuconv._emulator.load_module` (which caches the shared library on disk, keyed by every
-  header the source can include).
-* :class:`CupyExecutor` builds a ``cupy.RawModule`` per (device, file), lazily, from the file's
-  text with every local ``#include`` inlined (:func:`gpuconv._kernels.inlined_source`), so
-  CuPy's compile cache -- keyed by source text and options, not by headers -- can never serve
-  a kernel built from an old ``common.cuh``.
+  header the source can include), all of a file's registered instantiations at once.
+* :class:`CupyExecutor` compiles with NVRTC through CuPy (``cupy.cuda.compiler``), one
+  *compile group* at a time (:func:`gpuconv._kernels.compile_group`: the instantiations of one
+  file sharing the element and index type), lazily, on the first use of any member, per device.
+  The source is the file's text with every local ``#include`` inlined
+  (:func:`gpuconv._kernels.inlined_source`), the options are :func:`cuda_options` (CuPy's
+  header search path plus :data:`gpuconv._kernels.NVRTC_OPTIONS`, which keep float32 subnormals:
+  ``-ftz=false``). The cubin is cached on disk, keyed by everything that went into it, and
+  loaded with ``cupy.RawModule(path=...)``.
 
-Both compile all of a file's registered instantiations at once
-(:func:`gpuconv._kernels.name_expressions`) and memoize the loaded kernels.
+Both memoize the loaded kernels.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import pathlib
 import threading
 
 import numpy as np
@@ -39,7 +46,12 @@ class Executor:
         """What a compiled module is specific to (the device, for CUDA)."""
         return None
 
-    def _load_module(self, file: str):
+    def _module_key(self, file: str, name_expression: str) -> tuple:
+        """Which module holds ``name_expression``: ``(file, ...)``; the rest of the key is
+        passed to :meth:`_load_module`."""
+        return (file,)
+
+    def _load_module(self, file: str, *rest):
         raise NotImplementedError
 
     def _make_kernel(self, module, file: str, name_expression: str) -> Kernel:
@@ -57,11 +69,12 @@ class Executor:
                 f"{name_expression!r} is not a registered instantiation of {file}; "
                 f"see gpuconv._kernels.FAMILIES"
             )
+        module_key = self._module_key(file, name_expression)
         with self._lock:
-            module = self._modules.get((scope, file))
+            module = self._modules.get((scope, *module_key))
             if module is None:
-                module = self._load_module(file)
-                self._modules[(scope, file)] = module
+                module = self._load_module(*module_key)
+                self._modules[(scope, *module_key)] = module
             kernel = self._make_kernel(module, file, name_expression)
             self._kernels[key] = kernel
         return kernel
@@ -107,6 +120,36 @@ class EmulatorExecutor(Executor):
         return np.matmul(a, b)
 
 
+def cuda_options(cupy) -> tuple[str, ...]:
+    """The NVRTC options the CUDA backend compiles with, before CuPy adds the architecture
+    (``-arch=sm_XY``), ``--device-as-default-execution-space`` and, for NVRTC >= 12.8,
+    ``--pch``.
+
+    CuPy's own header search path (``cupy._core.core.assemble_cupy_compiler_options``, what
+    ``cupy.RawModule`` uses: CuPy's headers and the CUDA runtime headers -- ``cuda_fp16.h`` --
+    from ``CUDA_PATH`` or the ``nvidia-cuda-runtime`` wheel) around
+    :data:`gpuconv._kernels.NVRTC_OPTIONS`. CuPy's ``RawModule`` is not used to compile
+    because it appends ``-ftz=true`` after the user's options (NVRTC takes the last one;
+    cupy/cupy#9576), which would flush float32 subnormals on the GPU only (docs/kernels.md).
+    """
+    options = tuple(cupy._core.core.assemble_cupy_compiler_options(_kernels.NVRTC_OPTIONS))
+    if any(o in ("-ftz=true", "--ftz=true", "-use_fast_math", "--use_fast_math")
+           for o in options):
+        raise RuntimeError(f"CuPy's compiler options {options} flush subnormals")
+    return options
+
+
+def cuda_cache_dir() -> pathlib.Path:
+    """Where compiled CUDA modules are cached: ``$GPUCONV_CACHE_DIR/cuda``, else
+    ``$XDG_CACHE_HOME/gpuconv/cuda``, else ``~/.cache/gpuconv/cuda``."""
+    if os.environ.get("GPUCONV_CACHE_DIR"):
+        base = pathlib.Path(os.environ["GPUCONV_CACHE_DIR"])
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        base = (pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache") / "gpuconv"
+    return base / "cuda"
+
+
 class CupyExecutor(Executor):
     """Runs the kernels on the current CUDA device through CuPy (CuPy arrays)."""
 
@@ -121,17 +164,51 @@ class CupyExecutor(Executor):
         self.array_type = cupy.ndarray
 
     def _scope(self):
-        return self._cupy.cuda.Device().id
+        return self._cupy.cuda.runtime.getDevice()
 
-    def _load_module(self, file: str):
-        # RawModule compiles lazily, on the first get_function.
-        return self._cupy.RawModule(
-            code=_kernels.inlined_source(file),
-            options=_kernels.NVRTC_OPTIONS,
-            name_expressions=_kernels.name_expressions(file),
-        )
+    def _module_key(self, file: str, name_expression: str) -> tuple:
+        return (file, _kernels.compile_group(name_expression))
+
+    def _load_module(self, file: str, group):
+        """Compile (or fetch from the disk cache) the instantiations of ``file`` in compile
+        group ``group`` for the current device; returns ``(RawModule, {name: mangled})``."""
+        compiler = self._cupy.cuda.compiler
+        names = _kernels.group_name_expressions(file, group)
+        # The #line makes NVRTC's messages name the file (CuPy compiles a nameless program).
+        source = f'#line 1 "{file}"\n' + _kernels.inlined_source(file)
+        options = cuda_options(self._cupy)
+        arch = compiler._get_arch()  # the device's compute capability, capped at NVRTC's
+        key = hashlib.sha256("\0".join([
+            self._cupy.__version__, repr(self._cupy.cuda.nvrtc.getVersion()), str(arch),
+            *options, "", *names, "", source,
+        ]).encode()).hexdigest()
+        directory = cuda_cache_dir()
+        binary, mapping_path = directory / f"{key}.cubin", directory / f"{key}.json"
+        mapping = None
+        if binary.is_file() and mapping_path.is_file():
+            try:
+                mapping = json.loads(mapping_path.read_text())
+            except ValueError:  # a torn or foreign file: recompile
+                mapping = None
+            if not isinstance(mapping, dict) or any(n not in mapping for n in names):
+                mapping = None
+        if mapping is None:
+            # cache_in_memory: no temporary .cu file; CompileException carries NVRTC's log.
+            cubin, mapping = compiler.compile_using_nvrtc(
+                source, options, arch, filename=file, name_expressions=names,
+                cache_in_memory=True,
+            )
+            directory.mkdir(parents=True, exist_ok=True)
+            for path, data in ((binary, bytes(cubin)),
+                               (mapping_path, json.dumps(mapping).encode())):
+                partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+                partial.write_bytes(data)
+                os.replace(partial, path)  # atomic: a concurrent reader sees all or nothing
+        # RawModule(path=...) loads the cubin per device, lazily (cuModuleLoad).
+        return self._cupy.RawModule(path=str(binary)), mapping
 
     def _make_kernel(self, module, file: str, name_expression: str) -> Kernel:
-        function = module.get_function(name_expression)
+        raw_module, mapping = module
+        function = raw_module.get_function(mapping[name_expression])
         params = _kernels.signature(file, name_expression)
         return Kernel(name_expression, params, function, self._cupy.ndarray)
