@@ -599,6 +599,7 @@ DEFORM_PLANS = [
     {"workspace_bytes": 1},  # one image, one position per chunk
     {"workspace_bytes": 10**4},  # several positions per chunk
     {"workspace_bytes": 3 * 10**4},  # several images per chunk
+    {"workspace_bytes": 2 * 60 * 12 * 8},  # float64: 2 images per chunk, the last holds 1
     {"channel_slice": 1},
     {"channel_slice": 3, "max_grid_x": 2},
     {"index": np.int64},
