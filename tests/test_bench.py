@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
+import os
+import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -164,6 +168,293 @@ def test_time_side_by_side_rotates_inputs_and_samples_each():
         assert set(used[name]) == {0, 1, 2}
 
 
+def test_time_side_by_side_interleaves_round_robin_with_a_pause_before_each_sample():
+    order, pauses = [], []
+
+    class Timer(_FakeTimer):
+        def sample(self, fn, number):
+            order.append(fn.__name__)
+            return 0.01
+
+    def impl(name):
+        def fn():
+            pass
+        fn.__name__ = name
+        return [fn]
+
+    impls = {name: impl(name) for name in ("a", "b", "c")}
+    bench.time_side_by_side(impls, Timer(), repeat=4, warmup=0, settle_s=0.5,
+                            sleep=pauses.append)
+    calibration, samples = order[:3], order[3:]
+    assert calibration == ["a", "b", "c"]
+    # one sample of each per round, the round's first one rotating: a burst of load cannot
+    # land on one implementation's samples only
+    assert samples == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert pauses == [0.5] * (3 + 12)  # before each calibration and each sample
+
+
+def test_spread_of_hand_computed():
+    assert bench.spread_of([4.0, 1.0, 2.0]) == {"min_s": 1.0, "median_s": 2.0, "max_s": 4.0,
+                                                "spread": 1.5}
+    assert bench.spread_of([3.0, 3.0])["spread"] == 0.0
+
+
+# --------------------------------------------- reliability: a deliberately noisy run
+#
+# A stand-in workload kind, a scripted timer and stand-in ceilings: every sample time is
+# chosen by the test, so the noise is injected deterministically. The workload counts
+# 1e9 FLOPs and 16 bytes; the stand-in matrix product 2 * 1000**3 FLOPs, the copy 2 * 1e6
+# bytes per call.
+
+_TAG = []
+
+
+def _tagged(tag, value=None):
+    def fn():
+        _TAG.append(tag)
+        return value
+    return fn
+
+
+class _ScriptedTimer(_FakeTimer):
+    """Returns the scripted seconds of whichever implementation it is handed: its first
+    value for the calibration call, then one per sample."""
+
+    def __init__(self, script):
+        super().__init__()
+        self.script = {k: [v[0]] + list(v) for k, v in script.items()}
+        self.count = {}
+
+    def sample(self, fn, number):
+        fn()
+        tag = _TAG[-1]
+        k = self.count[tag] = self.count.get(tag, -1) + 1
+        return self.script[tag][min(k, len(self.script[tag]) - 1)]
+
+
+class _StandInCeilings(bench.Ceilings):
+    def __init__(self):
+        self.matmul_n, self.dtype, self.copy_bytes = 1000, "float32", 10 ** 6
+        self._matmul, self._copy = _tagged("matmul"), _tagged("copy")
+
+
+class _FixedLoad:
+    def __init__(self, others_cores, cores=2):
+        self.value = {"others_cores": others_cores, "cores": cores, "seconds": 1.0}
+
+    def start(self):
+        pass
+
+    def stop(self):
+        return self.value
+
+
+@pytest.fixture
+def stand_in_workload(monkeypatch):
+    result = np.ones(4, np.float32)
+    kind = bench.Kind(make=lambda p, dtype, rng: {"x": np.zeros(4, dtype)},
+                      run=lambda a, p: _tagged("gpuconv", result)(),
+                      flops=lambda p: 10 ** 9, out_elements=lambda p: 0,
+                      peers={"peer": lambda device, a, p: _tagged("peer", result)})
+    monkeypatch.setitem(bench.KINDS, "stand_in", kind)
+    return bench.Workload("stand_in_workload", "stand_in", {"quick": {}})
+
+
+def _run_scripted(workload, script, others_cores=0.0):
+    return bench.run_workload(workload, size_set="quick", backend="numpy", dtype="float32",
+                              repeat=3, ceilings=_StandInCeilings(),
+                              timer=_ScriptedTimer(script), settle_s=0,
+                              load_probe=_FixedLoad(others_cores))
+
+
+_QUIET = {"gpuconv": [0.010] * 3, "peer": [0.020] * 3, "matmul": [0.010] * 3,
+          "copy": [1e-4] * 3}
+
+
+def test_quiet_run_is_reliable_and_printed_exactly(stand_in_workload):
+    r = _run_scripted(stand_in_workload, _QUIET)
+    assert r["reliable"] and r["roofline_ok"] and r["flags"] == []
+    assert (r["min_s"], r["median_s"], r["max_s"], r["spread"]) == (0.010, 0.010, 0.010, 0.0)
+    assert r["ratio"] == pytest.approx(0.5)
+    # the ceilings timed beside it: 2e9 FLOP / 10 ms = 200 GFLOP/s, 2e6 B / 0.1 ms = 20 GB/s
+    assert r["ceilings"]["flops_per_s"] == pytest.approx(2e11)
+    assert r["ceilings"]["bytes_per_s"] == pytest.approx(2e10)
+    # 1e9 FLOP at 200 GFLOP/s take 5 ms; the workload took 10 ms
+    assert r["roofline_pct"] == pytest.approx(50.0)
+    row = bench.format_table([r]).splitlines()[2].split()
+    assert row[3:8] == ["10.0", "10.0-10.0", "0%", "0.50", "peer"]
+    assert row[10] == "50" and row[-1] == "-"
+
+
+def test_noisy_samples_mark_the_row_unreliable(stand_in_workload):
+    # one slow sample in three: median 10 ms, but (30 - 10) / 10 = 200% spread
+    r = _run_scripted(stand_in_workload, {**_QUIET, "gpuconv": [0.010, 0.010, 0.030]})
+    assert (r["min_s"], r["median_s"], r["max_s"]) == (0.010, 0.010, 0.030)
+    assert r["spread"] == pytest.approx(2.0)
+    assert not r["reliable"] and [f["code"] for f in r["flags"]] == ["spread"]
+    assert "200%" in r["flags"][0]["text"] and "gpuconv" in r["flags"][0]["text"]
+    # the ratio's range: 10 / 20 .. 30 / 20
+    assert (r["ratio_min"], r["ratio_max"]) == (pytest.approx(0.5), pytest.approx(1.5))
+    row = bench.format_table([r]).splitlines()[2].split()
+    assert row[3] == "~10" and row[5] == "200%" and row[6] == "0.5..1.5"
+    assert "10.0" not in row[:5] and "0.50" not in row  # no exact-looking figure
+    assert row[-1] == "spread"
+    # the peer's spread counts too
+    r = _run_scripted(stand_in_workload, {**_QUIET, "peer": [0.020, 0.050, 0.020]})
+    assert not r["reliable"] and "peer's 3 samples" in r["flags"][0]["text"]
+
+
+def test_other_processes_load_marks_the_row_unreliable(stand_in_workload):
+    limit = bench.LOAD_LIMIT * 2
+    r = _run_scripted(stand_in_workload, _QUIET, others_cores=limit * 0.9)
+    assert r["reliable"]
+    r = _run_scripted(stand_in_workload, _QUIET, others_cores=limit * 1.1)
+    assert not r["reliable"] and [f["code"] for f in r["flags"]] == ["load"]
+    assert bench.format_table([r]).splitlines()[2].split()[3] == "~10"
+
+
+def test_load_average_marks_every_row(stand_in_workload):
+    r = _run_scripted(stand_in_workload, _QUIET)
+    quiet = {"cpu_count": 2, "loadavg_start": [0.9, 0, 0], "loadavg_end": [1.9, 0, 0]}
+    assert bench.assess(r, quiet)["reliable"]
+    for machine in ({**quiet, "loadavg_start": [1.1, 0, 0]},   # > 0.5 per core before
+                    {**quiet, "loadavg_end": [2.1, 0, 0]}):    # > 1 per core after
+        verdict = bench.assess(r, machine)
+        assert not verdict["reliable"] and verdict["flags"][0]["code"] == "busy"
+        notes = bench.flag_notes([{**r, **verdict}], machine)
+        assert len(notes) == 1 and "every row is unreliable" in notes[0]
+
+
+def test_roofline_above_100_percent_is_flagged_as_a_measurement_error(stand_in_workload):
+    # the ceiling's matrix product was disturbed in every round: 2e9 FLOP / 100 ms = 20
+    # GFLOP/s, so the workload's 1e9 FLOP in 10 ms would be 500% of the "roofline"
+    r = _run_scripted(stand_in_workload, {**_QUIET, "matmul": [0.100] * 3})
+    assert r["roofline_pct"] == pytest.approx(500.0)
+    assert r["reliable"] and not r["roofline_ok"]
+    assert [f["code"] for f in r["flags"]] == ["roofline"]
+    assert "measurement error" in r["flags"][0]["text"]
+    row = bench.format_table([r]).splitlines()[2]
+    assert "500 ERR" in row and row.split()[-1] == "roofline"
+    assert "500 ERR" in bench.format_table([r], markdown=True)
+    # the fastest ceiling sample is the ceiling: one undisturbed round is enough
+    r = _run_scripted(stand_in_workload, {**_QUIET, "matmul": [0.100, 0.010, 0.100]})
+    assert r["roofline_pct"] == pytest.approx(50.0)
+    assert [f["code"] for f in r["flags"]] == ["ceiling"]  # but its spread is reported
+    assert bench.format_table([r]).splitlines()[2].split()[10] == "~50"
+
+
+def test_old_schema_records_are_judged_from_their_samples():
+    """The committed gpuconv-bench/1 results have samples but no flags, load or ceilings."""
+    r = {"workload": "w", "backend": "numpy", "dtype": "float32", "flops": 10 ** 9,
+         "bytes": 16, "median_s": 0.01, "times_s": [0.01, 0.01, 0.03], "roofline_pct": 201.0,
+         "ratio": 0.5, "peers": {"torch": {"median_s": 0.02, "times_s": [0.02] * 3}}}
+    verdict = bench.assess(r, {"cpu_count": 2, "loadavg_start": [0.3], "loadavg_end": [0.5]})
+    assert [f["code"] for f in verdict["flags"]] == ["spread", "roofline"]
+    row = bench.format_table([r]).splitlines()[2].split()
+    assert row[3] == "~10" and "201 ERR" in bench.format_table([r])
+
+
+def test_load_probe_sees_a_busy_process():
+    """Real noise: busy processes outside this one show up as other processes' load."""
+    cores = bench._cpu_stat()
+    if cores is None:
+        pytest.skip("no /proc/stat: the load probe has nothing to read here")
+    count = math.ceil(bench.LOAD_LIMIT * cores[1]) + 1
+    probe = bench.LoadProbe()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(count)]
+    try:
+        time.sleep(0.3)  # let them start
+        probe.start()
+        time.sleep(0.6)
+        load = probe.stop()
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+    assert load["cores"] == cores[1]
+    assert load["others_cores"] > bench.LOAD_LIMIT * load["cores"]
+    record = {"workload": "w", "peers": {}, "load": load}
+    assert [f["code"] for f in bench.assess(record)["flags"]] == ["load"]
+
+
+# ------------------------------------------------------------- BLAS and its kernel
+
+_AVX512 = {"sse2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq"}
+
+
+def test_cpu_kernel_level_from_flags():
+    assert bench.cpu_kernel_level(set()) is None
+    assert bench.cpu_kernel_level({"sse2"}) == 0
+    assert bench.cpu_kernel_level({"sse2", "avx"}) == 1
+    assert bench.cpu_kernel_level({"avx", "avx2", "fma"}) == 2
+    assert bench.cpu_kernel_level(_AVX512) == 3
+    assert bench.cpu_kernel_level(_AVX512 | {"avx512_bf16"}) == 4
+    assert bench.cpu_kernel_level(_AVX512 | {"avx512_bf16", "amx_bf16"}) == 5
+
+
+def test_openblas_coretype_pinning_an_older_kernel_warns():
+    warning = bench.openblas_kernel_warning("Haswell", {"OPENBLAS_CORETYPE": "Haswell",
+                                                        "OPENBLAS_L2_SIZE": "1048576"}, _AVX512)
+    assert "OPENBLAS_CORETYPE=Haswell" in warning and "SkylakeX" in warning
+    assert "OPENBLAS_L2_SIZE=1048576" in warning
+    assert "env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE" in warning
+    # the native kernel, or a CPU with nothing newer: nothing to say
+    assert bench.openblas_kernel_warning("SkylakeX", {}, _AVX512) is None
+    assert bench.openblas_kernel_warning("Haswell", {"OPENBLAS_CORETYPE": "Haswell"},
+                                         {"avx", "avx2", "fma"}) is None
+    assert bench.openblas_kernel_warning("Zen", {}, {"avx", "avx2", "fma"}) is None
+    # unknown kernel or CPU: no guess
+    assert bench.openblas_kernel_warning("NewCore", {"OPENBLAS_CORETYPE": "NewCore"},
+                                         _AVX512) is None
+    assert bench.openblas_kernel_warning("Haswell", {"OPENBLAS_CORETYPE": "Haswell"},
+                                         set()) is None
+    # an older kernel without the variable: a milder note, no "pins"
+    note = bench.openblas_kernel_warning("Haswell", {}, _AVX512)
+    assert "pins" not in note and "SkylakeX" in note
+
+
+def test_blas_info_records_numpys_library_and_kernel():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    info = bench.blas_info()
+    lib = info["numpy"]
+    assert lib is not None and lib["user_api"] == "blas"
+    for key in ("internal_api", "version", "num_threads"):
+        assert key in lib
+    # the same library threadpoolctl finds under NumPy's own directory
+    ours = [x for x in threadpoolctl.threadpool_info() if x["user_api"] == "blas"
+            and "numpy" in os.path.dirname(x["filepath"])]
+    if ours:
+        assert (lib["internal_api"], lib["version"]) == (ours[0]["internal_api"],
+                                                         ours[0]["version"])
+    if lib["internal_api"] == "openblas":
+        assert lib["architecture"].lower() in bench.OPENBLAS_KERNEL_LEVEL
+    machine = bench.machine_info("numpy")
+    assert machine["blas"]["numpy"] == lib
+    assert lib["internal_api"] in bench.describe_blas(machine)
+
+
+def test_pinned_older_kernel_is_recorded_and_warned_in_a_subprocess():
+    """With OPENBLAS_CORETYPE=Sandybridge (AVX, older than any AVX2 CPU's kernel) OpenBLAS
+    runs that kernel, the record says so, and the run warns."""
+    pytest.importorskip("threadpoolctl")
+    if (bench.cpu_kernel_level(bench._cpu_flags()) or 0) < 2:
+        pytest.skip("needs an x86 Linux CPU with AVX2")
+    if bench.blas_info()["numpy"]["internal_api"] != "openblas":
+        pytest.skip("NumPy does not use OpenBLAS here")
+    code = ("import json; from gpuconv import bench; m = bench.machine_info('numpy'); "
+            "print(json.dumps([m['blas']['numpy']['architecture'], m['blas_warning'], "
+            "m['env']]))")
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Sandybridge"}
+    env.pop("OPENBLAS_L2_SIZE", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    architecture, warning, recorded_env = json.loads(out)
+    assert architecture == "Sandybridge"
+    assert recorded_env["OPENBLAS_CORETYPE"] == "Sandybridge"
+    assert "OPENBLAS_CORETYPE=Sandybridge pins" in warning
+
+
 def test_cuda_timer_uses_events(monkeypatch):
     """The GPU timer, with CuPy replaced by a stand-in (no device here)."""
     log = []
@@ -205,6 +496,7 @@ def test_list_and_bad_arguments(capsys):
     assert "no_such_workload" in capsys.readouterr().err
     assert bench.main(["--backend", "emulate"]) == 2  # only with --quick
     assert bench.main(["--quick", "--repeat", "0"]) == 2
+    assert bench.main(["--quick", "--settle", "-1"]) == 2
 
 
 def test_quick_run_writes_json_and_plot(tmp_path, capsys):
@@ -216,25 +508,43 @@ def test_quick_run_writes_json_and_plot(tmp_path, capsys):
         plot = None
     json_path = tmp_path / "bench.json"
     argv = ["--quick", "--ops", "conv1d,depthwise", "--repeat", "2", "--no-progress",
-            "--json", str(json_path)] + (["--plot", str(plot)] if plot else [])
+            "--settle", "0", "--json", str(json_path)] + (["--plot", str(plot)] if plot else [])
     assert bench.main(argv) == 0
     table = capsys.readouterr().out
     assert "conv1d" in table and "depthwise" in table and "GFLOP/s" in table
+    assert "NumPy's BLAS:" in table and "spread" in table
 
     doc = json.loads(json_path.read_text())
     assert doc["schema"] == bench.JSON_SCHEMA
-    for key in ("date", "cpu_model", "cpu_count", "numpy", "blas", "versions"):
+    for key in ("date", "cpu_model", "cpu_count", "numpy", "blas", "versions",
+                "loadavg_start", "loadavg_end", "blas_warning"):
         assert key in doc["machine"]
     assert doc["config"]["size_set"] == "quick" and doc["config"]["repeat"] == 2
+    assert doc["config"]["thresholds"]["spread_limit"] == bench.SPREAD_LIMIT
     peaks = doc["peaks"]["float32"]
     assert peaks["flops_per_s"] > 0 and peaks["bytes_per_s"] > 0
+    # the run's ceilings: every sample taken beside the two workloads
+    assert len(peaks["matmul_times_s"]) == len(peaks["copy_times_s"]) == 2 * 2
     assert [r["workload"] for r in doc["results"]] == ["conv1d", "depthwise"]
     for r in doc["results"]:
         assert r["backend"] == "numpy" and r["dtype"] == "float32"
         assert r["median_s"] > 0 and len(r["times_s"]) == 2
+        assert (r["min_s"], r["max_s"]) == (min(r["times_s"]), max(r["times_s"]))
+        assert r["spread"] == pytest.approx((r["max_s"] - r["min_s"]) / r["median_s"])
         assert r["flops"] == bench.flops(r["kind"], r["params"])
         assert r["gflops"] == pytest.approx(r["flops"] / r["median_s"] / 1e9)
-        assert r["roofline_pct"] > 0
+        # the roofline from the ceilings timed in this workload's rounds: the fastest samples
+        ceilings = r["ceilings"]
+        assert len(ceilings["matmul_times_s"]) == 2
+        flops_per_s = 2 * ceilings["matmul_n"] ** 3 / min(ceilings["matmul_times_s"])
+        bytes_per_s = 2 * ceilings["copy_bytes"] / min(ceilings["copy_times_s"])
+        assert r["roofline_pct"] == pytest.approx(
+            100 * max(r["flops"] / flops_per_s, r["bytes"] / bytes_per_s) / r["median_s"])
+        assert isinstance(r["reliable"], bool) and isinstance(r["flags"], list)
+        if r["roofline_pct"] > 100:
+            assert "roofline" in [f["code"] for f in r["flags"]]
+        if r.get("load") is not None:
+            assert r["load"]["others_cores"] >= 0 and r["load"]["cores"] >= 1
         for peer, result in r["peers"].items():
             if result is None:  # not installed: the run says so in a note
                 assert any(peer in note for note in r["notes"])
@@ -252,7 +562,7 @@ def test_quick_backward_run(tmp_path, capsys):
     ops = "conv2d_resnet_backward,conv_transpose2d_backward,depthwise_backward," \
           "deform_conv2d_backward"
     assert bench.main(["--quick", "--ops", ops, "--repeat", "2", "--no-progress",
-                       "--json", str(json_path)]) == 0
+                       "--settle", "0", "--json", str(json_path)]) == 0
     assert "deform_conv2d_backward" in capsys.readouterr().out
     doc = json.loads(json_path.read_text())
     records = {r["workload"]: r for r in doc["results"]}
@@ -270,6 +580,23 @@ def test_quick_backward_run(tmp_path, capsys):
         else:  # the peer's gradients (every one of them) are gpuconv's
             assert result["median_s"] > 0
             assert result["rel_diff"] < 1e-4
+
+
+def test_busy_run_prints_no_exact_figures(tmp_path, capsys, monkeypatch):
+    """The command on a (simulated) busy machine: every row says it is unreliable."""
+    monkeypatch.setattr(bench, "_loadavg", lambda: [9.0, 9.0, 9.0])
+    monkeypatch.setattr(bench, "LoadProbe", lambda: _FixedLoad(others_cores=1.5))
+    json_path = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--ops", "conv1d", "--repeat", "2", "--no-progress",
+                       "--settle", "0", "--json", str(json_path)]) == 0
+    out = capsys.readouterr().out
+    assert "the machine was busy before the run" in out
+    assert "other processes kept 1.50 of 2 cores busy" in out
+    row = next(line for line in out.splitlines() if line.startswith("conv1d"))
+    assert row.split()[3].startswith("~")
+    doc = json.loads(json_path.read_text())
+    r = doc["results"][0]
+    assert not r["reliable"] and {"busy", "load"} <= {f["code"] for f in r["flags"]}
 
 
 def test_rel_diff_of_gradient_tuples():
