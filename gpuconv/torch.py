@@ -1,5 +1,4 @@
-"""PyTorch bridge: autograd functions and ``nn.Module`` layers whose forward and backward
-run gpuconv.
+"""PyTorch bridge: functions and ``nn.Module`` layers whose forward and backward run gpuconv.
 
 Import it explicitly, ``import gpuconv.torch`` (``import gpuconv`` never imports PyTorch).
 
@@ -9,9 +8,24 @@ Import it explicitly, ``import gpuconv.torch`` (``import gpuconv`` never imports
   zero-copy), and gpuconv's kernels run on PyTorch's current CUDA stream of the tensors'
   device, so they are ordered with the surrounding PyTorch work. CuPy allocates the results
   from its own memory pool.
-* Gradients come from :mod:`gpuconv.grad`. They are first-order only (``once_differentiable``:
-  double backward raises). Under ``torch.use_deterministic_algorithms(True)`` the weight
-  gradients are requested with ``deterministic=True``.
+* Every operation is a ``torch.library`` custom op in the ``gpuconv`` namespace
+  (``torch.ops.gpuconv.conv``, ``...conv_input``, ``...conv_weight``, and the same for
+  ``conv_transpose``, ``depthwise_conv``, ``separable_conv`` and ``deform_conv2d``), with a
+  fake (meta) implementation, a registered backward and a vmap rule. So
+  ``torch.compile(fullgraph=True)`` traces gpuconv layers without graph breaks, layers on
+  ``device="meta"`` give output shapes without computing, and ``torch.func.vmap`` (and
+  per-sample gradients, ``vmap(grad(...))``) work. The ops take resolved arguments (explicit
+  ``(lo, hi)`` pad pairs); call them through the functions below, which validate and resolve.
+* Gradients come from :mod:`gpuconv.grad`, and the backward of every op is itself made of
+  differentiable gpuconv ops (the gradients of a convolution are convolutions), so double
+  backward works (``torch.autograd.grad(..., create_graph=True)``, gradient penalties,
+  ``gradgradcheck``) for ``conv``, ``conv_transpose``, ``depthwise_conv`` and
+  ``separable_conv``. ``deform_conv2d`` is differentiable once: differentiating its gradients
+  raises a ``RuntimeError`` that says so. Under ``torch.use_deterministic_algorithms(True)``
+  the weight gradients are requested with ``deterministic=True``.
+* Tensors must share one dtype, as in ``torch.nn.functional``: a float64 input to a float32
+  layer raises :class:`DtypeMismatchError` (a ``RuntimeError``, as PyTorch raises, and a
+  ``TypeError``) with PyTorch's wording.
 
 What this offers beyond ``torch.nn``/torchvision: every ``padding_mode`` in 1-D, 2-D and 3-D,
 ``padding='same'`` with any stride (``ceil(size / stride)`` outputs), ``padding='same'`` for
@@ -27,15 +41,16 @@ Examples
 torch.Size([2, 8, 5, 5])
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: torch.library reads the custom ops' schemas from
+# their annotations.
 
 import contextlib
 import math
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch import nn
-from torch.autograd.function import once_differentiable
+from torch import Tensor, nn
 
 from . import _api, _shapes
 from . import grad as _grad
@@ -45,11 +60,23 @@ __all__ = [
     "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d",
     "DeformConv2d",
     "DepthwiseConv1d", "DepthwiseConv2d", "DepthwiseConv3d",
+    "DtypeMismatchError",
     "SeparableConv1d", "SeparableConv2d", "SeparableConv3d",
     "conv", "conv_transpose", "deform_conv2d", "depthwise_conv", "separable_conv",
 ]
 
 _DTYPES = (torch.float16, torch.float32, torch.float64)
+# PyTorch's names for the dtypes in its messages: (C++ type, scalar type).
+_TORCH_NAMES = {torch.float16: ("c10::Half", "Half"), torch.float32: ("float", "Float"),
+                torch.float64: ("double", "Double")}
+
+
+class DtypeMismatchError(RuntimeError, TypeError):
+    """Tensors of different dtypes given to one operation.
+
+    A ``RuntimeError``, as ``torch.nn.functional.conv2d`` raises in this case (with the same
+    wording), and a ``TypeError``, as gpuconv raises for bad argument types.
+    """
 
 
 # ------------------------------------------------------------------ tensors
@@ -68,7 +95,7 @@ def _check_tensors(op: str, **named):
                 f"{op}: {name} has dtype {t.dtype}; expected torch.float16, torch.float32 or "
                 f"torch.float64"
             )
-        if t.device.type not in ("cpu", "cuda"):
+        if t.device.type not in ("cpu", "cuda", "meta"):
             raise TypeError(f"{op}: {name} is on device {t.device}; expected cpu or cuda")
         if device is None:
             device = t.device
@@ -78,6 +105,39 @@ def _check_tensors(op: str, **named):
                 f"others on {device}"
             )
     return device
+
+
+def _check_dtypes(op: str, x, bias, **others):
+    """Raise :class:`DtypeMismatchError` unless every tensor has ``x``'s dtype; the bias is
+    checked first and the messages are PyTorch's (``F.conv2d``)."""
+    if bias is not None and bias.dtype != x.dtype:
+        raise DtypeMismatchError(
+            f"{op}: Input type ({_TORCH_NAMES[x.dtype][0]}) and bias type "
+            f"({_TORCH_NAMES[bias.dtype][0]}) should be the same"
+        )
+    for name, t in others.items():
+        if t is not None and t.dtype != x.dtype:
+            raise DtypeMismatchError(
+                f"{op}: expected scalar type {_TORCH_NAMES[x.dtype][1]} but found "
+                f"{_TORCH_NAMES[t.dtype][1]} (input is {x.dtype}, {name} is {t.dtype}; "
+                f"convert one with .to())"
+            )
+
+
+def _check_bias(op: str, bias, channels: int):
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(
+            f"{op}: bias must have shape ({channels},) (one value per output channel), "
+            f"got {tuple(bias.shape)}"
+        )
+
+
+def _batched(op: str, x, spatial_ndim: int):
+    """``(x, unbatched)``: an unbatched input ``(C, *spatial)`` gets a batch axis of 1, as
+    ``torch.nn.functional`` accepts it; other ranks are left for gpuconv's checks."""
+    if x.dim() == spatial_ndim + 1:
+        return x.unsqueeze(0), True
+    return x, False
 
 
 def _to_array(t):
@@ -115,120 +175,505 @@ def _device_scope(device):
         yield
 
 
+def _eager(dtype, compute, *tensors):
+    """Run ``compute`` on the arrays of ``tensors`` (on their device and PyTorch's stream) and
+    return its result(s) as tensors of ``dtype``. A custom op's output may not alias its
+    inputs, so a NumPy result that might share memory with one is copied."""
+    device = next(t.device for t in tensors if t is not None)
+    with _device_scope(device):
+        arrays = [_to_array(t) for t in tensors]
+        result = compute(*arrays)
+
+    def convert(a):
+        if isinstance(a, np.ndarray) and any(
+            isinstance(b, np.ndarray) and np.may_share_memory(a, b) for b in arrays
+        ):
+            a = a.copy()
+        return _to_tensor(a, dtype)
+
+    if isinstance(result, tuple):
+        return tuple(convert(a) for a in result)
+    return convert(result)
+
+
 def _deterministic() -> bool:
     return torch.are_deterministic_algorithms_enabled()
 
 
-# --------------------------------------------------------- autograd functions
+def _pairs(flat):
+    """``[lo0, hi0, lo1, hi1, ...]`` -> ``((lo0, hi0), (lo1, hi1), ...)``."""
+    return tuple((int(flat[2 * i]), int(flat[2 * i + 1])) for i in range(len(flat) // 2))
 
 
-def _save_context(ctx, bias, kwargs, *tensors):
-    """Keep what every backward needs: the op's keyword arguments, whether (and in which dtype)
-    a bias was given, and the tensors ``tensors``."""
-    ctx.kwargs = kwargs
-    ctx.has_bias = bias is not None
-    ctx.bias_dtype = None if bias is None else bias.dtype
-    ctx.save_for_backward(*tensors)
+def _flat_pads(lo, hi):
+    return [v for pair in zip(lo, hi) for v in pair]
 
 
-def _weighted_function(name, forward_op, input_grad, weight_grad):
-    """An autograd Function for ``forward_op(x, weight, bias, **kwargs)`` whose gradients are
-    ``input_grad(x_shape, weight, grad_output, **kwargs)``,
-    ``weight_grad(x, weight_shape, grad_output, deterministic=..., **kwargs)`` and
-    :func:`gpuconv.grad.conv_bias`; each is computed only when it is needed."""
+def _conv_out(in_size, kernel, stride, padding, dilation):
+    """Output sizes of a convolution with flat ``(lo, hi)`` pads (SymInt-safe arithmetic)."""
+    return [(n + padding[2 * i] + padding[2 * i + 1] - dilation[i] * (k - 1) - 1) // stride[i] + 1
+            for i, (n, k) in enumerate(zip(in_size, kernel))]
 
-    def forward(ctx, x, weight, bias, kwargs):
-        _save_context(ctx, bias, kwargs, x, weight)
-        with _device_scope(x.device):
-            return _to_tensor(forward_op(_to_array(x), _to_array(weight), _to_array(bias),
-                                         **kwargs))
 
-    def backward(ctx, grad_output):
+def _transpose_out(in_size, kernel, stride, padding, output_padding, dilation):
+    return [(n - 1) * stride[i] - padding[2 * i] - padding[2 * i + 1] + dilation[i] * (k - 1)
+            + output_padding[i] + 1 for i, (n, k) in enumerate(zip(in_size, kernel))]
+
+
+def _bias_grad(grad_output):
+    return grad_output.sum(dim=[0, *range(2, grad_output.dim())])
+
+
+# ------------------------------------------------------------------ vmap rules
+
+
+def _vmap_rule(op, per_sample=None, shape_arg=None):
+    """A ``torch.func.vmap`` rule for the custom op ``op``.
+
+    ``per_sample`` lists the positions of the tensor arguments whose axis 0 is the batch
+    ``N``; when only those are vmapped (and the op's output also has ``N`` first), the vmapped
+    axis is folded into ``N``: one call on ``B * N`` samples (unvmapped per-sample tensors are
+    expanded to ``B``; ``shape_arg``, the position of a shape argument, gets ``B * N``). Every
+    other case (a vmapped weight, or a weight gradient, which sums over ``N``) runs the op once
+    per vmapped index and stacks the results.
+    """
+
+    def rule(info, in_dims, *args):
+        size = info.batch_size
+        # in_dims has an entry per argument (for non-tensor arguments, None or a structure)
+        batched = {i for i, (a, d) in enumerate(zip(args, in_dims))
+                   if isinstance(a, Tensor) and d is not None}
+        args = [a.movedim(in_dims[i], 0) if i in batched else a for i, a in enumerate(args)]
+        if per_sample is not None and batched <= set(per_sample):
+            folded = list(args)
+            for i in per_sample:
+                a = args[i]
+                if a is None:
+                    continue
+                if i not in batched:
+                    a = a.expand(size, *a.shape)
+                folded[i] = a.reshape(size * a.shape[1], *a.shape[2:])
+            if shape_arg is not None:
+                shape = list(args[shape_arg])
+                folded[shape_arg] = [size * shape[0], *shape[1:]]
+            out = op(*folded)
+            return out.reshape(size, out.shape[0] // size, *out.shape[1:]), 0
+        results = [op(*[a[b] if i in batched else a for i, a in enumerate(args)])
+                   for b in range(size)]
+        if isinstance(results[0], tuple):
+            return tuple(torch.stack(r) for r in zip(*results)), (0,) * len(results[0])
+        return torch.stack(results), 0
+
+    return rule
+
+
+# --------------------------------------------------------------- custom ops
+
+# Each weighted family (conv, conv_transpose, depthwise_conv) has three ops: the forward
+# ``F(x, weight, bias, *geometry)``, its input gradient ``F_input(grad_output, weight,
+# input_shape, *geometry)`` and its weight gradient ``F_weight(x, grad_output, weight_shape,
+# *geometry, deterministic)``. F is bilinear in (x, weight), so F_input and F_weight are
+# its adjoints, and the three are each other's gradients:
+#   d F_input(g, w)  / dg = F(., w),          d F_input(g, w)  / dw = F_weight(., g)
+#   d F_weight(x, g) / dx = F_input(g, .),    d F_weight(x, g) / dg = F(x, .)
+# which is what the registered backwards below call, so every order of derivative works.
+
+
+@torch.library.custom_op("gpuconv::conv", mutates_args=())
+def _conv_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+             padding: Sequence[int], dilation: Sequence[int], groups: int,
+             padding_mode: str) -> Tensor:
+    return _eager(x.dtype, lambda x, w, b: _api.conv(
+        x, w, b, stride=tuple(stride), padding=_pairs(padding), dilation=tuple(dilation),
+        groups=groups, padding_mode=padding_mode), x, weight, bias)
+
+
+@_conv_op.register_fake
+def _(x, weight, bias, stride, padding, dilation, groups, padding_mode):
+    out = _conv_out(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+    return x.new_empty((x.shape[0], weight.shape[0], *out))
+
+
+@torch.library.custom_op("gpuconv::conv_input", mutates_args=())
+def _conv_input_op(grad_output: Tensor, weight: Tensor, input_shape: Sequence[int],
+                   stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                   groups: int, padding_mode: str) -> Tensor:
+    return _eager(grad_output.dtype, lambda g, w: _grad.conv_input(
+        tuple(input_shape), w, g, stride=tuple(stride), padding=_pairs(padding),
+        dilation=tuple(dilation), groups=groups, padding_mode=padding_mode), grad_output, weight)
+
+
+@torch.library.custom_op("gpuconv::conv_weight", mutates_args=())
+def _conv_weight_op(x: Tensor, grad_output: Tensor, weight_shape: Sequence[int],
+                    stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                    groups: int, padding_mode: str, deterministic: bool) -> Tensor:
+    return _eager(x.dtype, lambda x, g: _grad.conv_weight(
+        x, tuple(weight_shape), g, stride=tuple(stride), padding=_pairs(padding),
+        dilation=tuple(dilation), groups=groups, padding_mode=padding_mode,
+        deterministic=deterministic), x, grad_output)
+
+
+@torch.library.custom_op("gpuconv::conv_transpose", mutates_args=())
+def _conv_transpose_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+                       padding: Sequence[int], output_padding: Sequence[int],
+                       dilation: Sequence[int], groups: int) -> Tensor:
+    return _eager(x.dtype, lambda x, w, b: _api.conv_transpose(
+        x, w, b, stride=tuple(stride), padding=_pairs(padding),
+        output_padding=tuple(output_padding), dilation=tuple(dilation), groups=groups),
+        x, weight, bias)
+
+
+@_conv_transpose_op.register_fake
+def _(x, weight, bias, stride, padding, output_padding, dilation, groups):
+    out = _transpose_out(x.shape[2:], weight.shape[2:], stride, padding, output_padding,
+                         dilation)
+    return x.new_empty((x.shape[0], weight.shape[1] * groups, *out))
+
+
+@torch.library.custom_op("gpuconv::conv_transpose_input", mutates_args=())
+def _conv_transpose_input_op(grad_output: Tensor, weight: Tensor, input_shape: Sequence[int],
+                             stride: Sequence[int], padding: Sequence[int],
+                             output_padding: Sequence[int], dilation: Sequence[int],
+                             groups: int) -> Tensor:
+    return _eager(grad_output.dtype, lambda g, w: _grad.conv_transpose_input(
+        tuple(input_shape), w, g, stride=tuple(stride), padding=_pairs(padding),
+        output_padding=tuple(output_padding), dilation=tuple(dilation), groups=groups),
+        grad_output, weight)
+
+
+@torch.library.custom_op("gpuconv::conv_transpose_weight", mutates_args=())
+def _conv_transpose_weight_op(x: Tensor, grad_output: Tensor, weight_shape: Sequence[int],
+                              stride: Sequence[int], padding: Sequence[int],
+                              output_padding: Sequence[int], dilation: Sequence[int],
+                              groups: int, deterministic: bool) -> Tensor:
+    return _eager(x.dtype, lambda x, g: _grad.conv_transpose_weight(
+        x, tuple(weight_shape), g, stride=tuple(stride), padding=_pairs(padding),
+        output_padding=tuple(output_padding), dilation=tuple(dilation), groups=groups,
+        deterministic=deterministic), x, grad_output)
+
+
+@torch.library.custom_op("gpuconv::depthwise_conv", mutates_args=())
+def _depthwise_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence[int],
+                  padding: Sequence[int], dilation: Sequence[int], padding_mode: str) -> Tensor:
+    return _eager(x.dtype, lambda x, w, b: _api.depthwise_conv(
+        x, w, b, stride=tuple(stride), padding=_pairs(padding), dilation=tuple(dilation),
+        padding_mode=padding_mode), x, weight, bias)
+
+
+@_depthwise_op.register_fake
+def _(x, weight, bias, stride, padding, dilation, padding_mode):
+    out = _conv_out(x.shape[2:], weight.shape[2:], stride, padding, dilation)
+    return x.new_empty((x.shape[0], weight.shape[0], *out))
+
+
+@torch.library.custom_op("gpuconv::depthwise_conv_input", mutates_args=())
+def _depthwise_input_op(grad_output: Tensor, weight: Tensor, input_shape: Sequence[int],
+                        stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                        padding_mode: str) -> Tensor:
+    return _eager(grad_output.dtype, lambda g, w: _grad.depthwise_conv_input(
+        tuple(input_shape), w, g, stride=tuple(stride), padding=_pairs(padding),
+        dilation=tuple(dilation), padding_mode=padding_mode), grad_output, weight)
+
+
+@torch.library.custom_op("gpuconv::depthwise_conv_weight", mutates_args=())
+def _depthwise_weight_op(x: Tensor, grad_output: Tensor, weight_shape: Sequence[int],
+                         stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int],
+                         padding_mode: str, deterministic: bool) -> Tensor:
+    return _eager(x.dtype, lambda x, g: _grad.depthwise_conv_weight(
+        x, tuple(weight_shape), g, stride=tuple(stride), padding=_pairs(padding),
+        dilation=tuple(dilation), padding_mode=padding_mode, deterministic=deterministic),
+        x, grad_output)
+
+
+for _input_op, _weight_op in ((_conv_input_op, _conv_weight_op),
+                              (_conv_transpose_input_op, _conv_transpose_weight_op),
+                              (_depthwise_input_op, _depthwise_weight_op)):
+    _input_op.register_fake(lambda g, w, input_shape, *geometry: g.new_empty(input_shape))
+    _weight_op.register_fake(lambda x, g, weight_shape, *rest: x.new_empty(weight_shape))
+
+
+def _register_family(forward_op, input_op, weight_op):
+    """Register the backwards of one weighted family (see the comment above) and its vmap
+    rules."""
+
+    def forward_setup(ctx, inputs, output):
+        x, weight, bias, *ctx.geometry = inputs
+        ctx.save_for_backward(x, weight)
+
+    def forward_backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
-        gx = gw = gb = None
-        with _device_scope(x.device):
-            g = _to_array(grad_output)
-            if ctx.needs_input_grad[0]:
-                gx = _to_tensor(input_grad(tuple(x.shape), _to_array(weight), g, **ctx.kwargs),
-                                x.dtype)
-            if ctx.needs_input_grad[1]:
-                gw = _to_tensor(weight_grad(_to_array(x), tuple(weight.shape), g,
-                                            deterministic=_deterministic(), **ctx.kwargs),
-                                weight.dtype)
-            if ctx.has_bias and ctx.needs_input_grad[2]:
-                gb = _to_tensor(_grad.conv_bias(g), ctx.bias_dtype)
-        return gx, gw, gb, None
+        needs = ctx.needs_input_grad
+        gx = input_op(grad_output, weight, list(x.shape), *ctx.geometry) if needs[0] else None
+        gw = weight_op(x, grad_output, list(weight.shape), *ctx.geometry,
+                       _deterministic()) if needs[1] else None
+        gb = _bias_grad(grad_output) if needs[2] else None
+        return (gx, gw, gb) + (None,) * len(ctx.geometry)
 
-    return type(name, (torch.autograd.Function,), {
-        "forward": staticmethod(forward),
-        "backward": staticmethod(once_differentiable(backward)),
-    })
+    def input_setup(ctx, inputs, output):
+        grad_output, weight, _, *ctx.geometry = inputs
+        ctx.save_for_backward(grad_output, weight)
 
+    def input_backward(ctx, grad):
+        grad_output, weight = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        d_grad_output = forward_op(grad, weight, None, *ctx.geometry) if needs[0] else None
+        d_weight = weight_op(grad, grad_output, list(weight.shape), *ctx.geometry,
+                             _deterministic()) if needs[1] else None
+        return (d_grad_output, d_weight, None) + (None,) * len(ctx.geometry)
 
-_ConvFunction = _weighted_function(
-    "_ConvFunction", _api.conv, _grad.conv_input, _grad.conv_weight)
-_ConvTransposeFunction = _weighted_function(
-    "_ConvTransposeFunction", _api.conv_transpose, _grad.conv_transpose_input,
-    _grad.conv_transpose_weight)
-_DepthwiseFunction = _weighted_function(
-    "_DepthwiseFunction", _api.depthwise_conv, _grad.depthwise_conv_input,
-    _grad.depthwise_conv_weight)
+    def weight_setup(ctx, inputs, output):
+        x, grad_output, _, *geometry, _ = inputs
+        ctx.geometry = geometry
+        ctx.save_for_backward(x, grad_output)
 
+    def weight_backward(ctx, grad):
+        x, grad_output = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        d_x = input_op(grad_output, grad, list(x.shape), *ctx.geometry) if needs[0] else None
+        d_grad_output = forward_op(x, grad, None, *ctx.geometry) if needs[1] else None
+        return (d_x, d_grad_output, None) + (None,) * (len(ctx.geometry) + 1)
 
-class _SeparableFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, depthwise_weight, pointwise_weight, bias, kwargs):
-        _save_context(ctx, bias, kwargs, x, depthwise_weight, pointwise_weight)
-        with _device_scope(x.device):
-            return _to_tensor(_api.separable_conv(
-                _to_array(x), _to_array(depthwise_weight), _to_array(pointwise_weight),
-                _to_array(bias), **kwargs))
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        x, dw, pw = ctx.saved_tensors
-        with _device_scope(x.device):
-            grads = _grad.separable_conv(_to_array(x), _to_array(dw), _to_array(pw),
-                                         _to_array(grad_output), bias=ctx.has_bias,
-                                         **ctx.kwargs)
-            return (_to_tensor(grads.input, x.dtype),
-                    _to_tensor(grads.depthwise_weight, dw.dtype),
-                    _to_tensor(grads.pointwise_weight, pw.dtype),
-                    _to_tensor(grads.bias, ctx.bias_dtype), None)
+    forward_op.register_autograd(forward_backward, setup_context=forward_setup)
+    input_op.register_autograd(input_backward, setup_context=input_setup)
+    weight_op.register_autograd(weight_backward, setup_context=weight_setup)
+    forward_op.register_vmap(_vmap_rule(forward_op, per_sample=[0]))
+    input_op.register_vmap(_vmap_rule(input_op, per_sample=[0], shape_arg=2))
+    weight_op.register_vmap(_vmap_rule(weight_op))
 
 
-class _DeformFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, offset, weight, bias, mask, kwargs):
-        _save_context(ctx, bias, kwargs, x, offset, weight, mask)
-        with _device_scope(x.device):
-            return _to_tensor(_api.deform_conv2d(
-                _to_array(x), _to_array(offset), _to_array(weight), _to_array(bias),
-                mask=_to_array(mask), **kwargs))
+_register_family(_conv_op, _conv_input_op, _conv_weight_op)
+_register_family(_conv_transpose_op, _conv_transpose_input_op, _conv_transpose_weight_op)
+_register_family(_depthwise_op, _depthwise_input_op, _depthwise_weight_op)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output):
-        x, offset, weight, mask = ctx.saved_tensors
-        with _device_scope(x.device):
-            grads = _grad.deform_conv2d(
-                _to_array(x), _to_array(offset), _to_array(weight), _to_array(grad_output),
-                mask=_to_array(mask), bias=ctx.has_bias, **ctx.kwargs)
-            return (_to_tensor(grads.input, x.dtype), _to_tensor(grads.offset, offset.dtype),
-                    _to_tensor(grads.weight, weight.dtype), _to_tensor(grads.bias, ctx.bias_dtype),
-                    None if mask is None else _to_tensor(grads.mask, mask.dtype), None)
+
+@torch.library.custom_op("gpuconv::separable_conv", mutates_args=())
+def _separable_op(x: Tensor, depthwise_weight: Tensor, pointwise_weight: Tensor,
+                  bias: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+                  dilation: Sequence[int], padding_mode: str) -> Tensor:
+    return _eager(x.dtype, lambda x, dw, pw, b: _api.separable_conv(
+        x, dw, pw, b, stride=tuple(stride), padding=_pairs(padding), dilation=tuple(dilation),
+        padding_mode=padding_mode), x, depthwise_weight, pointwise_weight, bias)
+
+
+@_separable_op.register_fake
+def _(x, depthwise_weight, pointwise_weight, bias, stride, padding, dilation, padding_mode):
+    out = _conv_out(x.shape[2:], depthwise_weight.shape[2:], stride, padding, dilation)
+    return x.new_empty((x.shape[0], pointwise_weight.shape[0], *out))
+
+
+def _separable_setup(ctx, inputs, output):
+    x, dw, pw, bias, *ctx.geometry = inputs
+    ctx.save_for_backward(x, dw, pw)
+
+
+def _separable_backward(ctx, grad_output):
+    """The chain rule through the depthwise step and the 1x1 step, in differentiable ops (as
+    :func:`gpuconv.grad.separable_conv` computes it): the depthwise result is recomputed."""
+    x, dw, pw = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    nd = x.dim() - 2
+    pointwise = ([1] * nd, [0] * (2 * nd), [1] * nd, 1, "zeros")
+    gx = gdw = gpw = gb = None
+    if needs[1] or needs[2]:
+        mid = _depthwise_op(x, dw, None, *ctx.geometry)
+        if needs[2]:
+            gpw = _conv_weight_op(mid, grad_output, list(pw.shape), *pointwise,
+                                  _deterministic())
+    if needs[0] or needs[1]:
+        mid_shape = [x.shape[0], dw.shape[0], *grad_output.shape[2:]]
+        grad_mid = _conv_input_op(grad_output, pw, mid_shape, *pointwise)
+        if needs[0]:
+            gx = _depthwise_input_op(grad_mid, dw, list(x.shape), *ctx.geometry)
+        if needs[1]:
+            gdw = _depthwise_weight_op(x, grad_mid, list(dw.shape), *ctx.geometry,
+                                       _deterministic())
+    if needs[3]:
+        gb = _bias_grad(grad_output)
+    return (gx, gdw, gpw, gb) + (None,) * len(ctx.geometry)
+
+
+_separable_op.register_autograd(_separable_backward, setup_context=_separable_setup)
+_separable_op.register_vmap(_vmap_rule(_separable_op, per_sample=[0]))
+
+
+@torch.library.custom_op("gpuconv::deform_conv2d", mutates_args=())
+def _deform_op(x: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor],
+               mask: Optional[Tensor], stride: Sequence[int], padding: Sequence[int],
+               dilation: Sequence[int]) -> Tensor:
+    return _eager(x.dtype, lambda x, o, w, b, m: _api.deform_conv2d(
+        x, o, w, b, mask=m, stride=tuple(stride), padding=_pairs(padding),
+        dilation=tuple(dilation)), x, offset, weight, bias, mask)
+
+
+@_deform_op.register_fake
+def _(x, offset, weight, bias, mask, stride, padding, dilation):
+    return x.new_empty((x.shape[0], weight.shape[0], *offset.shape[2:]))
+
+
+@torch.library.custom_op("gpuconv::deform_conv2d_backward", mutates_args=())
+def _deform_backward_op(x: Tensor, offset: Tensor, weight: Tensor, mask: Optional[Tensor],
+                        grad_output: Tensor, stride: Sequence[int], padding: Sequence[int],
+                        dilation: Sequence[int]
+                        ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients for (x, offset, weight, mask); the mask's is empty when there is no mask."""
+
+    def compute(x, o, w, m, g):
+        grads = _grad.deform_conv2d(x, o, w, g, mask=m, bias=False, stride=tuple(stride),
+                                    padding=_pairs(padding), dilation=tuple(dilation))
+        grad_mask = grads.mask if m is not None else x[:0].reshape(0).copy()
+        return grads.input, grads.offset, grads.weight, grad_mask
+
+    return _eager(x.dtype, compute, x, offset, weight, mask, grad_output)
+
+
+@_deform_backward_op.register_fake
+def _(x, offset, weight, mask, grad_output, stride, padding, dilation):
+    return (x.new_empty(x.shape), x.new_empty(offset.shape), x.new_empty(weight.shape),
+            x.new_empty(mask.shape if mask is not None else (0,)))
+
+
+def _deform_setup(ctx, inputs, output):
+    x, offset, weight, bias, mask, *ctx.geometry = inputs
+    ctx.has_mask = mask is not None
+    ctx.save_for_backward(x, offset, weight, mask)
+
+
+def _deform_backward(ctx, grad_output):
+    x, offset, weight, mask = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    gx = go = gw = gm = gb = None
+    if needs[0] or needs[1] or needs[2] or needs[4]:
+        gx, go, gw, gm = _deform_backward_op(x, offset, weight, mask if ctx.has_mask else None,
+                                             grad_output, *ctx.geometry)
+    if needs[3]:
+        gb = _bias_grad(grad_output)
+    return (gx if needs[0] else None, go if needs[1] else None, gw if needs[2] else None, gb,
+            gm if needs[4] and ctx.has_mask else None) + (None,) * len(ctx.geometry)
+
+
+def _deform_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "deform_conv2d: double backward is not supported: the gradients of gpuconv's "
+        "deformable convolution are differentiable only once (they would need second "
+        "derivatives of the bilinear sampling). Use create_graph=False for deform_conv2d, or "
+        "compute the gradient penalty with finite differences."
+    )
+
+
+_deform_op.register_autograd(_deform_backward, setup_context=_deform_setup)
+_deform_op.register_vmap(_vmap_rule(_deform_op, per_sample=[0, 1, 4]))
+_deform_backward_op.register_autograd(_deform_double_backward,
+                                      setup_context=lambda ctx, inputs, output: None)
+_deform_backward_op.register_vmap(_vmap_rule(_deform_backward_op))
 
 
 # ------------------------------------------------------------- functional API
 
 
+def _conv(op, x, weight, bias, stride, padding, dilation, groups, padding_mode):
+    _check_tensors(op, x=x, weight=weight, bias=bias)
+    x, unbatched = _batched(op, x, weight.dim() - 2)
+    _check_dtypes(op, x, bias, weight=weight)
+    geom = _api.conv_setup(op, tuple(x.shape), tuple(weight.shape), stride=stride,
+                           padding=padding, dilation=dilation, groups=groups,
+                           padding_mode=padding_mode)
+    _check_bias(op, bias, weight.shape[0])
+    y = _conv_op(x, weight, bias, list(geom.stride), _flat_pads(geom.pad_lo, geom.pad_hi),
+                 list(geom.dilation), geom.groups, geom.padding_mode)
+    return y.squeeze(0) if unbatched else y
+
+
+def _conv_transpose(op, x, weight, bias, stride, padding, output_padding, dilation, groups):
+    _check_tensors(op, x=x, weight=weight, bias=bias)
+    x, unbatched = _batched(op, x, weight.dim() - 2)
+    # As F.conv_transposeNd: the weight must have the input's dtype; a bias of another dtype
+    # is converted (PyTorch does not check it).
+    _check_dtypes(op, x, None, weight=weight)
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    geom = _api.conv_transpose_setup(op, tuple(x.shape), tuple(weight.shape), stride=stride,
+                                     padding=padding, output_padding=output_padding,
+                                     dilation=dilation, groups=groups)
+    _check_bias(op, bias, weight.shape[1] * geom.groups)
+    # The geometry's high crop is negative where output_padding (or 'same') extends past the
+    # full output; as op arguments that is a zero pad and an output_padding.
+    hi = [max(h, 0) for h in geom.pad_hi]
+    extra = [h - g for h, g in zip(hi, geom.pad_hi)]
+    y = _conv_transpose_op(x, weight, bias, list(geom.stride), _flat_pads(geom.pad_lo, hi),
+                           extra, list(geom.dilation), geom.groups)
+    return y.squeeze(0) if unbatched else y
+
+
+def _depthwise_conv(op, x, weight, bias, stride, padding, dilation, padding_mode):
+    _check_tensors(op, x=x, weight=weight, bias=bias)
+    x, unbatched = _batched(op, x, weight.dim() - 2)
+    _check_dtypes(op, x, bias, weight=weight)
+    geom = _api.depthwise_setup(op, tuple(x.shape), tuple(weight.shape), stride=stride,
+                                padding=padding, dilation=dilation, padding_mode=padding_mode)
+    _check_bias(op, bias, weight.shape[0])
+    y = _depthwise_op(x, weight, bias, list(geom.stride), _flat_pads(geom.pad_lo, geom.pad_hi),
+                      list(geom.dilation), geom.padding_mode)
+    return y.squeeze(0) if unbatched else y
+
+
+def _separable_conv(op, x, depthwise_weight, pointwise_weight, bias, stride, padding, dilation,
+                    padding_mode):
+    _check_tensors(op, x=x, depthwise_weight=depthwise_weight,
+                   pointwise_weight=pointwise_weight, bias=bias)
+    x, unbatched = _batched(op, x, depthwise_weight.dim() - 2)
+    _check_dtypes(op, x, bias, depthwise_weight=depthwise_weight,
+                  pointwise_weight=pointwise_weight)
+    geom = _api.depthwise_setup(op, tuple(x.shape), tuple(depthwise_weight.shape),
+                                stride=stride, padding=padding, dilation=dilation,
+                                padding_mode=padding_mode, w_name="depthwise_weight")
+    mid, nd = depthwise_weight.shape[0], x.dim() - 2
+    pw_shape = tuple(pointwise_weight.shape)
+    if len(pw_shape) != nd + 2 or pw_shape[1] != mid or any(k != 1 for k in pw_shape[2:]) \
+            or pw_shape[0] == 0:
+        raise ValueError(
+            f"{op}: pointwise_weight must have shape (C_out, {mid}{', 1' * nd}) with "
+            f"C_out >= 1, got {pw_shape}"
+        )
+    _check_bias(op, bias, pw_shape[0])
+    y = _separable_op(x, depthwise_weight, pointwise_weight, bias, list(geom.stride),
+                      _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation),
+                      geom.padding_mode)
+    return y.squeeze(0) if unbatched else y
+
+
+def _deform_conv2d(op, x, offset, weight, bias, stride, padding, dilation, mask):
+    _check_tensors(op, x=x, offset=offset, weight=weight, bias=bias, mask=mask)
+    x, unbatched = _batched(op, x, 2)
+    if unbatched:
+        offset = offset.unsqueeze(0)
+        mask = None if mask is None else mask.unsqueeze(0)
+    _check_dtypes(op, x, bias, offset=offset, weight=weight, mask=mask)
+    geom, _ = _api.deform_setup(op, tuple(x.shape), tuple(offset.shape), tuple(weight.shape),
+                                None if mask is None else tuple(mask.shape), stride=stride,
+                                padding=padding, dilation=dilation)
+    _check_bias(op, bias, weight.shape[0])
+    y = _deform_op(x, offset, weight, bias, mask, list(geom.stride),
+                   _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation))
+    return y.squeeze(0) if unbatched else y
+
+
 def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
          padding_mode="zeros"):
-    """:func:`gpuconv.conv` on tensors, differentiable in ``x``, ``weight`` and ``bias``.
+    """:func:`gpuconv.conv` on tensors, differentiable (to any order) in ``x``, ``weight`` and
+    ``bias``.
 
-    Arguments and shapes as for :func:`gpuconv.conv`; tensors on one device (CPU or CUDA),
-    float16, float32 or float64. Returns a tensor on the same device.
+    Arguments as for :func:`gpuconv.conv`; ``x`` may also be unbatched, ``(C_in, *spatial)``,
+    as in ``torch.nn.functional``. Tensors on one device (CPU or CUDA, or meta for shapes)
+    and of one dtype (float16, float32 or float64). Returns a tensor on the same device.
+
+    Raises
+    ------
+    TypeError
+        Non-tensors, unsupported dtypes or devices.
+    DtypeMismatchError
+        Tensors of different dtypes (a ``RuntimeError`` and a ``TypeError``).
+    ValueError
+        Arguments :func:`gpuconv.conv` rejects.
 
     Examples
     --------
@@ -241,17 +686,14 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     >>> y.sum().backward(); x.grad
     tensor([[[0., 0., 0., 0., 0.]]])
     """
-    _check_tensors("conv", x=x, weight=weight, bias=bias)
-    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
-                  padding_mode=padding_mode)
-    return _ConvFunction.apply(x, weight, bias, kwargs)
+    return _conv("conv", x, weight, bias, stride, padding, dilation, groups, padding_mode)
 
 
 def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1,
                    groups=1):
-    """:func:`gpuconv.conv_transpose` on tensors, differentiable in every tensor argument.
-
-    ``padding='same'`` gives ``size * stride`` outputs.
+    """:func:`gpuconv.conv_transpose` on tensors, differentiable (to any order) in every
+    tensor argument; ``x`` may be unbatched. ``padding='same'`` gives ``size * stride``
+    outputs. Raises as :func:`conv`.
 
     Examples
     --------
@@ -261,15 +703,14 @@ def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=
     ...                   padding="same").shape
     torch.Size([1, 1, 6])
     """
-    _check_tensors("conv_transpose", x=x, weight=weight, bias=bias)
-    kwargs = dict(stride=stride, padding=padding, output_padding=output_padding,
-                  dilation=dilation, groups=groups)
-    return _ConvTransposeFunction.apply(x, weight, bias, kwargs)
+    return _conv_transpose("conv_transpose", x, weight, bias, stride, padding, output_padding,
+                           dilation, groups)
 
 
 def depthwise_conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1,
                    padding_mode="zeros"):
-    """:func:`gpuconv.depthwise_conv` on tensors, differentiable in every tensor argument.
+    """:func:`gpuconv.depthwise_conv` on tensors, differentiable (to any order) in every
+    tensor argument; ``x`` may be unbatched. Raises as :func:`conv`.
 
     Examples
     --------
@@ -279,14 +720,14 @@ def depthwise_conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1,
     ...                   padding_mode="replicate").shape
     torch.Size([1, 4, 4])
     """
-    _check_tensors("depthwise_conv", x=x, weight=weight, bias=bias)
-    kwargs = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
-    return _DepthwiseFunction.apply(x, weight, bias, kwargs)
+    return _depthwise_conv("depthwise_conv", x, weight, bias, stride, padding, dilation,
+                           padding_mode)
 
 
 def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1, padding=0,
                    dilation=1, padding_mode="zeros"):
-    """:func:`gpuconv.separable_conv` on tensors, differentiable in every tensor argument.
+    """:func:`gpuconv.separable_conv` on tensors, differentiable (to any order) in every
+    tensor argument; ``x`` may be unbatched. Raises as :func:`conv`.
 
     Examples
     --------
@@ -296,15 +737,16 @@ def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1
     ...                   torch.tensor([[[1.0], [10.0]]]))
     tensor([[[22., 22.]]])
     """
-    _check_tensors("separable_conv", x=x, depthwise_weight=depthwise_weight,
-                   pointwise_weight=pointwise_weight, bias=bias)
-    kwargs = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
-    return _SeparableFunction.apply(x, depthwise_weight, pointwise_weight, bias, kwargs)
+    return _separable_conv("separable_conv", x, depthwise_weight, pointwise_weight, bias,
+                           stride, padding, dilation, padding_mode)
 
 
 def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation=1, mask=None):
-    """:func:`gpuconv.deform_conv2d` on tensors, differentiable in every tensor argument
+    """:func:`gpuconv.deform_conv2d` on tensors, differentiable once in every tensor argument
     (``x``, ``offset``, ``weight``, ``bias``, ``mask``); torchvision's semantics.
+
+    ``x``, ``offset`` and ``mask`` may be unbatched together. Raises as :func:`conv`; a
+    second derivative (double backward) raises ``RuntimeError``.
 
     Examples
     --------
@@ -316,9 +758,8 @@ def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation
     >>> gt.deform_conv2d(x, shift, torch.ones(1, 1, 1, 1))
     tensor([[[[0.5000, 1.5000, 2.5000, 1.5000]]]])
     """
-    _check_tensors("deform_conv2d", x=x, offset=offset, weight=weight, bias=bias, mask=mask)
-    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
-    return _DeformFunction.apply(x, offset, weight, bias, mask, kwargs)
+    return _deform_conv2d("deform_conv2d", x, offset, weight, bias, stride, padding, dilation,
+                          mask)
 
 
 # ------------------------------------------------------------------- modules
@@ -342,35 +783,45 @@ def _init_uniform(tensor, fan_in: int):
     nn.init.uniform_(tensor, -bound, bound)
 
 
+def _spatial(value, ndim: int):
+    """A layer's stride/dilation/output_padding as ``torch.nn`` stores them: one int per
+    spatial dim (an int is repeated; other values are left for gpuconv's checks)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,) * ndim
+    return value
+
+
+def _layer_padding(op: str, padding, ndim: int):
+    """A layer's padding as ``torch.nn`` stores it: 'same'/'valid', or a tuple (of ints, or of
+    (lo, hi) pairs, gpuconv's extension)."""
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(
+                f"{op}: padding={padding!r} must be an int, a tuple, 'valid' or 'same'"
+            )
+        return padding
+    if isinstance(padding, (list, tuple)):
+        return tuple(tuple(p) if isinstance(p, (list, tuple)) else p for p in padding)
+    return _spatial(padding, ndim)
+
+
 class _Layer(nn.Module):
     """Shared by the layers: rank checking (with unbatched inputs), channel and padding_mode
-    validation, weight creation and initialization, and the repr."""
+    validation, weight creation and initialization, and a ``torch.nn``-style repr."""
 
     _ndim: int
     _op: str
 
-    def _batched(self, x):
+    def _check_input(self, x):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{self._op}: input must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() == self._ndim + 1:
-            return x.unsqueeze(0), True
-        if x.dim() != self._ndim + 2:
+        if x.dim() not in (self._ndim + 1, self._ndim + 2):
             raise ValueError(
                 f"{self._op}: input must have {self._ndim + 2} dims (N, C, {self._ndim} spatial) "
                 f"or {self._ndim + 1} (unbatched), got shape {tuple(x.shape)}"
             )
-        return x, False
-
-    def _run(self, x, func, *args, **kwargs):
-        x, unbatched = self._batched(x)
-        y = func(x, *args, **kwargs)
-        return y.squeeze(0) if unbatched else y
-
-    def extra_repr(self):
-        return ", ".join(f"{k}={v!r}" for k, v in self._repr_items())
-
-    def _repr_items(self):
-        return []
 
     def _set_channels(self, in_channels, out_channels, groups):
         """Set ``in_channels``, ``out_channels`` and ``groups`` (positive ints, ``groups``
@@ -384,6 +835,14 @@ class _Layer(nn.Module):
                 f"and out_channels={self.out_channels}"
             )
 
+    def _set_spatial(self, kernel_size, stride, padding, dilation, output_padding=0):
+        nd = self._ndim
+        self.kernel_size = _shapes.positive_tuple(kernel_size, nd, "kernel_size")
+        self.stride = _spatial(stride, nd)
+        self.padding = _layer_padding(self._op, padding, nd)
+        self.dilation = _spatial(dilation, nd)
+        self.output_padding = _spatial(output_padding, nd)
+
     def _set_padding_mode(self, padding_mode):
         if padding_mode not in _shapes.PADDING_MODES:
             raise ValueError(
@@ -396,7 +855,10 @@ class _Layer(nn.Module):
         values; then initialize them."""
         f = _factory(device, dtype)
         self.weight = nn.Parameter(torch.empty(weight_shape, **f))
-        self.bias = nn.Parameter(torch.empty(out_channels, **f)) if bias else None
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_channels, **f))
+        else:
+            self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -406,32 +868,53 @@ class _Layer(nn.Module):
         if self.bias is not None:
             _init_uniform(self.bias, fan_in)
 
+    def _head(self):
+        """The leading positional part of the repr."""
+        return f"{self.in_channels}, {self.out_channels}"
+
+    def extra_repr(self):
+        """``torch.nn.ConvNd``'s format: defaults are left out."""
+        nd = self._ndim
+        s = f"{self._head()}, kernel_size={self.kernel_size}, stride={self.stride}"
+        multiplier = getattr(self, "multiplier", 1)
+        if multiplier != 1:
+            s += f", multiplier={multiplier}"
+        if self.padding != (0,) * nd:
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * nd:
+            s += f", dilation={self.dilation}"
+        if getattr(self, "output_padding", (0,) * nd) != (0,) * nd:
+            s += f", output_padding={self.output_padding}"
+        if getattr(self, "groups", 1) != 1:
+            s += f", groups={self.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if getattr(self, "padding_mode", "zeros") != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        return s
+
 
 class _ConvNd(_Layer):
+    transposed = False
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=True, padding_mode="zeros", device=None, dtype=None):
         super().__init__()
         self._set_channels(in_channels, out_channels, groups)
         self._set_padding_mode(padding_mode)
-        self.kernel_size = _shapes.positive_tuple(kernel_size, self._ndim, "kernel_size")
-        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self._set_spatial(kernel_size, stride, padding, dilation)
         self._set_weight((self.out_channels, self.in_channels // self.groups, *self.kernel_size),
                          bias, self.out_channels, device, dtype)
 
-    def forward(self, x):
-        return self._run(x, conv, self.weight, self.bias, stride=self.stride,
-                         padding=self.padding, dilation=self.dilation, groups=self.groups,
-                         padding_mode=self.padding_mode)
-
-    def _repr_items(self):
-        return [("in_channels", self.in_channels), ("out_channels", self.out_channels),
-                ("kernel_size", self.kernel_size), ("stride", self.stride),
-                ("padding", self.padding), ("dilation", self.dilation), ("groups", self.groups),
-                ("bias", self.bias is not None), ("padding_mode", self.padding_mode)]
+    def forward(self, input):
+        self._check_input(input)
+        return _conv(self._op, input, self.weight, self.bias, self.stride, self.padding,
+                     self.dilation, self.groups, self.padding_mode)
 
 
 class Conv1d(_ConvNd):
-    """1-D convolution layer, ``torch.nn.Conv1d``'s arguments, computed by gpuconv.
+    """1-D convolution layer, ``torch.nn.Conv1d``'s arguments, attributes, state_dict and
+    repr, computed by gpuconv.
 
     Beyond ``torch.nn.Conv1d``: ``padding='same'`` with any stride, ``((lo, hi),)`` padding.
     """
@@ -440,7 +923,8 @@ class Conv1d(_ConvNd):
 
 
 class Conv2d(_ConvNd):
-    """2-D convolution layer, ``torch.nn.Conv2d``'s arguments, computed by gpuconv.
+    """2-D convolution layer, ``torch.nn.Conv2d``'s arguments, attributes, state_dict and
+    repr, computed by gpuconv.
 
     Beyond ``torch.nn.Conv2d``: ``padding='same'`` with any stride, ``((lo, hi), ...)``
     padding.
@@ -450,7 +934,8 @@ class Conv2d(_ConvNd):
 
 
 class Conv3d(_ConvNd):
-    """3-D convolution layer, ``torch.nn.Conv3d``'s arguments, computed by gpuconv.
+    """3-D convolution layer, ``torch.nn.Conv3d``'s arguments, attributes, state_dict and
+    repr, computed by gpuconv.
 
     Beyond ``torch.nn.Conv3d``: every ``padding_mode`` (reflect included) in 3-D,
     ``padding='same'`` with any stride, ``((lo, hi), ...)`` padding.
@@ -460,6 +945,8 @@ class Conv3d(_ConvNd):
 
 
 class _ConvTransposeNd(_Layer):
+    transposed = True
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
                  device=None, dtype=None):
@@ -470,42 +957,71 @@ class _ConvTransposeNd(_Layer):
                 f"{self._op}: padding_mode={padding_mode!r} must be 'zeros' for a transposed "
                 f"convolution"
             )
-        self.kernel_size = _shapes.positive_tuple(kernel_size, self._ndim, "kernel_size")
-        self.stride, self.padding, self.output_padding = stride, padding, output_padding
-        self.dilation, self.padding_mode = dilation, padding_mode
+        self.padding_mode = padding_mode
+        self._set_spatial(kernel_size, stride, padding, dilation, output_padding)
         self._set_weight((self.in_channels, self.out_channels // self.groups, *self.kernel_size),
                          bias, self.out_channels, device, dtype)
 
-    def forward(self, x):
-        return self._run(x, conv_transpose, self.weight, self.bias, stride=self.stride,
-                         padding=self.padding, output_padding=self.output_padding,
-                         dilation=self.dilation, groups=self.groups)
+    def _output_padding(self, input, output_size):
+        """``torch.nn``'s rule: the output_padding that gives ``output_size`` (its spatial
+        sizes, or the full shape), which must lie between the size without output padding
+        and ``stride - 1`` more."""
+        nd = self._ndim
+        if output_size is None:
+            return self.output_padding
+        if self.padding == "same":
+            raise ValueError(
+                f"{self._op}: output_size cannot be combined with padding='same', which fixes "
+                f"the output size to size * stride"
+            )
+        output_size = [int(v) for v in output_size]
+        leading = input.dim() - nd
+        if len(output_size) == leading + nd:
+            output_size = output_size[leading:]
+        if len(output_size) != nd:
+            raise ValueError(
+                f"{self._op}: for {input.dim()}D input, output_size must have {nd} or "
+                f"{leading + nd} elements (got {len(output_size)})"
+            )
+        spatial = tuple(input.shape[leading:])
+        geom = _api.conv_transpose_setup(
+            self._op, (1, self.in_channels, *spatial), tuple(self.weight.shape),
+            stride=self.stride, padding=self.padding, output_padding=0,
+            dilation=self.dilation, groups=self.groups)
+        min_sizes = list(geom.out_size)
+        max_sizes = [m + s - 1 for m, s in zip(min_sizes, geom.stride)]
+        if any(not lo <= size <= hi for size, lo, hi in zip(output_size, min_sizes, max_sizes)):
+            raise ValueError(
+                f"{self._op}: requested an output size of {output_size}, but valid sizes range "
+                f"from {min_sizes} to {max_sizes} (for an input of {list(spatial)})"
+            )
+        return tuple(size - lo for size, lo in zip(output_size, min_sizes))
 
-    def _repr_items(self):
-        return [("in_channels", self.in_channels), ("out_channels", self.out_channels),
-                ("kernel_size", self.kernel_size), ("stride", self.stride),
-                ("padding", self.padding), ("output_padding", self.output_padding),
-                ("dilation", self.dilation), ("groups", self.groups),
-                ("bias", self.bias is not None)]
+    def forward(self, input, output_size=None):
+        """Transposed convolution of ``input``; ``output_size`` (spatial sizes, or the whole
+        output shape) picks the output padding, as in ``torch.nn.ConvTranspose2d``."""
+        self._check_input(input)
+        output_padding = self._output_padding(input, output_size)
+        return _conv_transpose(self._op, input, self.weight, self.bias, self.stride,
+                               self.padding, output_padding, self.dilation, self.groups)
 
 
 class ConvTranspose1d(_ConvTransposeNd):
-    """1-D transposed convolution layer (``torch.nn.ConvTranspose1d``'s arguments, without
-    ``output_size`` in ``forward``); also ``padding='same'`` (``size * stride`` outputs)."""
+    """1-D transposed convolution layer, ``torch.nn.ConvTranspose1d``'s arguments (and
+    ``forward(input, output_size=None)``); also ``padding='same'`` (``size * stride``
+    outputs)."""
 
     _ndim, _op = 1, "ConvTranspose1d"
 
 
 class ConvTranspose2d(_ConvTransposeNd):
-    """2-D transposed convolution layer (``torch.nn.ConvTranspose2d``'s arguments, without
-    ``output_size`` in ``forward``); also ``padding='same'`` (``size * stride`` outputs)."""
+    """2-D transposed convolution layer (see :class:`ConvTranspose1d`)."""
 
     _ndim, _op = 2, "ConvTranspose2d"
 
 
 class ConvTranspose3d(_ConvTransposeNd):
-    """3-D transposed convolution layer (``torch.nn.ConvTranspose3d``'s arguments, without
-    ``output_size`` in ``forward``); also ``padding='same'`` (``size * stride`` outputs)."""
+    """3-D transposed convolution layer (see :class:`ConvTranspose1d`)."""
 
     _ndim, _op = 3, "ConvTranspose3d"
 
@@ -517,26 +1033,24 @@ class _DepthwiseConvNd(_Layer):
         self.channels = _positive_channels("channels", channels)
         self.multiplier = _positive_channels("multiplier", multiplier)
         self._set_padding_mode(padding_mode)
-        self.kernel_size = _shapes.positive_tuple(kernel_size, self._ndim, "kernel_size")
-        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self._set_spatial(kernel_size, stride, padding, dilation)
+        del self.output_padding
         out = self.channels * self.multiplier
         self._set_weight((out, 1, *self.kernel_size), bias, out, device, dtype)
 
-    def forward(self, x):
-        return self._run(x, depthwise_conv, self.weight, self.bias, stride=self.stride,
-                         padding=self.padding, dilation=self.dilation,
-                         padding_mode=self.padding_mode)
+    def _head(self):
+        return f"{self.channels}"
 
-    def _repr_items(self):
-        return [("channels", self.channels), ("kernel_size", self.kernel_size),
-                ("multiplier", self.multiplier), ("stride", self.stride),
-                ("padding", self.padding), ("dilation", self.dilation),
-                ("bias", self.bias is not None), ("padding_mode", self.padding_mode)]
+    def forward(self, input):
+        self._check_input(input)
+        return _depthwise_conv(self._op, input, self.weight, self.bias, self.stride,
+                               self.padding, self.dilation, self.padding_mode)
 
 
 class DepthwiseConv1d(_DepthwiseConvNd):
     """1-D depthwise convolution: ``channels * multiplier`` outputs, output ``c * multiplier +
-    m`` filtering input channel ``c`` (``nn.Conv1d(groups=channels)``, by a dedicated path)."""
+    m`` filtering input channel ``c`` (``nn.Conv1d(channels, channels * multiplier, k,
+    groups=channels)``, whose state_dict it shares, by a dedicated path)."""
 
     _ndim, _op = 1, "DepthwiseConv1d"
 
@@ -561,14 +1075,17 @@ class _SeparableConvNd(_Layer):
         self.out_channels = _positive_channels("out_channels", out_channels)
         self.multiplier = _positive_channels("multiplier", multiplier)
         self._set_padding_mode(padding_mode)
-        self.kernel_size = _shapes.positive_tuple(kernel_size, self._ndim, "kernel_size")
-        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self._set_spatial(kernel_size, stride, padding, dilation)
+        del self.output_padding
         f = _factory(device, dtype)
         mid = self.in_channels * self.multiplier
         self.depthwise_weight = nn.Parameter(torch.empty((mid, 1, *self.kernel_size), **f))
         self.pointwise_weight = nn.Parameter(
             torch.empty((self.out_channels, mid, *(1,) * self._ndim), **f))
-        self.bias = nn.Parameter(torch.empty(self.out_channels, **f)) if bias else None
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_channels, **f))
+        else:
+            self.register_parameter("bias", None)
         self.reset_parameters()
 
     def reset_parameters(self):
@@ -578,16 +1095,11 @@ class _SeparableConvNd(_Layer):
         if self.bias is not None:
             _init_uniform(self.bias, fan_in)
 
-    def forward(self, x):
-        return self._run(x, separable_conv, self.depthwise_weight, self.pointwise_weight,
-                         self.bias, stride=self.stride, padding=self.padding,
-                         dilation=self.dilation, padding_mode=self.padding_mode)
-
-    def _repr_items(self):
-        return [("in_channels", self.in_channels), ("out_channels", self.out_channels),
-                ("kernel_size", self.kernel_size), ("multiplier", self.multiplier),
-                ("stride", self.stride), ("padding", self.padding), ("dilation", self.dilation),
-                ("bias", self.bias is not None), ("padding_mode", self.padding_mode)]
+    def forward(self, input):
+        self._check_input(input)
+        return _separable_conv(self._op, input, self.depthwise_weight, self.pointwise_weight,
+                               self.bias, self.stride, self.padding, self.dilation,
+                               self.padding_mode)
 
 
 class SeparableConv1d(_SeparableConvNd):
@@ -611,8 +1123,9 @@ class SeparableConv3d(_SeparableConvNd):
 
 
 class DeformConv2d(_Layer):
-    """Deformable 2-D convolution layer, ``torchvision.ops.DeformConv2d``'s arguments;
-    ``forward(input, offset, mask=None)``. ``padding`` may also be ((lo, hi), (lo, hi))."""
+    """Deformable 2-D convolution layer, ``torchvision.ops.DeformConv2d``'s arguments,
+    state_dict and repr; ``forward(input, offset, mask=None)``. ``padding`` may also be
+    ((lo, hi), (lo, hi)). Differentiable once (see :func:`deform_conv2d`)."""
 
     _ndim, _op = 2, "DeformConv2d"
 
@@ -620,22 +1133,12 @@ class DeformConv2d(_Layer):
                  groups=1, bias=True, device=None, dtype=None):
         super().__init__()
         self._set_channels(in_channels, out_channels, groups)
-        self.kernel_size = _shapes.positive_tuple(kernel_size, 2, "kernel_size")
-        self.stride, self.padding, self.dilation = stride, padding, dilation
+        self._set_spatial(kernel_size, stride, padding, dilation)
+        del self.output_padding
         self._set_weight((self.out_channels, self.in_channels // self.groups, *self.kernel_size),
                          bias, self.out_channels, device, dtype)
 
-    def forward(self, x, offset, mask=None):
-        x, unbatched = self._batched(x)
-        if unbatched:
-            offset = offset.unsqueeze(0)
-            mask = None if mask is None else mask.unsqueeze(0)
-        y = deform_conv2d(x, offset, self.weight, self.bias, stride=self.stride,
-                          padding=self.padding, dilation=self.dilation, mask=mask)
-        return y.squeeze(0) if unbatched else y
-
-    def _repr_items(self):
-        return [("in_channels", self.in_channels), ("out_channels", self.out_channels),
-                ("kernel_size", self.kernel_size), ("stride", self.stride),
-                ("padding", self.padding), ("dilation", self.dilation), ("groups", self.groups),
-                ("bias", self.bias is not None)]
+    def forward(self, input, offset, mask=None):
+        self._check_input(input)
+        return _deform_conv2d(self._op, input, offset, self.weight, self.bias, self.stride,
+                              self.padding, self.dilation, mask)

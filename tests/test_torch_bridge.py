@@ -438,12 +438,15 @@ def test_errors(call, exc, match):
         call()
 
 
-def test_double_backward_is_refused():
+def test_double_backward_works():
     x, w = _randn(1, 1, 4), _randn(1, 1, 2)
-    # grad_output = 2 * y depends on x, so a second derivative would need conv's backward
+    # grad_output = 2 * y depends on x, so the second derivative needs conv's backward to be
+    # differentiable (it was once_differentiable before): d/dx sum(gx) against F.conv1d's
     (gx,) = torch.autograd.grad(gt.conv(x, w).square().sum(), [x], create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable"):
-        gx.sum().backward()
+    (ggx,) = torch.autograd.grad(gx.sum(), [x])
+    (rx,) = torch.autograd.grad(F.conv1d(x, w).square().sum(), [x], create_graph=True)
+    (rgx,) = torch.autograd.grad(rx.sum(), [x])
+    torch.testing.assert_close(ggx, rgx, rtol=1e-12, atol=1e-12)
 
 
 def test_docstring_examples():
