@@ -30,6 +30,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import pathlib
@@ -65,6 +66,7 @@ __all__ = [
     "race_check",
     "reset_stats",
     "stats",
+    "unavailable_reason",
 ]
 
 #: CUDA launch limits the emulator enforces (those of every GPU since compute capability 3.0)
@@ -180,6 +182,12 @@ def available() -> bool:
     return _build.compiler_identity(_build.compiler()) is not None
 
 
+def unavailable_reason() -> str | None:
+    """Why :func:`available` is False (naming the compiler tried and the variable that chose
+    it), or None if the compiler can be run."""
+    return _build.unavailable_reason()
+
+
 _modules: dict[tuple[str, str], EmuModule] = {}
 _modules_lock = threading.Lock()
 
@@ -212,14 +220,49 @@ def load_module(
     FileNotFoundError, TypeError, ValueError
         Bad ``source`` or ``name_expressions``.
     """
-    so_path, key = _build.build(source, name_expressions, include_dirs)
-    cache_key = (str(pathlib.Path(os.fspath(source)).resolve()), key)
+    artifact = _build.build(source, name_expressions, include_dirs)
+    cache_key = (str(pathlib.Path(os.fspath(source)).resolve()), artifact.key)
     with _modules_lock:
         module = _modules.get(cache_key)
-        if module is None or module.library_path != so_path:
-            module = EmuModule(so_path, str(cache_key[0]))
+        if module is None or module._artifact != artifact:
+            module = EmuModule(artifact.path, str(cache_key[0]), artifact)
             _modules[cache_key] = module
     return module
+
+
+def _interruptible(launch):
+    """``launch(cancel)``, made interruptible when called from the main thread.
+
+    The launch runs in a helper thread (ctypes releases the GIL), and the main thread waits in
+    short slices, so Python's SIGINT handler runs within ~50 ms. On KeyboardInterrupt (or any
+    exception the wait raises) the cancel flag is set: the runtime starts no new CUDA thread,
+    the blocks in flight are abandoned, and the exception propagates once the launch has
+    returned, so the arrays are no longer in use and the next launch works as usual. Other
+    threads never receive KeyboardInterrupt; there the launch runs directly.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return launch(None)
+    cancel = ctypes.c_int(0)
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = launch(cancel)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            outcome["error"] = exc
+
+    helper = threading.Thread(target=target, name="gpuconv-emulate-launch", daemon=True)
+    helper.start()
+    try:
+        while helper.is_alive():
+            helper.join(0.05)
+    except BaseException:
+        cancel.value = 1
+        helper.join()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class EmuModule:
@@ -228,9 +271,11 @@ class EmuModule:
     Use :func:`load_module` to create one.
     """
 
-    def __init__(self, library_path: str, source: str):
+    def __init__(self, library_path: str, source: str, artifact=None):
         self.library_path = library_path
         self.source = source
+        #: the verified cache entry (size and sha256 for the checked-mode subprocess)
+        self._artifact = artifact
         self._lib = _abi.Library(library_path)
         self._functions: dict[str, EmuFunction] = {}
         self._by_name = {}
@@ -458,9 +503,13 @@ class EmuFunction:
     def _run(self, grid3, block3, shared_mem, args, flags, nthreads, seed=0):
         argv, keep, _, _ = _abi.build_argv(self.params, args)
         lib = self.module._lib
-        rc, message, launch_stats = lib.launch(
-            self._index, grid3, block3, shared_mem, argv, flags, seed, nthreads
-        )
+
+        def launch(cancel):
+            return lib.launch(
+                self._index, grid3, block3, shared_mem, argv, flags, seed, nthreads, cancel
+            )
+
+        rc, message, launch_stats = _interruptible(launch)
         del keep
         _record_stats(launch_stats, lib.fiber_impl)
         if rc != _abi.RC_OK:
@@ -560,8 +609,11 @@ class EmuFunction:
                     spec_args.append(
                         {"kind": "scalar", "dtype": arg.dtype.str, "hex": arg.tobytes().hex()}
                     )
+            artifact = self.module._artifact
             spec = {
                 "library": self.module.library_path,
+                "library_size": artifact.size if artifact else None,
+                "library_sha256": artifact.sha256 if artifact else None,
                 "index": self._index,
                 "grid": list(grid3),
                 "block": list(block3),
@@ -581,6 +633,11 @@ class EmuFunction:
             report = report_path.read_text() if report_path.exists() else ""
             if proc.returncode == _abi.EXIT_FAULT and report:
                 raise self._fault_error(report, args)
+            if proc.returncode == _abi.EXIT_DAMAGED:
+                raise EmulatorError(
+                    f"kernel {self.name}: {proc.stderr.strip()}. The file changed on disk after "
+                    f"this process loaded it; load_module() in a new process rebuilds it."
+                )
             if proc.returncode != 0:
                 raise EmulatorError(
                     f"kernel {self.name}: the checked-mode subprocess failed (exit status "

@@ -29,11 +29,14 @@ RC_INVALID = 1
 RC_DIVERGENT_BARRIER = 2
 RC_KERNEL_FAULT = 3
 RC_INTERNAL = 4
+RC_CANCELLED = 5
 
 #: exit status of the checked-mode subprocess after a memory fault
 EXIT_FAULT = 77
+#: exit status of the checked-mode subprocess when the library file fails its size/hash check
+EXIT_DAMAGED = 78
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 #: element type code -> NumPy dtype
 ELEM_DTYPES = {
@@ -106,6 +109,7 @@ class Library:
             ctypes.c_uint,  # flags
             ctypes.c_ulonglong,  # seed
             ctypes.c_int,  # worker threads (0: hardware concurrency)
+            ctypes.POINTER(ctypes.c_int),  # cancel flag (NULL: none)
             ctypes.c_char_p,  # errbuf
             ctypes.c_size_t,  # errlen
             ctypes.POINTER(ctypes.c_ulonglong),  # stats out
@@ -142,8 +146,12 @@ class Library:
                 )
             )
 
-    def launch(self, index, grid, block, shared_mem, argv, flags, seed, nthreads):
-        """Run one launch; returns (rc, error message, stats dict)."""
+    def launch(self, index, grid, block, shared_mem, argv, flags, seed, nthreads, cancel=None):
+        """Run one launch; returns (rc, error message, stats dict).
+
+        ``cancel``: a ``ctypes.c_int`` that another thread may set to 1 to stop the launch
+        before its next CUDA thread starts (rc ``RC_CANCELLED``).
+        """
         errbuf = ctypes.create_string_buffer(_ERRLEN)
         stats = _u64_stats()
         rc = self._lib.gpuconv_emu_launch(
@@ -155,6 +163,7 @@ class Library:
             flags,
             seed,
             nthreads,
+            None if cancel is None else ctypes.byref(cancel),
             errbuf,
             _ERRLEN,
             stats,

@@ -12,6 +12,7 @@ It imports only ``_abi`` (by path), not the gpuconv package.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -26,9 +27,28 @@ else:  # run by path in the checked-mode subprocess
     import _abi
 
 
+def _damage(path: str, size: int, sha256: str) -> str | None:
+    """What is wrong with the library file (mirrors ``_build.verify_library``), or None."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if len(data) != size:
+        return f"has {len(data)} bytes, {size} were written"
+    if hashlib.sha256(data).hexdigest() != sha256:
+        return "does not have the sha256 recorded when it was built"
+    return None
+
+
 def main(spec_dir: str) -> int:
     root = pathlib.Path(spec_dir)
     spec = json.loads((root / "spec.json").read_text())
+    if spec.get("library_sha256"):
+        problem = _damage(spec["library"], spec["library_size"], spec["library_sha256"])
+        if problem:  # never dlopen it: a truncated library raises SIGBUS when its pages are read
+            sys.stderr.write(f"the cached emulator library {spec['library']} {problem}")
+            return _abi.EXIT_DAMAGED
     lib = _abi.Library(spec["library"])
     params = lib.entries[spec["index"]][1]
     originals = []

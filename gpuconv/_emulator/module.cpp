@@ -1,13 +1,14 @@
 // module.cpp -- the one translation unit the emulator compiles per kernel module.
 //
-// g++ is invoked on THIS file with
-//   -DGPUCONV_EMU_SOURCE="/abs/path/kernel.cu"   the kernel source, included by its real path so
-//                                                  that diagnostics name the .cu file and line
-//   -DGPUCONV_EMU_ENTRIES="/abs/tmp/entries.inc" one GPUCONV_EMU_ENTRY(<name expression>) per line
+// g++ is invoked on THIS file with (see _build.py)
+//   -include <emulator dir>/cuda_shim.h   the CUDA shim, then
+//   -include /abs/path/kernel.cu          the kernel source, by its real path (so diagnostics name
+//                                         the .cu file and line; being a command-line argument,
+//                                         any legal path works, quotes and newlines included)
+//   -iquote <private build dir>           holding gpuconv_emu_entries.inc: one
+//                                         GPUCONV_EMU_ENTRY(<name expression>) per line
 // Nothing here is generated: the entry list is data, expanded by the macro below.
-#include "cuda_shim.h"
-
-#include GPUCONV_EMU_SOURCE
+#include "cuda_shim.h"  // (already included by -include; kept so this file reads on its own)
 
 #include "runtime.h"
 
@@ -84,7 +85,7 @@ inline Entry make_entry(const char* name, void (*fn)(Args...)) {
 
 const std::vector<Entry>& entries() {
     static const std::vector<Entry> table = {
-#include GPUCONV_EMU_ENTRIES
+#include "gpuconv_emu_entries.inc"
     };
     return table;
 }

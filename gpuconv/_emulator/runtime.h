@@ -68,6 +68,7 @@ enum : int {
     RC_DIVERGENT_BARRIER = 2,
     RC_KERNEL_FAULT = 3,
     RC_INTERNAL = 4,
+    RC_CANCELLED = 5,  // *cancel became nonzero (the caller's Ctrl-C): stopped between threads
 };
 
 enum FiberState : int { FIBER_READY = 0, FIBER_AT_BARRIER = 1, FIBER_DONE = 2, FIBER_FAULTED = 3 };
@@ -307,6 +308,9 @@ struct Launch {
     int rc = RC_OK;
     std::string error;
     std::atomic<unsigned long long> barriers{0}, switches{0}, float_atomics{0}, blocks_run{0};
+    const int* cancel = nullptr;  // set by the caller (another thread) to stop the launch
+
+    bool cancelled() const { return cancel && __atomic_load_n(cancel, __ATOMIC_RELAXED) != 0; }
 
     void fail(int code, const std::string& message) {
         std::lock_guard<std::mutex> lock(error_mutex);
@@ -494,6 +498,11 @@ static bool run_block(Worker& w, unsigned long long linear) {
             const unsigned t = order[k];
             Fiber* f = w.slot[t];
             if (round == 0) {  // start thread t on a free region
+                if (L.cancelled()) {  // abandon the block, like a divergent barrier does
+                    L.fail(RC_CANCELLED, "launch cancelled");
+                    ts.current = nullptr;
+                    return false;
+                }
                 if (w.free_list.empty()) {  // regions are taken from the pool on demand
                     const std::size_t had = w.regions.size();
                     if (!acquire_stacks(w.regions, std::min<std::size_t>(n, had + 32))) {
@@ -606,6 +615,10 @@ static void run_worker(Launch* L) {
     if (ok && (L->flags & FLAG_FILL_SHARED)) find_tls_block(w);
 
     while (ok && !L->failed.load(std::memory_order_relaxed)) {
+        if (L->cancelled()) {
+            L->fail(RC_CANCELLED, "launch cancelled");
+            break;
+        }
         const unsigned long long i = L->next_block.fetch_add(1);
         if (i >= L->nblocks) break;
         const unsigned long long b = L->block_order.empty() ? i : L->block_order[i];
@@ -647,8 +660,8 @@ static void copy_error(const std::string& msg, char* errbuf, std::size_t errlen)
 //             elapsed ns, worker threads]
 static int do_launch(int index, const unsigned* grid, const unsigned* block,
                      unsigned long long shared_bytes, void** argv, unsigned flags,
-                     unsigned long long seed, int nthreads, char* errbuf, std::size_t errlen,
-                     unsigned long long* stats_out) {
+                     unsigned long long seed, int nthreads, const int* cancel, char* errbuf,
+                     std::size_t errlen, unsigned long long* stats_out) {
     const std::vector<Entry>& table = entries();
     if (index < 0 || static_cast<std::size_t>(index) >= table.size()) {
         copy_error("no entry #" + std::to_string(index), errbuf, errlen);
@@ -663,6 +676,7 @@ static int do_launch(int index, const unsigned* grid, const unsigned* block,
     L.shared_bytes = static_cast<std::size_t>(shared_bytes);
     L.flags = flags;
     L.seed = seed;
+    L.cancel = cancel;
     L.nblocks = static_cast<unsigned long long>(grid[0]) * grid[1] * grid[2];
     L.nthreads = block[0] * block[1] * block[2];
     if (L.nblocks == 0 || L.nthreads == 0 || L.nthreads > 1024) {
@@ -721,7 +735,7 @@ extern "C" void __assert_fail(const char* expr, const char* file, unsigned int l
 // ---------------------------------------------------------------------------------------------
 // C ABI, used through ctypes by _abi.py
 // ---------------------------------------------------------------------------------------------
-GPUCONV_EMU_API int gpuconv_emu_abi_version() { return 2; }
+GPUCONV_EMU_API int gpuconv_emu_abi_version() { return 3; }
 GPUCONV_EMU_API const char* gpuconv_emu_fiber_impl() { return ::gpuconv_emu::kFiberImpl; }
 GPUCONV_EMU_API int gpuconv_emu_entry_count() {
     return static_cast<int>(::gpuconv_emu::entries().size());
@@ -740,11 +754,11 @@ GPUCONV_EMU_API const char* gpuconv_emu_entry_alignments(int i) {
 GPUCONV_EMU_API int gpuconv_emu_launch(int index, const unsigned* grid, const unsigned* block,
                                        unsigned long long shared_bytes, void** argv,
                                        unsigned flags, unsigned long long seed, int nthreads,
-                                       char* errbuf, std::size_t errlen,
+                                       const int* cancel, char* errbuf, std::size_t errlen,
                                        unsigned long long* stats_out) {
     flags &= ~(::gpuconv_emu::FLAG_CHECKED | ::gpuconv_emu::FLAG_GUARD_HEAD);
     return ::gpuconv_emu::do_launch(index, grid, block, shared_bytes, argv, flags, seed, nthreads,
-                                    errbuf, errlen, stats_out);
+                                    cancel, errbuf, errlen, stats_out);
 }
 
 // Checked launch (subprocess only: a fault ends the process with exit status 77 after writing
@@ -787,7 +801,7 @@ GPUCONV_EMU_API int gpuconv_emu_checked_launch(int index, const unsigned* grid,
         local_argv[i] = &copies[i];
     }
     const int rc = do_launch(index, grid, block, shared_bytes, local_argv.data(), flags, seed,
-                             nthreads, errbuf, errlen, stats_out);
+                             nthreads, nullptr, errbuf, errlen, stats_out);
     for (int i = 0; i < nargs; ++i) {
         if (nbytes[i] <= 0 || alias[i] >= 0) continue;
         memcpy(*static_cast<void**>(argv[i]), copies[i], static_cast<std::size_t>(nbytes[i]));

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 from ... import _kernels
 from . import _conv, _conv_transpose, _deform, _grad
 from . import convolve as _convolve
@@ -25,7 +23,7 @@ def unavailable_reason(name: str) -> str | None:
         except ImportError as exc:
             return f"the emulator cannot be imported ({exc})"
         if not _emulator.available():
-            return "g++ not found" if shutil.which("g++") is None else "g++ is not usable"
+            return _emulator.unavailable_reason() or "the emulator's C++ compiler is not usable"
         return None
     if name == "cuda":
         try:
