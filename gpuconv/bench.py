@@ -1023,7 +1023,8 @@ def cpu_kernel_level(flags) -> int | None:
 
 def openblas_kernel_warning(architecture: str | None, env: Mapping[str, str],
                             cpu_flags) -> str | None:
-    """A warning when ``OPENBLAS_CORETYPE`` pins an older OpenBLAS kernel than the CPU runs.
+    """A warning when ``OPENBLAS_CORETYPE`` pins an older OpenBLAS kernel than the CPU runs
+    (or a newer one than it can run).
 
     ``architecture`` is the kernel OpenBLAS reports (threadpoolctl's ``architecture``;
     ``env`` the environment; ``cpu_flags`` from ``/proc/cpuinfo``. Without the variable, an
@@ -1034,9 +1035,14 @@ def openblas_kernel_warning(architecture: str | None, env: Mapping[str, str],
     pinned = env.get("OPENBLAS_CORETYPE")
     running = architecture or pinned
     level = OPENBLAS_KERNEL_LEVEL.get((running or "").lower())
-    if cpu_level is None or level is None or level >= cpu_level:
+    if cpu_level is None or level is None or level == cpu_level:
         return None
     native = _LEVEL_KERNEL[cpu_level]
+    if level > cpu_level:
+        return (f"OpenBLAS runs its {running} kernel"
+                + (f" (OPENBLAS_CORETYPE={pinned})" if pinned else "")
+                + f", newer than this CPU supports ({native}): expect crashes (illegal "
+                  "instruction) or wrong timings")
     if pinned:
         l2 = env.get("OPENBLAS_L2_SIZE")
         return (f"OPENBLAS_CORETYPE={pinned} pins OpenBLAS's {running} kernel, but this CPU "

@@ -409,6 +409,9 @@ def test_openblas_coretype_pinning_an_older_kernel_warns():
                                          _AVX512) is None
     assert bench.openblas_kernel_warning("Haswell", {"OPENBLAS_CORETYPE": "Haswell"},
                                          set()) is None
+    # a newer kernel than the CPU can run
+    assert "newer than this CPU supports (Haswell)" in bench.openblas_kernel_warning(
+        "SkylakeX", {"OPENBLAS_CORETYPE": "SkylakeX"}, {"avx", "avx2", "fma"})
     # an older kernel without the variable: a milder note, no "pins"
     note = bench.openblas_kernel_warning("Haswell", {}, _AVX512)
     assert "pins" not in note and "SkylakeX" in note
