@@ -190,14 +190,10 @@ class Session:
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("readme")
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    old = os.getcwd()
-    os.chdir(workdir)        # a block that writes files writes them here
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MPLBACKEND", "Agg")                     # a block that plots shows nothing
+        patch.chdir(tmp_path_factory.mktemp("readme"))        # a block that writes files writes here
         yield Session(namespace={"__name__": "__readme__"})
-    finally:
-        os.chdir(old)
 
 
 def _run_in_session(index: int, session: Session) -> str | None:
