@@ -1,0 +1,264 @@
+"""The ``cuda`` backend's kernels compile through CuPy's real NVRTC path -- no GPU needed.
+
+``tests/cupy_compile_harness.py`` runs ``CupyExecutor`` with only the device-touching parts of
+CuPy replaced (the device query behind ``compiler._get_arch``, the per-device memos, the module
+load, which records the cubin instead). For every kernel file, every registered name expression
+must lower (through NVRTC's name expressions, as CuPy asks for them) to a function symbol of
+the cubin, each compile group must be compiled once and only when asked for, with the options
+the executor passes plus CuPy's (``-ftz=false`` last: float32 subnormals are kept).
+
+Matrix: files x sm_75/sm_80/sm_90 x CUDA 13 (this environment) and CUDA 12 (another one, given
+by ``$GPUCONV_CUDA12_PYTHON``: a Python with ``cupy-cuda12x``, ``nvidia-cuda-nvrtc-cu12`` and
+``nvidia-cuda-runtime-cu12``). The default run checks one architecture per file; the rest is
+``slow``. Needs ``cupy-cuda13x`` with ``nvidia-cuda-nvrtc`` and ``nvidia-cuda-runtime`` (CuPy's
+``ctk`` extra or the test extra); without them the CuPy tests skip with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cupy_compile_harness as harness
+import gpuconv
+from gpuconv import _kernels
+
+
+def _cupy_reason():
+    try:
+        import cupy  # noqa: F401
+        from cupy.cuda import compiler  # noqa: F401
+    except Exception as exc:  # ImportError, or a CuPy without a loadable NVRTC
+        return f"CuPy cannot be imported ({type(exc).__name__}: {exc})"
+    try:
+        cupy.cuda.nvrtc.getVersion()
+    except Exception as exc:
+        return f"CuPy's NVRTC cannot be loaded ({type(exc).__name__}: {exc})"
+    return None
+
+
+_reason = _cupy_reason()
+needs_cupy = pytest.mark.skipif(_reason is not None, reason=f"{_reason}")
+
+FILES = _kernels.files()
+# The default run: one architecture per file, rotating, so each architecture is covered.
+DEFAULT_ARCH = {file: harness.ARCHS[i % len(harness.ARCHS)] for i, file in enumerate(FILES)}
+MATRIX = [
+    pytest.param(file, arch, id=f"{file}-{arch}",
+                 marks=() if DEFAULT_ARCH[file] == arch else pytest.mark.slow)
+    for file in FILES for arch in harness.ARCHS
+]
+
+
+# ----------------------------------------------------------------------------- CUDA 12 leg
+# Started in the background by the first test that needs it, so that it runs on the second
+# core while the CUDA 13 matrix runs here; test_cuda12_leg (last in this file) collects it.
+
+_CUDA12 = {}
+
+
+def _cuda12_python():
+    return os.environ.get("GPUCONV_CUDA12_PYTHON")
+
+
+def _start_cuda12_leg():
+    python = _cuda12_python()
+    if python and "process" not in _CUDA12:
+        _CUDA12["process"] = subprocess.Popen(
+            [python, harness.__file__], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+# ----------------------------------------------------------------------------- CUDA 13 here
+
+
+@needs_cupy
+@pytest.mark.parametrize("file, arch", MATRIX)
+def test_every_name_expression_lowers_to_a_cubin_symbol(file, arch, tmp_path, request):
+    if request.node.get_closest_marker("slow"):
+        _start_cuda12_leg()
+    report = harness.check_file(file, arch, cache_dir=tmp_path)
+    assert not report["problems"], "\n".join(report["problems"])
+    assert sorted(report["names"]) == sorted(_kernels.name_expressions(file))
+    assert len(report["compiles"]) == len(_kernels.compile_groups(file))
+
+
+@needs_cupy
+def test_compile_groups_are_lazy_and_cached_on_disk(tmp_path):
+    """The first kernel of a call compiles its group only; another group of the same file is a
+    second NVRTC program; a new executor (a new process) loads both from the disk cache."""
+    from gpuconv.backends.device._executor import CupyExecutor
+
+    file = "convolve.cu"
+    first = _kernels.FAMILIES["correlate1d"].name_expression(np.float32, np.int32, True)
+    same_group = _kernels.FAMILIES["correlate1d_reduce"].name_expression(np.float32, np.int32,
+                                                                         False)
+    other_group = _kernels.FAMILIES["correlate1d"].name_expression(np.complex128, np.int64, True)
+    with harness.offline_cupy("sm_80", tmp_path) as recorder:
+        executor = CupyExecutor()
+        executor.get_function(file, first)
+        assert [sorted(c["names"]) for c in recorder.compiles] == [
+            sorted(_kernels.group_name_expressions(file, ("float", "int")))]
+        executor.get_function(file, same_group)
+        assert len(recorder.compiles) == 1
+        executor.get_function(file, other_group)
+        assert len(recorder.compiles) == 2
+        assert len(list(tmp_path.glob("cuda/*.cubin"))) == 2
+        fresh = CupyExecutor()
+        kind, mangled, _ = fresh.get_function(file, other_group).function
+        assert kind == "function" and mangled.startswith("_Z")
+        assert len(recorder.compiles) == 2  # served from the disk cache
+        with pytest.raises(LookupError, match="not a registered instantiation"):
+            executor.get_function(file, "correlate1d<float, int, 2>")
+
+
+BROKEN = "\nstatic_assert(sizeof(int) == 3, \"planted error\");\n"
+
+
+@needs_cupy
+def test_a_broken_source_fails_naming_file_and_line(tmp_path, monkeypatch):
+    from cupy.cuda.compiler import CompileException
+
+    from gpuconv.backends.device._executor import CupyExecutor
+
+    kernels = tmp_path / "kernels"
+    shutil.copytree(_kernels.kernel_dir(), kernels)
+    text = (kernels / "convolve.cu").read_text()
+    (kernels / "convolve.cu").write_text(text + BROKEN)
+    line = text.count("\n") + 2
+    monkeypatch.setattr(_kernels, "kernel_dir", lambda: kernels)
+    name = _kernels.FAMILIES["correlate1d"].name_expression(np.float64, np.int32, False)
+    with harness.offline_cupy("sm_80", tmp_path / "cache"):
+        with pytest.raises(CompileException) as info:
+            CupyExecutor().get_function("convolve.cu", name)
+    message = str(info.value)
+    assert "planted error" in message and f"convolve.cu({line})" in message, message
+    assert not list((tmp_path / "cache").glob("**/*.cubin"))  # nothing cached
+
+
+# ----------------------------------------------------------------------------- subnormals
+
+PROBE = r"""
+extern "C" __global__ void probe(float* x, float a) { x[0] = x[0] * a + x[1]; x[2] = x[2] / a; }
+"""
+
+
+def _ptx(options):
+    """PTX of PROBE from NVRTC (cuda-bindings), with ``options``."""
+    from cuda.bindings import nvrtc
+
+    err, program = nvrtc.nvrtcCreateProgram(PROBE.encode(), b"probe.cu", 0, [], [])
+    try:
+        encoded = [o.encode() for o in options]
+        (err,) = nvrtc.nvrtcCompileProgram(program, len(encoded), encoded)
+        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, err
+        err, size = nvrtc.nvrtcGetPTXSize(program)
+        ptx = b" " * size
+        nvrtc.nvrtcGetPTX(program, ptx)
+    finally:
+        nvrtc.nvrtcDestroyProgram(program)
+    return ptx.decode(errors="replace")
+
+
+@needs_cupy
+def test_the_gpu_keeps_float32_subnormals(tmp_path, monkeypatch):
+    """The options NVRTC gets from the executor produce IEEE float32 arithmetic (no ``.ftz``
+    in the PTX). CuPy's RawModule path appends ``-ftz=true`` after the user's options, and
+    NVRTC takes the last (cupy/cupy#9576): its PTX flushes. That is why the executor does not
+    compile through RawModule."""
+    pytest.importorskip("cuda.bindings", reason="cuda-bindings (the test extra) not installed")
+    import cupy
+    from cupy.cuda import compiler, function
+
+    class Module(function.Module):  # the module load: record instead of cuModuleLoadData
+        def load(self, cubin):
+            self.cubin = cubin
+
+    monkeypatch.setattr(compiler, "function",
+                        type(sys)("function_stand_in"), raising=True)
+    compiler.function.Module, compiler.function.LinkState = Module, function.LinkState
+    monkeypatch.setenv("CUPY_CACHE_IN_MEMORY", "1")  # compile, not CuPy's disk cache
+
+    name = _kernels.FAMILIES["correlate1d"].name_expression(np.float32, np.int32, True)
+    with harness.offline_cupy("sm_80", tmp_path) as recorder:
+        from gpuconv.backends.device._executor import CupyExecutor
+
+        CupyExecutor().get_function("convolve.cu", name)
+        cupy._core.core.compile_with_cache(  # what RawModule(code=...) would do
+            PROBE, tuple(_kernels.NVRTC_OPTIONS), prepend_cupy_headers=False)
+    # (compile_with_cache also compiles an empty program first, to key its cache)
+    ours, raw_module = recorder.compiles[0]["options"], recorder.compiles[-1]["options"]
+    assert recorder.compiles[-1]["names"] == []
+    assert harness.last_flag(ours, "ftz") == "false"
+    assert harness.last_flag(raw_module, "ftz") == "true"
+    as_ptx = [o.replace("-arch=sm_", "-arch=compute_") for o in ours]
+    fma_ours = [ln for ln in _ptx(as_ptx).splitlines() if "fma.rn" in ln or "div.rn" in ln]
+    assert fma_ours and not any(".ftz" in ln for ln in fma_ours), fma_ours
+    as_ptx = [o.replace("-arch=sm_", "-arch=compute_") for o in raw_module]
+    assert ".ftz.f32" in _ptx(as_ptx)
+
+
+def test_subnormal_float32_inputs_are_kept_on_numpy_and_emulate():
+    """float32 subnormals stay subnormal (no flush to zero) on the numpy and emulate backends,
+    as on the GPU with -ftz=false. Inputs are multiples of the smallest subnormal 2**-149 and
+    weights powers of two, so every product and sum is exact: the float64 reference is exact."""
+    tiny = np.float32(2.0**-149)
+    x = (np.arange(1, 1 + 2 * 9 * 9).reshape(1, 2, 9, 9) % 7).astype(np.float32) * tiny
+    w = np.array([1.0, 2.0, 4.0], np.float32)[np.arange(3 * 2 * 3 * 3) % 3].reshape(
+        3, 2, 3, 3)
+    a = np.arange(1, 41, dtype=np.float32) * tiny
+    v = np.array([1.0, 2.0, 4.0], np.float32)
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    want_conv = np.zeros((1, 3, 7, 7))
+    for o in range(3):
+        for i in range(7):
+            for j in range(7):
+                want_conv[0, o, i, j] = np.sum(x64[0, :, i:i + 3, j:j + 3] * w64[o])
+    want_corr = np.correlate(a.astype(np.float64), v.astype(np.float64), "full")
+    assert 0 < np.abs(want_conv).max() < np.finfo(np.float32).smallest_normal
+    backends = ["numpy"]
+    if gpuconv.available_backends()["emulate"] == "available":
+        backends.append("emulate")
+    for name in backends:
+        with gpuconv.use_backend(name):
+            got_conv = gpuconv.conv2d(x, w)
+            got_corr = gpuconv.correlate(a, v, "full")
+        np.testing.assert_array_equal(got_conv, want_conv.astype(np.float32), err_msg=name)
+        np.testing.assert_array_equal(got_corr, want_corr.astype(np.float32), err_msg=name)
+    if len(backends) == 1:
+        pytest.skip("emulate backend unavailable: checked numpy only")
+
+
+# ----------------------------------------------------------------------------- CUDA 12 leg
+
+
+@pytest.mark.slow
+def test_cuda12_leg():
+    """The same checks under CuPy for CUDA 12 (every file x sm_75/sm_80/sm_90), in the
+    environment ``$GPUCONV_CUDA12_PYTHON`` (started in the background by the slow CUDA 13
+    tests above)."""
+    if not _cuda12_python():
+        pytest.skip("GPUCONV_CUDA12_PYTHON is not set (a Python with cupy-cuda12x, "
+                    "nvidia-cuda-nvrtc-cu12 and nvidia-cuda-runtime-cu12)")
+    _start_cuda12_leg()
+    process = _CUDA12["process"]
+    stdout, stderr = process.communicate(timeout=900)
+    assert stdout.strip(), f"no report from {_cuda12_python()}:\n{stderr[-4000:]}"
+    reports = json.loads(stdout)
+    assert {r["nvrtc"][0] for r in reports} == {12}, [r["nvrtc"] for r in reports]
+    assert {(r["file"], r["arch"]) for r in reports} == {
+        (file, arch) for file in FILES for arch in harness.ARCHS}
+    problems = [f"{r['file']} {r['arch']}: {p}" for r in reports for p in r["problems"]]
+    assert not problems, "\n".join(problems)
+    for r in reports:
+        assert sorted(r["names"]) == sorted(_kernels.name_expressions(r["file"]))
+    assert process.returncode == 0, stderr[-4000:]
+    print(f"CUDA 12 leg: {len(reports)} (file, arch) pairs, NVRTC "
+          f"{sum(r['cpu_s'] for r in reports):.1f} s CPU", file=sys.stderr)
