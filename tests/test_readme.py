@@ -90,15 +90,16 @@ def _imported_modules(tree: ast.AST) -> list[str]:
             names.append(node.module)
             # ``from gpuconv import torch`` imports the submodule gpuconv.torch
             names += [f"{node.module}.{alias.name}" for alias in node.names
-                      if importlib.util.find_spec(node.module) is not None
-                      and _is_submodule(node.module, alias.name)]
+                      if _is_submodule(node.module, alias.name)]
     return names
 
 
 def _is_submodule(package: str, name: str) -> bool:
+    """Whether ``package.name`` is a module (False where ``package`` itself is missing: the
+    import of ``package`` then says what is missing)."""
     try:
         return importlib.util.find_spec(f"{package}.{name}") is not None
-    except (ImportError, ValueError):
+    except (ImportError, ValueError, AttributeError):
         return False
 
 
@@ -298,6 +299,7 @@ def _reason(source, line=1):
 
 def test_a_block_needing_a_missing_package_is_skipped_naming_it(monkeypatch):
     assert "'no_such_package_xyz'" in _reason("import no_such_package_xyz.sub as s\n")
+    assert "'no_such_package_xyz'" in _reason("from no_such_package_xyz.sub import f\n")
     # gpuconv.torch without torch installed: skipped, naming torch
     monkeypatch.setitem(sys.modules, "torch", None)
     monkeypatch.delitem(sys.modules, "gpuconv.torch", raising=False)
