@@ -20,6 +20,15 @@ ONE_CORE=${2:-}
 OUT=benchmarks/results
 BACKWARD=conv2d_resnet_backward,conv2d_stem_backward,conv1d_backward,conv3d_backward,conv_transpose2d_backward,depthwise_backward,deform_conv2d_backward
 
+wait_quiet() {  # until the 1-minute load average is under the benchmark's limit (<= 5 min)
+  local limit waited=0
+  limit=$(python -c "import os; from gpuconv import bench; print(bench.LOADAVG_LIMIT * os.cpu_count())")
+  while python -c "import os, sys; sys.exit(os.getloadavg()[0] <= $limit)" && [ $waited -lt 300 ]; do
+    sleep 10
+    waited=$((waited + 10))
+  done
+}
+
 run() {  # run SETTING NAME [bench args...]
   local setting=$1 name=$2
   shift 2
@@ -29,6 +38,7 @@ run() {  # run SETTING NAME [bench args...]
   else
     prefix=(env -u OPENBLAS_L2_SIZE OPENBLAS_CORETYPE=Haswell)
   fi
+  wait_quiet
   echo "== $name ($setting): $(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg)"
   "${prefix[@]}" python -m gpuconv bench --no-progress "$@" \
     --json "$OUT/$name.json" --markdown "$OUT/$name.md" --plot "$OUT/$name.png"

@@ -104,8 +104,9 @@ SPREAD_LIMIT = 0.5
 LOAD_LIMIT = 0.15
 #: 1-minute load average per core before the run above which every row is unreliable.
 LOADAVG_LIMIT = 0.5
-#: ... and after the run (the benchmark itself keeps up to one thread per core busy).
-LOADAVG_END_LIMIT = 1.0
+#: ... and after the run: the benchmark itself accounts for up to one thread per core, so
+#: only the excess over that is other processes' (the same 0.5 per core).
+LOADAVG_END_LIMIT = 1.5
 THRESHOLDS = {"spread_limit": SPREAD_LIMIT, "load_limit": LOAD_LIMIT,
               "loadavg_limit": LOADAVG_LIMIT, "loadavg_end_limit": LOADAVG_END_LIMIT}
 
@@ -903,7 +904,7 @@ def assess(record: Mapping, machine: Mapping | None = None) -> dict:
       on average while the row was timed (:class:`LoadProbe`).
     * ``busy``: the run's 1-minute load average per core was above :data:`LOADAVG_LIMIT`
       before it started, or above :data:`LOADAVG_END_LIMIT` after it (the benchmark itself
-      keeps up to one thread per core busy): every row of the run gets it.
+      accounts for up to one thread per core): every row of the run gets it.
     * ``ceiling``: the interleaved matrix-product or copy samples spread by more than
       :data:`SPREAD_LIMIT`: the roofline is uncertain.
     * ``roofline``: above 100% of the roofline, which no code can reach: the ceiling was
@@ -1238,7 +1239,8 @@ def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str,
     t = stats["gpuconv"]["median_s"]
     record.update(**stats["gpuconv"], times_s=times["gpuconv"],
                   gflops=record["flops"] / t / 1e9, gbs=record["bytes"] / t / 1e9,
-                  roofline_pct=roofline_pct(record["flops"], record["bytes"], t, peaks))
+                  roofline_pct=None if peaks is None else
+                  roofline_pct(record["flops"], record["bytes"], t, peaks))
     fastest, peer = _fastest_peer(record)
     if fastest:
         record.update(fastest_peer=fastest, ratio=t / peer["median_s"],
@@ -1314,10 +1316,10 @@ def format_table(records: list[dict], markdown: bool = False) -> str:
         else:
             row += ["-", "-"]
         if t:
-            pct = r["roofline_pct"]
+            pct = r.get("roofline_pct")
             row += [f"{r['flops'] / t / 1e9:.1f}" if ok else _approx(r["flops"] / t / 1e9),
                     f"{r['bytes'] / t / 1e9:.1f}" if ok else _approx(r["bytes"] / t / 1e9),
-                    f"{pct:.0f} ERR" if pct > 100 else
+                    "-" if pct is None else f"{pct:.0f} ERR" if pct > 100 else
                     f"{pct:.0f}" if r["roofline_ok"] else _approx(pct)]
         else:
             row += ["-", "-", "-"]
@@ -1399,7 +1401,7 @@ def plot_records(records: list[dict], title: str):
     if unique:
         ax1.legend(unique.values(), unique.keys(), fontsize=8)
     ax1.set_title("time ratio ('~': unreliable, hatched)")
-    pcts = [r["roofline_pct"] for r in timed]
+    pcts = [r.get("roofline_pct") or 0.0 for r in timed]
     colors2 = ["tab:red" if p > 100 else "tab:green" if r["roofline_ok"] else "tab:olive"
                for p, r in zip(pcts, timed)]
     bars = ax2.bar(np.arange(len(names)), pcts, color=colors2)

@@ -315,10 +315,10 @@ def test_other_processes_load_marks_the_row_unreliable(stand_in_workload):
 
 def test_load_average_marks_every_row(stand_in_workload):
     r = _run_scripted(stand_in_workload, _QUIET)
-    quiet = {"cpu_count": 2, "loadavg_start": [0.9, 0, 0], "loadavg_end": [1.9, 0, 0]}
+    quiet = {"cpu_count": 2, "loadavg_start": [0.9, 0, 0], "loadavg_end": [2.9, 0, 0]}
     assert bench.assess(r, quiet)["reliable"]
     for machine in ({**quiet, "loadavg_start": [1.1, 0, 0]},   # > 0.5 per core before
-                    {**quiet, "loadavg_end": [2.1, 0, 0]}):    # > 1 per core after
+                    {**quiet, "loadavg_end": [3.1, 0, 0]}):    # > 1.5 per core after
         verdict = bench.assess(r, machine)
         assert not verdict["reliable"] and verdict["flags"][0]["code"] == "busy"
         notes = bench.flag_notes([{**r, **verdict}], machine)
@@ -341,6 +341,30 @@ def test_roofline_above_100_percent_is_flagged_as_a_measurement_error(stand_in_w
     assert r["roofline_pct"] == pytest.approx(50.0)
     assert [f["code"] for f in r["flags"]] == ["ceiling"]  # but its spread is reported
     assert bench.format_table([r]).splitlines()[2].split()[10] == "~50"
+
+
+def test_chart_shows_the_flags(stand_in_workload):
+    matplotlib = pytest.importorskip("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [_run_scripted(stand_in_workload, _QUIET),
+               _run_scripted(stand_in_workload, {**_QUIET, "matmul": [0.100] * 3}),
+               _run_scripted(stand_in_workload, {**_QUIET, "gpuconv": [0.010, 0.010, 0.030]})]
+    fig = bench.plot_records(records, "scripted")
+    ratio_ax, roof_ax = fig.axes
+    assert [t.get_text() for t in roof_ax.texts] == ["50", "500 ERR", "~50"]
+    labels = [t.get_text() for t in ratio_ax.get_xticklabels()]
+    assert [label.startswith("~") for label in labels] == [False, False, True]
+    plt.close(fig)
+
+
+def test_no_ceilings_no_roofline(stand_in_workload):
+    r = bench.run_workload(stand_in_workload, size_set="quick", backend="numpy",
+                           dtype="float32", repeat=3, timer=_ScriptedTimer(_QUIET), settle_s=0,
+                           load_probe=_FixedLoad(0.0))
+    assert r["roofline_pct"] is None and r["reliable"] and "ceilings" not in r
+    assert bench.format_table([r]).splitlines()[2].split()[10] == "-"
 
 
 def test_old_schema_records_are_judged_from_their_samples():
