@@ -8,15 +8,27 @@
 //     (y, x) = (oy * stride_h - pad_h + i * dil_h + dy, ox * stride_w - pad_w + j * dil_w + dx)
 //
 // (p = oy * out_w + ox, tap = i * kernel_w + j, (dy, dx) from the offsets), and bilinear_at
-// finds the point's four corners and weights: nothing at all is sampled when y <= -1,
-// y >= height, x <= -1 or x >= width; otherwise, with y_low = floor(y), ly = y - y_low,
-// hy = 1 - ly (x likewise), the sample is
+// finds the point's four corners and weights: nothing at all is sampled unless -1 < y < height
+// and -1 < x < width (the `inside` test; false for NaN, and +-inf is outside); otherwise, with
+// y_low = floor(y), ly = y - y_low, hy = 1 - ly (x likewise), the sample is
 //
 //     hy hx v(y_low, x_low) + hy lx v(y_low, x_low + 1) + ly hx v(y_low + 1, x_low)
 //     + ly lx v(y_low + 1, x_low + 1)                  (a corner outside the image reads zero)
 //
-// exactly as torchvision's bilinear_interpolate. T is the type the arithmetic is done in (the
-// kernel's acc_t<T>).
+// exactly as torchvision's bilinear_interpolate. The offset gradient (deform_grad.cu) uses the
+// same corners on the wider `cell` range -1 <= y < height, -1 <= x < width: torchvision's
+// get_coordinate_weight has no inside test, so at y == -1 (or x == -1) exactly, where the
+// forward reads nothing, the derivative is still the slope into the image (the derivative from
+// the right, as everywhere at integer points; see docs/kernels.md, "Deformable convolution at
+// integer sampling points"). Outside `cell` every corner lies outside the image, so nothing is
+// needed there.
+//
+// Float -> index: floor(y) is converted to Index only when `cell` holds, i.e. for
+// -1 <= y < height, where it is in [-1, height - 1]. NaN, +-inf and huge offsets never reach
+// the conversion (Index(floor(NaN)) is undefined behaviour; on x86 it is INT_MIN, a read far
+// outside the image).
+//
+// T is the type the arithmetic is done in (the kernel's acc_t<T>).
 #ifndef GPUCONV_BILINEAR_CUH
 #define GPUCONV_BILINEAR_CUH
 
@@ -59,8 +71,10 @@ struct DeformPoint {
 // A sampling point's bilinear corners (see the file comment).
 template <class T, class Index>
 struct Sample {
-    bool inside;              // false: the sample is zero and contributes nothing
-    T ly, lx, hy, hx;         // fractional parts and their complements
+    bool inside;              // -1 < y < height, -1 < x < width: the forward samples the point
+    bool cell;                // -1 <= y < height, -1 <= x < width: corners and weights are set
+                              // (only a corner of such a cell can lie inside the image)
+    T ly, lx, hy, hx;         // fractional parts and their complements (0 unless cell)
     Index o1;                 // flat offset of the (y_low, x_low) corner in a channel plane
     bool ok1, ok2, ok3, ok4;  // corners (low, low), (low, high), (high, low), (high, high) inside
 };
@@ -68,15 +82,17 @@ struct Sample {
 template <class T, class Index>
 GPUCONV_HD Sample<T, Index> bilinear_at(T y, T x, Index height, Index width) {
     Sample<T, Index> s;
-    s.inside = !(y <= T(-1) || y >= T(height) || x <= T(-1) || x >= T(width));
+    // Written as conjunctions of ordered comparisons, so NaN fails both tests.
+    s.cell = y >= T(-1) && y < T(height) && x >= T(-1) && x < T(width);
+    s.inside = s.cell && y > T(-1) && x > T(-1);
     s.ly = s.lx = s.hy = s.hx = T(0);
     s.o1 = 0;
     s.ok1 = s.ok2 = s.ok3 = s.ok4 = false;
-    if (s.inside) {
+    if (s.cell) {
         const T y_floor = floor_of(y);
         const T x_floor = floor_of(x);
-        const Index y_low = Index(y_floor);
-        const Index x_low = Index(x_floor);
+        const Index y_low = Index(y_floor);  // in [-1, height - 1]: the conversion is exact
+        const Index x_low = Index(x_floor);  // in [-1, width - 1]
         s.ly = y - y_floor;
         s.lx = x - x_floor;
         s.hy = T(1) - s.ly;

@@ -27,9 +27,10 @@
 // i * kernel_w + j; (dy, dx) from `offset`), computed once in acc_t<T>; blockIdx.y picks the
 // slice of `channel_slice` channels of the offset group that the thread samples at that point
 // (four corner reads and one column write each). Sampling is torchvision's bilinear_interpolate
-// exactly: zero when y <= -1, y >= height, x <= -1 or x >= width; otherwise the bilinear blend of
-// the four neighbours, a neighbour outside the image reading zero; the result is multiplied by
-// the mask value when HasMask (DCNv2).
+// exactly: zero unless -1 < y < height and -1 < x < width (so also for a NaN or infinite point,
+// whose corners are never computed); otherwise the bilinear blend of the four neighbours, a
+// neighbour outside the image reading zero; the result is multiplied by the mask value when
+// HasMask (DCNv2).
 //
 // Speed: bound by memory. Per (channel, tap, position): four gathered input reads (mostly L1/L2
 // hits: neighbouring q sample neighbouring pixels) and one coalesced column write. Offsets and

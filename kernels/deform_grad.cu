@@ -4,8 +4,9 @@
 // The forward (deform.cu; the sampling in bilinear.cuh, shared with these kernels) samples, for
 // every (image b, offset group og, tap, output position p) the point (y, x) = (oy * stride_h -
 // pad_h + i * dil_h + dy, ox * stride_w - pad_w + j * dil_w + dx) bilinearly in each channel c
-// of the offset group, reading zero outside the image and contributing nothing at all when
-// y <= -1, y >= height, x <= -1 or x >= width, and scales the sample by the mask (v2). With
+// of the offset group, reading zero outside the image and contributing nothing at all unless
+// -1 < y < height and -1 < x < width (a NaN or infinite point contributes nothing), and scales
+// the sample by the mask (v2). With
 // y_low = floor(y), ly = y - y_low, hy = 1 - ly (x likewise) the sample is
 //
 //     value = hy hx v(y_low, x_low) + hy lx v(y_low, x_low + 1) + ly hx v(y_low + 1, x_low)
@@ -17,12 +18,18 @@
 // grad_output @ columns^T) and these kernels apply the chain rule through the sampling:
 //
 //   * deform_col2im: grad_x[b, c, corner] += mask * grad_cols * (corner's bilinear weight), for
-//     the (up to) four corners inside the image -- a scatter, with atomicAdd;
+//     the (up to) four corners inside the image whose weight is not zero (torchvision skips
+//     them too, so an inf/NaN in grad_cols reaches only the cells a sample really touches) -- a
+//     scatter, with atomicAdd;
 //   * deform_col2im_coord: grad_offset_y = sum_c mask * grad_cols * d value / d y,
 //     grad_offset_x likewise, grad_mask = sum_c grad_cols * value, per (b, og, tap, p) -- a
 //     gather over the offset group's channels, no atomics. d value / dy differentiates the
-//     bilinear weights with the corners held fixed (the cells that floor picks, so one-sided at
-//     integer positions), exactly as torchvision does.
+//     bilinear weights with the corners held fixed (the cell that floor picks: the derivative
+//     from the right at integer positions), exactly as torchvision's get_coordinate_weight,
+//     which has no inside test: at y == -1 or x == -1 exactly the forward reads nothing but the
+//     offset gradient is the slope into the image (docs/kernels.md, "Deformable convolution at
+//     integer sampling points"). Like torchvision, every sample's sums run over all channels,
+//     so an inf/NaN in grad_cols reaches every offset and mask gradient of its offset group.
 //
 // The host instantiates only float and double: float16 calls are computed in float (the
 // gradients accumulate in float32, as gpuconv.grad promises) and rounded once at the end.
@@ -92,10 +99,12 @@ __global__ void deform_col2im(const T* __restrict__ offset,     // (nb, offset_g
         const T* gc = grad_cols + ((c_first + c_lo) * taps + tap) * n_cols + b * p_count + q;
         for (Index c = c_lo; c < c_hi; ++c) {
             const T g = *gc;
+            // A corner with a zero weight (lx == 0 or ly == 0: an integer coordinate) is skipped,
+            // as torchvision's |y - yp| < 1 test does.
             if (s.ok1) atomicAdd(gx, w1 * g);
-            if (s.ok2) atomicAdd(gx + 1, w2 * g);
-            if (s.ok3) atomicAdd(gx + width, w3 * g);
-            if (s.ok4) atomicAdd(gx + width + 1, w4 * g);
+            if (s.ok2 && s.lx != T(0)) atomicAdd(gx + 1, w2 * g);
+            if (s.ok3 && s.ly != T(0)) atomicAdd(gx + width, w3 * g);
+            if (s.ok4 && s.ly != T(0) && s.lx != T(0)) atomicAdd(gx + width + 1, w4 * g);
             gx += plane;
             gc += taps * n_cols;
         }
@@ -108,8 +117,11 @@ __global__ void deform_col2im(const T* __restrict__ offset,     // (nb, offset_g
 // innermost, grid-stride in x. The thread computes the sampling point once, then walks the
 // offset group's channels: per channel it reads grad_cols and the four corners, and accumulates
 // grad_cols * (d value / dy, d value / dx) and grad_cols * value. It writes the two offset
-// gradients (times the mask) and, with HasMask, the mask gradient; all three are zero for a
-// sample outside the image. Every output has one owner: deterministic.
+// gradients (times the mask) and, with HasMask, the mask gradient. The derivatives use the
+// corners of the floor cell whenever it touches the image (s.cell, -1 <= y < height and
+// -1 <= x < width); the value only when the forward samples the point (s.inside). Outside
+// s.cell (and for a NaN or infinite point) all four corners read zero, so both are zero times
+// grad_cols. Every output has one owner: deterministic.
 // Speed: memory-bound: per channel one coalesced grad_cols read and four gathered input reads
 // (L1/L2 hits, as in the forward's sampling); the outputs are written once, coalesced along q.
 template <class T, class Index, bool HasMask>
@@ -155,20 +167,22 @@ __global__ void deform_col2im_coord(const T* __restrict__ x,            // (nb, 
         const T scale = HasMask ? mask[sample * positions + p] : T(1);
 
         T sum_dy = T(0), sum_dx = T(0), sum_value = T(0);
-        if (s.inside) {
-            const Index c_first = og * c_per_og;
-            const T* xc = x + (b * channels + c_first) * plane + s.o1;
-            const T* gc = grad_cols + (c_first * taps + tap) * n_cols + b * p_count + q;
-            for (Index c = 0; c < c_per_og; ++c) {
-                const T g = *gc;
-                T v1, v2, v3, v4;
-                gpuconv::bilinear::corners(s, xc, width, v1, v2, v3, v4);
-                sum_dy += g * (s.hx * (v3 - v1) + s.lx * (v4 - v2));
-                sum_dx += g * (s.hy * (v2 - v1) + s.ly * (v4 - v3));
-                sum_value += g * (s.hy * (s.hx * v1 + s.lx * v2) + s.ly * (s.hx * v3 + s.lx * v4));
-                xc += plane;
-                gc += taps * n_cols;
-            }
+        const Index c_first = og * c_per_og;
+        // Outside s.cell, s.o1 is 0 and no corner is read: xc stays a valid pointer.
+        const T* xc = x + (b * channels + c_first) * plane + s.o1;
+        const T* gc = grad_cols + (c_first * taps + tap) * n_cols + b * p_count + q;
+        for (Index c = 0; c < c_per_og; ++c) {
+            const T g = *gc;
+            T v1, v2, v3, v4;
+            gpuconv::bilinear::corners(s, xc, width, v1, v2, v3, v4);
+            sum_dy += g * (s.hx * (v3 - v1) + s.lx * (v4 - v2));
+            sum_dx += g * (s.hy * (v2 - v1) + s.ly * (v4 - v3));
+            // the forward's value: zero (not 0 * v, which is NaN for an infinite v) unless inside
+            const T value = s.inside ? s.hy * (s.hx * v1 + s.lx * v2) + s.ly * (s.hx * v3 + s.lx * v4)
+                                     : T(0);
+            sum_value += g * value;
+            xc += plane;
+            gc += taps * n_cols;
         }
         grad_offset[(sample * 2) * positions + p] = scale * sum_dy;
         grad_offset[(sample * 2 + 1) * positions + p] = scale * sum_dx;

@@ -233,8 +233,10 @@ def test_deform_samples_outside_the_image_have_zero_gradients():
     grads = grad.deform_conv2d(x, offset, w, g, bias=False)
     # sample 1.5 reads 0.5*x1 + 0.5*x2; sample 2.75 reads 0.25*x2 (cell 3 is outside)
     np.testing.assert_allclose(grads.input, [[[[0.0, 0.5, 0.75]]]])
-    # d/dcol: sample -1 contributes nothing; 1.5 -> x2 - x1 = 2; 2.75 -> 0 - x2 = -4
-    np.testing.assert_allclose(grads.offset[0, 1, 0], [0.0, 2.0, -4.0])
+    # d/dcol: sample -1 is not read by the forward, but its derivative is torchvision's, from
+    # the right: the slope from the zero column into x0, x0 - 0 = 1 (docs/kernels.md);
+    # 1.5 -> x2 - x1 = 2; 2.75 -> 0 - x2 = -4
+    np.testing.assert_allclose(grads.offset[0, 1, 0], [1.0, 2.0, -4.0])
     # d/drow at row 0 (one-sided, the floor cell): the row below reads zero -> -value
     np.testing.assert_allclose(grads.offset[0, 0, 0], [0.0, -3.0, -1.0])
     np.testing.assert_allclose(grads.weight.ravel(), [0.0 + 3.0 + 1.0])

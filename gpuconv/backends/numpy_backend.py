@@ -469,9 +469,15 @@ class NumpyBackend(GradMixin):
                 for og_i in range(ogroups):
                     py = base_y[p0:p1] + off[og_i, :, 0, p0:p1].T  # (pc, K)
                     px = base_x[p0:p1] + off[og_i, :, 1, p0:p1].T
-                    scale = ((py > -1) & (py < height) & (px > -1) & (px < width)).astype(cdt)
+                    # torchvision's test, false for NaN (and +-inf is outside)
+                    inside = (py > -1) & (py < height) & (px > -1) & (px < width)
+                    scale = inside.astype(cdt)
                     if mask is not None:
                         scale *= mask[i].reshape(ogroups, taps, p)[og_i, :, p0:p1].T
+                    # a point outside is parked at (-2, -2), where all 4 corners are outside:
+                    # NaN, inf or huge offsets never reach floor and the cast to intp
+                    py = np.where(inside, py, cdt.type(-2))
+                    px = np.where(inside, px, cdt.type(-2))
                     y0, x0 = np.floor(py), np.floor(px)
                     ly, lx = py - y0, px - x0
                     # the 4 corners (pc, K, 4): rows y0, y0, y0+1, y0+1; cols x0, x0+1, ...
@@ -479,6 +485,7 @@ class NumpyBackend(GradMixin):
                     xs = x0.astype(np.intp)[..., None] + corner_dx
                     wy = np.stack([1 - ly, 1 - ly, ly, ly], axis=-1)
                     wx = np.stack([1 - lx, lx, 1 - lx, lx], axis=-1)
+                    # a corner outside the image fetches the zero row, never a cell of x
                     valid = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
                     rows = np.where(valid, ys * width + xs, height * width).reshape(-1)
                     coef = (wy * wx * scale[..., None]).reshape(pc * taps, 4)

@@ -470,9 +470,11 @@ class GradMixin:
         Returns ``(input, offset, weight, mask)`` gradients (mask None without a mask),
         with torchvision's definitions: each sample is bilinear in the four neighbouring
         cells, a cell outside the image reads zero, and a sample at ``y <= -1``, ``y >= H``,
-        ``x <= -1`` or ``x >= W`` contributes nothing (so its gradients are zero). The offset
-        gradient is the derivative of the bilinear weights (one-sided at integer positions,
-        where the forward's ``floor`` switches cells).
+        ``x <= -1`` or ``x >= W`` (or a NaN/inf one) is not read by the forward (so its input
+        and mask gradients are zero). The offset gradient is the derivative of the bilinear
+        weights of the cell that ``floor`` picks: from the right at integer positions,
+        including ``y == -1`` or ``x == -1``, where it is the slope into the image
+        (torchvision's convention; docs/kernels.md).
         """
         dtype = x.dtype
         cdt = _compute_dtype(dtype)
@@ -504,12 +506,21 @@ class GradMixin:
             off = offset[bs].astype(cdt, copy=False).reshape(nb, og_count, taps, 2, p)
             sy = base_y + off[:, :, :, 0]  # (nb, OG, K, P) sample rows
             sx = base_x + off[:, :, :, 1]
-            inside = ((sy > -1) & (sy < height) & (sx > -1) & (sx < width)).astype(cdt)
+            # The forward samples a point only inside (-1, H) x (-1, W); the offset gradient
+            # differentiates the floor cell's corners on [-1, H) x [-1, W) (torchvision's
+            # get_coordinate_weight has no inside test: at y == -1 it is the slope into the
+            # image). Both tests are false for NaN; +-inf is outside.
+            inside = (sy > -1) & (sy < height) & (sx > -1) & (sx < width)
+            cell = (sy >= -1) & (sy < height) & (sx >= -1) & (sx < width)
+            # a point outside the cell range is parked at (-2, -2), where all 4 corners are
+            # outside: NaN, inf or huge offsets never reach floor and the cast to int64
+            sy = np.where(cell, sy, cdt.type(-2))
+            sx = np.where(cell, sx, cdt.type(-2))
             y_lo, x_lo = np.floor(sy), np.floor(sx)
             fy, fx = sy - y_lo, sx - x_lo  # fractional parts
             y_lo, x_lo = y_lo.astype(np.int64), x_lo.astype(np.int64)
-            scale = inside if mask is None else (
-                inside * mask[bs].astype(cdt, copy=False).reshape(nb, og_count, taps, p))
+            mask_r = 1 if mask is None else (
+                mask[bs].astype(cdt, copy=False).reshape(nb, og_count, 1, taps * p))
             img = x[bs].astype(cdt, copy=False).reshape(nb, og_count, cpo, height * width)
             # (cell row step, cell col step, bilinear weight, d weight/dy, d weight/dx)
             corners = (
@@ -519,6 +530,7 @@ class GradMixin:
                 (1, 1, fy * fx, fx, fy),
             )
             shape = (nb, og_count, 1, taps * p)
+            inside_r = inside.reshape(shape)
             sampled = np.zeros((nb, og_count, cpo, taps * p), dtype=cdt)
             d_dy = np.zeros_like(sampled)
             d_dx = np.zeros_like(sampled)
@@ -527,31 +539,36 @@ class GradMixin:
                 cy, cx = y_lo + dy, x_lo + dx
                 valid = (cy >= 0) & (cy < height) & (cx >= 0) & (cx < width)
                 flat = np.where(valid, cy * width + cx, 0).reshape(shape)
-                value = np.take_along_axis(img, flat, axis=3) * valid.reshape(shape)
+                # a corner outside the image reads 0 (not 0 * x[..., 0], NaN for inf/NaN there)
+                value = np.where(valid.reshape(shape), np.take_along_axis(img, flat, axis=3), 0)
                 sampled += value * wgt.reshape(shape)
                 d_dy += value * wgt_dy.reshape(shape)
                 d_dx += value * wgt_dx.reshape(shape)
-                cells.append((flat, (wgt * valid).reshape(shape)))
-            inside_r = inside.reshape(shape)
-            scale_r = scale.reshape(shape)
-            sampled *= inside_r  # the bilinear value the forward reads (before the mask)
+                # the input gradient reaches a corner inside the image, of an inside sample,
+                # whose weight is not zero (torchvision skips zero weights: |y - yp| < 1)
+                reach = (valid & inside & (wgt != 0)).reshape(shape)
+                cells.append((flat, wgt.reshape(shape), reach))
+            # the bilinear value the forward reads (before the mask): zero outside, even where
+            # a corner it never reads holds inf/NaN
+            sampled = np.where(inside_r, sampled, 0)
             # weight: grad_output (og, P) @ columns^T (P, cg*K) per image and group
-            columns = (sampled * scale_r).reshape(nb, g, cg * taps, p)
+            columns = (sampled * mask_r).reshape(nb, g, cg * taps, p)
             go = grad_output[bs].astype(cdt, copy=False).reshape(nb, g, c_out // g, p)
             grad_w += _contract_positions(go, columns)
             # gradient of the columns: W^T @ grad_output -> (nb, OG, cpo, K*P)
             grad_cols = np.matmul(wt, go).reshape(nb, og_count, cpo, taps * p)
             if mask is not None:
                 grad_mask[bs] = (grad_cols * sampled).sum(axis=2).reshape(nb, og_count, taps, p)
-            scaled = grad_cols * scale_r
+            scaled = grad_cols * mask_r
             grad_offset[bs, :, :, 0] = (scaled * d_dy).sum(axis=2).reshape(nb, og_count, taps, p)
             grad_offset[bs, :, :, 1] = (scaled * d_dx).sum(axis=2).reshape(nb, og_count, taps, p)
             # input: scatter the scaled column gradient onto the four cells of each sample
             image_base = (np.arange(nb * og_count * cpo) * (height * width)).reshape(
                 nb, og_count, cpo, 1)
             acc = np.zeros(nb * c_in * height * width, dtype=np.float64)
-            for flat, wgt in cells:
-                acc += np.bincount((image_base + flat).ravel(), weights=(scaled * wgt).ravel(),
+            for flat, wgt, reach in cells:
+                weights = np.where(reach, scaled * wgt, 0)
+                acc += np.bincount((image_base + flat).ravel(), weights=weights.ravel(),
                                    minlength=acc.size)
             grad_x[bs] = acc.reshape(nb, c_in, height, width)
         grad_offset = grad_offset.reshape(n, 2 * og_count * taps, ho, wo)
