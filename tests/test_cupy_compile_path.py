@@ -76,6 +76,36 @@ def _start_cuda12_leg():
         )
 
 
+# ----------------------------------------------------------------------------- no CuPy needed
+
+
+def test_compile_groups_partition_each_file_by_element_and_index_type():
+    for file in FILES:
+        groups = _kernels.compile_groups(file)
+        members = [n for g in groups for n in _kernels.group_name_expressions(file, g)]
+        assert sorted(members) == sorted(_kernels.name_expressions(file))  # a partition
+        for group in groups:
+            for name in _kernels.group_name_expressions(file, group):
+                assert _kernels.parse_name_expression(name)[1][:2] == list(group)
+    # conv_grad.cu: 102 instantiations, 6 groups of 17 (float16/32/64 x int/long long)
+    groups = _kernels.compile_groups("conv_grad.cu")
+    assert len(groups) == 6 and ("float", "long long") in groups
+    assert len(_kernels.group_name_expressions("conv_grad.cu", ("float", "int"))) == 17
+    with pytest.raises(LookupError, match="no instantiation in compile group"):
+        _kernels.group_name_expressions("conv_grad.cu", ("int", "int"))
+
+
+def test_cuda_extras_bring_nvrtc_and_the_runtime_headers():
+    """gpuconv[cuda12] / gpuconv[cuda13] must work on a machine with only the driver: CuPy's
+    ctk extra pulls cuda-toolkit[nvrtc, cudart, cublas, ...] (NVRTC, cuda_fp16.h, cuBLAS)."""
+    tomllib = pytest.importorskip("tomllib", reason="Python < 3.11")
+    extras = tomllib.loads((harness.REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    for extra, package in (("cuda12", "cupy-cuda12x"), ("cuda13", "cupy-cuda13x")):
+        (requirement,) = extras[extra]
+        assert requirement.replace(" ", "").startswith(f"{package}[ctk]>=14"), requirement
+
+
 # ----------------------------------------------------------------------------- CUDA 13 here
 
 
@@ -205,14 +235,13 @@ def test_the_gpu_keeps_float32_subnormals(tmp_path, monkeypatch):
     assert ".ftz.f32" in _ptx(as_ptx)
 
 
-def test_subnormal_float32_inputs_are_kept_on_numpy_and_emulate():
-    """float32 subnormals stay subnormal (no flush to zero) on the numpy and emulate backends,
-    as on the GPU with -ftz=false. Inputs are multiples of the smallest subnormal 2**-149 and
-    weights powers of two, so every product and sum is exact: the float64 reference is exact."""
+def test_subnormal_float32_inputs_are_kept_on_every_backend(backend):
+    """float32 subnormals stay subnormal (no flush to zero) on numpy, emulate and -- with
+    -ftz=false -- cuda. Inputs are multiples of the smallest subnormal 2**-149 and weights
+    powers of two >= 1, so every product and sum is exact: the float64 reference is exact."""
     tiny = np.float32(2.0**-149)
     x = (np.arange(1, 1 + 2 * 9 * 9).reshape(1, 2, 9, 9) % 7).astype(np.float32) * tiny
-    w = np.array([1.0, 2.0, 4.0], np.float32)[np.arange(3 * 2 * 3 * 3) % 3].reshape(
-        3, 2, 3, 3)
+    w = np.array([1.0, 2.0, 4.0], np.float32)[np.arange(3 * 2 * 3 * 3) % 3].reshape(3, 2, 3, 3)
     a = np.arange(1, 41, dtype=np.float32) * tiny
     v = np.array([1.0, 2.0, 4.0], np.float32)
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
@@ -223,17 +252,12 @@ def test_subnormal_float32_inputs_are_kept_on_numpy_and_emulate():
                 want_conv[0, o, i, j] = np.sum(x64[0, :, i:i + 3, j:j + 3] * w64[o])
     want_corr = np.correlate(a.astype(np.float64), v.astype(np.float64), "full")
     assert 0 < np.abs(want_conv).max() < np.finfo(np.float32).smallest_normal
-    backends = ["numpy"]
-    if gpuconv.available_backends()["emulate"] == "available":
-        backends.append("emulate")
-    for name in backends:
-        with gpuconv.use_backend(name):
-            got_conv = gpuconv.conv2d(x, w)
-            got_corr = gpuconv.correlate(a, v, "full")
-        np.testing.assert_array_equal(got_conv, want_conv.astype(np.float32), err_msg=name)
-        np.testing.assert_array_equal(got_corr, want_corr.astype(np.float32), err_msg=name)
-    if len(backends) == 1:
-        pytest.skip("emulate backend unavailable: checked numpy only")
+    with backend.active():
+        got_conv = backend.asnumpy(gpuconv.conv2d(backend.asarray(x), backend.asarray(w)))
+        got_corr = backend.asnumpy(gpuconv.correlate(backend.asarray(a), backend.asarray(v),
+                                                     "full"))
+    np.testing.assert_array_equal(got_conv, want_conv.astype(np.float32))
+    np.testing.assert_array_equal(got_corr, want_corr.astype(np.float32))
 
 
 # ----------------------------------------------------------------------------- CUDA 12 leg
