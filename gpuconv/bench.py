@@ -1352,14 +1352,17 @@ TABLE_LEGEND = (
 
 
 def flag_notes(records: list[dict], machine: Mapping | None = None) -> list[str]:
-    """One note per flag: the run-level load once, then each row's own flags."""
+    """The run-level load once, then one note per flagged row with its reasons."""
     notes = []
     busy = _busy(machine) if machine else None
     if busy:
         notes.append(f"{busy}: every row is unreliable")
     for r in records:
-        notes += [f"{r['workload']}: {f['text']}" for f in _verdict(r)["flags"]
-                  if f["code"] != "busy"]
+        r = _verdict(r)
+        texts = [f["text"] for f in r["flags"] if f["code"] != "busy"]
+        if texts:
+            verdict = "unreliable" if not r["reliable"] else "roofline not to be trusted"
+            notes.append(f"{r['workload']}: {verdict}: " + "; ".join(texts))
     return notes
 
 
