@@ -8,7 +8,8 @@ Every kernel is ONE C++ template in a ``.cu`` file under ``kernels/``, declared 
 by :func:`index_dtype`), and the optional further template parameters (bools, ints) are listed
 per family in :data:`FAMILIES`. Instantiations are named by *name expressions*, e.g.
 ``correlate1d<gpuconv::complex<float>, long long, true>``, all built from the one type table
-:data:`CXX_TYPES`; both device backends compile exactly :func:`name_expressions` of a file and
+:data:`CXX_TYPES`. The emulator compiles exactly :func:`name_expressions` of a file, the CUDA
+backend one :func:`compile_group` of them at a time (:func:`group_name_expressions`); both
 fetch a kernel by :meth:`KernelFamily.name_expression`.
 
 :func:`signature` reads a kernel's parameter list from the ``.cu`` source (comments stripped,
