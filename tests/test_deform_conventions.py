@@ -352,19 +352,22 @@ def test_nonfinite_offset_is_a_point_outside_the_image(backend, value, request):
         assert not got[2][planted].any()
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("value", [np.inf, -np.inf, np.nan], ids=str)
-def test_infinite_offset_reads_zero_hand_checked(backend, value, request):
+def test_infinite_offset_reads_zero_hand_checked(backend, value, dtype, request):
     """Issue 10.5: a 1x1 kernel reads one point per output; moved to +-inf (or NaN) it lies
-    outside the image and reads 0, so that output is the bias alone."""
+    outside the image and reads 0, so that output is the bias alone. Every dtype (float16
+    samples in float32)."""
     _guard(backend, request)
-    x = np.arange(1.0, 7.0).reshape(1, 1, 2, 3)
-    w = np.ones((1, 1, 1, 1))
-    offset = np.zeros((1, 2, 2, 3))
+    x = np.arange(1.0, 7.0, dtype=dtype).reshape(1, 1, 2, 3)
+    w = np.ones((1, 1, 1, 1), dtype)
+    offset = np.zeros((1, 2, 2, 3), dtype)
     offset[0, 1, 0, 1] = value  # the x coordinate of output (0, 1)
     a = backend.asarray
     with backend.active():
-        out = backend.asnumpy(gpuconv.deform_conv2d(a(x), a(offset), a(w), a(np.array([0.5]))))
-        grads = grad.deform_conv2d(a(x), a(offset), a(w), a(np.ones((1, 1, 2, 3))))
+        bias = a(np.array([0.5], dtype))
+        out = backend.asnumpy(gpuconv.deform_conv2d(a(x), a(offset), a(w), bias))
+        grads = grad.deform_conv2d(a(x), a(offset), a(w), a(np.ones((1, 1, 2, 3), dtype)))
     np.testing.assert_array_equal(out, [[[[1.5, 0.5, 3.5], [4.5, 5.5, 6.5]]]])
     # nothing reads x[0, 1] any more; the moved point's offset gradient is 0
     np.testing.assert_array_equal(backend.asnumpy(grads.input), [[[[1, 0, 1], [1, 1, 1]]]])
