@@ -29,28 +29,60 @@ def _type_name(a) -> str:
     return f"{type(a).__module__}.{type(a).__name__}".replace("builtins.", "")
 
 
+def _not_an_array(op: str, name: str, a) -> TypeError:
+    """The TypeError for a non-array ``a`` passed as array parameter ``name``; a PyTorch
+    tensor gets a pointer to the bridge."""
+    got = "None" if a is None else _type_name(a)
+    hint = ""
+    if type(a).__module__.split(".")[0] == "torch":
+        base = op[:-2] if op in ("conv1d", "conv2d", "conv3d") else op
+        base = base[:-2] if base.startswith("conv_transpose") and base[-1] == "d" else base
+        if base in ("conv", "conv_transpose", "depthwise_conv", "separable_conv",
+                    "deform_conv2d"):
+            bridge = f"gpuconv.torch.{base} (tensors in and out, with autograd)"
+        else:
+            bridge = "gpuconv.torch (tensors in and out; gradients through autograd)"
+        hint = f"; for PyTorch tensors use {bridge}, or pass {name}.numpy()"
+    return TypeError(f"{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {got}{hint}")
+
+
+def _check_array(op: str, name: str, a, kinds="fc") -> np.dtype:
+    """Check that ``a`` (parameter ``name``) is a NumPy or CuPy array, and not a masked
+    array; return its dtype in native byte order (non-native arrays are converted when the
+    call prepares them)."""
+    if not _is_array(a):
+        raise _not_an_array(op, name, a)
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(
+            f"{op}: {name} is a numpy.ma.MaskedArray, whose mask gpuconv would ignore; pass "
+            f"{name}.filled(0) (masked entries as zeros) or {name}.data explicitly"
+        )
+    return np.dtype(a.dtype).newbyteorder("=")
+
+
 class _Arrays:
     """Checks array arguments of a ``conv``-family call and the result dtype.
 
-    ``named`` maps each parameter name to its value (``None`` for an absent optional).
+    ``named`` maps each parameter name to its value; parameters named in ``optional`` may be
+    ``None``, every other one must be an array. Arrays in a non-native byte order (``'>f4'``
+    on a little-endian machine) are accepted and converted by :meth:`prepare`.
     """
 
-    def __init__(self, op: str, **named):
+    def __init__(self, op: str, optional=(), **named):
         self.op = op
+        dtypes = []
         for name, a in named.items():
-            if a is None:
+            if a is None and name in optional:
                 continue
-            if not _is_array(a):
-                raise TypeError(
-                    f"{op}: {name} must be a numpy.ndarray or cupy.ndarray, got {_type_name(a)}"
-                )
-            if np.dtype(a.dtype) not in CONV_DTYPES:
+            dtype = _check_array(op, name, a)
+            if dtype not in CONV_DTYPES:
                 raise TypeError(
                     f"{op}: {name} has dtype {a.dtype}; expected float16, float32 or float64 "
                     f"(integer, bool and complex inputs are not supported by the conv family)"
                 )
+            dtypes.append(dtype)
         present = [a for a in named.values() if a is not None]
-        self.dtype = np.result_type(*[a.dtype for a in present])
+        self.dtype = np.result_type(*dtypes)
         self.call = Call(present, op=op)
 
     def prepare(self, a):
@@ -102,7 +134,7 @@ def _check_rank(op: str, x_shape, w_shape, spatial_ndim: int | None, *,
 
 
 def _check_groups(op: str, groups) -> int:
-    groups = _shapes._as_int(groups, "groups")
+    groups = _shapes._as_int(groups, "groups", op)
     if groups < 1:
         raise ValueError(f"{op}: groups={groups} must be a positive int")
     return groups
@@ -128,7 +160,7 @@ def _check_out(op: str, out, shape, dtype, arrays: _Arrays):
         )
     if tuple(out.shape) != tuple(shape):
         raise ValueError(f"{op}: out has shape {tuple(out.shape)}; expected {tuple(shape)}")
-    if np.dtype(out.dtype) != np.dtype(dtype):
+    if np.dtype(out.dtype).newbyteorder("=") != np.dtype(dtype):
         raise ValueError(f"{op}: out has dtype {out.dtype}; expected {np.dtype(dtype)}")
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError(f"{op}: out is read-only; expected a writeable array")
@@ -142,30 +174,51 @@ def _finish(arrays: _Arrays, result, out):
     return out
 
 
-def _empty_result(arrays: _Arrays, shape, out):
-    """The result of a call with N = 0 (or another empty dim): no backend work at all."""
+def _empty_result(arrays: _Arrays, shape, out, bias=None):
+    """The result of a call with nothing to compute: N = 0, or an empty spatial dim of the
+    input. Every output is the bias (no input cell reaches it; a zero pad contributes
+    zero), or zero without one. No backend work."""
     xp = arrays.call.xp
-    return _finish(arrays, xp.zeros(shape, dtype=arrays.dtype), out)
+    result = xp.zeros(shape, dtype=arrays.dtype)
+    if bias is not None and result.size:
+        result += arrays.prepare(bias).reshape((1, -1) + (1,) * (len(shape) - 2))
+    return _finish(arrays, result, out)
 
 
-def _forward(arrays: _Arrays, geom, n: int, c_out: int, bias, out, compute):
+def _forward(arrays: _Arrays, geom, n: int, c_out: int, bias, out, compute, *,
+             transposed=False):
     """The last steps of every forward function: check ``bias`` and ``out`` against the
-    output shape ``(n, c_out, *geom.out_size)``; then zeros without backend work for an
-    empty call, else ``compute(backend)``'s result (written into ``out`` when given)."""
+    output shape ``(n, c_out, *geom.out_size)``; then the bias (or zeros) without backend
+    work for an empty input, else ``compute(backend, geometry)``'s result (written into
+    ``out`` when given), with the geometry of :func:`gpuconv._shapes.backend_geometry`."""
     op = arrays.op
     _check_bias(op, bias, c_out)
     shape = (n, c_out, *geom.out_size)
     _check_out(op, out, shape, arrays.dtype, arrays)
     if n == 0 or 0 in geom.in_size:
-        return _empty_result(arrays, shape, out)
-    return _finish(arrays, compute(arrays.call.backend), out)
+        return _empty_result(arrays, shape, out, bias)
+    compute_geom = _shapes.backend_geometry(geom, transposed=transposed, op=op)
+    return _finish(arrays, compute(arrays.call.backend, compute_geom), out)
 
 
 # --------------------------------------------------------------------------- conv
 
 
+def _conv(op, spatial_ndim, x, weight, bias, stride, padding, dilation, groups,
+          padding_mode, out):
+    """The body of :func:`conv` and :func:`conv1d`/``2d``/``3d``: ``op`` names the public
+    function in messages, ``spatial_ndim`` (None for ``conv``) is the required rank."""
+    arrays = _Arrays(op, optional=("bias",), x=x, weight=weight, bias=bias)
+    geom = conv_setup(op, x.shape, weight.shape, spatial_ndim=spatial_ndim, stride=stride,
+                      padding=padding, dilation=dilation, groups=groups,
+                      padding_mode=padding_mode)
+    return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
+                    lambda backend, g: backend.conv(arrays.prepare(x), arrays.prepare(weight),
+                                                    arrays.prepare(bias), g))
+
+
 def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-         padding_mode="zeros", out=None, _spatial_ndim=None, _op="conv"):
+         padding_mode="zeros", out=None):
     """N-dimensional convolution (cross-correlation, as in deep-learning frameworks).
 
     Parameters
@@ -205,13 +258,19 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
     >>> gpuconv.conv(x, w, padding=1)
     array([[[-1., -2., -2., -2.,  3.]]])
     """
-    arrays = _Arrays(_op, x=x, weight=weight, bias=bias)
-    geom = conv_setup(_op, x.shape, weight.shape, spatial_ndim=_spatial_ndim, stride=stride,
-                      padding=padding, dilation=dilation, groups=groups,
-                      padding_mode=padding_mode)
-    return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
-                    lambda backend: backend.conv(arrays.prepare(x), arrays.prepare(weight),
-                                                 arrays.prepare(bias), geom))
+    return _conv("conv", None, x, weight, bias, stride, padding, dilation, groups,
+                 padding_mode, out)
+
+
+def _channels_last_hint(x_name: str, x_shape, channels: int) -> str:
+    """A hint when ``x``'s last axis, not axis 1, holds the ``channels`` the weight expects
+    (an (N, *spatial, C) array, as TensorFlow or images store them); else nothing."""
+    ndim = len(x_shape)
+    if x_shape[-1] != channels or x_shape[1] == channels or x_name.endswith("_shape"):
+        return ""
+    order = ", ".join(str(a) for a in (0, ndim - 1, *range(1, ndim - 1)))
+    return (f". {x_name} looks channels-last: its last axis has {channels} entries; gpuconv "
+            f"expects (N, C, *spatial), e.g. {x_name}.transpose({order})")
 
 
 def conv_setup(op: str, x_shape, w_shape, *, spatial_ndim=None, stride, padding, dilation,
@@ -225,8 +284,9 @@ def conv_setup(op: str, x_shape, w_shape, *, spatial_ndim=None, stride, padding,
     _check_rank(op, x_shape, w_shape, spatial_ndim, x_name=x_name, w_name=w_name)
     groups = _check_groups(op, groups)
     c_in, c_out = x_shape[1], w_shape[0]
+    hint = _channels_last_hint(x_name, x_shape, w_shape[1] * groups)
     if c_in % groups:
-        raise ValueError(f"{op}: groups={groups} must divide in_channels={c_in}")
+        raise ValueError(f"{op}: groups={groups} must divide in_channels={c_in}{hint}")
     if c_out % groups:
         raise ValueError(
             f"{op}: groups={groups} must divide out_channels={c_out} ({_dim_text(w_name, 0)})"
@@ -234,37 +294,107 @@ def conv_setup(op: str, x_shape, w_shape, *, spatial_ndim=None, stride, padding,
     if w_shape[1] * groups != c_in:
         raise ValueError(
             f"{op}: {_dim_text(w_name, 1)}={w_shape[1]} must equal in_channels / groups = "
-            f"{c_in} / {groups} = {c_in // groups}; {w_name} is {tuple(w_shape)}"
+            f"{c_in} / {groups} = {c_in // groups}; {w_name} is {tuple(w_shape)}{hint}"
         )
     return _shapes.conv_geometry(
         tuple(x_shape[2:]), tuple(w_shape[2:]), stride=stride, padding=padding,
-        dilation=dilation, groups=groups, padding_mode=padding_mode,
+        dilation=dilation, groups=groups, padding_mode=padding_mode, op=op,
     )
 
 
-def _ranked(func, ndim: int, name: str):
-    def wrapper(x, weight, bias=None, **kwargs):
-        return func(x, weight, bias, _spatial_ndim=ndim, _op=name, **kwargs)
+def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros", out=None):
+    """1-D convolution: :func:`conv` for ``x`` of shape (N, C_in, L).
 
-    wrapper.__name__ = wrapper.__qualname__ = name
-    wrapper.__doc__ = (
-        f"{name}: :func:`gpuconv.{func.__name__}` with exactly {ndim} spatial dim"
-        f"{'s' if ndim > 1 else ''}; same arguments.\n\n"
-        f"Raises ValueError if ``x`` is not {ndim + 2}-dimensional."
-    )
-    return wrapper
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, L)
+    weight : ndarray, shape (C_out, C_in // groups, k)
+    bias : ndarray, shape (C_out,), optional
+    stride, padding, dilation, groups, padding_mode, out
+        As for :func:`conv`.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, L_out)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv`; ValueError if ``x`` is not 3-dimensional.
+    """
+    return _conv("conv1d", 1, x, weight, bias, stride, padding, dilation, groups,
+                 padding_mode, out)
 
 
-conv1d = _ranked(conv, 1, "conv1d")
-conv2d = _ranked(conv, 2, "conv2d")
-conv3d = _ranked(conv, 3, "conv3d")
+def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros", out=None):
+    """2-D convolution: :func:`conv` for ``x`` of shape (N, C_in, H, W).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    weight : ndarray, shape (C_out, C_in // groups, kh, kw)
+    bias : ndarray, shape (C_out,), optional
+    stride, padding, dilation, groups, padding_mode, out
+        As for :func:`conv`.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H_out, W_out)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv`; ValueError if ``x`` is not 4-dimensional.
+    """
+    return _conv("conv2d", 2, x, weight, bias, stride, padding, dilation, groups,
+                 padding_mode, out)
+
+
+def conv3d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
+           padding_mode="zeros", out=None):
+    """3-D convolution: :func:`conv` for ``x`` of shape (N, C_in, D, H, W).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, D, H, W)
+    weight : ndarray, shape (C_out, C_in // groups, kd, kh, kw)
+    bias : ndarray, shape (C_out,), optional
+    stride, padding, dilation, groups, padding_mode, out
+        As for :func:`conv`.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, D_out, H_out, W_out)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv`; ValueError if ``x`` is not 5-dimensional.
+    """
+    return _conv("conv3d", 3, x, weight, bias, stride, padding, dilation, groups,
+                 padding_mode, out)
 
 
 # ---------------------------------------------------------------- conv_transpose
 
 
+def _conv_transpose(op, spatial_ndim, x, weight, bias, stride, padding, output_padding,
+                    dilation, groups, out):
+    """The body of :func:`conv_transpose` and its ranked forms (see :func:`_conv`)."""
+    arrays = _Arrays(op, optional=("bias",), x=x, weight=weight, bias=bias)
+    geom = conv_transpose_setup(op, x.shape, weight.shape, spatial_ndim=spatial_ndim,
+                                stride=stride, padding=padding, output_padding=output_padding,
+                                dilation=dilation, groups=groups)
+    return _forward(arrays, geom, x.shape[0], weight.shape[1] * geom.groups, bias, out,
+                    lambda backend, g: backend.conv_transpose(
+                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), g),
+                    transposed=True)
+
+
 def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
-                   dilation=1, groups=1, out=None, _spatial_ndim=None, _op="conv_transpose"):
+                   dilation=1, groups=1, out=None):
     """N-dimensional transposed convolution (the adjoint of :func:`conv`).
 
     Parameters
@@ -299,13 +429,8 @@ def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=
     >>> gpuconv.conv_transpose(x, w, stride=2)
     array([[[1., 1., 3., 2., 2.]]])
     """
-    arrays = _Arrays(_op, x=x, weight=weight, bias=bias)
-    geom = conv_transpose_setup(_op, x.shape, weight.shape, spatial_ndim=_spatial_ndim,
-                                stride=stride, padding=padding, output_padding=output_padding,
-                                dilation=dilation, groups=groups)
-    return _forward(arrays, geom, x.shape[0], weight.shape[1] * geom.groups, bias, out,
-                    lambda backend: backend.conv_transpose(
-                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom))
+    return _conv_transpose("conv_transpose", None, x, weight, bias, stride, padding,
+                           output_padding, dilation, groups, out)
 
 
 def conv_transpose_setup(op: str, x_shape, w_shape, *, spatial_ndim=None, stride, padding,
@@ -321,18 +446,89 @@ def conv_transpose_setup(op: str, x_shape, w_shape, *, spatial_ndim=None, stride
         raise ValueError(
             f"{op}: {_dim_text(w_name, 0)}={w_shape[0]} must equal in_channels={c_in}; "
             f"{w_name} is (C_in, C_out // groups, *kernel), got {tuple(w_shape)}"
+            f"{_channels_last_hint(x_name, x_shape, w_shape[0])}"
         )
     if c_in % groups:
         raise ValueError(f"{op}: groups={groups} must divide in_channels={c_in}")
     return _shapes.conv_transpose_geometry(
         tuple(x_shape[2:]), tuple(w_shape[2:]), stride=stride, padding=padding,
-        output_padding=output_padding, dilation=dilation, groups=groups,
+        output_padding=output_padding, dilation=dilation, groups=groups, op=op,
     )
 
 
-conv_transpose1d = _ranked(conv_transpose, 1, "conv_transpose1d")
-conv_transpose2d = _ranked(conv_transpose, 2, "conv_transpose2d")
-conv_transpose3d = _ranked(conv_transpose, 3, "conv_transpose3d")
+def conv_transpose1d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
+                     dilation=1, groups=1, out=None):
+    """1-D transposed convolution: :func:`conv_transpose` for ``x`` of shape (N, C_in, L).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, L)
+    weight : ndarray, shape (C_in, C_out // groups, k)
+    bias : ndarray, shape (C_out,), optional
+    stride, padding, output_padding, dilation, groups, out
+        As for :func:`conv_transpose`.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, L_out)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv_transpose`; ValueError if ``x`` is not 3-dimensional.
+    """
+    return _conv_transpose("conv_transpose1d", 1, x, weight, bias, stride, padding,
+                           output_padding, dilation, groups, out)
+
+
+def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
+                     dilation=1, groups=1, out=None):
+    """2-D transposed convolution: :func:`conv_transpose` for ``x`` of shape (N, C_in, H, W).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    weight : ndarray, shape (C_in, C_out // groups, kh, kw)
+    bias : ndarray, shape (C_out,), optional
+    stride, padding, output_padding, dilation, groups, out
+        As for :func:`conv_transpose`.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, H_out, W_out)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv_transpose`; ValueError if ``x`` is not 4-dimensional.
+    """
+    return _conv_transpose("conv_transpose2d", 2, x, weight, bias, stride, padding,
+                           output_padding, dilation, groups, out)
+
+
+def conv_transpose3d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
+                     dilation=1, groups=1, out=None):
+    """3-D transposed convolution: :func:`conv_transpose` for ``x`` of shape (N, C_in, D, H, W).
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, D, H, W)
+    weight : ndarray, shape (C_in, C_out // groups, kd, kh, kw)
+    bias : ndarray, shape (C_out,), optional
+    stride, padding, output_padding, dilation, groups, out
+        As for :func:`conv_transpose`.
+
+    Returns
+    -------
+    ndarray, shape (N, C_out, D_out, H_out, W_out)
+
+    Raises
+    ------
+    TypeError, ValueError
+        As for :func:`conv_transpose`; ValueError if ``x`` is not 5-dimensional.
+    """
+    return _conv_transpose("conv_transpose3d", 3, x, weight, bias, stride, padding,
+                           output_padding, dilation, groups, out)
 
 
 # -------------------------------------------------------------------- depthwise
@@ -347,13 +543,16 @@ def depthwise_setup(op, x_shape, w_shape, *, stride, padding, dilation, padding_
     if channels == 0:
         raise ValueError(f"{op}: {x_name} has 0 channels (shape {tuple(x_shape)})")
     if w_shape[1] != 1 or w_shape[0] % channels:
+        hint = ""
+        if w_shape[1] == 1 and w_shape[0] % x_shape[-1] == 0:
+            hint = _channels_last_hint(x_name, x_shape, x_shape[-1])
         raise ValueError(
             f"{op}: {w_name} must have shape (C_in * multiplier, 1, *kernel) with "
-            f"C_in={channels}, got {tuple(w_shape)}"
+            f"C_in={channels}, got {tuple(w_shape)}{hint}"
         )
     return _shapes.conv_geometry(
         tuple(x_shape[2:]), tuple(w_shape[2:]), stride=stride, padding=padding,
-        dilation=dilation, groups=channels, padding_mode=padding_mode,
+        dilation=dilation, groups=channels, padding_mode=padding_mode, op=op,
     )
 
 
@@ -392,12 +591,12 @@ def depthwise_conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1,
             [1., 1., 1.]]])
     """
     op = "depthwise_conv"
-    arrays = _Arrays(op, x=x, weight=weight, bias=bias)
+    arrays = _Arrays(op, optional=("bias",), x=x, weight=weight, bias=bias)
     geom = depthwise_setup(op, x.shape, weight.shape, stride=stride, padding=padding,
                            dilation=dilation, padding_mode=padding_mode)
     return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
-                    lambda backend: backend.depthwise_conv(
-                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), geom))
+                    lambda backend, g: backend.depthwise_conv(
+                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), g))
 
 
 def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1, padding=0,
@@ -434,10 +633,11 @@ def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1
     array([[[22., 22.]]])
     """
     op = "separable_conv"
-    arrays = _Arrays(op, x=x, depthwise_weight=depthwise_weight,
+    arrays = _Arrays(op, optional=("bias",), x=x, depthwise_weight=depthwise_weight,
                      pointwise_weight=pointwise_weight, bias=bias)
     geom = depthwise_setup(op, x.shape, depthwise_weight.shape, stride=stride, padding=padding,
-                           dilation=dilation, padding_mode=padding_mode)
+                           dilation=dilation, padding_mode=padding_mode,
+                           w_name="depthwise_weight")
     mid = depthwise_weight.shape[0]
     spatial = x.ndim - 2
     if pointwise_weight.ndim != x.ndim or pointwise_weight.shape[1] != mid or any(
@@ -451,7 +651,7 @@ def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1
     if c_out == 0:
         raise ValueError(f"{op}: pointwise_weight has 0 output channels")
 
-    def compute(backend):
+    def compute(backend, geom):
         mid_result = backend.depthwise_conv(
             arrays.prepare(x), arrays.prepare(depthwise_weight), None, geom
         )
@@ -487,7 +687,7 @@ def deform_setup(op: str, x_shape, offset_shape, w_shape, mask_shape, *, stride,
         raise ValueError(f"{op}: groups={groups} must divide out_channels={c_out}")
     geom = _shapes.conv_geometry(
         tuple(x_shape[2:]), (kh, kw), stride=stride, padding=padding, dilation=dilation,
-        groups=groups,
+        groups=groups, op=op,
     )
     taps = kh * kw
     offset_shape = tuple(offset_shape)
@@ -556,31 +756,52 @@ def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation
     array([[[[0.5, 1.5, 2.5, 1.5]]]])
     """
     op = "deform_conv2d"
-    arrays = _Arrays(op, x=x, offset=offset, weight=weight, bias=bias, mask=mask)
+    arrays = _Arrays(op, optional=("bias", "mask"), x=x, offset=offset, weight=weight,
+                     bias=bias, mask=mask)
     geom, offset_groups = deform_setup(
         op, x.shape, offset.shape, weight.shape, None if mask is None else mask.shape,
         stride=stride, padding=padding, dilation=dilation,
     )
     return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
-                    lambda backend: backend.deform_conv2d(
+                    lambda backend, g: backend.deform_conv2d(
                         arrays.prepare(x), arrays.prepare(offset), arrays.prepare(weight),
-                        arrays.prepare(bias), arrays.prepare(mask), geom, offset_groups))
+                        arrays.prepare(bias), arrays.prepare(mask), g, offset_groups))
 
 
 # ------------------------------------------------------------ convolve/correlate
 
-_MODES = {"v": "valid", "s": "same", "f": "full"}
+#: The modes numpy.convolve/correlate accept: exactly these names, or their numbers.
+_MODES = {"valid": "valid", "same": "same", "full": "full", 0: "valid", 1: "same", 2: "full"}
 
 
 def _signal_args(op, a, v, mode):
-    if isinstance(mode, str) and mode[:1].lower() in _MODES:
-        mode = _MODES[mode[:1].lower()]
-    else:
-        raise ValueError(f"{op}: mode={mode!r} must be 'valid', 'same' or 'full'")
+    """Check ``mode`` and the sequences as NumPy does; return ``(call, a, v, mode)`` with
+    NumPy inputs as native-byte-order arrays."""
+    if isinstance(mode, (bool, np.bool_)) or not isinstance(mode, (str, int, np.integer)) \
+            or mode not in _MODES:
+        raise ValueError(
+            f"{op}: mode={_shapes.describe(mode)} must be 'valid', 'same' or 'full' (exactly "
+            f"these names, as in numpy.{op})"
+        )
+    mode = _MODES[mode if isinstance(mode, str) else int(mode)]
+    for name, arr in (("a", a), ("v", v)):
+        if arr is None:
+            raise TypeError(f"{op}: {name} must be a 1-D array_like, got None")
+        if isinstance(arr, np.ma.MaskedArray):
+            _check_array(op, name, arr)  # raises: the mask would be ignored
+        if type(arr).__module__.split(".")[0] == "torch":
+            raise _not_an_array(op, name, arr)
     call = Call([a, v], op=op)
     if not call.on_device_arrays:
         a = np.array(a, copy=None, ndmin=1)
         v = np.array(v, copy=None, ndmin=1)
+        for name, arr in (("a", a), ("v", v)):
+            if arr.dtype.kind in "USV":  # (object arrays go to NumPy's own loop)
+                raise TypeError(
+                    f"{op}: {name} must hold numbers, got {_shapes.describe(arr)}"
+                )
+        # a non-native byte order ('>f8' on a little-endian machine) becomes native
+        a, v = (arr.astype(arr.dtype.newbyteorder("="), copy=False) for arr in (a, v))
     for name, arr in (("a", a), ("v", v)):
         if arr.ndim != 1:
             raise ValueError(f"{op}: {name} must be 1-D, got shape {tuple(arr.shape)}")

@@ -29,18 +29,71 @@ from typing import Sequence
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 
+#: Strides and dilations from this value on are not computed (see :func:`backend_geometry`).
+INDEX_LIMIT = 2**31
 
-def _as_int(value, name: str) -> int:
-    """Return ``value`` as a Python int, or raise TypeError naming ``name``."""
+#: How the spatial dims are named in messages, by the number of spatial dims (as in PyTorch's
+#: shape legends: (N, C, L), (N, C, H, W), (N, C, D, H, W)).
+SPATIAL_NAMES = {1: ("L",), 2: ("H", "W"), 3: ("D", "H", "W")}
+
+
+def _prefix(op: str) -> str:
+    """``"conv2d: "`` for ``op="conv2d"``; nothing for ``op=""`` (a bare helper call)."""
+    return f"{op}: " if op else ""
+
+
+def spatial_dim(dim: int, ndim: int) -> str:
+    """How messages name spatial dim ``dim`` of ``ndim``: never a bare "dim 0", which reads
+    like the batch axis.
+
+    >>> spatial_dim(0, 2), spatial_dim(2, 3), spatial_dim(0, 1)
+    ('spatial dim 0 (H)', 'spatial dim 2 (W)', 'spatial dim 0 (L)')
+    """
+    names = SPATIAL_NAMES.get(ndim)
+    return f"spatial dim {dim} ({names[dim]})" if names else f"spatial dim {dim}"
+
+
+def describe(value, limit: int = 60) -> str:
+    """A short text for ``value`` in an error message: an array-like (anything with a
+    ``shape`` and a ``dtype``) by its type, shape and dtype, never its values; anything else
+    by its ``repr``, cut to ``limit`` characters.
+
+    >>> import numpy as np
+    >>> describe(np.zeros((2, 3)))
+    'numpy.ndarray of shape (2, 3) and dtype float64'
+    >>> describe((1, 2)), describe("same")
+    ('(1, 2)', "'same'")
+    """
+    if hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, type):
+        kind = type(value)
+        try:
+            shape = tuple(value.shape)
+        except TypeError:
+            shape = value.shape
+        return f"{kind.__module__}.{kind.__name__} of shape {shape} and dtype {value.dtype}"
+    if isinstance(value, (list, tuple)) and any(
+        hasattr(v, "shape") and getattr(v, "ndim", 0) for v in value
+    ):
+        inner = ", ".join(describe(v, limit) for v in value)
+        return f"{type(value).__name__} of ({inner})"
+    try:
+        text = repr(value)
+    except Exception:  # a hostile __repr__ must not hide the real error
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_int(value, name: str, op: str = "") -> int:
+    """Return ``value`` as a Python int, or raise TypeError naming ``name`` (after ``op``)."""
     if isinstance(value, bool):
-        raise TypeError(f"{name}={value!r} must be an int, not bool")
+        raise TypeError(f"{_prefix(op)}{name}={value!r} must be an int, not bool")
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name}={value!r} must be an int") from None
+        raise TypeError(f"{_prefix(op)}{name}={describe(value)} must be an int") from None
 
 
-def as_tuple(value, ndim: int, name: str) -> tuple[int, ...]:
+def as_tuple(value, ndim: int, name: str, op: str = "") -> tuple[int, ...]:
     """Expand an int, or check a sequence of ints, to one entry per spatial dim.
 
     >>> as_tuple(2, 3, "stride")
@@ -51,17 +104,20 @@ def as_tuple(value, ndim: int, name: str) -> tuple[int, ...]:
     if isinstance(value, (list, tuple)):
         if len(value) != ndim:
             raise ValueError(
-                f"{name}={tuple(value)!r} must have {ndim} entries, one per spatial dim"
+                f"{_prefix(op)}{name}={describe(tuple(value))} must have {ndim} "
+                f"entr{'y' if ndim == 1 else 'ies'}, one per spatial dim"
             )
-        return tuple(_as_int(v, name) for v in value)
-    return (_as_int(value, name),) * ndim
+        return tuple(_as_int(v, name, op) for v in value)
+    return (_as_int(value, name, op),) * ndim
 
 
-def positive_tuple(value, ndim: int, name: str) -> tuple[int, ...]:
+def positive_tuple(value, ndim: int, name: str, op: str = "") -> tuple[int, ...]:
     """``as_tuple`` that also requires every entry to be >= 1 (strides, dilations)."""
-    result = as_tuple(value, ndim, name)
+    result = as_tuple(value, ndim, name, op)
     if any(v < 1 for v in result):
-        raise ValueError(f"{name}={value!r} must be positive (every entry >= 1)")
+        raise ValueError(
+            f"{_prefix(op)}{name}={describe(value)} must be positive (every entry >= 1)"
+        )
     return result
 
 
@@ -85,7 +141,7 @@ def same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
-def parse_padding(padding, ndim: int, in_size, kernel, stride, dilation):
+def parse_padding(padding, ndim: int, in_size, kernel, stride, dilation, op: str = ""):
     """Normalise every accepted form of ``padding`` to ``(pad_lo, pad_hi)`` tuples.
 
     Accepted: an int; a sequence of ints (one per dim); a sequence of ``(lo, hi)`` pairs
@@ -97,20 +153,24 @@ def parse_padding(padding, ndim: int, in_size, kernel, stride, dilation):
         if padding == "same":
             pairs = [same_pads(*args) for args in zip(in_size, kernel, stride, dilation)]
             return tuple(p[0] for p in pairs), tuple(p[1] for p in pairs)
-        raise ValueError(f"padding={padding!r} must be an int, a tuple, 'valid' or 'same'")
+        raise ValueError(
+            f"{_prefix(op)}padding={describe(padding)} must be an int, a tuple, 'valid' or "
+            f"'same'"
+        )
     if isinstance(padding, (list, tuple)) and any(isinstance(p, (list, tuple)) for p in padding):
         if len(padding) != ndim or not all(
             isinstance(p, (list, tuple)) and len(p) == 2 for p in padding
         ):
             raise ValueError(
-                f"padding={padding!r} must be {ndim} (lo, hi) pairs, one per spatial dim"
+                f"{_prefix(op)}padding={describe(padding)} must be {ndim} (lo, hi) pair"
+                f"{'s' if ndim > 1 else ''}, one per spatial dim"
             )
-        lo = tuple(_as_int(p[0], "padding") for p in padding)
-        hi = tuple(_as_int(p[1], "padding") for p in padding)
+        lo = tuple(_as_int(p[0], "padding", op) for p in padding)
+        hi = tuple(_as_int(p[1], "padding", op) for p in padding)
     else:
-        lo = hi = as_tuple(padding, ndim, "padding")
+        lo = hi = as_tuple(padding, ndim, "padding", op)
     if any(v < 0 for v in lo + hi):
-        raise ValueError(f"padding={padding!r} must be non-negative")
+        raise ValueError(f"{_prefix(op)}padding={describe(padding)} must be non-negative")
     return lo, hi
 
 
@@ -156,40 +216,53 @@ def conv_geometry(
     dilation,
     groups: int = 1,
     padding_mode: str = "zeros",
+    op: str = "",
 ) -> ConvGeometry:
     """Validate and resolve the spatial arguments of a (cross-correlation) convolution.
+
+    ``op``, the public function's name, starts every error message.
 
     >>> g = conv_geometry((10, 9), (3, 3), stride=2, padding="same", dilation=1)
     >>> g.out_size, g.pad_lo, g.pad_hi
     ((5, 5), (0, 1), (1, 1))
     """
     ndim = len(in_size)
-    stride = positive_tuple(stride, ndim, "stride")
-    dilation = positive_tuple(dilation, ndim, "dilation")
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f"padding_mode={padding_mode!r} must be one of {PADDING_MODES}")
-    pad_lo, pad_hi = parse_padding(padding, ndim, in_size, kernel, stride, dilation)
+    where = _prefix(op)
+    stride = positive_tuple(stride, ndim, "stride", op)
+    dilation = positive_tuple(dilation, ndim, "dilation", op)
+    if not isinstance(padding_mode, str) or padding_mode not in PADDING_MODES:
+        raise ValueError(
+            f"{where}padding_mode={describe(padding_mode)} must be one of {PADDING_MODES}"
+        )
+    pad_lo, pad_hi = parse_padding(padding, ndim, in_size, kernel, stride, dilation, op)
+    # name where a pad came from: 'same' computes pads the user never wrote
+    given = f"padding={describe(padding)} gives"
     for dim, (size, lo, hi) in enumerate(zip(in_size, pad_lo, pad_hi)):
+        axis = spatial_dim(dim, ndim)
         if padding_mode == "reflect" and (lo >= size or hi >= size):
             raise ValueError(
-                f"padding=({lo}, {hi}) in dim {dim} must be smaller than the input size "
-                f"{size} for padding_mode='reflect'"
+                f"{where}{given} pads ({lo}, {hi}) in {axis}; each must be smaller than the "
+                f"input size {size} for padding_mode='reflect'"
             )
         if padding_mode == "circular" and (lo > size or hi > size):
             raise ValueError(
-                f"padding=({lo}, {hi}) in dim {dim} must be at most the input size "
-                f"{size} for padding_mode='circular'"
+                f"{where}{given} pads ({lo}, {hi}) in {axis}; each must be at most the input "
+                f"size {size} for padding_mode='circular'"
             )
         if padding_mode == "replicate" and size == 0 and (lo or hi):
-            raise ValueError(f"padding_mode='replicate' cannot pad an empty dim {dim}")
+            raise ValueError(
+                f"{where}padding_mode='replicate' cannot pad {axis}, which is empty "
+                f"({given} pads ({lo}, {hi}))"
+            )
     out_size = []
     for dim, args in enumerate(zip(in_size, kernel, stride, pad_lo, pad_hi, dilation)):
         size, k, s, lo, hi, d = args
         extent = d * (k - 1) + 1
         if extent > size + lo + hi:
             raise ValueError(
-                f"kernel size {k} (dilated extent {extent}) in dim {dim} is larger than the "
-                f"padded input size {size + lo + hi}"
+                f"{where}kernel size {k} (dilated extent {extent}) in "
+                f"{spatial_dim(dim, ndim)} is larger than the padded input size "
+                f"{size + lo + hi} (input size {size}; {given} pads ({lo}, {hi}))"
             )
         out_size.append(conv_out_size(size, k, s, lo, hi, d))
     return ConvGeometry(
@@ -207,8 +280,11 @@ def conv_transpose_geometry(
     output_padding,
     dilation,
     groups: int = 1,
+    op: str = "",
 ) -> ConvGeometry:
     """Validate and resolve the spatial arguments of a transposed convolution.
+
+    ``op``, the public function's name, starts every error message.
 
     >>> g = conv_transpose_geometry((28, 28), (4, 4), stride=2, padding=1,
     ...                             output_padding=0, dilation=1)
@@ -219,47 +295,91 @@ def conv_transpose_geometry(
     (10,)
     """
     ndim = len(in_size)
-    stride = positive_tuple(stride, ndim, "stride")
-    dilation = positive_tuple(dilation, ndim, "dilation")
-    output_padding = as_tuple(output_padding, ndim, "output_padding")
-    for op, s, d in zip(output_padding, stride, dilation):
-        if op < 0 or op >= max(s, d):
+    where = _prefix(op)
+    stride = positive_tuple(stride, ndim, "stride", op)
+    dilation = positive_tuple(dilation, ndim, "dilation", op)
+    output_padding = as_tuple(output_padding, ndim, "output_padding", op)
+    for op_pad, s, d in zip(output_padding, stride, dilation):
+        if op_pad < 0 or op_pad >= max(s, d):
             raise ValueError(
-                f"output_padding={output_padding!r} must be non-negative and smaller than "
-                f"max(stride, dilation) in every dim (stride={stride}, dilation={dilation})"
+                f"{where}output_padding={output_padding!r} must be non-negative and smaller "
+                f"than max(stride, dilation) in every spatial dim (stride={stride}, "
+                f"dilation={dilation})"
             )
     full = [(n - 1) * s + d * (k - 1) + 1 for n, k, s, d in zip(in_size, kernel, stride, dilation)]
-    if padding == "same":
+    if isinstance(padding, str) and padding == "same":
         if any(output_padding):
             raise ValueError(
-                f"output_padding={output_padding!r} must be 0 with padding='same'"
+                f"{where}output_padding={output_padding!r} must be 0 with padding='same'"
             )
         out_size = tuple(n * s for n, s in zip(in_size, stride))
         # Crop exactly where conv 'same' (input out_size, output in_size) pads.
         pad_lo = tuple(same_pads(o, k, s, d)[0]
                        for o, k, s, d in zip(out_size, kernel, stride, dilation))
-    elif padding == "valid":
+    elif isinstance(padding, str) and padding == "valid":
         pad_lo = (0,) * ndim
-        out_size = tuple(f + op for f, op in zip(full, output_padding))
+        out_size = tuple(f + op_pad for f, op_pad in zip(full, output_padding))
     else:
         if isinstance(padding, str):
             raise ValueError(
-                f"padding={padding!r} must be an int, a tuple, 'valid' or 'same'"
+                f"{where}padding={describe(padding)} must be an int, a tuple, 'valid' or "
+                f"'same'"
             )
-        lo, hi = parse_padding(padding, ndim, in_size, kernel, stride, dilation)
+        lo, hi = parse_padding(padding, ndim, in_size, kernel, stride, dilation, op)
         pad_lo = lo
-        out_size = tuple(f - a - b + op for f, a, b, op in zip(full, lo, hi, output_padding))
+        out_size = tuple(f - a - b + op_pad
+                         for f, a, b, op_pad in zip(full, lo, hi, output_padding))
         for dim, o in enumerate(out_size):
             if o < 1:
                 raise ValueError(
-                    f"padding={padding!r} leaves no output in dim {dim} "
-                    f"(transposed output size {o})"
+                    f"{where}padding={describe(padding)} leaves no output in "
+                    f"{spatial_dim(dim, ndim)} (transposed output size {o})"
                 )
     pad_hi = tuple(f - lo - o for f, lo, o in zip(full, pad_lo, out_size))
     return ConvGeometry(
         tuple(in_size), tuple(kernel), stride, dilation, tuple(pad_lo), pad_hi,
         tuple(out_size), groups, "zeros",
     )
+
+
+def backend_geometry(geom: ConvGeometry, *, transposed: bool = False,
+                     op: str = "") -> ConvGeometry:
+    """The geometry a backend computes ``geom`` with: the same sizes and pads, with every
+    stride and dilation that cannot matter set to 1.
+
+    A stride matters only along a dim with more than one output (for a transposed
+    convolution: more than one input), a dilation only along a dim whose kernel has more
+    than one tap. Such strides and dilations may be huge (PyTorch accepts ``stride=2**31``
+    on a 5-long input: one output); the backends index with 32-bit ints where they can,
+    and the NumPy backend's buffers grow with the stride. A stride or dilation of
+    ``INDEX_LIMIT`` (2**31) or more that does matter needs an input or padding of more than
+    2**31 cells along that dim: ValueError naming it.
+
+    >>> g = conv_geometry((5,), (3,), stride=2**31, padding=0, dilation=1)
+    >>> g.out_size, backend_geometry(g).stride
+    ((1,), (1,))
+    """
+    if transposed:
+        moves = [n > 1 for n in geom.in_size]
+    else:
+        moves = [o > 1 for o in geom.out_size]
+    stride = tuple(s if m else 1 for s, m in zip(geom.stride, moves))
+    dilation = tuple(d if k > 1 else 1 for d, k in zip(geom.dilation, geom.kernel))
+    for dim, (s, d) in enumerate(zip(stride, dilation)):
+        for name, v, why in (
+            ("stride", s, f"more than one {'input' if transposed else 'output'} along it"),
+            ("dilation", d, f"a kernel of size {geom.kernel[dim]} along it"),
+        ):
+            if v >= INDEX_LIMIT:
+                raise ValueError(
+                    f"{_prefix(op)}{name}={v} in {spatial_dim(dim, geom.ndim)} must be below "
+                    f"2**31 where it matters (here: {why}); "
+                    f"such a call needs more than 2**31 padded input cells along that dim"
+                )
+    if stride == geom.stride and dilation == geom.dilation:
+        return geom
+    return ConvGeometry(geom.in_size, geom.kernel, stride, dilation, geom.pad_lo, geom.pad_hi,
+                        geom.out_size, geom.groups, geom.padding_mode)
 
 
 def transpose_as_conv(geom: ConvGeometry) -> ConvGeometry:

@@ -79,10 +79,13 @@ class SeparableConvGrads(NamedTuple):
 def _check_shape(op: str, name: str, shape) -> tuple[int, ...]:
     """``shape`` as a tuple of non-negative ints, or TypeError/ValueError naming ``name``."""
     if not isinstance(shape, (tuple, list)):
+        hint = ""
+        if _api._is_array(shape) or hasattr(shape, "shape"):
+            hint = f"; pass the array's shape ({'x' if name == 'input_shape' else 'weight'}.shape)"
         raise TypeError(
-            f"{op}: {name} must be a tuple of ints, got {_api._type_name(shape)} {shape!r}"
+            f"{op}: {name} must be a tuple of ints, got {_shapes.describe(shape)}{hint}"
         )
-    result = tuple(_shapes._as_int(s, name) for s in shape)
+    result = tuple(_shapes._as_int(s, name, op) for s in shape)
     if any(s < 0 for s in result):
         raise ValueError(f"{op}: {name}={result} must have non-negative entries")
     return result
@@ -90,7 +93,7 @@ def _check_shape(op: str, name: str, shape) -> tuple[int, ...]:
 
 def _check_flag(op: str, name: str, value) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{op}: {name}={value!r} must be a bool")
+        raise TypeError(f"{op}: {name}={_shapes.describe(value)} must be a bool")
     return bool(value)
 
 
@@ -110,12 +113,18 @@ def _backend_method(arrays, method: str):
     return func
 
 
-def _run(arrays, method: str, shape, *args, empty: bool):
-    """Call backend ``method`` on the prepared arrays ``args`` (non-arrays pass through)."""
+def _run(arrays, method: str, shape, *args, empty: bool, transposed: bool = False):
+    """Call backend ``method`` on the prepared arrays ``args`` (non-arrays pass through; a
+    geometry becomes :func:`gpuconv._shapes.backend_geometry`'s)."""
     if empty:
         return _api._empty_result(arrays, shape, None)
     func = _backend_method(arrays, method)
-    prepared = [arrays.prepare(a) if _api._is_array(a) else a for a in args]
+    prepared = [
+        arrays.prepare(a) if _api._is_array(a)
+        else _shapes.backend_geometry(a, transposed=transposed, op=arrays.op)
+        if isinstance(a, _shapes.ConvGeometry) else a
+        for a in args
+    ]
     return arrays.call.from_backend(func(*prepared))
 
 
@@ -134,6 +143,7 @@ def _input_grad(op, setup, out_channels, input_shape, weight, grad_output, **for
     ``setup`` does (``input_shape`` standing for ``x``), check ``grad_output`` against the
     forward output's shape (``out_channels(weight.shape, geom)`` channels) and run the
     backend method ``{op}_grad``."""
+    method, op = f"{op}_grad", f"grad.{op}"  # messages name the public function
     arrays = _api._Arrays(op, weight=weight, grad_output=grad_output)
     input_shape = _check_shape(op, "input_shape", input_shape)
     geom = setup(op, input_shape, weight.shape, x_name="input_shape", **forward)
@@ -141,13 +151,15 @@ def _input_grad(op, setup, out_channels, input_shape, weight, grad_output, **for
     _check_grad_output(op, grad_output, expected,
                        f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
     empty = input_shape[0] == 0 or 0 in geom.in_size
-    return _run(arrays, f"{op}_grad", input_shape, weight, grad_output, geom, empty=empty)
+    return _run(arrays, method, input_shape, weight, grad_output, geom, empty=empty,
+                transposed=setup is _api.conv_transpose_setup)
 
 
 def _weight_grad(op, setup, out_channels, x, weight_shape, grad_output, deterministic,
                  **forward):
     """The body of every ``*_weight`` gradient, as :func:`_input_grad` with ``weight_shape``
     standing for ``weight``; ``deterministic`` is passed on to the backend method."""
+    method, op = f"{op}_grad", f"grad.{op}"  # messages name the public function
     arrays = _api._Arrays(op, x=x, grad_output=grad_output)
     weight_shape = _check_shape(op, "weight_shape", weight_shape)
     deterministic = _check_flag(op, "deterministic", deterministic)
@@ -156,8 +168,8 @@ def _weight_grad(op, setup, out_channels, x, weight_shape, grad_output, determin
     _check_grad_output(op, grad_output, expected,
                        f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
     empty = x.shape[0] == 0 or 0 in geom.in_size
-    return _run(arrays, f"{op}_grad", weight_shape, x, grad_output, geom, deterministic,
-                empty=empty)
+    return _run(arrays, method, weight_shape, x, grad_output, geom, deterministic,
+                empty=empty, transposed=setup is _api.conv_transpose_setup)
 
 
 # --------------------------------------------------------------------- conv
@@ -271,7 +283,7 @@ def conv_bias(grad_output):
     >>> grad.conv_bias(np.ones((2, 3, 4)))
     array([8., 8., 8.])
     """
-    op = "conv_bias"
+    op = "grad.conv_bias"
     arrays = _api._Arrays(op, grad_output=grad_output)
     if grad_output.ndim < 2:
         raise ValueError(
@@ -481,7 +493,7 @@ def separable_conv(x, depthwise_weight, pointwise_weight, grad_output, *, stride
     >>> grads.input, grads.bias
     (array([[[2., 4., 2.]]]), array([2.]))
     """
-    op = "separable_conv"
+    op = "grad.separable_conv"
     arrays = _api._Arrays(op, x=x, depthwise_weight=depthwise_weight,
                           pointwise_weight=pointwise_weight, grad_output=grad_output)
     bias = _check_flag(op, "bias", bias)
@@ -562,8 +574,8 @@ def deform_conv2d(x, offset, weight, grad_output, *, stride=1, padding=0, dilati
     >>> grads.offset[:, 1]                                  # d/dx: column 2 reads zero
     array([[[ 10., -10.]]])
     """
-    op = "deform_conv2d"
-    arrays = _api._Arrays(op, x=x, offset=offset, weight=weight, mask=mask,
+    op = "grad.deform_conv2d"
+    arrays = _api._Arrays(op, optional=("mask",), x=x, offset=offset, weight=weight, mask=mask,
                           grad_output=grad_output)
     bias = _check_flag(op, "bias", bias)
     geom, offset_groups = _api.deform_setup(
@@ -584,7 +596,8 @@ def deform_conv2d(x, offset, weight, grad_output, *, stride=1, padding=0, dilati
         return DeformConvGrads(zeros(x), zeros(offset), zeros(weight), zeros(mask), bias_grad)
     func = _backend_method(arrays, "deform_conv2d_grad")
     results = func(arrays.prepare(x), arrays.prepare(offset), arrays.prepare(weight),
-                   arrays.prepare(mask), arrays.prepare(grad_output), geom, offset_groups)
+                   arrays.prepare(mask), arrays.prepare(grad_output),
+                   _shapes.backend_geometry(geom, op=op), offset_groups)
     grad_x, grad_offset, grad_weight, grad_mask = (
         None if r is None else arrays.call.from_backend(r) for r in results)
     return DeformConvGrads(grad_x, grad_offset, grad_weight, grad_mask, bias_grad)

@@ -40,12 +40,15 @@ W2 = rng.standard_normal((6, 4, 3, 3))
         (lambda: gpuconv.conv(X2, W2, padding="full"), ValueError, r"padding='full' must be an int, a tuple, 'valid' or 'same'"),
         (lambda: gpuconv.conv(X2, W2, padding=((1, 1),)), ValueError, r"must be 2 \(lo, hi\) pairs"),
         (lambda: gpuconv.conv(X2, W2, padding=8, padding_mode="reflect"), ValueError,
-         r"padding=\(8, 8\) in dim 0 must be smaller than the input size 8 for padding_mode='reflect'"),
+         r"^conv: padding=8 gives pads \(8, 8\) in spatial dim 0 \(H\); each must be smaller than "
+         r"the input size 8 for padding_mode='reflect'"),
         (lambda: gpuconv.conv(X2, W2, padding=9, padding_mode="circular"), ValueError,
-         r"must be at most the input size 8 for padding_mode='circular'"),
+         r"^conv: padding=9 gives pads \(9, 9\) in spatial dim 0 \(H\); each must be at most the input "
+         r"size 8 for padding_mode='circular'"),
         # kernel larger than padded input
         (lambda: gpuconv.conv(X2, rng.standard_normal((6, 4, 9, 3))), ValueError,
-         r"kernel size 9 \(dilated extent 9\) in dim 0 is larger than the padded input size 8"),
+         r"^conv: kernel size 9 \(dilated extent 9\) in spatial dim 0 \(H\) is larger than the "
+         r"padded input size 8"),
         (lambda: gpuconv.conv(X2, W2, dilation=4), ValueError, r"dilated extent 9.*padded input size 8"),
         # output_padding
         (lambda: gpuconv.conv_transpose(X2, W2[:4], stride=2, output_padding=2), ValueError,
