@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from gpuconv import bench
+from gpuconv.bench import cli, machine, runner, timing, workloads
 
 # ---------------------------------------------------------------- FLOPs and bytes
 
@@ -380,7 +381,7 @@ def test_old_schema_records_are_judged_from_their_samples():
 
 def test_load_probe_sees_a_busy_process():
     """Real noise: busy processes outside this one show up as other processes' load."""
-    cores = bench._cpu_stat()
+    cores = timing._cpu_stat()
     if cores is None:
         pytest.skip("no /proc/stat: the load probe has nothing to read here")
     count = math.ceil(bench.LOAD_LIMIT * cores[1]) + 1
@@ -467,7 +468,7 @@ def test_pinned_older_kernel_is_recorded_and_warned_in_a_subprocess():
     pinned, in a subprocess that computes nothing, and OPENBLAS_L2_SIZE is left as it is:
     the tests never run OpenBLAS's native kernel where the machine pins another."""
     pytest.importorskip("threadpoolctl")
-    if (bench.cpu_kernel_level(bench._cpu_flags()) or 0) < 2:
+    if (bench.cpu_kernel_level(machine._cpu_flags()) or 0) < 2:
         pytest.skip("needs an x86 Linux CPU with AVX2")
     if bench.blas_info()["numpy"]["internal_api"] != "openblas":
         pytest.skip("NumPy does not use OpenBLAS here")
@@ -612,8 +613,8 @@ def test_quick_backward_run(tmp_path, capsys):
 
 def test_busy_run_prints_no_exact_figures(tmp_path, capsys, monkeypatch):
     """The command on a (simulated) busy machine: every row says it is unreliable."""
-    monkeypatch.setattr(bench, "_loadavg", lambda: [9.0, 9.0, 9.0])
-    monkeypatch.setattr(bench, "LoadProbe", lambda: _FixedLoad(others_cores=1.5))
+    monkeypatch.setattr(cli, "_loadavg", lambda: [9.0, 9.0, 9.0])
+    monkeypatch.setattr(runner, "LoadProbe", lambda: _FixedLoad(others_cores=1.5))
     json_path = tmp_path / "bench.json"
     assert bench.main(["--quick", "--ops", "conv1d", "--repeat", "2", "--no-progress",
                        "--settle", "0", "--json", str(json_path)]) == 0
@@ -629,13 +630,13 @@ def test_busy_run_prints_no_exact_figures(tmp_path, capsys, monkeypatch):
 
 def test_rel_diff_of_gradient_tuples():
     a = (np.array([1.0, 2.0]), np.array([10.0]))
-    assert bench._rel_diff(a, a) == 0.0
+    assert workloads._rel_diff(a, a) == 0.0
     # the worst pair counts, each relative to its own scale
     # (scaled by the second argument's largest magnitude, as for a single array)
-    assert bench._rel_diff((np.array([1.0, 2.2]), np.array([10.0])), a) == pytest.approx(0.1)
-    assert bench._rel_diff((np.array([1.0, 2.0]), np.array([9.5])), a) == pytest.approx(0.05)
-    assert np.isnan(bench._rel_diff(a, a[:1]))
-    assert np.isnan(bench._rel_diff(a, a[0]))
+    assert workloads._rel_diff((np.array([1.0, 2.2]), np.array([10.0])), a) == pytest.approx(0.1)
+    assert workloads._rel_diff((np.array([1.0, 2.0]), np.array([9.5])), a) == pytest.approx(0.05)
+    assert np.isnan(workloads._rel_diff(a, a[:1]))
+    assert np.isnan(workloads._rel_diff(a, a[0]))
 
 
 @pytest.mark.gpu

@@ -1,0 +1,122 @@
+"""One workload's run: gpuconv, its peers and the ceilings, interleaved, into a JSON record."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+import gpuconv
+
+from .report import _fastest_peer, assess
+from .timing import (COPIES, SETTLE_S, Ceilings, CpuTimer, CudaTimer, LoadProbe,
+                     roofline_pct, spread_of, time_side_by_side)
+from .workloads import KINDS, Kind, Workload, _NotApplicable, _rel_diff, _Unavailable, \
+    traffic_bytes
+
+# ------------------------------------------------------------------------------- runs
+
+
+def _gpuconv_call(kind: Kind, arrays, params, backend: str):
+    if backend == "emulate":
+        def call():
+            with gpuconv.use_backend("emulate"):
+                return kind.run(arrays, params)
+        return call
+    if backend == "numpy":
+        def call():
+            with gpuconv.use_backend("numpy"):
+                return kind.run(arrays, params)
+        return call
+    return lambda: kind.run(arrays, params)  # CuPy arrays run on the cuda backend
+
+
+def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str, repeat: int,
+                 ceilings: Ceilings | None = None, peaks: Mapping | None = None, seed: int = 0,
+                 clock: str = "wall", timer=None, settle_s: float = SETTLE_S,
+                 load_probe: LoadProbe | None = None) -> dict:
+    """Time one workload on gpuconv and every peer, interleaved; returns its JSON record.
+
+    With ``ceilings``, the matrix product and the copy are timed in the same rounds and the
+    roofline uses the rates measured there (``record["ceilings"]``); otherwise ``peaks``
+    (a :func:`measure_peaks` result) is used as given. ``timer`` defaults to the device's;
+    ``load_probe`` (default a :class:`LoadProbe`) measures the other processes' CPU use
+    during the timing. The record carries :func:`assess`'s flags for what it knows itself
+    (the run-level load average is judged by :func:`main`).
+    """
+    kind = KINDS[workload.kind]
+    params = dict(workload.sizes[size_set])
+    dtype = np.dtype(workload.dtype or dtype)
+    device = "cuda" if backend == "cuda" else "cpu"
+    rng = np.random.default_rng(seed)
+    host_sets = [kind.make(params, dtype, rng) for _ in range(COPIES)]
+    if device == "cuda":
+        import cupy
+
+        sets = [{k: cupy.asarray(v) for k, v in s.items()} for s in host_sets]
+    else:
+        sets = host_sets
+    record = {
+        "workload": workload.name, "kind": workload.kind, "backend": backend,
+        "dtype": dtype.name, "params": {k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in params.items()},
+        "description": kind.describe(params), "note": workload.note,
+        "flops": int(kind.flops(params)),
+        "bytes": traffic_bytes(workload.kind, params, host_sets[0], dtype.itemsize),
+        "peers": {}, "notes": [],
+    }
+    impls = {"gpuconv": [_gpuconv_call(kind, s, params, backend) for s in sets]}
+    results = {}
+    try:
+        results["gpuconv"] = impls["gpuconv"][0]()
+    except Exception as exc:  # reported in the table's notes; the other workloads go on
+        record["notes"].append(f"gpuconv ({backend}) cannot run it: {type(exc).__name__}: {exc}")
+        impls.pop("gpuconv")
+    for name, make_peer in kind.peers.items():
+        try:
+            fns = [make_peer(device, s, params) for s in sets]
+            results[name] = fns[0]()
+            impls[name] = fns
+        except _NotApplicable:
+            continue
+        except _Unavailable as exc:
+            record["peers"][name] = None
+            if device == "cpu" and name.startswith("cupyx"):
+                continue  # GPU-only peers are not worth a note on a CPU run
+            record["notes"].append(f"{name}: {exc}")
+        except Exception as exc:  # a peer that rejects this dtype/shape is reported, not fatal
+            record["peers"][name] = None
+            record["notes"].append(f"{name} failed: {type(exc).__name__}: {exc}")
+    if "gpuconv" in impls and ceilings is not None:
+        impls.update(ceilings.impls())
+    timer = timer or (CudaTimer() if device == "cuda" else CpuTimer(clock))
+    load_probe = load_probe or LoadProbe()
+    load_probe.start()
+    times = time_side_by_side(impls, timer, repeat, settle_s=settle_s)
+    record["load"] = load_probe.stop()
+    stats = {name: spread_of(t) for name, t in times.items()}
+    for name in kind.peers:
+        if name in stats:
+            record["peers"][name] = {
+                **stats[name], "times_s": times[name],
+                "rel_diff": _rel_diff(results["gpuconv"], results[name])
+                if "gpuconv" in results else None,
+            }
+    if "gpuconv" not in stats:
+        record.update(median_s=None, times_s=None)
+        record.update(assess(record))
+        return record
+    if ceilings is not None:
+        peaks = record["ceilings"] = ceilings.rates(times)
+    t = stats["gpuconv"]["median_s"]
+    record.update(**stats["gpuconv"], times_s=times["gpuconv"],
+                  gflops=record["flops"] / t / 1e9, gbs=record["bytes"] / t / 1e9,
+                  roofline_pct=None if peaks is None else
+                  roofline_pct(record["flops"], record["bytes"], t, peaks))
+    fastest, peer = _fastest_peer(record)
+    if fastest:
+        record.update(fastest_peer=fastest, ratio=t / peer["median_s"],
+                      ratio_min=record["min_s"] / peer["max_s"],
+                      ratio_max=record["max_s"] / peer["min_s"])
+    record.update(assess(record))
+    return record
