@@ -12,7 +12,8 @@
 #   pinned: OPENBLAS_CORETYPE=Haswell, OPENBLAS_L2_SIZE unset
 # Writes benchmarks/results/cpu-DATE-{native,haswell}.{json,md,png} and
 # cpu-backward-DATE-{native,haswell}.*; with --one-core also the *-1thread-* variants
-# (--threads 1 --clock thread).
+# (--threads 1 --clock thread). Ends with benchmarks/compare_runs.py on each pair.
+# About 10 minutes on 2 idle cores (20 with --one-core), plus waits for a quiet load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATE=${1:-$(date -u +%Y-%m-%d)}
@@ -57,3 +58,8 @@ if [ "$ONE_CORE" = --one-core ]; then
       --clock thread
   done
 fi
+echo "== native vs OPENBLAS_CORETYPE=Haswell"
+python benchmarks/compare_runs.py "$OUT/cpu-$DATE-native.json" "$OUT/cpu-$DATE-haswell.json"
+python benchmarks/compare_runs.py "$OUT/cpu-backward-$DATE-native.json" \
+  "$OUT/cpu-backward-$DATE-haswell.json"
+

@@ -648,3 +648,26 @@ def test_quick_run_on_cuda(tmp_path):
     doc = json.loads(json_path.read_text())
     assert all(r["median_s"] > 0 for r in doc["results"])
     assert "gpu" in doc["machine"]
+
+
+def test_compare_runs_script_on_the_committed_results(capsys):
+    """benchmarks/compare_runs.py (what remeasure.sh ends with) on two committed runs."""
+    import importlib.util
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("compare_runs",
+                                                  root / "benchmarks" / "compare_runs.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    results = root / "benchmarks" / "results"
+    assert compare.main([str(results / "cpu-2026-11-25.json"),
+                         str(results / "cpu-2026-11-25-run2.json")]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[3:]}
+    # README: 15.8 / 10.7 = 1.49 and 17.6 / 10.7 = 1.64, both quiet
+    assert rows["conv2d_resnet"][1:3] == ["1.49", "1.64"]
+    # run 1's conv_transpose2d: one gpuconv sample of 8.8 ms among 5.4-5.9 ms (62% spread)
+    assert rows["conv_transpose2d"][1].startswith("~")
+    assert "Haswell" in out
+
