@@ -149,6 +149,19 @@ def test_compile_groups_are_lazy_and_cached_on_disk(tmp_path):
             executor.get_function(file, "correlate1d<float, int, 2>")
 
 
+@needs_cupy
+def test_an_unwritable_cache_falls_back_to_a_temporary_directory(tmp_path):
+    from gpuconv.backends.device._executor import CupyExecutor
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    name = _kernels.FAMILIES["deform_im2col"].name_expression(np.float64, np.int32, True)
+    with harness.offline_cupy("sm_75", blocker):  # $GPUCONV_CACHE_DIR/cuda cannot be made
+        kind, mangled, path = CupyExecutor().get_function("deform.cu", name).function
+    assert kind == "function" and mangled.startswith("_Z")
+    assert not path.startswith(str(tmp_path)) and os.path.isfile(path)
+
+
 BROKEN = "\nstatic_assert(sizeof(int) == 3, \"planted error\");\n"
 
 

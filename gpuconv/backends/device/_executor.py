@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import pathlib
+import tempfile
 import threading
 
 import numpy as np
@@ -150,6 +151,16 @@ def cuda_cache_dir() -> pathlib.Path:
     return base / "cuda"
 
 
+def _write_atomically(directory, binary, cubin: bytes, mapping_path, mapping: dict) -> None:
+    """Write the cubin, then its name map, each to a temporary name renamed into place, so a
+    concurrent reader (another thread or process) sees a whole file or none."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, data in ((binary, cubin), (mapping_path, json.dumps(mapping).encode())):
+        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+
+
 class CupyExecutor(Executor):
     """Runs the kernels on the current CUDA device through CuPy (CuPy arrays)."""
 
@@ -198,12 +209,12 @@ class CupyExecutor(Executor):
                 source, options, arch, filename=file, name_expressions=names,
                 cache_in_memory=True,
             )
-            directory.mkdir(parents=True, exist_ok=True)
-            for path, data in ((binary, bytes(cubin)),
-                               (mapping_path, json.dumps(mapping).encode())):
-                partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-                partial.write_bytes(data)
-                os.replace(partial, path)  # atomic: a concurrent reader sees all or nothing
+            try:
+                _write_atomically(directory, binary, bytes(cubin), mapping_path, mapping)
+            except OSError:  # an unwritable cache: keep this process's cubin in a temp dir
+                directory = pathlib.Path(tempfile.mkdtemp(prefix="gpuconv-cuda-"))
+                binary, mapping_path = directory / binary.name, directory / mapping_path.name
+                _write_atomically(directory, binary, bytes(cubin), mapping_path, mapping)
         # RawModule(path=...) loads the cubin per device, lazily (cuModuleLoad).
         return self._cupy.RawModule(path=str(binary)), mapping
 
