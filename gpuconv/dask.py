@@ -273,19 +273,23 @@ def _build(op, x, out_chunks, windows, modes, kernel, make_args, dtype, extra_de
     axis ``a``; ``make_args(key_index, weight_keys...)`` returns the task's trailing args.
     ``x`` is (N, C, *spatial) or, for convolve/correlate, wrapped to (1, 1, L).
     """
-    token = tokenize(op, x, out_chunks, windows, modes, dtype)
+    indices = list(product(*(range(len(c)) for c in out_chunks)))
+    args = [make_args(idx) for idx in indices]
+    # The name covers everything the values depend on: the weights' tokens are in their keys.
+    token = tokenize(op, x.name, out_chunks, windows, modes, dtype, kernel.__name__, args,
+                     sorted(values or {}))
     name = f"gpuconv-{op}-{token}"
     spatial = len(windows)
     plans = [[_axis_plan(x.chunks[2 + a], s, e, modes[a]) for s, e in windows[a]]
              for a in range(spatial)]
     dsk = dict(values or {})  # the in-memory weights, once, as keys the tasks name
-    for idx in product(*(range(len(c)) for c in out_chunks)):
+    for idx, task_args in zip(indices, args):
         b, cj, *sp = idx
         pieces = [plans[a][sp[a]][0] for a in range(spatial)]
         axis_plans = tuple(plans[a][sp[a]][1:] for a in range(spatial))
         in_prefix = (b, cj)
         blocks = _window_task(x.name, in_prefix, pieces, axis_plans)
-        dsk[(name, *idx)] = (kernel, blocks, axis_plans, *make_args(idx))
+        dsk[(name, *idx)] = (kernel, blocks, axis_plans, *task_args)
     meta = meta_from_array(x._meta, len(out_chunks), dtype=dtype)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[x, *extra_deps])
     return da.Array(graph, name, out_chunks, meta=meta)
@@ -337,9 +341,9 @@ def _conv_family(op, x, weight, bias, *, stride, padding, dilation, groups, padd
         geom = _api.depthwise_setup(op, x.shape, weight.shape, stride=stride, padding=padding,
                                     dilation=dilation, padding_mode=padding_mode)
     else:
-        probe = _api.conv(meta, weight, bias, stride=stride, padding=padding, dilation=dilation,
-                          groups=groups, padding_mode=padding_mode, _spatial_ndim=spatial_ndim,
-                          _op=op)
+        probe = getattr(gpuconv, op)(meta, weight, bias, stride=stride, padding=padding,
+                                     dilation=dilation, groups=groups,
+                                     padding_mode=padding_mode)
         geom = _api.conv_setup(op, x.shape, weight.shape, spatial_ndim=spatial_ndim,
                                stride=stride, padding=padding, dilation=dilation, groups=groups,
                                padding_mode=padding_mode)
@@ -479,9 +483,9 @@ def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=
     """
     op = _op
     _check_dask(op, "x", x)
-    probe = _api.conv_transpose(_meta_x(x, op), weight, bias, stride=stride, padding=padding,
-                                output_padding=output_padding, dilation=dilation,
-                                groups=groups, _spatial_ndim=_spatial_ndim, _op=op)
+    probe = getattr(gpuconv, op)(_meta_x(x, op), weight, bias, stride=stride, padding=padding,
+                                 output_padding=output_padding, dilation=dilation,
+                                 groups=groups)
     geom = _api.conv_transpose_setup(op, x.shape, weight.shape, spatial_ndim=_spatial_ndim,
                                      stride=stride, padding=padding,
                                      output_padding=output_padding, dilation=dilation,
@@ -611,6 +615,11 @@ def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation
     extent = tuple(d * (k - 1) + 1 for k, d in zip(geom.kernel, geom.dilation))
     windows = _spatial_windows(x, sp_chunks, geom.stride, geom.pad_lo, extent,
                                margin_lo, margin_hi)
+    if max_offset is None:
+        # One spatial chunk: the window must hold the whole image, since an unbounded offset
+        # may sample rows/cols that no receptive field covers (stride, padding='valid').
+        windows = [[(min(s0, 0), max(s1, n)) for s0, s1 in win]
+                   for win, n in zip(windows, geom.in_size)]
     out_chunks = (x.chunks[0], (probe.shape[1],), *sp_chunks)
 
     def as_dask(a):
@@ -649,10 +658,14 @@ def _signal(op, a, v, mode):
     _check_dask(op, "a", a, ndim=1)
     # Validation, the mode's name and the result dtype, from gpuconv itself on a small input.
     v = np.asarray(v) if not hasattr(v, "__cuda_array_interface__") else v
-    small = np.zeros_like(a._meta, shape=(max(v.shape[0] if v.ndim == 1 else 1, 1),),
-                          dtype=a.dtype)
+    # gpuconv validates the call on a short stand-in for a (length len(v) + 1, so that NumPy's
+    # swap of the longer operand does not happen); the stand-in's result length names the
+    # mode whatever spelling was given: full 2k, same k + 1, valid 2 (all 2 when k = 1, where
+    # the modes coincide).
+    k = v.shape[0] if v.ndim == 1 else 1
+    small = np.zeros_like(a._meta, shape=(k + 1,), dtype=a.dtype)
     probe = getattr(gpuconv, op)(small, v, mode)
-    mode = _api._signal_args(op, small, v, mode)[3]
+    mode = {2 * k: "full", k + 1: "same", 2: "valid"}[probe.shape[0]]
     n, k = a.shape[0], v.shape[0]
     if n == 0:
         getattr(gpuconv, op)(np.zeros(0, a.dtype), v, mode)  # raises gpuconv's error
