@@ -178,8 +178,8 @@ __global__ void deform_col2im_coord(const T* __restrict__ x,            // (nb, 
             sum_dy += g * (s.hx * (v3 - v1) + s.lx * (v4 - v2));
             sum_dx += g * (s.hy * (v2 - v1) + s.ly * (v4 - v3));
             // the forward's value: zero (not 0 * v, which is NaN for an infinite v) unless inside
-            const T value = s.inside ? s.hy * (s.hx * v1 + s.lx * v2) + s.ly * (s.hx * v3 + s.lx * v4)
-                                     : T(0);
+            const T value =
+                s.inside ? s.hy * (s.hx * v1 + s.lx * v2) + s.ly * (s.hx * v3 + s.lx * v4) : T(0);
             sum_value += g * value;
             xc += plane;
             gc += taps * n_cols;
