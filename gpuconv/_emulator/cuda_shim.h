@@ -14,9 +14,11 @@
 //   __half / half with round-to-nearest-even conversions and arithmetic
 //   __ldg, the <cmath> functions, min/max, a few intrinsics (__fdividef, rsqrtf, __expf, ...)
 //   assert() and __trap() inside kernels (reported as an EmulatorError, not an abort)
-// Not supported: warp shuffles and votes (a compile error says so), __syncwarp() is a no-op
-// (warp-synchronous code is NOT emulated), __constant__ memory written from the host, textures,
-// cooperative groups, dynamic parallelism.
+//   warp collectives: __syncwarp, __shfl_sync/_up/_down/_xor (with width), __ballot_sync,
+//   __any_sync, __all_sync, __activemask -- each a rendezvous of the lanes in its mask
+//   the tensor-core primitives of kernels/mma.cuh (mma.sync, ldmatrix, strict cp.async)
+// Not supported: __constant__ memory written from the host, textures, cooperative groups,
+// dynamic parallelism.
 #ifndef GPUCONV_EMU_CUDA_SHIM_H
 #define GPUCONV_EMU_CUDA_SHIM_H
 
@@ -102,6 +104,26 @@ struct Fiber {
     void* sp;  // saved stack pointer while switched out
     int state;
     int predicate;
+    unsigned lane;  // linear thread index % 32
+    // At a warp collective (state FIBER_AT_WARP): what this lane called, where, with which mask,
+    // and a pointer to its operands/results on its own stack (see warp_collective below).
+    const char* warp_name;
+    int (*warp_op)(Fiber* const* lanes, unsigned mask, char* err, std::size_t errlen);
+    unsigned warp_mask;
+    unsigned warp_line;
+    const char* warp_file;
+    void* warp_data;
+    // cp.async copies issued and not yet landed (strict model: they land at the wait_group that
+    // covers their group; until then the destination holds a poison pattern)
+    struct AsyncCopy {
+        void* dst;
+        const void* src;
+        unsigned cp_size, src_size, group;
+    };
+    static constexpr unsigned kMaxAsync = 128;
+    unsigned async_n;      // entries in async_q
+    unsigned async_group;  // the open (uncommitted) group's number; groups below it are closed
+    AsyncCopy async_q[kMaxAsync];
 #ifdef GPUCONV_EMU_UCONTEXT
     ucontext_t ctx;
 #endif
@@ -177,10 +199,6 @@ inline int __syncthreads_or(int pred) {
     ::gpuconv_emu::syncthreads_with_predicate(pred != 0);
     return *::gpuconv_emu::self()->barrier_predicate_sum != 0;
 }
-// UNSUPPORTED for warp-synchronous code: threads of a block run one after another between
-// barriers, so __syncwarp() has nothing to wait for. It is a no-op so that code which only uses
-// it defensively compiles.
-inline void __syncwarp(unsigned = 0xffffffffu) {}
 inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
@@ -189,27 +207,165 @@ inline void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
     ::gpuconv_emu::kernel_fault("__trap() called", nullptr, 0, nullptr);
 }
 
-// Warp-level primitives are not emulated: using one is a compile error that says so.
+// ---------------------------------------------------------------------------------------------
+// Warp collectives. Each call is a rendezvous of the lanes named in its mask: the calling lane
+// parks (a fiber switch, like __syncthreads) until every named lane has reached the SAME call
+// site (file:line of the caller, via __builtin_FILE/__builtin_LINE default arguments) with the
+// same mask; then the runtime runs `op` once over the gathered lanes and releases them. A named
+// lane that returned, waits at __syncthreads() or at another collective, is an error naming the
+// kernel, the call site and the lanes (DivergentBarrierError), never a hang or garbage.
+// Between collectives the lanes run one after another (under race_check in forward, reverse
+// and shuffled order), so a missing __syncwarp() before shared memory is reused changes the
+// result and the race check reports it.
+// ---------------------------------------------------------------------------------------------
 namespace gpuconv_emu {
-template <class T>
-struct unsupported : std::false_type {};
-}  // namespace gpuconv_emu
-#define GPUCONV_EMU_UNSUPPORTED_WARP(name)                                                     \
-    template <class... A>                                                                      \
-    inline int name(A...) {                                                                    \
-        static_assert(::gpuconv_emu::unsupported<A...>::value,                                 \
-                      "gpuconv emulator: " #name " (warp-level primitive) is not supported"); \
-        return 0;                                                                              \
+
+typedef int (*WarpOp)(Fiber* const* lanes, unsigned mask, char* err, std::size_t errlen);
+// defined by the runtime; mask 0 means "the lanes of this warp that are at this call site"
+// (only __activemask uses it)
+void warp_collective(const char* name, WarpOp op, unsigned mask, void* data, const char* file,
+                     unsigned line);
+
+inline int warp_nop(Fiber* const*, unsigned, char*, std::size_t) { return 0; }
+
+struct ShflData {
+    unsigned long long value, result;
+    int arg;    // srcLane, delta or laneMask
+    int width;  // power of two, 1..32
+};
+// Source lane of `lane` as the PTX ISA states shfl.sync (mode idx/up/down/bfly): the segment
+// mask is 32 - width and the clamp value 31 (0 for .up).
+template <int MODE>
+inline int shfl_op(Fiber* const* lanes, unsigned mask, char* err, std::size_t errlen) {
+    for (unsigned l = 0; l < 32; ++l) {
+        if (!((mask >> l) & 1u)) continue;
+        ShflData* d = static_cast<ShflData*>(lanes[l]->warp_data);
+        const unsigned seg = static_cast<unsigned>(32 - d->width) & 31u;
+        const unsigned clamp = MODE == 1 ? 0u : 31u;
+        const unsigned min_lane = l & seg;
+        const unsigned max_lane = min_lane | (clamp & ~seg);
+        const unsigned b = static_cast<unsigned>(d->arg) & 31u;
+        unsigned j;
+        bool in_range;
+        if (MODE == 0) {  // idx
+            j = min_lane | (b & ~seg & 31u);
+            in_range = j <= max_lane;
+        } else if (MODE == 1) {  // up
+            const int jj = static_cast<int>(l) - static_cast<int>(b);
+            in_range = jj >= static_cast<int>(max_lane);
+            j = static_cast<unsigned>(jj);
+        } else if (MODE == 2) {  // down
+            j = l + b;
+            in_range = j <= max_lane;
+        } else {  // bfly (xor)
+            j = l ^ b;
+            in_range = j <= max_lane;
+        }
+        if (!in_range) j = l;
+        if (!((mask >> j) & 1u)) {
+            snprintf(err, errlen, "lane %u reads lane %u, which is not in the mask 0x%08x", l, j,
+                     mask);
+            return 1;
+        }
+        d->result = static_cast<ShflData*>(lanes[j]->warp_data)->value;
     }
-GPUCONV_EMU_UNSUPPORTED_WARP(__shfl_sync)
-GPUCONV_EMU_UNSUPPORTED_WARP(__shfl_up_sync)
-GPUCONV_EMU_UNSUPPORTED_WARP(__shfl_down_sync)
-GPUCONV_EMU_UNSUPPORTED_WARP(__shfl_xor_sync)
-GPUCONV_EMU_UNSUPPORTED_WARP(__ballot_sync)
-GPUCONV_EMU_UNSUPPORTED_WARP(__all_sync)
-GPUCONV_EMU_UNSUPPORTED_WARP(__any_sync)
-GPUCONV_EMU_UNSUPPORTED_WARP(__activemask)
-#undef GPUCONV_EMU_UNSUPPORTED_WARP
+    return 0;
+}
+
+struct VoteData {
+    int pred;
+    unsigned result;
+};
+inline int vote_op(Fiber* const* lanes, unsigned mask, char*, std::size_t) {
+    unsigned ballot = 0;
+    for (unsigned l = 0; l < 32; ++l)
+        if (((mask >> l) & 1u) && static_cast<VoteData*>(lanes[l]->warp_data)->pred)
+            ballot |= 1u << l;
+    for (unsigned l = 0; l < 32; ++l)
+        if ((mask >> l) & 1u) static_cast<VoteData*>(lanes[l]->warp_data)->result = ballot;
+    return 0;
+}
+inline int activemask_op(Fiber* const* lanes, unsigned mask, char*, std::size_t) {
+    for (unsigned l = 0; l < 32; ++l)
+        if ((mask >> l) & 1u) *static_cast<unsigned*>(lanes[l]->warp_data) = mask;
+    return 0;
+}
+
+template <int MODE, class T>
+inline T shfl(const char* name, unsigned mask, T var, int arg, int width, const char* file,
+              unsigned line) {
+    static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value,
+                  "__shfl*_sync: a type of at most 8 bytes");
+    if (width < 1 || width > 32 || (width & (width - 1)))
+        kernel_fault("__shfl*_sync: width must be a power of two from 1 to 32", file, line, name);
+    ShflData d;
+    d.value = 0;
+    std::memcpy(&d.value, &var, sizeof(T));
+    d.result = 0;
+    d.arg = arg;
+    d.width = width;
+    warp_collective(name, &shfl_op<MODE>, mask, &d, file, line);
+    T out;
+    std::memcpy(&out, &d.result, sizeof(T));
+    return out;
+}
+inline unsigned vote(const char* name, unsigned mask, int pred, const char* file, unsigned line) {
+    VoteData d{pred != 0, 0u};
+    warp_collective(name, &vote_op, mask, &d, file, line);
+    return d.result;
+}
+
+}  // namespace gpuconv_emu
+
+inline void __syncwarp(unsigned mask = 0xffffffffu, const char* file = __builtin_FILE(),
+                       unsigned line = __builtin_LINE()) {
+    ::gpuconv_emu::warp_collective("__syncwarp", &::gpuconv_emu::warp_nop, mask, nullptr, file,
+                                   line);
+}
+template <class T>
+inline T __shfl_sync(unsigned mask, T var, int srcLane, int width = warpSize,
+                     const char* file = __builtin_FILE(), unsigned line = __builtin_LINE()) {
+    return ::gpuconv_emu::shfl<0>("__shfl_sync", mask, var, srcLane, width, file, line);
+}
+template <class T>
+inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
+                        const char* file = __builtin_FILE(), unsigned line = __builtin_LINE()) {
+    return ::gpuconv_emu::shfl<1>("__shfl_up_sync", mask, var, static_cast<int>(delta), width,
+                                  file, line);
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
+                          const char* file = __builtin_FILE(), unsigned line = __builtin_LINE()) {
+    return ::gpuconv_emu::shfl<2>("__shfl_down_sync", mask, var, static_cast<int>(delta), width,
+                                  file, line);
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSize,
+                         const char* file = __builtin_FILE(), unsigned line = __builtin_LINE()) {
+    return ::gpuconv_emu::shfl<3>("__shfl_xor_sync", mask, var, laneMask, width, file, line);
+}
+inline unsigned __ballot_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
+                              unsigned line = __builtin_LINE()) {
+    return ::gpuconv_emu::vote("__ballot_sync", mask, pred, file, line);
+}
+inline int __any_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
+                      unsigned line = __builtin_LINE()) {
+    return ::gpuconv_emu::vote("__any_sync", mask, pred, file, line) != 0;
+}
+inline int __all_sync(unsigned mask, int pred, const char* file = __builtin_FILE(),
+                      unsigned line = __builtin_LINE()) {
+    return ::gpuconv_emu::vote("__all_sync", mask, pred, file, line) == mask;
+}
+// The emulator has no hardware notion of convergence: __activemask() is a rendezvous of the
+// lanes of the warp that reach this same call site (every other live lane of the warp has
+// stopped elsewhere -- at another collective, a barrier -- or returned), and returns their mask.
+inline unsigned __activemask(const char* file = __builtin_FILE(),
+                             unsigned line = __builtin_LINE()) {
+    unsigned result = 0;
+    ::gpuconv_emu::warp_collective("__activemask", &::gpuconv_emu::activemask_op, 0u, &result,
+                                   file, line);
+    return result;
+}
 
 // ---------------------------------------------------------------------------------------------
 // __half: IEEE binary16 storage, conversions rounded to nearest even

@@ -71,7 +71,13 @@ enum : int {
     RC_CANCELLED = 5,  // *cancel became nonzero (the caller's Ctrl-C): stopped between threads
 };
 
-enum FiberState : int { FIBER_READY = 0, FIBER_AT_BARRIER = 1, FIBER_DONE = 2, FIBER_FAULTED = 3 };
+enum FiberState : int {
+    FIBER_READY = 0,
+    FIBER_AT_BARRIER = 1,
+    FIBER_DONE = 2,
+    FIBER_FAULTED = 3,
+    FIBER_AT_WARP = 4,  // parked at a warp collective (see warp_collective)
+};
 
 // ---------------------------------------------------------------------------------------------
 // Context switch
@@ -333,7 +339,7 @@ struct Worker {
     unsigned char* shared_alloc = nullptr;
     unsigned char* tls_lo = nullptr;  // this module's thread-local block (static __shared__)
     std::size_t tls_size = 0;
-    unsigned long long barriers = 0, switches = 0, float_atomics = 0;
+    unsigned long long barriers = 0, switches = 0, float_atomics = 0, warp_collectives = 0;
     int barrier_predicate_sum = 0;
     void* scheduler_sp = nullptr;
     void* altstack = nullptr;
@@ -449,6 +455,138 @@ void syncthreads_with_predicate(int pred) {
     switch_out(*f);
 }
 
+void warp_collective(const char* name, WarpOp op, unsigned mask, void* data, const char* file,
+                     unsigned line) {
+    Fiber* f = self();
+    if (mask == 0 && op != &activemask_op) kernel_fault("warp collective with mask 0", file, line, name);
+    f->warp_name = name;
+    f->warp_op = op;
+    f->warp_mask = mask;
+    f->warp_file = file;
+    f->warp_line = line;
+    f->warp_data = data;
+    f->state = FIBER_AT_WARP;
+    switch_out(*f);  // resumed by resolve_warps once the rendezvous is complete
+}
+
+// "3,5-7,9" for the set bits of `lanes`
+static std::string fmt_lanes(unsigned lanes) {
+    std::string out;
+    for (unsigned l = 0; l < 32;) {
+        if (!((lanes >> l) & 1u)) {
+            ++l;
+            continue;
+        }
+        unsigned e = l;
+        while (e + 1 < 32 && ((lanes >> (e + 1)) & 1u)) ++e;
+        if (!out.empty()) out += ",";
+        out += std::to_string(l);
+        if (e > l) out += "-" + std::to_string(e);
+        l = e + 1;
+    }
+    return out;
+}
+
+static std::string fmt_site(const Fiber* f) {
+    char buf[64];
+    snprintf(buf, sizeof buf, "(mask 0x%08x)", f->warp_mask);
+    return std::string(f->warp_name) + " at " + (f->warp_file ? f->warp_file : "?") + ":" +
+           std::to_string(f->warp_line) + " " + buf;
+}
+
+static bool same_site(const Fiber* a, const Fiber* b) {
+    return a->warp_op == b->warp_op && a->warp_line == b->warp_line &&
+           a->warp_name == b->warp_name &&
+           (a->warp_file == b->warp_file ||
+            (a->warp_file && b->warp_file && strcmp(a->warp_file, b->warp_file) == 0));
+}
+
+// After a pass every live thread of the block has stopped (barrier, warp collective, returned).
+// Complete each warp rendezvous, or fail the launch naming the site and the lanes that are
+// elsewhere: no lane can arrive later.
+static bool resolve_warps(Worker& w, unsigned n) {
+    Launch& L = *w.launch;
+    Fiber* lanes[32];
+    char err[256];
+    for (unsigned base = 0; base < n; base += 32) {
+        const unsigned width = std::min(32u, n - base);
+        const unsigned exist = width == 32 ? 0xffffffffu : (1u << width) - 1u;
+        bool any = false;
+        for (unsigned l = 0; l < 32; ++l) {
+            lanes[l] = l < width ? w.slot[base + l] : nullptr;
+            if (lanes[l] && lanes[l]->state == FIBER_AT_WARP) any = true;
+        }
+        if (!any) continue;
+        for (unsigned l = 0; l < width; ++l) {
+            Fiber* f = lanes[l];
+            if (!f || f->state != FIBER_AT_WARP) continue;
+            unsigned mask = f->warp_mask;
+            if (mask == 0) {  // __activemask: the lanes at this very site
+                for (unsigned j = 0; j < width; ++j)
+                    if (lanes[j] && lanes[j]->state == FIBER_AT_WARP && lanes[j]->warp_mask == 0 &&
+                        same_site(lanes[j], f))
+                        mask |= 1u << j;
+            }
+            std::string problem;
+            if (!((mask >> l) & 1u)) {
+                problem = "lane " + std::to_string(l) + " is not in its own mask";
+            } else if (mask & ~exist) {
+                problem = "the mask names lanes " + fmt_lanes(mask & ~exist) +
+                          " that do not exist (the block has " + std::to_string(n) + " threads)";
+            } else {
+                unsigned arrived = 0, returned = 0, barrier = 0;
+                std::vector<std::pair<std::string, unsigned>> elsewhere;
+                for (unsigned j = 0; j < width; ++j) {
+                    if (!((mask >> j) & 1u)) continue;
+                    Fiber* g = lanes[j];
+                    if (!g) {
+                        returned |= 1u << j;
+                    } else if (g->state == FIBER_AT_BARRIER) {
+                        barrier |= 1u << j;
+                    } else if (g->state == FIBER_AT_WARP && same_site(g, f) &&
+                               (f->warp_mask == 0 || g->warp_mask == mask)) {
+                        arrived |= 1u << j;
+                    } else {
+                        const std::string where = g->state == FIBER_AT_WARP
+                                                      ? "wait at " + fmt_site(g)
+                                                      : "are in state " + std::to_string(g->state);
+                        bool found = false;
+                        for (auto& e : elsewhere)
+                            if (e.first == where) {
+                                e.second |= 1u << j;
+                                found = true;
+                            }
+                        if (!found) elsewhere.emplace_back(where, 1u << j);
+                    }
+                }
+                if (arrived != mask) {
+                    problem = "lanes " + fmt_lanes(arrived) + " arrived";
+                    if (returned) problem += "; lanes " + fmt_lanes(returned) + " have returned";
+                    if (barrier)
+                        problem += "; lanes " + fmt_lanes(barrier) + " wait at __syncthreads()";
+                    for (auto& e : elsewhere) problem += "; lanes " + fmt_lanes(e.second) + " " + e.first;
+                }
+            }
+            if (problem.empty()) {
+                err[0] = '\0';
+                if (f->warp_op(lanes, mask, err, sizeof err) != 0) problem = err;
+            }
+            if (!problem.empty()) {
+                L.fail(RC_DIVERGENT_BARRIER,
+                       "warp collective " + fmt_site(f) + " in block " + fmt_uint3(w.block_idx) +
+                           ", warp " + std::to_string(base / 32) + " (threads " +
+                           std::to_string(base) + "-" + std::to_string(base + width - 1) +
+                           "): " + problem);
+                return false;
+            }
+            for (unsigned j = 0; j < width; ++j)
+                if ((mask >> j) & 1u) lanes[j]->state = FIBER_READY;
+            ++w.warp_collectives;
+        }
+    }
+    return true;
+}
+
 void kernel_fault(const char* what, const char* file, unsigned line, const char* func) {
     Fiber* f = tls.current;  // (a TLS lookup: this may also be called outside a kernel)
     std::string msg = what;
@@ -493,7 +631,7 @@ static bool run_block(Worker& w, unsigned long long linear) {
                 std::swap(order[i - 1], order[j]);
             }
         }
-        unsigned waiting = 0;
+        unsigned waiting = 0, at_warp = 0;
         for (unsigned k = 0; k < n; ++k) {
             const unsigned t = order[k];
             Fiber* f = w.slot[t];
@@ -522,6 +660,9 @@ static bool run_block(Worker& w, unsigned long long linear) {
                 f->barrier_predicate_sum = &w.barrier_predicate_sum;
                 f->worker = &w;
                 f->predicate = 0;
+                f->lane = t & 31u;
+                f->async_n = 0;
+                f->async_group = 0;
                 init_fiber_context(*f);
             } else if (!f) {
                 continue;  // returned in an earlier round
@@ -535,6 +676,11 @@ static bool run_block(Worker& w, unsigned long long linear) {
                 ++waiting;
                 continue;
             }
+            if (f->state == FIBER_AT_WARP) {
+                w.slot[t] = f;
+                ++at_warp;
+                continue;
+            }
             if (f->state == FIBER_FAULTED) {
                 ts.current = nullptr;
                 return false;  // kernel_fault recorded the message
@@ -542,6 +688,45 @@ static bool run_block(Worker& w, unsigned long long linear) {
             if (done++ == 0) first_exited = f->thread_idx;  // FIBER_DONE
             w.slot[t] = nullptr;
             w.free_list.push_back(f);
+        }
+        // Warp collectives: release each complete rendezvous and run the released lanes on
+        // (in the round's order, reshuffled per pass) until every thread of the block has
+        // returned or waits at the barrier.
+        while (at_warp) {
+            if (!resolve_warps(w, n)) {
+                ts.current = nullptr;
+                return false;
+            }
+            at_warp = 0;
+            if (L.flags & FLAG_ORDER_SHUFFLE) {
+                for (unsigned i = n; i > 1; --i) {
+                    const unsigned j = static_cast<unsigned>(splitmix64(rng) % i);
+                    std::swap(order[i - 1], order[j]);
+                }
+            }
+            for (unsigned k = 0; k < n; ++k) {
+                const unsigned t = order[k];
+                Fiber* f = w.slot[t];
+                if (!f || f->state != FIBER_READY) continue;
+                ts.current = f;
+                switch_into(w, *f);
+                ++w.switches;
+                if (f->state == FIBER_AT_BARRIER) {
+                    ++waiting;
+                    continue;
+                }
+                if (f->state == FIBER_AT_WARP) {
+                    ++at_warp;
+                    continue;
+                }
+                if (f->state == FIBER_FAULTED) {
+                    ts.current = nullptr;
+                    return false;
+                }
+                if (done++ == 0) first_exited = f->thread_idx;
+                w.slot[t] = nullptr;
+                w.free_list.push_back(f);
+            }
         }
         ts.current = nullptr;
         if (waiting == 0) return true;  // every thread returned
