@@ -318,11 +318,11 @@ def test_load_average_marks_every_row(stand_in_workload):
     r = _run_scripted(stand_in_workload, _QUIET)
     quiet = {"cpu_count": 2, "loadavg_start": [0.9, 0, 0], "loadavg_end": [2.9, 0, 0]}
     assert bench.assess(r, quiet)["reliable"]
-    for machine in ({**quiet, "loadavg_start": [1.1, 0, 0]},   # > 0.5 per core before
-                    {**quiet, "loadavg_end": [3.1, 0, 0]}):    # > 1.5 per core after
-        verdict = bench.assess(r, machine)
+    for busy in ({**quiet, "loadavg_start": [1.1, 0, 0]},   # > 0.5 per core before
+                 {**quiet, "loadavg_end": [3.1, 0, 0]}):    # > 1.5 per core after
+        verdict = bench.assess(r, busy)
         assert not verdict["reliable"] and verdict["flags"][0]["code"] == "busy"
-        notes = bench.flag_notes([{**r, **verdict}], machine)
+        notes = bench.flag_notes([{**r, **verdict}], busy)
         assert len(notes) == 1 and "every row is unreliable" in notes[0]
 
 
