@@ -13,9 +13,13 @@ Import it explicitly, ``import gpuconv.torch`` (``import gpuconv`` never imports
   ``conv_transpose``, ``depthwise_conv``, ``separable_conv`` and ``deform_conv2d``), with a
   fake (meta) implementation, a registered backward and a vmap rule. So
   ``torch.compile(fullgraph=True)`` traces gpuconv layers without graph breaks, layers on
-  ``device="meta"`` give output shapes without computing, and ``torch.func.vmap`` (and
-  per-sample gradients, ``vmap(grad(...))``) work. The ops take resolved arguments (explicit
-  ``(lo, hi)`` pad pairs); call them through the functions below, which validate and resolve.
+  ``device="meta"`` give output shapes without computing, and ``torch.func.vmap`` (over inputs,
+  offsets or weights) works. ``torch.func.grad``/``vjp``/``jacrev`` over these ops fail in PyTorch
+  2.13 ("it must override the setup_context staticmethod"): a PyTorch limitation of
+  ``register_autograd`` ops (pytorch/pytorch#170834); ``torch.autograd`` works. The first call
+  of an op imports ``torch._dynamo`` (PyTorch does so for custom ops): seconds, once. The ops
+  take resolved arguments (explicit ``(lo, hi)`` pad pairs); call them through the functions
+  below, which validate and resolve them.
 * Gradients come from :mod:`gpuconv.grad`, and the backward of every op is itself made of
   differentiable gpuconv ops (the gradients of a convolution are convolutions), so double
   backward works (``torch.autograd.grad(..., create_graph=True)``, gradient penalties,

@@ -280,7 +280,7 @@ def test_functional_dtype_mismatches_raise_as_torch_functional():
         (lambda f: f(x.double(), w.transpose(0, 1), b), F.conv_transpose1d, gt.conv_transpose),
     ]
     for call, theirs, ours in cases:
-        want = _torch_error(lambda: call(theirs))
+        want = _torch_error(lambda call=call, theirs=theirs: call(theirs))
         name = ours.__name__
         with pytest.raises(gt.DtypeMismatchError, match=f"^{name}: ") as info:
             call(ours)
