@@ -33,12 +33,13 @@ import struct
 import sys
 import tempfile
 import time
+import typing
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # the script form, in an environment without gpuconv installed
     sys.path.insert(0, str(REPO))
 
-from gpuconv import _kernels  # noqa: E402
+from gpuconv import _kernels
 
 ARCHS = ("sm_75", "sm_80", "sm_90")
 
@@ -80,7 +81,7 @@ def elf_machine(image: bytes) -> int:
 class _LoadedCubin:
     """Stands in for ``cupy.RawModule(path=...)``: records the cubin instead of loading it."""
 
-    loads: list = []
+    loads: typing.ClassVar[list] = []
 
     def __init__(self, *, path):
         self.path = path
@@ -201,7 +202,7 @@ def check_file(file: str, arch: str, *, groups=None, cache_dir=None) -> dict:
         executor = CupyExecutor()
         names = [n for g in groups for n in _kernels.group_name_expressions(file, g)]
         for name in names:
-            kind, mangled, path = executor.get_function(file, name).function
+            _, mangled, path = executor.get_function(file, name).function
             image = pathlib.Path(path).read_bytes()
             if elf_machine(image) != 190:
                 problems.append(f"{name}: {path} is not a CUDA ELF image")

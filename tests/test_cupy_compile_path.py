@@ -22,18 +22,18 @@ import shutil
 import subprocess
 import sys
 
+import cupy_compile_harness as harness
 import numpy as np
 import pytest
 
-import cupy_compile_harness as harness
 import gpuconv
 from gpuconv import _kernels
 
 
 def _cupy_reason():
     try:
-        import cupy  # noqa: F401
-        from cupy.cuda import compiler  # noqa: F401
+        import cupy
+        from cupy.cuda import compiler  # noqa: F401 (NVRTC bindings load here)
     except Exception as exc:  # ImportError, or a CuPy without a loadable NVRTC
         return f"CuPy cannot be imported ({type(exc).__name__}: {exc})"
     try:
@@ -178,9 +178,9 @@ def test_a_broken_source_fails_naming_file_and_line(tmp_path, monkeypatch):
     line = text.count("\n") + 2
     monkeypatch.setattr(_kernels, "kernel_dir", lambda: kernels)
     name = _kernels.FAMILIES["correlate1d"].name_expression(np.float64, np.int32, False)
-    with harness.offline_cupy("sm_80", tmp_path / "cache"):
-        with pytest.raises(CompileException) as info:
-            CupyExecutor().get_function("convolve.cu", name)
+    with harness.offline_cupy("sm_80", tmp_path / "cache"), \
+            pytest.raises(CompileException) as info:
+        CupyExecutor().get_function("convolve.cu", name)
     message = str(info.value)
     assert "planted error" in message and f"convolve.cu({line})" in message, message
     assert not list((tmp_path / "cache").glob("**/*.cubin"))  # nothing cached
