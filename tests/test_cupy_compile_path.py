@@ -16,6 +16,7 @@ by ``$GPUCONV_CUDA12_PYTHON``: a Python with ``cupy-cuda12x``, ``nvidia-cuda-nvr
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -70,10 +71,11 @@ def _cuda12_python():
 def _start_cuda12_leg():
     python = _cuda12_python()
     if python and "process" not in _CUDA12:
-        _CUDA12["process"] = subprocess.Popen(
+        process = _CUDA12["process"] = subprocess.Popen(
             [python, harness.__file__], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )
+        atexit.register(process.kill)  # if test_cuda12_leg was deselected: no orphan
 
 
 # ----------------------------------------------------------------------------- no CuPy needed
