@@ -45,6 +45,7 @@
 #define __forceinline__ inline __attribute__((always_inline))
 #define __noinline__ __attribute__((noinline))
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 // One OS worker thread runs one block at a time (all of its fibers), so a thread_local is
 // exactly "one copy per block in flight".
 #define __shared__ static thread_local
@@ -366,6 +367,172 @@ inline unsigned __activemask(const char* file = __builtin_FILE(),
                                    file, line);
     return result;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core primitives for kernels/mma.cuh (emulator side), modelled on the PTX ISA's fragment
+// tables ("Matrix fragments for mma.m16n8k16 with floating point type", "... mma.m16n8k8" for
+// .tf32, and ldmatrix). Written as the inverse map -- for each matrix element, which lane and
+// which register hold it -- independently of the kernel-side tile types in mma.cuh, whose get_i
+// / get_j give the forward map; the tests check both against a NumPy model of the tables.
+// Each is a warp collective over all 32 lanes (.sync.aligned): the fragments are gathered at
+// the rendezvous, multiplied with exact fp32 products and fp32 sums (c first, then k = 0, 1,
+// ...), and scattered back.
+// ---------------------------------------------------------------------------------------------
+namespace gpuconv_emu {
+
+inline float half_bits_to_float(unsigned short h);  // below
+enum MmaKind { MMA_F16_K16 = 0, MMA_BF16_K16 = 1, MMA_TF32_K8 = 2 };
+
+struct MmaData {
+    unsigned a[4], b[2];
+    float c[4], d[4];
+};
+
+inline float mma_operand(unsigned bits16_or_32, int kind) {
+    if (kind == MMA_F16_K16) return half_bits_to_float(static_cast<unsigned short>(bits16_or_32));
+    unsigned x = kind == MMA_BF16_K16 ? (bits16_or_32 & 0xffffu) << 16
+                                      : bits16_or_32 & 0xffffe000u;  // tf32: the top 19 bits
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+
+template <int KIND>
+inline int mma_op(Fiber* const* lanes, unsigned, char*, std::size_t) {
+    const int K = KIND == MMA_TF32_K8 ? 8 : 16;
+    float A[16][16], B[16][8];
+    auto reg = [&](unsigned lane) { return static_cast<MmaData*>(lanes[lane]->warp_data); };
+    for (int r = 0; r < 16; ++r)
+        for (int k = 0; k < K; ++k) {
+            if (KIND == MMA_TF32_K8) {  // a0:(g,t) a1:(g+8,t) a2:(g,t+4) a3:(g+8,t+4)
+                const unsigned lane = 4u * (r % 8) + (k % 4);
+                A[r][k] = mma_operand(reg(lane)->a[(r / 8) + 2 * (k / 4)], KIND);
+            } else {  // register (r/8) + 2*(k/8), half k%2, in lane 4*(r%8) + (k%8)/2
+                const unsigned lane = 4u * (r % 8) + (k % 8) / 2;
+                const unsigned word = reg(lane)->a[(r / 8) + 2 * (k / 8)];
+                A[r][k] = mma_operand(k % 2 ? word >> 16 : word & 0xffffu, KIND);
+            }
+        }
+    for (int k = 0; k < K; ++k)
+        for (int n = 0; n < 8; ++n) {
+            if (KIND == MMA_TF32_K8) {  // b0:(t,g) b1:(t+4,g)
+                const unsigned lane = 4u * n + (k % 4);
+                B[k][n] = mma_operand(reg(lane)->b[k / 4], KIND);
+            } else {  // register k/8, half k%2, in lane 4*n + (k%8)/2
+                const unsigned lane = 4u * n + (k % 8) / 2;
+                const unsigned word = reg(lane)->b[k / 8];
+                B[k][n] = mma_operand(k % 2 ? word >> 16 : word & 0xffffu, KIND);
+            }
+        }
+    for (int r = 0; r < 16; ++r)
+        for (int n = 0; n < 8; ++n) {  // c/d register (n%2) + 2*(r/8) in lane 4*(r%8) + n/2
+            MmaData* m = reg(4u * (r % 8) + n / 2);
+            const int i = (n % 2) + 2 * (r / 8);
+            float acc = m->c[i];
+            for (int k = 0; k < K; ++k) acc += A[r][k] * B[k][n];  // products exact in fp32
+            m->d[i] = acc;
+        }
+    return 0;
+}
+
+template <int KIND>
+inline void mma_sync(float* d, const unsigned* a, const unsigned* b, const float* c,
+                     const char* file, unsigned line) {
+    MmaData m;
+    for (int i = 0; i < 4; ++i) {
+        m.a[i] = a[i];
+        m.c[i] = c[i];
+        m.d[i] = 0.0f;
+    }
+    m.b[0] = b[0];
+    m.b[1] = b[1];
+    static const char* const names[] = {"mma.sync.m16n8k16.f16", "mma.sync.m16n8k16.bf16",
+                                        "mma.sync.m16n8k8.tf32"};
+    warp_collective(names[KIND], &mma_op<KIND>, 0xffffffffu, &m, file, line);
+    for (int i = 0; i < 4; ++i) d[i] = m.d[i];
+}
+
+struct LdmatrixData {
+    const unsigned char* row;  // this lane's row address (used by lanes 0 .. 8*nmat-1)
+    unsigned r[4];
+};
+// ldmatrix .m8n8 .b16: lanes 8j..8j+7 give the row addresses of matrix j. Element (row, col)
+// of matrix j sits in lane 4*row + col/2 (half col%2) of register j; .trans puts element
+// (row, col) where (col, row) would be.
+template <int NMAT, bool TRANS>
+inline int ldmatrix_op(Fiber* const* lanes, unsigned, char* err, std::size_t errlen) {
+    auto data = [&](unsigned lane) { return static_cast<LdmatrixData*>(lanes[lane]->warp_data); };
+    for (unsigned j = 0; j < NMAT; ++j)
+        for (unsigned row = 0; row < 8; ++row) {
+            const unsigned char* p = data(8 * j + row)->row;
+            if (reinterpret_cast<std::uintptr_t>(p) % 16) {
+                snprintf(err, errlen, "ldmatrix: row address of lane %u is not 16-byte aligned",
+                         8 * j + row);
+                return 1;
+            }
+            for (unsigned col = 0; col < 8; ++col) {
+                unsigned short v;
+                std::memcpy(&v, p + 2 * col, 2);
+                const unsigned rr = TRANS ? col : row, cc = TRANS ? row : col;
+                unsigned& word = data(4 * rr + cc / 2)->r[j];
+                word = cc % 2 ? (word & 0xffffu) | (static_cast<unsigned>(v) << 16)
+                              : (word & 0xffff0000u) | v;
+            }
+        }
+    return 0;
+}
+template <int NMAT, bool TRANS>
+inline void ldmatrix(unsigned* r, const void* row, const char* file, unsigned line) {
+    LdmatrixData d;
+    d.row = static_cast<const unsigned char*>(row);
+    for (int j = 0; j < 4; ++j) d.r[j] = 0;
+    static const char* const names[2][4] = {
+        {"ldmatrix.x1", "ldmatrix.x2", "ldmatrix.x4", "ldmatrix.x4"},
+        {"ldmatrix.x1.trans", "ldmatrix.x2.trans", "ldmatrix.x4.trans", "ldmatrix.x4.trans"}};
+    warp_collective(names[TRANS][NMAT / 2], &ldmatrix_op<NMAT, TRANS>, 0xffffffffu, &d, file,
+                    line);
+    for (int j = 0; j < NMAT; ++j) r[j] = d.r[j];
+}
+
+// Strict cp.async: a copy is queued at issue and its destination filled with 0xFF bytes (a NaN
+// for f16/f32/f64); the bytes land only when a wait_group covers the copy's group. Zero-fill:
+// bytes past src_size are written as zeros (and src is not read when src_size is 0).
+constexpr unsigned char kAsyncPoison = 0xff;
+inline void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_size,
+                     const char* file, unsigned line) {
+    Fiber* f = self();
+    if (!(cp_size == 4 || cp_size == 8 || cp_size == 16) || src_size > cp_size)
+        kernel_fault("cp.async: cp-size must be 4, 8 or 16 and src-size at most cp-size", file,
+                     line, nullptr);
+    if (reinterpret_cast<std::uintptr_t>(dst) % cp_size ||
+        (src_size && reinterpret_cast<std::uintptr_t>(src) % cp_size))
+        kernel_fault("cp.async: addresses must be aligned to cp-size", file, line, nullptr);
+    if (f->async_n == Fiber::kMaxAsync)
+        kernel_fault("cp.async: more than 128 copies of one thread in flight", file, line,
+                     nullptr);
+    f->async_q[f->async_n++] = Fiber::AsyncCopy{dst, src, cp_size, src_size, f->async_group};
+    std::memset(dst, kAsyncPoison, cp_size);
+}
+inline void cp_async_commit() { ++self()->async_group; }
+// Land every copy of a closed group except those of the `pending` most recent closed groups.
+inline void cp_async_wait(unsigned pending) {
+    Fiber* f = self();
+    const unsigned closed = f->async_group;  // groups 0 .. closed-1 are committed
+    unsigned keep = 0;
+    for (unsigned i = 0; i < f->async_n; ++i) {
+        Fiber::AsyncCopy& c = f->async_q[i];
+        if (c.group < closed && closed - c.group > pending) {
+            if (c.src_size) std::memcpy(c.dst, c.src, c.src_size);
+            std::memset(static_cast<unsigned char*>(c.dst) + c.src_size, 0,
+                        c.cp_size - c.src_size);
+        } else {
+            f->async_q[keep++] = c;
+        }
+    }
+    f->async_n = keep;
+}
+
+}  // namespace gpuconv_emu
 
 // ---------------------------------------------------------------------------------------------
 // __half: IEEE binary16 storage, conversions rounded to nearest even
