@@ -288,7 +288,7 @@ def test_cuda12_leg():
                     "nvidia-cuda-nvrtc-cu12 and nvidia-cuda-runtime-cu12)")
     _start_cuda12_leg()
     process = _CUDA12["process"]
-    stdout, stderr = process.communicate(timeout=900)
+    stdout, stderr = process.communicate(timeout=1800)
     assert stdout.strip(), f"no report from {_cuda12_python()}:\n{stderr[-4000:]}"
     reports = json.loads(stdout)
     assert {r["nvrtc"][0] for r in reports} == {12}, [r["nvrtc"] for r in reports]
