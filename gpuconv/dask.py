@@ -21,13 +21,16 @@ How the chunks are mapped
   without repeating the edge (NumPy's ``'reflect'``, as in torch), ``replicate`` repeats the
   edge, ``circular`` takes the wrap-around data from the chunks at the opposite border. Dask's
   own ``boundary=`` modes are not used (its ``'reflect'`` is NumPy's ``'symmetric'``).
-* **Stride**: the output chunk boundary that follows input chunk boundary ``b`` is
-  ``ceil((b + pad_lo) / stride)``, the first output whose window starts at or after ``b``. So
-  output chunk boundaries fall on input positions (``o * stride - pad_lo``) that are multiples of
-  the stride (shifted by the padding), and each task still reads only its own input chunk and
-  the halo. No rechunk of the input is needed for this: the window gather *is* the rechunk, done
-  per task. Input chunks narrower than the stride would give empty output chunks; those are
-  merged into their neighbours.
+* **Output chunks follow the input chunks.** With stride 1 they are the input chunks (a
+  'same' convolution keeps the chunking, so a Zarr store with the input's chunks can take the
+  result without locks). With stride ``s`` the output boundary after input boundary ``b`` is
+  ``ceil(b / s)``: output chunk boundaries sit on input positions ``o * s`` that are multiples
+  of the stride, at or just after the input boundary. No rechunk of the input is needed when
+  the input boundaries are not multiples of the stride: each task gathers its window (its
+  chunk, shifted by less than one stride, plus the halo) from whichever chunks hold it, which is
+  what a rechunk would move, done per task. Input chunks narrower than the stride would give
+  empty output chunks; those are merged into their neighbours. ``conv_transpose`` puts output
+  boundaries at ``b * stride`` (less the crop).
 * **Channels** are summed over within a group, so the channel axis is rechunked to whole
   groups: one chunk for ``groups=1``; for ``groups > 1`` every chunk boundary is rounded to a
   multiple of ``C_in / groups`` and each channel chunk maps to its own output-channel chunk with
@@ -148,10 +151,12 @@ def _out_chunks(boundaries, size: int) -> tuple[int, ...]:
     return sizes if sizes else (0,)
 
 
-def _conv_out_chunks(chunks, size_out, stride, pad_lo):
-    """Output chunks of a convolution whose output boundaries follow the input chunks."""
+def _conv_out_chunks(chunks, size_out, stride):
+    """Output chunks that follow the input chunks: the boundary after input boundary ``b`` is
+    ``ceil(b / stride)``, the first output whose input position ``o * stride`` is at or after
+    ``b`` (so with stride 1 the output chunks are the input chunks)."""
     starts = _starts(chunks)[1:-1]
-    return _out_chunks([-(-(b + pad_lo) // stride) for b in starts], size_out)
+    return _out_chunks([-(-b // stride) for b in starts], size_out)
 
 
 def _group_chunks(chunks, per_group: int):
@@ -367,7 +372,7 @@ def _conv_family(op, x, weight, bias, *, stride, padding, dilation, groups, padd
                     for a, b in zip(st[:-1], st[1:])]
         group_counts = [(b - a) // per_group for a, b in zip(st[:-1], st[1:])]
     sp_chunks = tuple(
-        _conv_out_chunks(x.chunks[2 + a], geom.out_size[a], geom.stride[a], geom.pad_lo[a])
+        _conv_out_chunks(x.chunks[2 + a], geom.out_size[a], geom.stride[a])
         for a in range(geom.ndim))
     out_chunks = (x.chunks[0], ch_out, *sp_chunks)
     extent = tuple(d * (k - 1) + 1 for k, d in zip(geom.kernel, geom.dilation))
@@ -500,7 +505,7 @@ def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=
     sp_chunks, windows, places = [], [], []
     for a in range(geom.ndim):
         s, lo, n = geom.stride[a], geom.pad_lo[a], geom.in_size[a]
-        chunks = _out_chunks([b * s - lo for b in _starts(x.chunks[2 + a])[1:-1]],
+        chunks = _out_chunks([b * s for b in _starts(x.chunks[2 + a])[1:-1]],
                              geom.out_size[a])
         sp_chunks.append(chunks)
         ostarts = _starts(chunks)
@@ -595,7 +600,7 @@ def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation
     dtype = probe.dtype
     x = x.rechunk({1: -1})
     sp_chunks = tuple(
-        _conv_out_chunks(x.chunks[2 + a], geom.out_size[a], geom.stride[a], geom.pad_lo[a])
+        _conv_out_chunks(x.chunks[2 + a], geom.out_size[a], geom.stride[a])
         for a in range(2))
     chunked = any(len(c) > 1 for c in sp_chunks)
     if max_offset is not None:
@@ -680,7 +685,7 @@ def _signal(op, a, v, mode):
     size = {"full": n + k - 1, "same": n, "valid": n - k + 1}[mode]
     a3 = a.reshape(1, 1, n)  # (N, C, L): one plan for the signal and the conv family
     a3 = a3.rechunk((1, 1, a.chunks[0]))
-    sp = (_conv_out_chunks(a.chunks[0], size, 1, pad_lo),)
+    sp = (_conv_out_chunks(a.chunks[0], size, 1),)
     windows = _spatial_windows(a3, sp, (1,), (pad_lo,), (k,))
     values = {}
     vkey = _put(values, f"gpuconv-filter-{tokenize(v)}", v)

@@ -281,12 +281,15 @@ def test_each_task_reads_only_its_neighbours():
     assert len(graph) < 400
 
 
-def test_stride_output_chunks_follow_input_chunks():
-    """stride 2, padding 1: output o reads from input 2o - 1, so the output chunk after the
-    input boundary at 10 starts at ceil(11 / 2) = 6, whose window starts at input 11."""
-    x = da.zeros((1, 1, 25), chunks=(1, 1, 10))
+def test_output_chunks_follow_input_chunks():
+    """Stride 1 keeps the chunks (so the result can go to a Zarr store chunked like the input);
+    stride 2: the output boundary after input boundary 10 is output 5 (input position 10), and
+    after 15 it is output 8 (input position 16, the next multiple of the stride)."""
+    x = da.zeros((1, 1, 25), chunks=(1, 1, (10, 5, 10)))
+    assert gd.conv1d(x, np.ones((1, 1, 3)), padding="same").chunks[2] == (10, 5, 10)
+    assert gd.conv1d(x, np.ones((1, 1, 3)), padding=(0, 2)).chunks[2] == (10, 5, 10)
     y = gd.conv1d(x, np.ones((1, 1, 3)), stride=2, padding=1)
-    assert y.chunks[2] == (6, 5, 2)
+    assert y.chunks[2] == (5, 3, 5)
     # Input chunks narrower than the stride give no empty output chunks.
     y = gd.conv1d(da.zeros((1, 1, 9), chunks=(1, 1, 1)), np.ones((1, 1, 1)), stride=3)
     assert y.chunks[2] == (1, 1, 1)
