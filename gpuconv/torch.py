@@ -14,12 +14,14 @@ Import it explicitly, ``import gpuconv.torch`` (``import gpuconv`` never imports
   fake (meta) implementation, a registered backward and a vmap rule. So
   ``torch.compile(fullgraph=True)`` traces gpuconv layers without graph breaks, layers on
   ``device="meta"`` give output shapes without computing, and ``torch.func.vmap`` (over inputs,
-  offsets or weights) works. ``torch.func.grad``/``vjp``/``jacrev`` over these ops fail in PyTorch
-  2.13 ("it must override the setup_context staticmethod"): a PyTorch limitation of
-  ``register_autograd`` ops (pytorch/pytorch#170834); ``torch.autograd`` works. The first call
-  of an op imports ``torch._dynamo`` (PyTorch does so for custom ops): seconds, once. The ops
-  take resolved arguments (explicit ``(lo, hi)`` pad pairs); call them through the functions
-  below, which validate and resolve them.
+  offsets or weights) works, and so do ``torch.func.grad``/``vjp``/``jacrev`` and per-sample
+  gradients (``vmap(grad(...))``): PyTorch 2.13's ``register_autograd`` ops fail under those
+  (pytorch/pytorch#170834), so while torch.func transforms are active the functions call the
+  ops through an equivalent ``torch.autograd.Function``. The first call of an op imports
+  ``torch._dynamo`` (PyTorch does so for custom ops): seconds, once. The ops take resolved
+  arguments (explicit ``(lo, hi)`` pad pairs); call them through the functions below, which
+  validate and resolve them (``torch.func.grad`` over ``torch.ops.gpuconv.*`` called directly
+  hits the PyTorch limitation; ``vmap`` over them works).
 * Gradients come from :mod:`gpuconv.grad`, and the backward of every op is itself made of
   differentiable gpuconv ops (the gradients of a convolution are convolutions), so double
   backward works (``torch.autograd.grad(..., create_graph=True)``, gradient penalties,
@@ -271,6 +273,34 @@ def _vmap_rule(op, per_sample=None, shape_arg=None):
     return rule
 
 
+# ------------------------------------------------------- torch.func support
+
+# PyTorch 2.13's register_autograd ops fail under torch.func.grad/vjp/jacrev ("it must
+# override the setup_context staticmethod", pytorch/pytorch#170834). Under those transforms
+# the ops are called through an equivalent autograd.Function instead, built from the same
+# setup_context and backward (whose ops go through _call too, for nested transforms).
+_FUNCTIONS = {}
+
+
+def _register_autograd(op, backward, setup_context):
+    """``op.register_autograd(backward, setup_context=...)``, and the autograd.Function that
+    :func:`_call` uses under torch.func transforms (its vmap rule generated from the op's)."""
+    op.register_autograd(backward, setup_context=setup_context)
+    _FUNCTIONS[op] = type(f"_{op._name}_function", (torch.autograd.Function,), {
+        "generate_vmap_rule": True,
+        "forward": staticmethod(lambda *args: op(*args)),
+        "setup_context": staticmethod(setup_context),
+        "backward": staticmethod(backward),
+    })
+
+
+def _call(op, *args):
+    """``op(*args)``, through its autograd.Function while torch.func transforms are active."""
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
+        return _FUNCTIONS[op].apply(*args)
+    return op(*args)
+
+
 # --------------------------------------------------------------- custom ops
 
 # Each weighted family (conv, conv_transpose, depthwise_conv) has three ops: the forward
@@ -407,9 +437,10 @@ def _register_family(forward_op, input_op, weight_op):
     def forward_backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        gx = input_op(grad_output, weight, list(x.shape), *ctx.geometry) if needs[0] else None
-        gw = weight_op(x, grad_output, list(weight.shape), *ctx.geometry,
-                       _deterministic()) if needs[1] else None
+        gx = (_call(input_op, grad_output, weight, list(x.shape), *ctx.geometry)
+              if needs[0] else None)
+        gw = (_call(weight_op, x, grad_output, list(weight.shape), *ctx.geometry,
+                    _deterministic()) if needs[1] else None)
         gb = _bias_grad(grad_output) if needs[2] else None
         return (gx, gw, gb) + (None,) * len(ctx.geometry)
 
@@ -420,9 +451,10 @@ def _register_family(forward_op, input_op, weight_op):
     def input_backward(ctx, grad):
         grad_output, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        d_grad_output = forward_op(grad, weight, None, *ctx.geometry) if needs[0] else None
-        d_weight = weight_op(grad, grad_output, list(weight.shape), *ctx.geometry,
-                             _deterministic()) if needs[1] else None
+        d_grad_output = (_call(forward_op, grad, weight, None, *ctx.geometry)
+                         if needs[0] else None)
+        d_weight = (_call(weight_op, grad, grad_output, list(weight.shape), *ctx.geometry,
+                          _deterministic()) if needs[1] else None)
         return (d_grad_output, d_weight, None) + (None,) * len(ctx.geometry)
 
     def weight_setup(ctx, inputs, output):
@@ -433,13 +465,14 @@ def _register_family(forward_op, input_op, weight_op):
     def weight_backward(ctx, grad):
         x, grad_output = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        d_x = input_op(grad_output, grad, list(x.shape), *ctx.geometry) if needs[0] else None
-        d_grad_output = forward_op(x, grad, None, *ctx.geometry) if needs[1] else None
+        d_x = (_call(input_op, grad_output, grad, list(x.shape), *ctx.geometry)
+               if needs[0] else None)
+        d_grad_output = _call(forward_op, x, grad, None, *ctx.geometry) if needs[1] else None
         return (d_x, d_grad_output, None) + (None,) * (len(ctx.geometry) + 1)
 
-    forward_op.register_autograd(forward_backward, setup_context=forward_setup)
-    input_op.register_autograd(input_backward, setup_context=input_setup)
-    weight_op.register_autograd(weight_backward, setup_context=weight_setup)
+    _register_autograd(forward_op, forward_backward, setup_context=forward_setup)
+    _register_autograd(input_op, input_backward, setup_context=input_setup)
+    _register_autograd(weight_op, weight_backward, setup_context=weight_setup)
     forward_op.register_vmap(_vmap_rule(forward_op, per_sample=[0]))
     input_op.register_vmap(_vmap_rule(input_op, per_sample=[0], shape_arg=2))
     weight_op.register_vmap(_vmap_rule(weight_op))
@@ -479,24 +512,24 @@ def _separable_backward(ctx, grad_output):
     pointwise = ([1] * nd, [0] * (2 * nd), [1] * nd, 1, "zeros")
     gx = gdw = gpw = gb = None
     if needs[1] or needs[2]:
-        mid = _depthwise_op(x, dw, None, *ctx.geometry)
+        mid = _call(_depthwise_op, x, dw, None, *ctx.geometry)
         if needs[2]:
-            gpw = _conv_weight_op(mid, grad_output, list(pw.shape), *pointwise,
-                                  _deterministic())
+            gpw = _call(_conv_weight_op, mid, grad_output, list(pw.shape), *pointwise,
+                        _deterministic())
     if needs[0] or needs[1]:
         mid_shape = [x.shape[0], dw.shape[0], *grad_output.shape[2:]]
-        grad_mid = _conv_input_op(grad_output, pw, mid_shape, *pointwise)
+        grad_mid = _call(_conv_input_op, grad_output, pw, mid_shape, *pointwise)
         if needs[0]:
-            gx = _depthwise_input_op(grad_mid, dw, list(x.shape), *ctx.geometry)
+            gx = _call(_depthwise_input_op, grad_mid, dw, list(x.shape), *ctx.geometry)
         if needs[1]:
-            gdw = _depthwise_weight_op(x, grad_mid, list(dw.shape), *ctx.geometry,
-                                       _deterministic())
+            gdw = _call(_depthwise_weight_op, x, grad_mid, list(dw.shape), *ctx.geometry,
+                        _deterministic())
     if needs[3]:
         gb = _bias_grad(grad_output)
     return (gx, gdw, gpw, gb) + (None,) * len(ctx.geometry)
 
 
-_separable_op.register_autograd(_separable_backward, setup_context=_separable_setup)
+_register_autograd(_separable_op, _separable_backward, setup_context=_separable_setup)
 _separable_op.register_vmap(_vmap_rule(_separable_op, per_sample=[0]))
 
 
@@ -547,8 +580,8 @@ def _deform_backward(ctx, grad_output):
     needs = ctx.needs_input_grad
     gx = go = gw = gm = gb = None
     if needs[0] or needs[1] or needs[2] or needs[4]:
-        gx, go, gw, gm = _deform_backward_op(x, offset, weight, mask if ctx.has_mask else None,
-                                             grad_output, *ctx.geometry)
+        gx, go, gw, gm = _call(_deform_backward_op, x, offset, weight,
+                               mask if ctx.has_mask else None, grad_output, *ctx.geometry)
     if needs[3]:
         gb = _bias_grad(grad_output)
     return (gx if needs[0] else None, go if needs[1] else None, gw if needs[2] else None, gb,
@@ -564,9 +597,9 @@ def _deform_double_backward(ctx, *grads):
     )
 
 
-_deform_op.register_autograd(_deform_backward, setup_context=_deform_setup)
+_register_autograd(_deform_op, _deform_backward, setup_context=_deform_setup)
 _deform_op.register_vmap(_vmap_rule(_deform_op, per_sample=[0, 1, 4]))
-_deform_backward_op.register_autograd(_deform_double_backward,
+_register_autograd(_deform_backward_op, _deform_double_backward,
                                       setup_context=lambda ctx, inputs, output: None)
 _deform_backward_op.register_vmap(_vmap_rule(_deform_backward_op))
 
@@ -582,8 +615,9 @@ def _conv(op, x, weight, bias, stride, padding, dilation, groups, padding_mode):
                            padding=padding, dilation=dilation, groups=groups,
                            padding_mode=padding_mode)
     _check_bias(op, bias, weight.shape[0])
-    y = _conv_op(x, weight, bias, list(geom.stride), _flat_pads(geom.pad_lo, geom.pad_hi),
-                 list(geom.dilation), geom.groups, geom.padding_mode)
+    y = _call(_conv_op, x, weight, bias, list(geom.stride),
+              _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation), geom.groups,
+              geom.padding_mode)
     return y.squeeze(0) if unbatched else y
 
 
@@ -603,8 +637,8 @@ def _conv_transpose(op, x, weight, bias, stride, padding, output_padding, dilati
     # full output; as op arguments that is a zero pad and an output_padding.
     hi = [max(h, 0) for h in geom.pad_hi]
     extra = [h - g for h, g in zip(hi, geom.pad_hi)]
-    y = _conv_transpose_op(x, weight, bias, list(geom.stride), _flat_pads(geom.pad_lo, hi),
-                           extra, list(geom.dilation), geom.groups)
+    y = _call(_conv_transpose_op, x, weight, bias, list(geom.stride),
+              _flat_pads(geom.pad_lo, hi), extra, list(geom.dilation), geom.groups)
     return y.squeeze(0) if unbatched else y
 
 
@@ -615,8 +649,8 @@ def _depthwise_conv(op, x, weight, bias, stride, padding, dilation, padding_mode
     geom = _api.depthwise_setup(op, tuple(x.shape), tuple(weight.shape), stride=stride,
                                 padding=padding, dilation=dilation, padding_mode=padding_mode)
     _check_bias(op, bias, weight.shape[0])
-    y = _depthwise_op(x, weight, bias, list(geom.stride), _flat_pads(geom.pad_lo, geom.pad_hi),
-                      list(geom.dilation), geom.padding_mode)
+    y = _call(_depthwise_op, x, weight, bias, list(geom.stride),
+              _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation), geom.padding_mode)
     return y.squeeze(0) if unbatched else y
 
 
@@ -639,9 +673,8 @@ def _separable_conv(op, x, depthwise_weight, pointwise_weight, bias, stride, pad
             f"C_out >= 1, got {pw_shape}"
         )
     _check_bias(op, bias, pw_shape[0])
-    y = _separable_op(x, depthwise_weight, pointwise_weight, bias, list(geom.stride),
-                      _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation),
-                      geom.padding_mode)
+    y = _call(_separable_op, x, depthwise_weight, pointwise_weight, bias, list(geom.stride),
+              _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation), geom.padding_mode)
     return y.squeeze(0) if unbatched else y
 
 
@@ -656,8 +689,8 @@ def _deform_conv2d(op, x, offset, weight, bias, stride, padding, dilation, mask)
                                 None if mask is None else tuple(mask.shape), stride=stride,
                                 padding=padding, dilation=dilation)
     _check_bias(op, bias, weight.shape[0])
-    y = _deform_op(x, offset, weight, bias, mask, list(geom.stride),
-                   _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation))
+    y = _call(_deform_op, x, offset, weight, bias, mask, list(geom.stride),
+              _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation))
     return y.squeeze(0) if unbatched else y
 
 

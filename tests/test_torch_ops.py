@@ -247,6 +247,51 @@ def test_vmap_over_the_gradient_ops():
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("ours, theirs, shapes", [
+    (lambda x, w: gt.conv(x, w, stride=2, padding=1, padding_mode="reflect"),
+     lambda x, w: F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w, stride=2),
+     ((4, 1, 3, 6, 5), (2, 3, 3, 3))),
+    (lambda x, w: gt.conv_transpose(x, w, stride=2, padding=1),
+     lambda x, w: F.conv_transpose1d(x, w, stride=2, padding=1),
+     ((4, 1, 3, 4), (3, 2, 3))),
+    (lambda x, w: gt.separable_conv(x, w, torch.ones(2, 6, 1, dtype=F64), padding=1),
+     lambda x, w: F.conv1d(F.conv1d(x, w, padding=1, groups=3), torch.ones(2, 6, 1,
+                                                                          dtype=F64)),
+     ((4, 1, 3, 5), (6, 1, 3))),
+], ids=["conv2d-reflect", "conv_transpose1d", "separable1d"])
+def test_torch_func_grad_per_sample_and_higher_order(ours, theirs, shapes):
+    """torch.func.grad (PyTorch's register_autograd ops alone fail under it), per-sample
+    gradients with vmap(grad), grad of grad, and jacrev, against torch's own convolutions."""
+    x_shape, w_shape = shapes
+    xs, w = _randn(*x_shape, requires_grad=False), _randn(*w_shape, requires_grad=False)
+
+    def loss(f):
+        return lambda w, x: f(x, w).tanh().sum()
+
+    per_sample = [torch.func.vmap(torch.func.grad(loss(f)), in_dims=(None, 0))(w, xs)
+                  for f in (ours, theirs)]
+    torch.testing.assert_close(*per_sample, rtol=1e-12, atol=1e-12)
+    second = [torch.func.grad(lambda w, f=f: torch.func.grad(loss(f), argnums=1)(w, xs[0])
+                              .square().sum())(w) for f in (ours, theirs)]
+    torch.testing.assert_close(*second, rtol=1e-10, atol=1e-10)
+    jacobians = [torch.func.jacrev(f, argnums=1)(xs[0], w) for f in (ours, theirs)]
+    torch.testing.assert_close(*jacobians, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_func_grad_of_deform_per_sample():
+    x, offset = _randn(2, 1, 2, 4, 4, requires_grad=False), _randn(2, 1, 18, 4, 4)
+    w = _randn(3, 2, 3, 3, requires_grad=False)
+
+    def loss(w, x, o):
+        return gt.deform_conv2d(x, o, w, padding=1).square().sum()
+
+    got = torch.func.vmap(torch.func.grad(loss), in_dims=(None, 0, 0))(w, x, offset.detach())
+    for i in range(2):
+        wi = w.clone().requires_grad_()
+        (want,) = torch.autograd.grad(loss(wi, x[i], offset[i].detach()), [wi])
+        torch.testing.assert_close(got[i], want, rtol=1e-12, atol=1e-12)
+
+
 # ------------------------------------------------------------------ dtypes
 
 
