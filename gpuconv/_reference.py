@@ -209,7 +209,7 @@ def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, **kwargs):
 
 def _corners(y, x, height, width):
     """[(row, col, weight)] of the bilinear sample at (y, x), torchvision's rule."""
-    if y <= -1 or y >= height or x <= -1 or x >= width:
+    if not (-1 < y < height and -1 < x < width):  # outside, or NaN
         return []
     y0, x0 = math.floor(y), math.floor(x)
     ly, lx = y - y0, x - x0
@@ -219,8 +219,12 @@ def _corners(y, x, height, width):
 
 
 def _corner_slopes(y, x, height, width):
-    """[(row, col, d weight / dy, d weight / dx)] of the bilinear sample at (y, x)."""
-    if y <= -1 or y >= height or x <= -1 or x >= width:
+    """[(row, col, d weight / dy, d weight / dx)] of the bilinear sample at (y, x).
+
+    torchvision's get_coordinate_weight: the floor cell's slopes with no inside test, so at
+    y == -1 (x == -1) exactly the offset gradient is the slope into the image (docs/kernels.md,
+    "Deformable convolution at integer sampling points"); NaN/inf points have none."""
+    if not (-1 <= y < height and -1 <= x < width):  # no corner of the cell is inside
         return []
     y0, x0 = math.floor(y), math.floor(x)
     ly, lx = y - y0, x - x0
