@@ -3,7 +3,8 @@
 // One launch: blocks are handed out from an atomic counter to a pool of OS worker threads (the
 // calling thread is one of them). A worker runs one block at a time: every CUDA thread of the
 // block is a user-level fiber with its own stack, and a scheduler that switches ONLY at
-// __syncthreads(): it runs fiber 0 until it reaches the barrier or returns, then fiber 1, ...
+// __syncthreads() and warp collectives (see resolve_warps): it runs fiber 0 until it reaches
+// the barrier or returns, then fiber 1, ...
 // When every live fiber waits at the barrier the round ends and all are released. If at the end
 // of a round some fibers have returned while others wait, the barrier is divergent: the block is
 // abandoned and the launch fails with a message (never a hang).
@@ -517,9 +518,13 @@ static bool resolve_warps(Worker& w, unsigned n) {
             if (lanes[l] && lanes[l]->state == FIBER_AT_WARP) any = true;
         }
         if (!any) continue;
+        // phase 0 checks every rendezvous of the warp, phase 1 runs them: a lane is never
+        // released by one group while another group (with a mask that overlaps) still names it
+        unsigned checked = 0;  // lanes of the groups phase 0 has validated
+        for (int phase = 0; phase < 2; ++phase)
         for (unsigned l = 0; l < width; ++l) {
             Fiber* f = lanes[l];
-            if (!f || f->state != FIBER_AT_WARP) continue;
+            if (!f || f->state != FIBER_AT_WARP || (phase == 0 && ((checked >> l) & 1u))) continue;
             unsigned mask = f->warp_mask;
             if (mask == 0) {  // __activemask: the lanes at this very site
                 for (unsigned j = 0; j < width; ++j)
@@ -528,7 +533,9 @@ static bool resolve_warps(Worker& w, unsigned n) {
                         mask |= 1u << j;
             }
             std::string problem;
-            if (!((mask >> l) & 1u)) {
+            if (phase == 1) {
+                // checked in phase 0
+            } else if (!((mask >> l) & 1u)) {
                 problem = "lane " + std::to_string(l) + " is not in its own mask";
             } else if (mask & ~exist) {
                 problem = "the mask names lanes " + fmt_lanes(mask & ~exist) +
@@ -567,7 +574,7 @@ static bool resolve_warps(Worker& w, unsigned n) {
                     for (auto& e : elsewhere) problem += "; lanes " + fmt_lanes(e.second) + " " + e.first;
                 }
             }
-            if (problem.empty()) {
+            if (phase == 1) {
                 err[0] = '\0';
                 if (f->warp_op(lanes, mask, err, sizeof err) != 0) problem = err;
             }
@@ -578,6 +585,10 @@ static bool resolve_warps(Worker& w, unsigned n) {
                            std::to_string(base) + "-" + std::to_string(base + width - 1) +
                            "): " + problem);
                 return false;
+            }
+            if (phase == 0) {
+                checked |= mask;
+                continue;
             }
             for (unsigned j = 0; j < width; ++j)
                 if ((mask >> j) & 1u) lanes[j]->state = FIBER_READY;

@@ -106,3 +106,10 @@ __global__ void shfl_rounds(float* __restrict__ out, int iters) {
     for (int i = 0; i < iters; ++i) v = __shfl_sync(0xffffffffu, v, (threadIdx.x + 1u) & 31u);
     out[blockIdx.x * blockDim.x + threadIdx.x] = v;
 }
+
+// BUG: lanes 0-15 shuffle with mask 0x0000ffff, lanes 16-31 with the full mask, at one site.
+__global__ void mask_mismatch(const float* __restrict__ x, float* __restrict__ out) {
+    const unsigned g = blockIdx.x * blockDim.x + threadIdx.x;
+    const unsigned mask = (threadIdx.x & 31u) < 16u ? 0x0000ffffu : 0xffffffffu;
+    out[g] = __shfl_sync(mask, x[g], 0);
+}
