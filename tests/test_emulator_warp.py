@@ -34,6 +34,7 @@ NAMES = [
     "warp_reuse<true>",
     "shfl_rounds",
     "mask_mismatch",
+    "barrier_vs_shuffle",
 ]
 MODES = {"idx": 0, "up": 1, "down": 2, "xor": 3}
 FULL = 0xFFFFFFFF
@@ -297,3 +298,20 @@ def test_lanes_with_overlapping_masks_at_one_site_is_an_error(mod):
                        match=r"__shfl_sync at .*warp\.cu:\d+ \(mask 0xffffffff\).*lanes 16-31 "
                              r"arrived; lanes 0-15 wait at __shfl_sync at .*\(mask 0x0000ffff\)"):
         mod.get_function("mask_mismatch")((1,), (32,), (x, np.zeros_like(x)))
+
+
+def test_lanes_at_syncthreads_while_others_shuffle_is_an_error(mod):
+    x = np.arange(32, dtype=np.float32)
+    with pytest.raises(emu.DivergentBarrierError,
+                       match=r"__shfl_xor_sync .*lanes 16-31 arrived; lanes 0-15 wait at "
+                             r"__syncthreads\(\)"):
+        mod.get_function("barrier_vs_shuffle")((1,), (32,), (x, np.zeros_like(x)))
+
+
+def test_warp_collectives_in_checked_mode(mod):
+    """The checked (guard-page, subprocess) launch runs the same rendezvous."""
+    x = np.arange(64, dtype=np.float32)
+    out = np.zeros_like(x)
+    with emu.checked():
+        mod.get_function("warp_allreduce")((1,), (64,), (x, out))
+    np.testing.assert_array_equal(out, np.repeat(x.reshape(2, 32).sum(axis=1), 32))

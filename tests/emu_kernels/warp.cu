@@ -113,3 +113,14 @@ __global__ void mask_mismatch(const float* __restrict__ x, float* __restrict__ o
     const unsigned mask = (threadIdx.x & 31u) < 16u ? 0x0000ffffu : 0xffffffffu;
     out[g] = __shfl_sync(mask, x[g], 0);
 }
+
+// BUG: the lower half-warp goes to __syncthreads() while the upper half shuffles.
+__global__ void barrier_vs_shuffle(const float* __restrict__ x, float* __restrict__ out) {
+    const unsigned g = blockIdx.x * blockDim.x + threadIdx.x;
+    float v = x[g];
+    if ((threadIdx.x & 31u) < 16u)
+        __syncthreads();
+    else
+        v = __shfl_xor_sync(0xffffffffu, v, 16);
+    out[g] = v;
+}
