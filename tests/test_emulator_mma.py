@@ -33,6 +33,8 @@ NAMES = [
     "cp_async_groups<0>",
     "cp_async_groups<1>",
     "cp_async_groups<3>",
+    "ldmatrix_offset",
+    "cp_async_src_bytes",
 ]
 
 
@@ -294,3 +296,24 @@ def test_cp_async_groups_land_at_their_wait(mod, wait):
             assert got[:, col].view(np.uint32).tolist() == [0xFFFFFFFF] * nthreads
         else:
             np.testing.assert_array_equal(got[:, col], expect[:, col])
+
+
+def test_ldmatrix_misaligned_row_is_an_error(mod):
+    out = np.zeros(32, np.uint32)
+    mod.get_function("ldmatrix_offset")((1,), (32,), (np.int32(8), out))  # 16 bytes: fine
+    with pytest.raises(emu.EmulatorError, match="ldmatrix: row address of lane 0 is not 16-byte"):
+        mod.get_function("ldmatrix_offset")((1,), (32,), (np.int32(4), out))
+
+
+@pytest.mark.parametrize("src_bytes", [0, 4, 12, 16])
+def test_cp_async_zero_fill(mod, src_bytes):
+    x = np.array([1.5, -2.0, 3.25, 4.0], np.float32)
+    out = np.full(4, 7.0, np.float32)
+    mod.get_function("cp_async_src_bytes")((1,), (32,), (x, np.int32(src_bytes), out))
+    np.testing.assert_array_equal(out, np.where(np.arange(4) < src_bytes // 4, x, 0.0))
+
+
+def test_cp_async_src_bytes_past_cp_size_is_an_error(mod):
+    x = np.zeros(8, np.float32)
+    with pytest.raises(emu.EmulatorError, match="src-size at most cp-size"):
+        mod.get_function("cp_async_src_bytes")((1,), (32,), (x, np.int32(20), np.zeros(4, np.float32)))

@@ -209,3 +209,25 @@ __global__ void cp_async_groups(const float* __restrict__ x, const int* __restri
     __syncthreads();
     for (int i = 0; i < 4; ++i) out[4 * t + i] = sm[4 * ((t + 1) % blockDim.x) + i];
 }
+
+// Misuse the emulator reports: ldmatrix with row addresses `offset` elements past 16-byte
+// alignment (offset 4: misaligned), and one cp.async of 16 bytes claiming src_bytes of source.
+__global__ void ldmatrix_offset(int offset, unsigned* __restrict__ out) {
+    __shared__ __align__(16) unsigned short sm[32 * 16 + 8];
+    const int l = threadIdx.x;
+    for (int c = 0; c < 16; ++c) sm[l * 16 + c] = static_cast<unsigned short>(l * 16 + c);
+    __syncthreads();
+    unsigned r[1];
+    ldmatrix_x1(r, sm + l * 16 + offset);
+    out[l] = r[0];
+}
+__global__ void cp_async_src_bytes(const float* __restrict__ x, int src_bytes,
+                                   float* __restrict__ out) {
+    __shared__ __align__(16) float sm[4];
+    if (threadIdx.x == 0) {
+        cp_async_cg(sm, x, src_bytes);
+        cp_async_commit();
+        cp_async_wait<0>();
+        for (int i = 0; i < 4; ++i) out[i] = sm[i];
+    }
+}
