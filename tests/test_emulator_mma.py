@@ -127,8 +127,13 @@ def test_tile_layouts_match_the_isa_tables(mod):
 
 def test_model_covers_each_matrix_once():
     """The model itself: every fragment table is a bijection lanes x registers -> elements."""
-    for pos, n, shape in [(pos_a16x16, 8, (16, 16)), (pos_b16x8, 4, (16, 8)),
-                          (pos_a_tf32, 4, (16, 8)), (pos_b_tf32, 2, (8, 8)), (pos_c, 4, (16, 8))]:
+    for pos, n, shape in [
+        (pos_a16x16, 8, (16, 16)),
+        (pos_b16x8, 4, (16, 8)),
+        (pos_a_tf32, 4, (16, 8)),
+        (pos_b_tf32, 2, (8, 8)),
+        (pos_c, 4, (16, 8)),
+    ]:
         seen = np.zeros(shape, int)
         for lane in range(32):
             for i in range(n):
@@ -150,8 +155,7 @@ def test_mma_m16n8k16(mod, kind, values):
     abits, bbits = bits16(a, bf16), bits16(b, bf16)
     d = np.zeros((32, 4), np.float32)
     mod.get_function(f"mma_raw<{int(bf16)}>")(
-        (1,), (32,), (pack_regs(abits, pos_a16x16, 8), pack_regs(bbits, pos_b16x8, 4),
-                      c_regs(c), d)
+        (1,), (32,), (pack_regs(abits, pos_a16x16, 8), pack_regs(bbits, pos_b16x8, 4), c_regs(c), d)
     )
     expected = from_bits16(abits, bf16) @ from_bits16(bbits, bf16) + c
     got = d_matrix(d)
@@ -169,8 +173,14 @@ def test_mma_m16n8k8_tf32(mod):
     c = rng.integers(-1000, 1000, (16, 8)).astype(np.float32)
     d = np.zeros((32, 4), np.float32)
     mod.get_function("mma_raw<2>")(
-        (1,), (32,), (pack_regs(a.view(np.uint32), pos_a_tf32, 4),
-                      pack_regs(b.view(np.uint32), pos_b_tf32, 2), c_regs(c), d)
+        (1,),
+        (32,),
+        (
+            pack_regs(a.view(np.uint32), pos_a_tf32, 4),
+            pack_regs(b.view(np.uint32), pos_b_tf32, 2),
+            c_regs(c),
+            d,
+        ),
     )
     np.testing.assert_array_equal(d_matrix(d), a.astype(np.float64) @ b + c)
 
@@ -184,8 +194,14 @@ def test_mma_sums_in_fp32_not_half(mod):
     b[1:, :] = 1.0
     d = np.zeros((32, 4), np.float32)
     mod.get_function("mma_raw<0>")(
-        (1,), (32,), (pack_regs(bits16(a, False), pos_a16x16, 8),
-                      pack_regs(bits16(b, False), pos_b16x8, 4), np.zeros((32, 4), np.float32), d)
+        (1,),
+        (32,),
+        (
+            pack_regs(bits16(a, False), pos_a16x16, 8),
+            pack_regs(bits16(b, False), pos_b16x8, 4),
+            np.zeros((32, 4), np.float32),
+            d,
+        ),
     )
     assert (d_matrix(d) == 2048 + 15).all()
 
@@ -195,7 +211,7 @@ def ldmatrix_model(stored, rows, nmat, trans):
     holds row l>>2, columns 2(l%4), 2(l%4)+1 (transposed with .trans), low half first."""
     regs = np.zeros((32, 4), np.uint32)
     for j in range(nmat):
-        mat = stored[rows[8 * j:8 * j + 8]]
+        mat = stored[rows[8 * j : 8 * j + 8]]
         if trans:
             mat = mat.T
         for lane in range(32):
@@ -211,8 +227,9 @@ def test_ldmatrix(mod, nmat, trans):
     stored = rng.integers(0, 65536, (32, 8)).astype(np.uint16)
     rows = rng.permutation(32).astype(np.int32)  # each lane points at an arbitrary stored row
     out = np.zeros((32, 4), np.uint32)
-    mod.get_function(f"ldmatrix_raw<{nmat}, {str(trans).lower()}>")((1,), (32,),
-                                                                     (stored, rows, out))
+    mod.get_function(f"ldmatrix_raw<{nmat}, {str(trans).lower()}>")(
+        (1,), (32,), (stored, rows, out)
+    )
     np.testing.assert_array_equal(out, ldmatrix_model(stored, rows, nmat, trans))
 
 
@@ -316,4 +333,6 @@ def test_cp_async_zero_fill(mod, src_bytes):
 def test_cp_async_src_bytes_past_cp_size_is_an_error(mod):
     x = np.zeros(8, np.float32)
     with pytest.raises(emu.EmulatorError, match="src-size at most cp-size"):
-        mod.get_function("cp_async_src_bytes")((1,), (32,), (x, np.int32(20), np.zeros(4, np.float32)))
+        mod.get_function("cp_async_src_bytes")(
+            (1,), (32,), (x, np.int32(20), np.zeros(4, np.float32))
+        )

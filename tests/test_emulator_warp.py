@@ -78,8 +78,9 @@ def test_shfl_every_offset_and_width(mod, mode, width):
     args = np.repeat(np.arange(nblocks, dtype=np.int32), nthreads)
     out = np.full(n, -1, np.int32)
     mod.get_function("shfl_kernel<int>")(
-        (nblocks,), (nthreads,), (values, args, out, np.int32(MODES[mode]), np.int32(width),
-                                  np.uint32(FULL))
+        (nblocks,),
+        (nthreads,),
+        (values, args, out, np.int32(MODES[mode]), np.int32(width), np.uint32(FULL)),
     )
     np.testing.assert_array_equal(out, model_shfl(mode, values, args, width, nthreads))
 
@@ -94,8 +95,9 @@ def test_shfl_per_lane_arguments_and_64bit_values(mod, mode):
     for width in (32, 8):
         out = np.zeros(n)
         mod.get_function("shfl_kernel<double>")(
-            (4,), (64,), (values, args, out, np.int32(MODES[mode]), np.int32(width),
-                          np.uint32(FULL))
+            (4,),
+            (64,),
+            (values, args, out, np.int32(MODES[mode]), np.int32(width), np.uint32(FULL)),
         )
         np.testing.assert_array_equal(out, model_shfl(mode, values, args, width, 64))
 
@@ -204,8 +206,11 @@ def test_fixed_convergent_shuffle(mod):
 
 def test_planted_early_return_before_shuffle(mod):
     x = np.arange(32, dtype=np.float32)
-    with pytest.raises(emu.DivergentBarrierError, match=r"__shfl_xor_sync at .*warp\.cu:\d+ "
-                       r"\(mask 0xffffffff\).*lanes 0-4,6-31 arrived; lanes 5 have returned"):
+    with pytest.raises(
+        emu.DivergentBarrierError,
+        match=r"__shfl_xor_sync at .*warp\.cu:\d+ "
+        r"\(mask 0xffffffff\).*lanes 0-4,6-31 arrived; lanes 5 have returned",
+    ):
         mod.get_function("early_return_shuffle")((1,), (32,), (x, np.zeros_like(x)))
 
 
@@ -243,11 +248,14 @@ def test_cost_per_collective(mod, capsys):
     elapsed = time.process_time() - t0
     rounds = iters * nblocks * nthreads // 32
     with capsys.disabled():
-        print(f"\nemulator: {elapsed / rounds * 1e9:.0f} ns CPU time per 32-lane __shfl_sync "
-              f"round ({elapsed / rounds / 32 * 1e9:.0f} ns per lane)")
+        print(
+            f"\nemulator: {elapsed / rounds * 1e9:.0f} ns CPU time per 32-lane __shfl_sync "
+            f"round ({elapsed / rounds / 32 * 1e9:.0f} ns per lane)"
+        )
     expected = (np.arange(nthreads) + iters) % 32  # each round reads lane + 1
-    np.testing.assert_array_equal(out.reshape(nblocks, nthreads) % 32,
-                                  np.broadcast_to(expected, (nblocks, nthreads)))
+    np.testing.assert_array_equal(
+        out.reshape(nblocks, nthreads) % 32, np.broadcast_to(expected, (nblocks, nthreads))
+    )
 
 
 def test_warp_kernels_are_valid_cuda(tmp_path):
@@ -271,9 +279,19 @@ def test_warp_kernels_are_valid_cuda(tmp_path):
         "template __global__ void warp_reuse<true>(const float*, float*, int);\n"
     )
     proc = subprocess.run(
-        [nvcc, "--ptx", "-arch=sm_80", "-std=c++17", f"-I{KDIR}", str(src), "-o",
-         str(tmp_path / "check.ptx")],
-        capture_output=True, text=True, check=False,
+        [
+            nvcc,
+            "--ptx",
+            "-arch=sm_80",
+            "-std=c++17",
+            f"-I{KDIR}",
+            str(src),
+            "-o",
+            str(tmp_path / "check.ptx"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     ptx = (tmp_path / "check.ptx").read_text()
@@ -284,9 +302,11 @@ def test_warp_kernels_are_valid_cuda(tmp_path):
 def test_full_mask_in_a_partial_warp_is_an_error(mod):
     """A block of 48 threads: warp 1 has lanes 0-15 only, so 0xffffffff names missing lanes."""
     z = np.zeros(48, np.int32)
-    with pytest.raises(emu.DivergentBarrierError,
-                       match=r"warp 1 \(threads 32-47\): the mask names lanes 16-31 that do not "
-                             r"exist \(the block has 48 threads\)"):
+    with pytest.raises(
+        emu.DivergentBarrierError,
+        match=r"warp 1 \(threads 32-47\): the mask names lanes 16-31 that do not "
+        r"exist \(the block has 48 threads\)",
+    ):
         mod.get_function("shfl_kernel<int>")(
             (1,), (48,), (z, z, z.copy(), np.int32(2), np.int32(32), np.uint32(FULL))
         )
@@ -294,17 +314,21 @@ def test_full_mask_in_a_partial_warp_is_an_error(mod):
 
 def test_lanes_with_overlapping_masks_at_one_site_is_an_error(mod):
     x = np.arange(32, dtype=np.float32)
-    with pytest.raises(emu.DivergentBarrierError,
-                       match=r"__shfl_sync at .*warp\.cu:\d+ \(mask 0xffffffff\).*lanes 16-31 "
-                             r"arrived; lanes 0-15 wait at __shfl_sync at .*\(mask 0x0000ffff\)"):
+    with pytest.raises(
+        emu.DivergentBarrierError,
+        match=r"__shfl_sync at .*warp\.cu:\d+ \(mask 0xffffffff\).*lanes 16-31 "
+        r"arrived; lanes 0-15 wait at __shfl_sync at .*\(mask 0x0000ffff\)",
+    ):
         mod.get_function("mask_mismatch")((1,), (32,), (x, np.zeros_like(x)))
 
 
 def test_lanes_at_syncthreads_while_others_shuffle_is_an_error(mod):
     x = np.arange(32, dtype=np.float32)
-    with pytest.raises(emu.DivergentBarrierError,
-                       match=r"__shfl_xor_sync .*lanes 16-31 arrived; lanes 0-15 wait at "
-                             r"__syncthreads\(\)"):
+    with pytest.raises(
+        emu.DivergentBarrierError,
+        match=r"__shfl_xor_sync .*lanes 16-31 arrived; lanes 0-15 wait at "
+        r"__syncthreads\(\)",
+    ):
         mod.get_function("barrier_vs_shuffle")((1,), (32,), (x, np.zeros_like(x)))
 
 

@@ -37,8 +37,9 @@ def source() -> str:
     """mma.cu with its two local includes inlined (NVRTC gets one text, as in the backend)."""
     text = (KDIR / "mma.cu").read_text()
     text = text.replace('#include "emu_test.cuh"', (KDIR / "emu_test.cuh").read_text())
-    return text.replace('#include "../../kernels/mma.cuh"',
-                        (ROOT / "kernels" / "mma.cuh").read_text())
+    return text.replace(
+        '#include "../../kernels/mma.cuh"', (ROOT / "kernels" / "mma.cuh").read_text()
+    )
 
 
 _cache: dict[str, _nvrtc.CompileResult] = {}
