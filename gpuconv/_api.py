@@ -13,10 +13,13 @@ Each function follows the same three steps:
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from . import _shapes
 from ._dispatch import Call, is_cupy_array
+from ._launch import _data_pointer
 
 CONV_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -86,11 +89,16 @@ class _Arrays:
         self.call = Call(present, op=op)
 
     def prepare(self, a):
-        """``a`` on the backend, C-contiguous, in the result dtype (None stays None)."""
+        """``a`` on the backend, C-contiguous, in the result dtype and native byte order,
+        aligned to its element size (None stays None). A misaligned view (from a byte
+        buffer at an odd offset), NumPy or CuPy, is copied: the kernels need alignment."""
         if a is None:
             return None
         a = self.call.to_backend(a)
-        return self.call.xp.ascontiguousarray(a, dtype=self.dtype)
+        a = self.call.xp.ascontiguousarray(a, dtype=self.dtype)
+        if a.size and _data_pointer(a) % a.dtype.itemsize:
+            a = a.copy()
+        return a
 
 
 def _rank_text(name: str, shape) -> str:
@@ -792,13 +800,17 @@ def _signal_args(op, a, v, mode):
         if type(arr).__module__.split(".")[0] == "torch":
             raise _not_an_array(op, name, arr)
     call = Call([a, v], op=op)
+    given = {"a": a, "v": v}
     if not call.on_device_arrays:
         a = np.array(a, copy=None, ndmin=1)
         v = np.array(v, copy=None, ndmin=1)
         for name, arr in (("a", a), ("v", v)):
-            if arr.dtype.kind in "USV":  # (object arrays go to NumPy's own loop)
+            # (object arrays of numbers go to NumPy's own loop)
+            if arr.dtype.kind in "USV" or (arr.dtype.kind == "O" and not all(
+                    isinstance(e, numbers.Number) for e in arr.flat)):
                 raise TypeError(
-                    f"{op}: {name} must hold numbers, got {_shapes.describe(arr)}"
+                    f"{op}: {name} must be a 1-D array_like of numbers, got "
+                    f"{_shapes.describe(given[name])}"
                 )
         # a non-native byte order ('>f8' on a little-endian machine) becomes native
         a, v = (arr.astype(arr.dtype.newbyteorder("="), copy=False) for arr in (a, v))

@@ -269,6 +269,44 @@ def _window(size, pad_lo, count, reach):
     return slice(start, stop), (max(pad_lo, 0), max(pad_hi, 0))
 
 
+def _tap_range(size: int, offset: int, stride: int, out: int):
+    """Inputs ``i`` of one dim whose scatter target ``i * stride + offset`` lies in
+    ``[0, out)``: ``(input slice, output slice)``, or None when there are none."""
+    i0 = max(0, -(offset // stride))               # ceil(-offset / stride), at least 0
+    i1 = min(size, -((offset - out) // stride))    # ceil((out - offset) / stride)
+    if i1 <= i0:
+        return None
+    return slice(i0, i1), slice(i0 * stride + offset, (i1 - 1) * stride + offset + 1, stride)
+
+
+def _transpose_scatter(result, x, weight, bias, geom: ConvGeometry):
+    """``result[...] = conv_transpose(x, weight) + bias`` by its definition: every input
+    cell times every tap, added where it lands inside the output (one GEMM and one strided
+    add per tap). Used for weights holding inf or NaN, where the phase convolutions'
+    zero padding would turn ``0 * inf`` into NaN at outputs no such tap reaches.
+
+    ``weight`` (C_in, C_out/G, *k) and ``bias`` are in the compute dtype.
+    """
+    n, c_in = x.shape[:2]
+    g = geom.groups
+    cg, og = c_in // g, weight.shape[1]
+    cdt = weight.dtype
+    acc = np.zeros((n, g * og, *geom.out_size), dtype=cdt)
+    w = weight.reshape(g, cg, og, -1)  # (G, cg, og, K)
+    for k, tap in enumerate(np.ndindex(*geom.kernel)):
+        ranges = [_tap_range(size, t * d - lo, s, out) for size, t, s, d, lo, out in zip(
+            geom.in_size, tap, geom.stride, geom.dilation, geom.pad_lo, geom.out_size)]
+        if any(r is None for r in ranges):
+            continue
+        src, dst = zip(*ranges)
+        part = x[(slice(None), slice(None)) + src].astype(cdt, copy=False)
+        shape = part.shape[2:]
+        # (G, og, cg) @ (N, G, cg, P') -> (N, G, og, P')
+        product = np.matmul(w[..., k].transpose(0, 2, 1), part.reshape(n, g, cg, -1))
+        acc[(slice(None), slice(None)) + dst] += product.reshape(n, g * og, *shape)
+    _write(result, acc, bias)
+
+
 class NumpyBackend(GradMixin):
     """Vectorised NumPy implementations of every operation (see module docstring).
 
@@ -307,6 +345,9 @@ class NumpyBackend(GradMixin):
         w = weight.astype(cdt, copy=False).reshape(g, cg, og, *geom.kernel).swapaxes(1, 2)
         w = w.reshape(g * og, cg, *geom.kernel)
         bias = None if bias is None else bias.astype(cdt, copy=False)
+        if not np.isfinite(w).all():  # the phase convs would multiply zero pads by inf/NaN
+            _transpose_scatter(result, x, weight.astype(cdt, copy=False), bias, geom)
+            return result
         per_dim = [
             [_transpose_phase_1d(*args, residue) for residue in range(args[2])]
             for args in zip(geom.in_size, geom.kernel, geom.stride, geom.dilation,

@@ -312,7 +312,9 @@ class GradMixin:
         """
         dtype = grad_output.dtype
         cdt = _compute_dtype(dtype)
-        if _stride1_input_pays(weight.shape, geom):
+        # (the correlation multiplies grad_output's zero halo by every tap: with an inf or
+        # NaN weight, 0 * inf would be NaN where no such tap reaches; col2im has no halo)
+        if _stride1_input_pays(weight.shape, geom) and np.isfinite(weight).all():
             return _stride1_input_grad(weight.astype(cdt, copy=False),
                                        grad_output, geom).astype(dtype, copy=False)
         n, c_out = grad_output.shape[:2]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..._launch import _data_pointer
+
 #: padding_mode -> the kernels' ``Mode`` template argument (``gpuconv::PaddingMode`` in
 #: ``kernels/padding.cuh``).
 PADDING_MODE_CODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
@@ -30,8 +32,10 @@ def pow2_at_least(n: int) -> int:
 
 def prepare(xp, array, dtype):
     """``array`` as a C-contiguous ``dtype`` array of ``xp``, aligned to the element size (the
-    launch helper checks the alignment)."""
+    launch helper checks the alignment). NumPy and CuPy arrays alike: a contiguous but
+    misaligned view (``a[1:].view(complex128)``) is copied (fresh allocations are aligned)."""
+    dtype = np.dtype(dtype)
     array = xp.ascontiguousarray(array, dtype=dtype)
-    if xp is np and array.size and array.ctypes.data % dtype.itemsize:
+    if array.size and _data_pointer(array) % dtype.itemsize:
         array = array.copy()
     return array
