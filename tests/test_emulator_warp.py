@@ -35,6 +35,7 @@ NAMES = [
     "shfl_rounds",
     "mask_mismatch",
     "barrier_vs_shuffle",
+    "spin_on_vote",
 ]
 MODES = {"idx": 0, "up": 1, "down": 2, "xor": 3}
 FULL = 0xFFFFFFFF
@@ -339,3 +340,27 @@ def test_warp_collectives_in_checked_mode(mod):
     with emu.checked():
         mod.get_function("warp_allreduce")((1,), (64,), (x, out))
     np.testing.assert_array_equal(out, np.repeat(x.reshape(2, 32).sum(axis=1), 32))
+
+
+def test_interrupt_stops_a_warp_spinning_on_collectives(mod):
+    """Ctrl-C during a launch whose warp votes forever: the cancel flag is checked between
+    rendezvous passes, so the launch stops (KeyboardInterrupt) instead of running on. In a
+    subprocess, so that a failure is a timeout, not a hung test run."""
+    import subprocess
+    import sys
+
+    script = f"""
+import _thread, threading, time, numpy as np, gpuconv._emulator as emu
+mod = emu.load_module({str(KDIR / "warp.cu")!r}, {NAMES!r})
+threading.Timer(0.5, _thread.interrupt_main).start()
+t0 = time.monotonic()
+try:
+    mod.get_function("spin_on_vote")((1,), (64,), (np.zeros(1, np.int32),))
+except KeyboardInterrupt:
+    print("interrupted after", time.monotonic() - t0)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert "interrupted after" in proc.stdout, proc.stdout + proc.stderr
+    assert float(proc.stdout.split()[-1]) < 5.0

@@ -704,6 +704,11 @@ static bool run_block(Worker& w, unsigned long long linear) {
         // (in the round's order, reshuffled per pass) until every thread of the block has
         // returned or waits at the barrier.
         while (at_warp) {
+            if (L.cancelled()) {  // e.g. a warp that spins on a vote: stop between passes too
+                L.fail(RC_CANCELLED, "launch cancelled");
+                ts.current = nullptr;
+                return false;
+            }
             if (!resolve_warps(w, n)) {
                 ts.current = nullptr;
                 return false;

@@ -124,3 +124,9 @@ __global__ void barrier_vs_shuffle(const float* __restrict__ x, float* __restric
         v = __shfl_xor_sync(0xffffffffu, v, 16);
     out[g] = v;
 }
+
+// Never ends: the warp votes forever (for the interrupt test).
+__global__ void spin_on_vote(int* __restrict__ flag) {
+    while (__any_sync(0xffffffffu, flag[0] == 0)) {
+    }
+}
