@@ -34,6 +34,7 @@ import ctypes
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import tempfile
@@ -243,6 +244,7 @@ def _interruptible(launch):
     if threading.current_thread() is not threading.main_thread():
         return launch(None)
     cancel = ctypes.c_int(0)
+    done = threading.Event()
     outcome = {}
 
     def target():
@@ -250,16 +252,33 @@ def _interruptible(launch):
             outcome["value"] = launch(cancel)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             outcome["error"] = exc
+        finally:
+            done.set()
 
     helper = threading.Thread(target=target, name="gpuconv-emulate-launch", daemon=True)
-    helper.start()
+    # SIGINT is blocked while the helper starts: a KeyboardInterrupt inside Thread.start()
+    # would leave a launch running on arrays the caller is about to drop. The helper (and the
+    # runtime's worker threads) inherit the blocked mask, so SIGINT always reaches this thread.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    started = False
     try:
-        while helper.is_alive():
-            helper.join(0.05)
+        helper.start()
+        started = True
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        while not done.wait(0.05):
+            pass
     except BaseException:
         cancel.value = 1
-        helper.join()
+        if started or helper.is_alive():
+            while True:  # a second Ctrl-C must not leave the launch running: it stops soon
+                try:
+                    if done.wait(0.05):
+                        break
+                except BaseException:  # noqa: BLE001, S112
+                    continue
         raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
