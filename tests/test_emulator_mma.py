@@ -35,6 +35,8 @@ NAMES = [
     "cp_async_groups<3>",
     "ldmatrix_offset",
     "cp_async_src_bytes",
+    "cp_async_neighbour<false>",
+    "cp_async_neighbour<true>",
 ]
 
 
@@ -336,3 +338,19 @@ def test_cp_async_src_bytes_past_cp_size_is_an_error(mod):
         mod.get_function("cp_async_src_bytes")(
             (1,), (32,), (x, np.int32(20), np.zeros(4, np.float32))
         )
+
+
+def test_planted_missing_barrier_after_cp_async_wait(mod):
+    """wait_group covers the thread's own copies only: reading a neighbour's copy needs a
+    barrier too. Without it the result depends on the thread order: a RaceError."""
+    x = np.arange(4 * 64, dtype=np.float32)
+    with pytest.raises(emu.RaceError, match="cp_async_neighbour<false>"), emu.race_check():
+        mod.get_function("cp_async_neighbour<false>")((1,), (64,), (x, np.zeros_like(x)))
+
+
+def test_fixed_barrier_after_cp_async_wait(mod):
+    x = np.arange(4 * 64, dtype=np.float32)
+    out = np.zeros_like(x)
+    with emu.race_check():
+        mod.get_function("cp_async_neighbour<true>")((1,), (64,), (x, out))
+    np.testing.assert_array_equal(out, np.roll(x.reshape(64, 4), -1, axis=0).reshape(-1))

@@ -29,6 +29,7 @@ SM75_NAMES = [
     "gemm_direct16<false>",
     "gemm_pipelined<1>",
     "cp_async_groups<0>",
+    "cp_async_neighbour<true>",
 ]
 SM80_NAMES = [*SM75_NAMES, "mma_raw<1>", "mma_raw<2>", "gemm_direct16<true>", "gemm_direct_tf32"]
 

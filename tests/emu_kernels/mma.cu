@@ -231,3 +231,18 @@ __global__ void cp_async_src_bytes(const float* __restrict__ x, int src_bytes,
         for (int i = 0; i < 4; ++i) out[i] = sm[i];
     }
 }
+
+// A thread reads what its neighbour copied with cp.async. Its own wait_group covers only its
+// own copies: BARRIER = false (the planted bug) omits the __syncthreads() that makes the
+// neighbour's landed copy visible; BARRIER = true is the fixed twin.
+template <bool BARRIER>
+__global__ void cp_async_neighbour(const float* __restrict__ x, float* __restrict__ out) {
+    __shared__ __align__(16) float sm[128 * 4];
+    const int t = threadIdx.x;
+    cp_async_cg(&sm[4 * t], &x[4 * t]);
+    cp_async_commit();
+    cp_async_wait<0>();
+    if (BARRIER) __syncthreads();
+    const int u = (t + 1) % blockDim.x;
+    for (int i = 0; i < 4; ++i) out[4 * t + i] = sm[4 * u + i];
+}
