@@ -50,6 +50,10 @@ How the chunks are mapped
   ``a`` (overlap-save).
 
 Memory per task is bounded by one output chunk, its input window (chunk + halo) and the weights.
+A worker also holds the input chunks that finished tasks share with tasks still to run: with
+Dask's ordering that front is about two slabs of chunks along the first chunked spatial axis.
+So for large volumes choose chunks thin along the first spatial axis and wide along the others
+(e.g. ``(1, C, 4, 256, 512)`` for a ``512^3`` volume): measured in ``benchmarks/dask_bench.py``.
 """
 
 from __future__ import annotations
