@@ -26,9 +26,10 @@ _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpuconv_
 _instances: dict[str, object] = {}
 
 
-def _check_name(name) -> str:
-    if name not in BACKENDS:
-        raise ValueError(f"backend={name!r} must be one of {BACKENDS}")
+def _check_name(name, op: str = "use_backend") -> str:
+    if not isinstance(name, str) or name not in BACKENDS:
+        shown = repr(name) if isinstance(name, (str, type(None))) else type(name).__name__
+        raise ValueError(f"{op}: name={shown[:60]} must be one of {BACKENDS}")
     return name
 
 

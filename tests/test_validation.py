@@ -451,8 +451,8 @@ def test_nonfinite_weight_reaches_only_its_outputs(backend, case, bad):
             _assert_same_nonfinite(got, _conv_ref(x, wc, S, P, D, groups))
 
 
-@pytest.mark.xfail(strict=True, reason="kernels/conv.cu: the grouped (direct) path skips taps "
-                   "over the zero pad, the others multiply them (0 * inf = NaN, as PyTorch)")
+@pytest.mark.xfail(strict=True, reason="kernels/conv.cu: conv_direct skips taps over the zero "
+                   "pad; conv_tiled multiplies them (0 * inf = NaN, as PyTorch and NumPy)")
 def test_emulate_grouped_conv_multiplies_the_zero_pad():
     if gpuconv.available_backends()["emulate"] != "available":
         pytest.skip("emulate backend unavailable")
