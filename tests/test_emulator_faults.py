@@ -426,6 +426,8 @@ def value():
 
 print("first", value(), _build.compiles, flush=True)
 print("again", value(), _build.compiles, flush=True)
+with emu.checked():  # the subprocess gets its spec directory (under TMPDIR) through argv
+    print("checked", value(), flush=True)
 artifact = _build.build(source, ["header_value"])
 header = (root / "src" / "sub" / "with_header.cuh").resolve()
 deps = __import__("json").loads(pathlib.Path(artifact.path).with_name(artifact.key + ".json").read_text())["deps"]
@@ -466,6 +468,7 @@ def test_hostile_characters_in_install_source_tmp_and_cache_paths(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "first [1, 1, 1, 1] 1" in proc.stdout
     assert "again [1, 1, 1, 1] 1" in proc.stdout, "the library was not cached"
+    assert "checked [1, 1, 1, 1]" in proc.stdout
     # the header in a subdirectory (of a hostile path) is tracked: editing it forces a rebuild
     # (test_emulator.py::test_disk_cache_key_follows_included_headers runs such a rebuild)
     assert "tracked True" in proc.stdout
