@@ -514,6 +514,28 @@ def test_huge_stride_and_dilation_are_computed_cheaply(backend):
         np.testing.assert_allclose(gx, expected, atol=1e-12)
 
 
+def test_large_transpose_stride_is_not_a_python_loop(backend, monkeypatch):
+    """conv_transpose with stride 10**6: the NumPy backend visited every one of the 10**6
+    stride phases in Python (25 s); now it scatters per tap. Expected values by hand."""
+    from gpuconv.backends import numpy_backend
+
+    calls = []
+    original = numpy_backend._transpose_phase_1d
+    monkeypatch.setattr(numpy_backend, "_transpose_phase_1d",
+                        lambda *args: calls.append(1) or original(*args))
+    x = np.array([[[2.0, -3.0]]])
+    w = np.array([[[1.0, 10.0, 100.0]]])
+    s = 10**6
+    with backend.active():
+        y = backend.asnumpy(gpuconv.conv_transpose1d(backend.asarray(x), backend.asarray(w),
+                                                     stride=s, padding=1))
+    expected = np.zeros((1, 1, s + 1))  # (2 - 1) * s - 2 + 3 outputs; input i lands at i*s - 1
+    expected[0, 0, [0, 1]] = [20.0, 200.0]  # x[0] * w[1:]; x[0] * w[0] is cropped
+    expected[0, 0, [s - 1, s]] = [-3.0, -30.0]  # x[1] * w[:2]; x[1] * w[2] is past the end
+    np.testing.assert_array_equal(y, expected)
+    assert len(calls) <= 2048
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [

@@ -24,7 +24,9 @@ for stride 1 ``Q_d = out_d + (k_d - 1) * dilation_d``).
   ``(mult, K) @ (K, L)`` contraction (``einsum``), then the same crop.
 * conv_transpose: each stride phase of the *output* receives a fixed subset of the taps,
   so it is a stride-1 conv of the input with those taps reversed (no scatter-add); each
-  phase runs through conv's path and writes its strided share of the result.
+  phase runs through conv's path and writes its strided share of the result. Weights with
+  inf or NaN, and strides of more than ``MAX_TRANSPOSE_PHASES`` phases, take the definition
+  instead: one GEMM and one strided scatter-add per tap (:func:`_transpose_scatter`).
 * deform_conv2d: per image, bilinear samples are whole rows of a channels-last copy of the
   input (one ``np.take`` for the 4 corners, ``einsum`` with the weights), then one GEMM.
 * convolve/correlate (real, long): a blocked Toeplitz GEMM; NumPy's own loop otherwise.
@@ -65,6 +67,10 @@ CHUNK_BYTES = 16 * 2**20
 #: Working-set target, in bytes, of one depthwise channel block (its im2col columns and
 #: outputs): a share of the last-level cache.
 DEPTHWISE_BLOCK_BYTES = 1024 * 1024
+
+
+#: conv_transpose with more stride phases than this (``prod(stride)``) scatters per tap.
+MAX_TRANSPOSE_PHASES = 1024
 
 
 _NP_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
@@ -345,7 +351,10 @@ class NumpyBackend(GradMixin):
         w = weight.astype(cdt, copy=False).reshape(g, cg, og, *geom.kernel).swapaxes(1, 2)
         w = w.reshape(g * og, cg, *geom.kernel)
         bias = None if bias is None else bias.astype(cdt, copy=False)
-        if not np.isfinite(w).all():  # the phase convs would multiply zero pads by inf/NaN
+        # The scatter instead of the phases: for inf/NaN weights (the phase convs would
+        # multiply zero pads by them), and for strides with more phases than a Python loop
+        # should visit (most of them empty; stride 10**6 took 25 s).
+        if not np.isfinite(w).all() or math.prod(geom.stride) > MAX_TRANSPOSE_PHASES:
             _transpose_scatter(result, x, weight.astype(cdt, copy=False), bias, geom)
             return result
         per_dim = [
