@@ -345,26 +345,40 @@ def conv_transpose_geometry(
 def backend_geometry(geom: ConvGeometry, *, transposed: bool = False,
                      op: str = "") -> ConvGeometry:
     """The geometry a backend computes ``geom`` with: the same sizes and pads, with every
-    stride and dilation that cannot matter set to 1.
+    stride and dilation that cannot matter made as small as the geometry's own relations
+    allow.
 
     A stride matters only along a dim with more than one output (for a transposed
     convolution: more than one input), a dilation only along a dim whose kernel has more
     than one tap. Such strides and dilations may be huge (PyTorch accepts ``stride=2**31``
-    on a 5-long input: one output); the backends index with 32-bit ints where they can,
-    and the NumPy backend's buffers grow with the stride. A stride or dilation of
-    ``INDEX_LIMIT`` (2**31) or more that does matter needs an input or padding of more than
-    2**31 cells along that dim: ValueError naming it.
+    on a 5-long input: one output), but the backends index with 32-bit ints where they can,
+    and the NumPy backend's buffers grow with the stride. They are replaced by the smallest
+    value that keeps every relation between the sizes a backend may rely on: for ``conv``,
+    ``out == (padded - extent) // stride + 1`` (stride ``padded - extent + 1``, dilation 1);
+    for ``conv_transpose``, ``output_padding < max(stride, dilation)`` (at most
+    ``out + pad_lo + 1``, more than any output padding). A stride or dilation of
+    ``INDEX_LIMIT`` (2**31) or more that does matter needs more than 2**31 padded cells along
+    its dim: ValueError naming it.
 
     >>> g = conv_geometry((5,), (3,), stride=2**31, padding=0, dilation=1)
     >>> g.out_size, backend_geometry(g).stride
-    ((1,), (1,))
+    ((1,), (3,))
     """
-    if transposed:
-        moves = [n > 1 for n in geom.in_size]
-    else:
-        moves = [o > 1 for o in geom.out_size]
-    stride = tuple(s if m else 1 for s, m in zip(geom.stride, moves))
-    dilation = tuple(d if k > 1 else 1 for d, k in zip(geom.dilation, geom.kernel))
+    stride, dilation = list(geom.stride), list(geom.dilation)
+    for dim in range(geom.ndim):
+        k, out, lo = geom.kernel[dim], geom.out_size[dim], geom.pad_lo[dim]
+        if transposed:
+            cap = out + lo + 1
+            if geom.in_size[dim] == 1:
+                stride[dim] = min(stride[dim], cap)
+            if k == 1:
+                dilation[dim] = min(dilation[dim], cap)
+        else:
+            if out == 1:
+                extent = dilation[dim] * (k - 1) + 1
+                stride[dim] = min(stride[dim], geom.padded_size[dim] - extent + 1)
+            if k == 1:
+                dilation[dim] = 1
     for dim, (s, d) in enumerate(zip(stride, dilation)):
         for name, v, why in (
             ("stride", s, f"more than one {'input' if transposed else 'output'} along it"),
@@ -376,6 +390,7 @@ def backend_geometry(geom: ConvGeometry, *, transposed: bool = False,
                     f"2**31 where it matters (here: {why}); "
                     f"such a call needs more than 2**31 padded input cells along that dim"
                 )
+    stride, dilation = tuple(stride), tuple(dilation)
     if stride == geom.stride and dilation == geom.dilation:
         return geom
     return ConvGeometry(geom.in_size, geom.kernel, stride, dilation, geom.pad_lo, geom.pad_hi,

@@ -506,6 +506,11 @@ def test_huge_stride_and_dilation_are_computed_cheaply(backend):
         wt = np.ascontiguousarray(w.swapaxes(0, 1))  # (C_in=3, C_out=4, 3)
         y = backend.asnumpy(gpuconv.conv_transpose1d(a(x[..., :1]), a(wt), stride=big))
         np.testing.assert_allclose(y, np.einsum("nc,cok->nok", x[..., 0], wt), atol=1e-12)
+        # a stride that does not matter must keep out == (padded - extent) // stride + 1, which
+        # the 1x1 fast paths rely on (stride 1 there would read both columns)
+        one = backend.asnumpy(gpuconv.conv2d(a(x[:1, :1, :2].reshape(1, 1, 1, 2)),
+                                             a(np.full((1, 1, 1, 1), 2.0)), stride=(1, 2)))
+        np.testing.assert_array_equal(one, 2.0 * x[:1, :1, :1].reshape(1, 1, 1, 1))
         gw = backend.asnumpy(grad.conv_weight(a(x), w.shape, a(np.ones((2, 4, 1))), stride=big))
         np.testing.assert_allclose(gw, np.broadcast_to(x[..., :3].sum(0), w.shape), atol=1e-12)
         gx = backend.asnumpy(grad.conv_input(x.shape, a(w), a(np.ones((2, 4, 1))), stride=big))
