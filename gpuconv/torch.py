@@ -88,11 +88,16 @@ class DtypeMismatchError(RuntimeError, TypeError):
 # ------------------------------------------------------------------ tensors
 
 
+#: Tensor arguments that may be None.
+_OPTIONAL_TENSORS = ("bias", "mask")
+
+
 def _check_tensors(op: str, **named):
-    """Check that the tensor arguments are float tensors on one device; return the device."""
+    """Check that the tensor arguments are float tensors on one device (only ``bias`` and
+    ``mask`` may be None); return the device."""
     device = None
     for name, t in named.items():
-        if t is None:
+        if t is None and name in _OPTIONAL_TENSORS:
             continue
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -874,7 +879,7 @@ class _Layer(nn.Module):
 
     def _set_spatial(self, kernel_size, stride, padding, dilation, output_padding=0):
         nd = self._ndim
-        self.kernel_size = _shapes.positive_tuple(kernel_size, nd, "kernel_size")
+        self.kernel_size = _shapes.positive_tuple(kernel_size, nd, "kernel_size", self._op)
         self.stride = _spatial(stride, nd)
         self.padding = _layer_padding(self._op, padding, nd)
         self.dilation = _spatial(dilation, nd)
