@@ -314,9 +314,14 @@ def _put(dsk_values: dict, name: str, value):
 
 
 def _meta_x(x, op):
-    """A zero-batch in-memory stand-in for ``x``: gpuconv validates the call on it."""
-    return np.empty_like(x._meta, shape=(0, *x.shape[1:]), dtype=x.dtype) if x.ndim >= 1 \
-        else x._meta
+    """A zero-batch in-memory stand-in for ``x`` (same array type): gpuconv validates the call
+    on it and returns an empty result of the right shape and dtype, without any work."""
+    if not 3 <= x.ndim <= 5:
+        raise ValueError(
+            f"gpuconv.dask.{op}: x must have shape (N, C_in, *spatial) with 1 to 3 spatial "
+            f"dims, got shape {x.shape}"
+        )
+    return np.empty_like(x._meta, shape=(0, *x.shape[1:]), dtype=x.dtype)
 
 
 def _spatial_windows(x, out_chunks_sp, stride, pad_lo, extent, margin_lo=(), margin_hi=()):

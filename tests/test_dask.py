@@ -364,6 +364,8 @@ def test_unknown_chunk_sizes_cannot_be_planned():
 def test_non_dask_input_raises_type_error():
     with pytest.raises(TypeError, match=r"gpuconv.dask.conv: x must be a dask.array.Array"):
         gd.conv(np.zeros((1, 1, 4)), np.ones((1, 1, 3)))
+    with pytest.raises(ValueError, match=r"gpuconv.dask.conv2d: x must have shape .*\(4, 4\)"):
+        gd.conv2d(da.zeros((4, 4)), np.ones((1, 1, 3, 3)))
     with pytest.raises(ValueError, match="a must be 1-D"):
         gd.correlate(da.zeros((2, 3)), [1.0])
 
