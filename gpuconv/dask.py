@@ -482,7 +482,7 @@ def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1
 
 
 def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
-                   dilation=1, groups=1, _spatial_ndim=None, _op="conv_transpose"):
+                   dilation=1, groups=1):
     """:func:`gpuconv.conv_transpose` on a Dask array ``x`` (N, C_in, *spatial); lazy result.
 
     Gather form: output chunk ``[p0, p1)`` of the full transposed output reads the inputs ``i``
@@ -495,12 +495,18 @@ def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=
     -------
     dask.array.Array, shape (N, C_out, *out_spatial)
     """
-    op = _op
+    return _conv_transpose("conv_transpose", x, weight, bias, stride=stride, padding=padding,
+                           output_padding=output_padding, dilation=dilation, groups=groups)
+
+
+def _conv_transpose(op, x, weight, bias, *, stride, padding, output_padding, dilation, groups,
+                    spatial_ndim=None):
+    """The body of :func:`conv_transpose` and its ranked twins (``op`` names the caller)."""
     _check_dask(op, "x", x)
     probe = getattr(gpuconv, op)(_meta_x(x, op), weight, bias, stride=stride, padding=padding,
                                  output_padding=output_padding, dilation=dilation,
                                  groups=groups)
-    geom = _api.conv_transpose_setup(op, x.shape, weight.shape, spatial_ndim=_spatial_ndim,
+    geom = _api.conv_transpose_setup(op, x.shape, weight.shape, spatial_ndim=spatial_ndim,
                                      stride=stride, padding=padding,
                                      output_padding=output_padding, dilation=dilation,
                                      groups=groups)
@@ -552,9 +558,9 @@ def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=
 def _ranked_transpose(ndim: int, name: str):
     def wrapper(x, weight, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1,
                 groups=1):
-        return conv_transpose(x, weight, bias, stride=stride, padding=padding,
-                              output_padding=output_padding, dilation=dilation, groups=groups,
-                              _spatial_ndim=ndim, _op=name)
+        return _conv_transpose(name, x, weight, bias, stride=stride, padding=padding,
+                               output_padding=output_padding, dilation=dilation, groups=groups,
+                               spatial_ndim=ndim)
 
     wrapper.__name__ = wrapper.__qualname__ = name
     wrapper.__doc__ = f":func:`conv_transpose` with exactly {ndim} spatial dim(s)."

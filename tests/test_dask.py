@@ -416,3 +416,18 @@ def test_different_weights_give_different_graphs():
     assert a.name != b.name
     got_a, got_b = dask.compute(a, b)
     np.testing.assert_array_equal(got_b, 2 * got_a)
+
+
+@pytest.mark.parametrize("name", gd.__all__)
+def test_signatures_are_gpuconvs_without_out(name):
+    """Every function shows gpuconv's own parameters (less ``out``; deform adds
+    ``max_offset``), never private ones or a catch-all."""
+    import inspect
+
+    mine = inspect.signature(getattr(gd, name)).parameters
+    theirs = {k: v for k, v in inspect.signature(getattr(gpuconv, name)).parameters.items()
+              if k != "out"}
+    extra = ["max_offset"] if name == "deform_conv2d" else []
+    assert list(mine) == list(theirs) + extra
+    for key, param in theirs.items():
+        assert (mine[key].kind, mine[key].default) == (param.kind, param.default), key
