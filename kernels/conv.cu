@@ -134,7 +134,25 @@ __global__ void conv_tiled(
 
         for (Index kd = 0; kd < k_d; ++kd) {
             const Index id = gpuconv::source_index<Mode>(od * stride_d - pad_d + kd * dil_d, in_d);
-            if (id < 0) continue;  // a plane of zero padding; the same for the whole block
+            if (id < 0) {  // a plane of zero padding; the same for the whole block
+                // Its products are 0 * w: nothing, unless a weight is inf or NaN, where PyTorch
+                // and the NumPy backend give NaN. Add them without staging a plane of zeros.
+#pragma unroll
+                for (int j = 0; j < CO; ++j) {  // unrolled: acc stays in registers
+                    if (j >= co_count) continue;
+                    const T* w_j = w_block + (Index(tz * CO + j) * cg * k_d + kd) * taps_hw;
+                    Acc zero_products = gpuconv::zero<Acc>();
+                    for (Index c = 0; c < cg; ++c) {
+                        for (int tap = 0; tap < taps_hw; ++tap) {
+                            zero_products += gpuconv::zero<Acc>() *
+                                             gpuconv::load_acc(w_j[c * k_d * taps_hw + tap]);
+                        }
+                    }
+#pragma unroll
+                    for (int r = 0; r < RW; ++r) acc[j][r] += zero_products;
+                }
+                continue;
+            }
             for (Index ci0 = 0; ci0 < cg; ci0 += chunk) {
                 const int cc = int(gpuconv::imin(chunk, cg - ci0));
                 const T* x_plane = x_group + (ci0 * in_d + id) * in_plane;  // channel stride in_d * in_plane
@@ -241,20 +259,21 @@ __global__ void conv_direct(
         const T* x_group = x + (nb * c_in + g * cg) * in_d * in_h * in_w;  // (cg, D, H, W)
         const T* w_co = weight + co * cg * taps;                            // (cg, KD, KH, KW)
 
+        // A zero-padding tap (source index -1) still multiplies its weight by 0, as conv_tiled,
+        // PyTorch and the NumPy backend do: an infinite or NaN weight over the pad gives NaN.
         Acc acc = gpuconv::zero<Acc>();
         for (Index ci = 0; ci < cg; ++ci) {
             for (Index kd = 0; kd < k_d; ++kd) {
                 const Index id = gpuconv::source_index<Mode>(od * stride_d - pad_d + kd * dil_d, in_d);
-                if (id < 0) continue;
                 for (Index kh = 0; kh < k_h; ++kh) {
                     const Index ih = gpuconv::source_index<Mode>(oh * stride_h - pad_h + kh * dil_h, in_h);
-                    if (ih < 0) continue;
-                    const T* x_row = x_group + ((ci * in_d + id) * in_h + ih) * in_w;
+                    const bool row_ok = id >= 0 && ih >= 0;
+                    const T* x_row = x_group + ((ci * in_d + (row_ok ? id : 0)) * in_h + (row_ok ? ih : 0)) * in_w;
                     const T* w_row = w_co + ((ci * k_d + kd) * k_h + kh) * k_w;
                     for (Index kw = 0; kw < k_w; ++kw) {
                         const Index iw = gpuconv::source_index<Mode>(ow * stride_w - pad_w + kw * dil_w, in_w);
-                        if (iw < 0) continue;
-                        acc += gpuconv::load_acc(x_row[iw]) * gpuconv::load_acc(__ldg(w_row + kw));
+                        const Acc xv = (row_ok && iw >= 0) ? gpuconv::load_acc(x_row[iw]) : gpuconv::zero<Acc>();
+                        acc += xv * gpuconv::load_acc(__ldg(w_row + kw));
                     }
                 }
             }

@@ -451,9 +451,8 @@ def test_nonfinite_weight_reaches_only_its_outputs(backend, case, bad):
             _assert_same_nonfinite(got, _conv_ref(x, wc, S, P, D, groups))
 
 
-@pytest.mark.xfail(strict=True, reason="kernels/conv.cu: conv_direct skips taps over the zero "
-                   "pad; conv_tiled multiplies them (0 * inf = NaN, as PyTorch and NumPy)")
 def test_emulate_grouped_conv_multiplies_the_zero_pad():
+    """conv_direct (few output channels per group) multiplies zero-pad taps like conv_tiled."""
     if gpuconv.available_backends()["emulate"] != "available":
         pytest.skip("emulate backend unavailable")
     x = np.ones((1, 4, 5))
@@ -462,6 +461,27 @@ def test_emulate_grouped_conv_multiplies_the_zero_pad():
     with gpuconv.use_backend("emulate"):
         got = gpuconv.conv1d(x, w, padding=1, groups=2)
     assert np.isnan(got[0, 0, 0])  # tap 0 over the pad cell at -1, as gpuconv.conv on NumPy
+
+
+@pytest.mark.parametrize("method", ["tiled", "direct"])
+def test_emulate_3d_conv_multiplies_zero_pad_planes(emulate, method):
+    """conv_tiled skips planes of depth padding without staging them; an inf or NaN weight on
+    such a plane must still give NaN there (0 * inf), as the NumPy backend and PyTorch do."""
+    from gpuconv._shapes import conv_geometry
+    from gpuconv.backends.device import _conv
+
+    x = rng.uniform(0.5, 1.5, (1, 3, 4, 5, 6))
+    w = rng.uniform(0.5, 1.5, (10, 3, 3, 3, 2))
+    w[1, 2, 0, 1, 0] = np.inf   # over the low depth pad at od = 0
+    w[7, 0, 2, 2, 1] = np.nan   # over the high depth pad at the last od
+    w[4, 1, 1, 0, 1] = -np.inf  # a middle plane (never a pad plane)
+    geom = conv_geometry(x.shape[2:], w.shape[2:], stride=1, padding=1, dilation=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = gpuconv.conv3d(x, w, padding=1)
+    got = _conv.conv(emulate, x, w, None, geom, method=method)
+    assert np.isnan(got[0, 1, 0]).all() and np.isnan(got[0, 7, -1]).all()
+    _assert_same_nonfinite(got, ref)
 
 
 def test_nonfinite_weight_matches_torch():
