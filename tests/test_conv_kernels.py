@@ -208,21 +208,23 @@ def test_int64_index_is_chosen_for_large_padded_extents(conv_module):
     assert _kernels.index_dtype(x, max_index=conv_module._max_index(small, 1)) == np.int32
 
 
-def test_huge_stride_and_zero_padding_end_to_end():
-    """stride = padding = 2**31 on a 5-element input: 3 outputs, int64 indices, no tile fits
-    (conv_direct, also when conv routes groups == C_in to depthwise). Output 1 reads input
-    positions 0 and 1; outputs 0 and 2 read only padding."""
-    if gpuconv.available_backends()["emulate"] != "available":
-        pytest.skip("emulate backend unavailable")
+@pytest.mark.parametrize("backend", ["numpy", "emulate"])
+def test_huge_stride_and_zero_padding_is_refused_early(backend):
+    """stride = padding = 2**31 on a 5-element input has 3 outputs, so the stride matters and
+    the padded input holds more than 2**31 cells: refused before any work, naming the stride,
+    on every backend (the NumPy backend would pad 2**32 cells). Strides that cannot matter are
+    computed (tests/test_validation.py)."""
+    if gpuconv.available_backends()[backend] != "available":
+        pytest.skip(f"{backend} backend unavailable")
     x = np.arange(1.0, 6.0, dtype=np.float32).reshape(1, 1, 5)
     w = np.array([[[1.0, 10.0]]], np.float32)
     kw = {"stride": 2**31, "padding": 2**31}
-    with gpuconv.use_backend("emulate"):
-        results = [gpuconv.conv(x, w, **kw), gpuconv.depthwise_conv(x, w, **kw),
-                   gpuconv.conv(x.repeat(2, 1), w.repeat(2, 0), groups=2, **kw)]
-    assert results[0].tolist() == [[[0.0, 21.0, 0.0]]]
-    assert results[1].tolist() == [[[0.0, 21.0, 0.0]]]
-    assert results[2].tolist() == [[[0.0, 21.0, 0.0], [0.0, 21.0, 0.0]]]
+    match = r"stride=2147483648 in spatial dim 0 \(L\) must be below 2\*\*31 where it matters"
+    with gpuconv.use_backend(backend):
+        for call in (lambda: gpuconv.conv(x, w, **kw), lambda: gpuconv.depthwise_conv(x, w, **kw),
+                     lambda: gpuconv.conv(x.repeat(2, 1), w.repeat(2, 0), groups=2, **kw)):
+            with pytest.raises(ValueError, match=match):
+                call()
 
 
 # ----------------------------------------------------------------------------- edges of the tiling
