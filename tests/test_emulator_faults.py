@@ -37,6 +37,10 @@ if not emu.available():
 
 KDIR = pathlib.Path(__file__).parent / "emu_kernels"
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# Where the gpuconv under test lives: the checkout (editable install) or site-packages (CI's
+# `pip install .`). Subprocesses start there, so `python -c` imports that same gpuconv (the
+# emulator's cache key covers its own files' paths).
+PKG_ROOT = pathlib.Path(emu.__file__).resolve().parents[2]
 SOURCE = KDIR / "with_header.cu"
 NAMES = ["header_value"]
 # header_value writes y[threadIdx.x] = EMU_TEST_VALUE (1, from with_header.cuh)
@@ -65,7 +69,7 @@ def _python(code, env, timeout=120):
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=REPO,
+        cwd=PKG_ROOT,
         check=False,
     )
 
@@ -250,7 +254,7 @@ def test_concurrent_cold_cache_compiles_once(tmp_path, fake_cxx):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=REPO,
+            cwd=PKG_ROOT,
         )
         for _ in range(3)
     ]
@@ -323,7 +327,7 @@ def test_interrupted_compile_kills_the_compiler_and_leaves_nothing(tmp_path):
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=REPO,
+        cwd=PKG_ROOT,
     )
     try:
         _read_until(proc.stderr, "gpuconv: compiling emu_kernels/features.cu", time.monotonic() + 60)
@@ -387,7 +391,7 @@ def test_interrupted_launch_raises_promptly_and_the_emulator_stays_usable(tmp_pa
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        cwd=REPO,
+        cwd=PKG_ROOT,
     )
     try:
         _read_until(proc.stdout, "launching", time.monotonic() + 60)
