@@ -71,6 +71,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 import gpuconv
 from . import _api
+from .backends.numpy_grad import pad_index
 
 __all__ = [
     "conv", "conv1d", "conv2d", "conv3d",
@@ -104,21 +105,6 @@ def _starts(chunks) -> list[int]:
     return [0, *np.cumsum(chunks).tolist()]
 
 
-def _source_index(t: np.ndarray, n: int, mode: str) -> np.ndarray:
-    """Input index that supplies position ``t`` (may be outside ``[0, n)``); -1 for a zero."""
-    inside = (t >= 0) & (t < n)
-    if mode == "zeros":
-        return np.where(inside, t, -1)
-    if mode == "replicate":
-        return np.clip(t, 0, n - 1)
-    if mode == "circular":
-        return np.mod(t, n)
-    if mode == "reflect":  # no edge repeat; the geometry guarantees pad < n
-        r = np.where(t < 0, -t, t)
-        return np.where(r >= n, 2 * (n - 1) - r, r)
-    raise ValueError(mode)
-
-
 def _axis_plan(chunks, start: int, stop: int, mode: str):
     """How one task builds the input window ``[start, stop)`` along one spatial axis.
 
@@ -128,7 +114,7 @@ def _axis_plan(chunks, start: int, stop: int, mode: str):
     """
     bounds = _starts(chunks)
     n = bounds[-1]
-    src = _source_index(np.arange(start, stop), n, mode)
+    src = pad_index(n, -start, stop - n, mode)  # input cell of each of start .. stop - 1
     zlo = int(np.argmax(src >= 0)) if (src >= 0).any() else len(src)
     zhi = int(np.argmax(src[::-1] >= 0)) if (src >= 0).any() else 0
     body = src[zlo:len(src) - zhi]

@@ -221,8 +221,10 @@ def _flat_pads(lo, hi):
 
 
 def _conv_out(in_size, kernel, stride, padding, dilation):
-    """Output sizes of a convolution with flat ``(lo, hi)`` pads (SymInt-safe arithmetic)."""
-    return [(n + padding[2 * i] + padding[2 * i + 1] - dilation[i] * (k - 1) - 1) // stride[i] + 1
+    """Output sizes of a convolution with flat ``(lo, hi)`` pads (``conv_out_size`` is plain
+    integer arithmetic, so SymInts pass through)."""
+    return [_shapes.conv_out_size(n, k, stride[i], padding[2 * i], padding[2 * i + 1],
+                                  dilation[i])
             for i, (n, k) in enumerate(zip(in_size, kernel))]
 
 
