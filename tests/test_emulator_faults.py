@@ -291,11 +291,18 @@ def _processes_mentioning(text: str) -> list[str]:
 
 
 def _read_until(stream, marker, deadline):
-    """Lines from a binary pipe up to the one containing ``marker``; fails at the deadline
-    instead of blocking (the stream's buffer is never used, so communicate() can follow)."""
+    """Lines from a binary pipe up to the one containing ``marker``, that line complete; fails
+    at the deadline instead of blocking (the stream's buffer is never used, so communicate()
+    can follow). A pipe may deliver a line in pieces, so the marker alone is not enough: wait
+    for the newline that ends its line."""
     data = b""
     fd = stream.fileno()
-    while marker.encode() not in data:
+
+    def complete():
+        at = data.find(marker.encode())
+        return at >= 0 and b"\n" in data[at:]
+
+    while not complete():
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
             raise AssertionError(f"{marker!r} did not appear in time; got {data!r}")
