@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _shapes
 from ._dispatch import Call, is_cupy_array
-from ._launch import _data_pointer
+from ._launch import data_pointer
 
 CONV_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -96,7 +96,7 @@ class _Arrays:
             return None
         a = self.call.to_backend(a)
         a = self.call.xp.ascontiguousarray(a, dtype=self.dtype)
-        if a.size and _data_pointer(a) % a.dtype.itemsize:
+        if a.size and data_pointer(a) % a.dtype.itemsize:
             a = a.copy()
         return a
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._emulator._abi import ELEM_DTYPES
+from ._dtypes import TYPE_CODES
 
 # ----------------------------------------------------------------------------- type table
 
@@ -44,9 +44,8 @@ CXX_TYPES: dict[np.dtype, str] = {
     np.dtype(np.int64): "long long",
 }
 
-#: Type code (as in ``EmuFunction.params``) -> NumPy dtype: the emulator's table, which its
-#: checked-mode worker loads without importing gpuconv.
-CODE_DTYPES: dict[str, np.dtype] = ELEM_DTYPES
+#: Type code (as in ``EmuFunction.params``) -> NumPy dtype: :data:`gpuconv._dtypes.TYPE_CODES`.
+CODE_DTYPES: dict[str, np.dtype] = TYPE_CODES
 
 # C++ spelling (whitespace-normalised) -> type code. The CXX_TYPES names plus the aliases a
 # kernel may write for a scalar parameter.

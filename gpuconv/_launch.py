@@ -4,7 +4,7 @@
 argument to the exact NumPy scalar type of its kernel parameter (a Python ``int`` would
 otherwise reach CuPy as ``long long`` whatever the kernel expects), checks every array
 argument's type, dtype, layout and alignment, and only then calls the backend's kernel with
-keyword-only ``grid``/``block``.
+keyword-only ``grid``/``block``. The limits are :mod:`gpuconv._limits`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._kernels import CODE_DTYPES
-
-#: CUDA's launch limits (compute capability 3.0 and later).
-MAX_THREADS_PER_BLOCK = 1024
-MAX_BLOCK_DIM = (1024, 1024, 64)
-MAX_GRID_DIM = (2**31 - 1, 65535, 65535)
-#: Dynamic shared memory a launch may use without opting in (cudaFuncSetAttribute).
-MAX_DYNAMIC_SHARED_BYTES = 48 * 1024
+from ._dtypes import TYPE_CODES as CODE_DTYPES
+from ._limits import (MAX_BLOCK_DIM, MAX_DYNAMIC_SHARED_BYTES, MAX_GRID_DIM,
+                      MAX_THREADS_PER_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -99,7 +94,8 @@ def check_config(kernel: Kernel, grid, block, shared_mem: int):
     return grid, block, shared_mem
 
 
-def _data_pointer(array) -> int:
+def data_pointer(array) -> int:
+    """The address of ``array``'s first element (a NumPy or CuPy array)."""
     if isinstance(array, np.ndarray):
         return array.ctypes.data
     return int(array.data.ptr)  # cupy.ndarray
@@ -154,7 +150,7 @@ def _check_array(kernel: Kernel, position: int, code: str, value):
         raise TypeError(f"{where} must have dtype {expected}, got {value.dtype}")
     if not value.flags.c_contiguous:
         raise ValueError(f"{where} must be C-contiguous")
-    if value.size and _data_pointer(value) % _alignment(expected):
+    if value.size and data_pointer(value) % _alignment(expected):
         raise ValueError(
             f"{where}: data pointer is not aligned to {_alignment(expected)} bytes"
         )

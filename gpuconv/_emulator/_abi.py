@@ -1,7 +1,8 @@
 """ctypes binding of one compiled emulator module (the C ABI at the end of runtime.h).
 
-This file imports nothing from gpuconv: the checked-mode subprocess (``_worker.py``) imports it
-by path, without importing the package.
+This file imports nothing from gpuconv but ``gpuconv/_dtypes.py`` (which imports only NumPy): the
+checked-mode subprocess (``_worker.py``) imports it by path, without importing the package, and
+then it loads ``_dtypes.py`` by path too.
 """
 
 from __future__ import annotations
@@ -9,6 +10,17 @@ from __future__ import annotations
 import ctypes
 
 import numpy as np
+
+if __package__:  # gpuconv._emulator._abi
+    from .. import _dtypes
+else:  # loaded by path in the checked-mode worker, without the gpuconv package
+    import importlib.util
+    import pathlib
+
+    _spec = importlib.util.spec_from_file_location(
+        "_gpuconv_dtypes", pathlib.Path(__file__).resolve().parent.parent / "_dtypes.py")
+    _dtypes = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_dtypes)
 
 # launch flags and return codes: mirror the enums in runtime.h
 FLAG_ORDER_REVERSE = 1 << 0
@@ -38,23 +50,8 @@ EXIT_DAMAGED = 78
 
 ABI_VERSION = 3
 
-#: element type code -> NumPy dtype
-ELEM_DTYPES = {
-    "i8": np.dtype(np.int8),
-    "u8": np.dtype(np.uint8),
-    "i16": np.dtype(np.int16),
-    "u16": np.dtype(np.uint16),
-    "i32": np.dtype(np.int32),
-    "u32": np.dtype(np.uint32),
-    "i64": np.dtype(np.int64),
-    "u64": np.dtype(np.uint64),
-    "f16": np.dtype(np.float16),
-    "f32": np.dtype(np.float32),
-    "f64": np.dtype(np.float64),
-    "c64": np.dtype(np.complex64),
-    "c128": np.dtype(np.complex128),
-    "bool": np.dtype(np.bool_),
-}
+#: element type code -> NumPy dtype: gpuconv/_dtypes.py's table (it imports only NumPy)
+ELEM_DTYPES = _dtypes.TYPE_CODES
 
 STATS_FIELDS = (
     "blocks",

@@ -53,12 +53,12 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _shapes
+from .._dtypes import accumulation_dtype
+# WORKSPACE_BYTES bounds the temporaries of one chunk (im2col columns, wide output, input
+# phases, deformable sampling buffers).
+from .._limits import WORKSPACE_BYTES
 from .._shapes import ConvGeometry
 from .numpy_grad import GradMixin
-
-#: Upper bound, in bytes, for the temporaries of one chunk (im2col columns, wide output,
-#: input phases, deformable sampling buffers).
-WORKSPACE_BYTES = 64 * 2**20
 
 #: Preferred chunk size for conv's im2col, in bytes: small enough to stay in the last-level
 #: cache between the im2col copy and the GEMM that reads it.
@@ -74,10 +74,6 @@ MAX_TRANSPOSE_PHASES = 1024
 
 
 _NP_PAD_MODE = {"zeros": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
-
-
-def _compute_dtype(dtype):
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
 # ------------------------------------------------------------------ flat plan
@@ -325,7 +321,7 @@ class NumpyBackend(GradMixin):
 
     # ------------------------------------------------------------------ conv
     def conv(self, x, weight, bias, geom: ConvGeometry):
-        cdt = _compute_dtype(x.dtype)
+        cdt = accumulation_dtype(x.dtype)
         result = np.empty((x.shape[0], weight.shape[0], *geom.out_size), dtype=x.dtype)
         _conv_into(result, x, weight.astype(cdt, copy=False),
                    None if bias is None else bias.astype(cdt, copy=False), geom)
@@ -342,7 +338,7 @@ class NumpyBackend(GradMixin):
         they run as ONE conv with ``prod(stride) * C_out`` output channels over a common
         window; otherwise one conv per phase.
         """
-        cdt = _compute_dtype(x.dtype)
+        cdt = accumulation_dtype(x.dtype)
         n, c_in = x.shape[:2]
         g = geom.groups
         cg, og = c_in // g, weight.shape[1]
@@ -432,7 +428,7 @@ class NumpyBackend(GradMixin):
     # --------------------------------------------------------------- depthwise
     def depthwise_conv(self, x, weight, bias, geom: ConvGeometry):
         dtype = x.dtype
-        cdt = _compute_dtype(dtype)
+        cdt = accumulation_dtype(dtype)
         n, c = x.shape[:2]
         mult = weight.shape[0] // c
         plan = _flat_plan(geom)
@@ -479,7 +475,7 @@ class NumpyBackend(GradMixin):
         ``(P, K*C) @ (K*C, C_out)`` per group.
         """
         dtype = x.dtype
-        cdt = _compute_dtype(dtype)
+        cdt = accumulation_dtype(dtype)
         n, c_in, height, width = x.shape
         c_out = weight.shape[0]
         taps = geom.kernel[0] * geom.kernel[1]

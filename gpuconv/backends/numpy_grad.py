@@ -26,19 +26,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._dtypes import accumulation_dtype
+from .._limits import WORKSPACE_BYTES  # one temporary column buffer (per batch chunk)
 from .._shapes import ConvGeometry, transpose_as_conv
 
-#: Upper bound, in bytes, for one temporary column buffer (per batch chunk).
-WORKSPACE_BYTES = 64 * 2**20
 #: Preferred size of one im2col chunk of the stride-1 input gradient: small enough to stay
 #: in the last-level cache between the copies that build it and the GEMM that reads it.
 CHUNK_BYTES = 8 * 2**20
 #: Working set of one depthwise-gradient block (kept in cache across the kernel taps).
 CACHE_BLOCK_BYTES = 2 * 2**20
-
-
-def _compute_dtype(dtype):
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
 def _batch_chunks(n: int, bytes_per_image: int):
@@ -311,7 +307,7 @@ class GradMixin:
         one GEMM per chunk). Otherwise: col2im of W^T @ grad_output.
         """
         dtype = grad_output.dtype
-        cdt = _compute_dtype(dtype)
+        cdt = accumulation_dtype(dtype)
         # (the correlation multiplies grad_output's zero halo by every tap: with an inf or
         # NaN weight, 0 * inf would be NaN where no such tap reaches; col2im has no halo)
         if _stride1_input_pays(weight.shape, geom) and np.isfinite(weight).all():
@@ -340,7 +336,7 @@ class GradMixin:
         Per image and group: grad_output (og, P) @ columns^T (P, cg*K), summed over images.
         """
         dtype = x.dtype
-        cdt = _compute_dtype(dtype)
+        cdt = accumulation_dtype(dtype)
         n, c_in = x.shape[:2]
         c_out = grad_output.shape[1]
         g = geom.groups
@@ -363,7 +359,7 @@ class GradMixin:
         zero-padded grad_output (G, og*K, P_in), in the conv geometry ``geom`` transposes.
         """
         dtype = grad_output.dtype
-        cdt = _compute_dtype(dtype)
+        cdt = accumulation_dtype(dtype)
         n, c_out = grad_output.shape[:2]
         c_in = weight.shape[0]
         g = geom.groups
@@ -390,7 +386,7 @@ class GradMixin:
         (P_in, og*K), summed over images.
         """
         dtype = x.dtype
-        cdt = _compute_dtype(dtype)
+        cdt = accumulation_dtype(dtype)
         n, c_in = x.shape[:2]
         c_out = grad_output.shape[1]
         g = geom.groups
@@ -417,7 +413,7 @@ class GradMixin:
         buffer stay in cache (1.5x faster than whole-array passes per tap on the CPU
         benchmark's 8x256x56x56)."""
         dtype = grad_output.dtype
-        cdt = _compute_dtype(dtype)
+        cdt = accumulation_dtype(dtype)
         n = grad_output.shape[0]
         c = geom.groups
         mult = weight.shape[0] // c
@@ -447,7 +443,7 @@ class GradMixin:
         cache-blocked as :meth:`depthwise_conv_input_grad` (with the zero-padding copy below,
         2.9x faster there)."""
         dtype = x.dtype
-        cdt = _compute_dtype(dtype)
+        cdt = accumulation_dtype(dtype)
         n, c = x.shape[:2]
         mult = grad_output.shape[1] // c
         go = grad_output.astype(cdt, copy=False).reshape(n, c, mult, *geom.out_size)
@@ -479,7 +475,7 @@ class GradMixin:
         (torchvision's convention; docs/kernels.md).
         """
         dtype = x.dtype
-        cdt = _compute_dtype(dtype)
+        cdt = accumulation_dtype(dtype)
         n, c_in, height, width = x.shape
         c_out = weight.shape[0]
         kh, kw = geom.kernel

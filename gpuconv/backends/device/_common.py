@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..._launch import _data_pointer
+from ..._launch import data_pointer
 
 #: padding_mode -> the kernels' ``Mode`` template argument (``gpuconv::PaddingMode`` in
 #: ``kernels/padding.cuh``).
@@ -36,6 +36,6 @@ def prepare(xp, array, dtype):
     misaligned view (``a[1:].view(complex128)``) is copied (fresh allocations are aligned)."""
     dtype = np.dtype(dtype)
     array = xp.ascontiguousarray(array, dtype=dtype)
-    if array.size and _data_pointer(array) % dtype.itemsize:
+    if array.size and data_pointer(array) % dtype.itemsize:
         array = array.copy()
     return array
