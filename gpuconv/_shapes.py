@@ -83,7 +83,7 @@ def describe(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _as_int(value, name: str, op: str = "") -> int:
+def as_int(value, name: str, op: str = "") -> int:
     """Return ``value`` as a Python int, or raise TypeError naming ``name`` (after ``op``)."""
     if isinstance(value, bool):
         raise TypeError(f"{_prefix(op)}{name}={value!r} must be an int, not bool")
@@ -107,8 +107,8 @@ def as_tuple(value, ndim: int, name: str, op: str = "") -> tuple[int, ...]:
                 f"{_prefix(op)}{name}={describe(tuple(value))} must have {ndim} "
                 f"entr{'y' if ndim == 1 else 'ies'}, one per spatial dim"
             )
-        return tuple(_as_int(v, name, op) for v in value)
-    return (_as_int(value, name, op),) * ndim
+        return tuple(as_int(v, name, op) for v in value)
+    return (as_int(value, name, op),) * ndim
 
 
 def positive_tuple(value, ndim: int, name: str, op: str = "") -> tuple[int, ...]:
@@ -165,8 +165,8 @@ def parse_padding(padding, ndim: int, in_size, kernel, stride, dilation, op: str
                 f"{_prefix(op)}padding={describe(padding)} must be {ndim} (lo, hi) pair"
                 f"{'s' if ndim > 1 else ''}, one per spatial dim"
             )
-        lo = tuple(_as_int(p[0], "padding", op) for p in padding)
-        hi = tuple(_as_int(p[1], "padding", op) for p in padding)
+        lo = tuple(as_int(p[0], "padding", op) for p in padding)
+        hi = tuple(as_int(p[1], "padding", op) for p in padding)
     else:
         lo = hi = as_tuple(padding, ndim, "padding", op)
     if any(v < 0 for v in lo + hi):

@@ -70,7 +70,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 import gpuconv
-from . import _api
+from . import _validate
 from .backends.numpy_grad import pad_index
 
 __all__ = [
@@ -333,20 +333,20 @@ def _conv_family(op, x, weight, bias, *, stride, padding, dilation, groups, padd
         probe = gpuconv.separable_conv(meta, weight, pointwise, bias, stride=stride,
                                        padding=padding, dilation=dilation,
                                        padding_mode=padding_mode)
-        geom = _api.depthwise_setup(op, x.shape, weight.shape, stride=stride, padding=padding,
-                                    dilation=dilation, padding_mode=padding_mode)
+        geom = _validate.depthwise_setup(op, x.shape, weight.shape, stride=stride, padding=padding,
+                                         dilation=dilation, padding_mode=padding_mode)
     elif op == "depthwise_conv":
         probe = gpuconv.depthwise_conv(meta, weight, bias, stride=stride, padding=padding,
                                        dilation=dilation, padding_mode=padding_mode)
-        geom = _api.depthwise_setup(op, x.shape, weight.shape, stride=stride, padding=padding,
-                                    dilation=dilation, padding_mode=padding_mode)
+        geom = _validate.depthwise_setup(op, x.shape, weight.shape, stride=stride, padding=padding,
+                                         dilation=dilation, padding_mode=padding_mode)
     else:
         probe = getattr(gpuconv, op)(meta, weight, bias, stride=stride, padding=padding,
                                      dilation=dilation, groups=groups,
                                      padding_mode=padding_mode)
-        geom = _api.conv_setup(op, x.shape, weight.shape, spatial_ndim=spatial_ndim,
-                               stride=stride, padding=padding, dilation=dilation, groups=groups,
-                               padding_mode=padding_mode)
+        geom = _validate.conv_setup(op, x.shape, weight.shape, spatial_ndim=spatial_ndim,
+                                    stride=stride, padding=padding, dilation=dilation,
+                                    groups=groups, padding_mode=padding_mode)
     dtype = probe.dtype
     c_in, c_out = x.shape[1], probe.shape[1]
     kwargs = dict(stride=geom.stride, dilation=geom.dilation)
@@ -492,10 +492,10 @@ def _conv_transpose(op, x, weight, bias, *, stride, padding, output_padding, dil
     probe = getattr(gpuconv, op)(_meta_x(x, op), weight, bias, stride=stride, padding=padding,
                                  output_padding=output_padding, dilation=dilation,
                                  groups=groups)
-    geom = _api.conv_transpose_setup(op, x.shape, weight.shape, spatial_ndim=spatial_ndim,
-                                     stride=stride, padding=padding,
-                                     output_padding=output_padding, dilation=dilation,
-                                     groups=groups)
+    geom = _validate.conv_transpose_setup(op, x.shape, weight.shape, spatial_ndim=spatial_ndim,
+                                          stride=stride, padding=padding,
+                                          output_padding=output_padding, dilation=dilation,
+                                          groups=groups)
     dtype = probe.dtype
     c_in, c_out = x.shape[1], probe.shape[1]
     per_group, out_per_group = c_in // geom.groups, c_out // geom.groups
@@ -592,9 +592,9 @@ def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation
         _check_dask(op, "mask", mask)
     probe = gpuconv.deform_conv2d(meta, meta_of(offset), weight, bias, stride=stride,
                                   padding=padding, dilation=dilation, mask=meta_of(mask))
-    geom, _ = _api.deform_setup(op, x.shape, offset.shape, weight.shape,
-                                None if mask is None else mask.shape, stride=stride,
-                                padding=padding, dilation=dilation)
+    geom, _ = _validate.deform_setup(op, x.shape, offset.shape, weight.shape,
+                                     None if mask is None else mask.shape, stride=stride,
+                                     padding=padding, dilation=dilation)
     if offset.shape[0] != x.shape[0]:
         raise ValueError(f"gpuconv.dask.{op}: offset.shape[0]={offset.shape[0]} must equal "
                          f"x.shape[0]={x.shape[0]}")

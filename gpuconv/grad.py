@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _api, _shapes
+from . import _api, _validate
 from ._dispatch import caller_xp
 
 __all__ = [
@@ -76,58 +76,6 @@ class SeparableConvGrads(NamedTuple):
 # ------------------------------------------------------------------ helpers
 
 
-def _check_shape(op: str, name: str, shape) -> tuple[int, ...]:
-    """``shape`` as a tuple of non-negative ints, or TypeError/ValueError naming ``name``."""
-    if not isinstance(shape, (tuple, list)):
-        hint = ""
-        if _api._is_array(shape) or hasattr(shape, "shape"):
-            hint = f"; pass the array's shape ({'x' if name == 'input_shape' else 'weight'}.shape)"
-        raise TypeError(
-            f"{op}: {name} must be a tuple of ints, got {_shapes.describe(shape)}{hint}"
-        )
-    result = tuple(_shapes._as_int(s, name, op) for s in shape)
-    if any(s < 0 for s in result):
-        raise ValueError(f"{op}: {name}={result} must have non-negative entries")
-    return result
-
-
-def _check_flag(op: str, name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{op}: {name}={_shapes.describe(value)} must be a bool")
-    return bool(value)
-
-
-def _check_grad_output(op: str, grad_output, expected, source: str):
-    if tuple(grad_output.shape) != tuple(expected):
-        raise ValueError(
-            f"{op}: grad_output has shape {tuple(grad_output.shape)}; expected "
-            f"{tuple(expected)}, the forward output's shape for {source}"
-        )
-
-
-def _backend_method(arrays, method: str):
-    """The call's backend's ``method``, or NotImplementedError naming both."""
-    func = getattr(arrays.call.backend, method, None)
-    if func is None:
-        raise NotImplementedError(f"backend {arrays.call.name!r} has no {method}")
-    return func
-
-
-def _run(arrays, method: str, shape, *args, empty: bool, transposed: bool = False):
-    """Call backend ``method`` on the prepared arrays ``args`` (non-arrays pass through; a
-    geometry becomes :func:`gpuconv._shapes.backend_geometry`'s)."""
-    if empty:
-        return _api._empty_result(arrays, shape, None)
-    func = _backend_method(arrays, method)
-    prepared = [
-        arrays.prepare(a) if _api._is_array(a)
-        else _shapes.backend_geometry(a, transposed=transposed, op=arrays.op)
-        if isinstance(a, _shapes.ConvGeometry) else a
-        for a in args
-    ]
-    return arrays.call.from_backend(func(*prepared))
-
-
 def _weight_channels(w_shape, geom) -> int:
     """Output channels of a conv or depthwise_conv: ``weight.shape[0]``."""
     return w_shape[0]
@@ -138,38 +86,46 @@ def _transpose_channels(w_shape, geom) -> int:
     return w_shape[1] * geom.groups
 
 
-def _input_grad(op, setup, out_channels, input_shape, weight, grad_output, **forward):
+def _input_grad(op, setup, out_channels, method, input_shape, weight, grad_output, **forward):
     """The body of every ``*_input`` gradient: validate the arguments as the forward's
     ``setup`` does (``input_shape`` standing for ``x``), check ``grad_output`` against the
-    forward output's shape (``out_channels(weight.shape, geom)`` channels) and run the
-    backend method ``{op}_grad``."""
-    method, op = f"{op}_grad", f"grad.{op}"  # messages name the public function
-    arrays = _api._Arrays(op, weight=weight, grad_output=grad_output)
-    input_shape = _check_shape(op, "input_shape", input_shape)
+    forward output's shape (``out_channels(weight.shape, geom)`` channels) and call the
+    backend method that ``method(backend)`` names, as ``(weight, grad_output, geom)``."""
+    op = f"grad.{op}"  # messages name the public function
+    arrays = _validate.Arrays(op, weight=weight, grad_output=grad_output)
+    input_shape = _validate.check_shape(op, "input_shape", input_shape)
     geom = setup(op, input_shape, weight.shape, x_name="input_shape", **forward)
     expected = (input_shape[0], out_channels(weight.shape, geom), *geom.out_size)
-    _check_grad_output(op, grad_output, expected,
-                       f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
-    empty = input_shape[0] == 0 or 0 in geom.in_size
-    return _run(arrays, method, input_shape, weight, grad_output, geom, empty=empty,
-                transposed=setup is _api.conv_transpose_setup)
+    _validate.check_grad_output(
+        op, grad_output, expected,
+        f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
+    if input_shape[0] == 0 or 0 in geom.in_size:
+        return _validate.empty_result(arrays, input_shape, None)
+    result = arrays.run(geom, lambda backend, g: method(backend)(
+        arrays.prepare(weight), arrays.prepare(grad_output), g),
+        transposed=setup is _validate.conv_transpose_setup)
+    return arrays.call.from_backend(result)
 
 
-def _weight_grad(op, setup, out_channels, x, weight_shape, grad_output, deterministic,
+def _weight_grad(op, setup, out_channels, method, x, weight_shape, grad_output, deterministic,
                  **forward):
     """The body of every ``*_weight`` gradient, as :func:`_input_grad` with ``weight_shape``
-    standing for ``weight``; ``deterministic`` is passed on to the backend method."""
-    method, op = f"{op}_grad", f"grad.{op}"  # messages name the public function
-    arrays = _api._Arrays(op, x=x, grad_output=grad_output)
-    weight_shape = _check_shape(op, "weight_shape", weight_shape)
-    deterministic = _check_flag(op, "deterministic", deterministic)
+    standing for ``weight``; the backend method is called as
+    ``(x, grad_output, geom, deterministic)``."""
+    op = f"grad.{op}"  # messages name the public function
+    arrays = _validate.Arrays(op, x=x, grad_output=grad_output)
+    weight_shape = _validate.check_shape(op, "weight_shape", weight_shape)
+    deterministic = _validate.check_flag(op, "deterministic", deterministic)
     geom = setup(op, x.shape, weight_shape, w_name="weight_shape", **forward)
     expected = (x.shape[0], out_channels(weight_shape, geom), *geom.out_size)
-    _check_grad_output(op, grad_output, expected,
-                       f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
-    empty = x.shape[0] == 0 or 0 in geom.in_size
-    return _run(arrays, method, weight_shape, x, grad_output, geom, deterministic,
-                empty=empty, transposed=setup is _api.conv_transpose_setup)
+    _validate.check_grad_output(op, grad_output, expected,
+                                f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
+    if x.shape[0] == 0 or 0 in geom.in_size:
+        return _validate.empty_result(arrays, weight_shape, None)
+    result = arrays.run(geom, lambda backend, g: method(backend)(
+        arrays.prepare(x), arrays.prepare(grad_output), g, deterministic),
+        transposed=setup is _validate.conv_transpose_setup)
+    return arrays.call.from_backend(result)
 
 
 # --------------------------------------------------------------------- conv
@@ -211,7 +167,8 @@ def conv_input(input_shape, weight, grad_output, *, stride=1, padding=0, dilatio
     >>> grad.conv_input((1, 1, 3), w, g, padding=1, padding_mode="replicate")  # x0 read twice
     array([[[ 12., 111., 210.]]])
     """
-    return _input_grad("conv_input", _api.conv_setup, _weight_channels, input_shape, weight,
+    return _input_grad("conv_input", _validate.conv_setup, _weight_channels,
+                       lambda backend: backend.conv_input_grad, input_shape, weight,
                        grad_output, stride=stride, padding=padding, dilation=dilation,
                        groups=groups, padding_mode=padding_mode)
 
@@ -251,7 +208,8 @@ def conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1
     >>> grad.conv_weight(x, (1, 1, 2), np.array([[[1.0, -1.0]]]))
     array([[[-1., -1.]]])
     """
-    return _weight_grad("conv_weight", _api.conv_setup, _weight_channels, x, weight_shape,
+    return _weight_grad("conv_weight", _validate.conv_setup, _weight_channels,
+                        lambda backend: backend.conv_weight_grad, x, weight_shape,
                         grad_output, deterministic, stride=stride, padding=padding,
                         dilation=dilation, groups=groups, padding_mode=padding_mode)
 
@@ -284,7 +242,7 @@ def conv_bias(grad_output):
     array([8., 8., 8.])
     """
     op = "grad.conv_bias"
-    arrays = _api._Arrays(op, grad_output=grad_output)
+    arrays = _validate.Arrays(op, grad_output=grad_output)
     if grad_output.ndim < 2:
         raise ValueError(
             f"{op}: grad_output must have shape (N, C_out, *spatial), got shape "
@@ -332,7 +290,8 @@ def conv_transpose_input(input_shape, weight, grad_output, *, stride=1, padding=
     ...                           stride=2)
     array([[[ 6., 12.]]])
     """
-    return _input_grad("conv_transpose_input", _api.conv_transpose_setup, _transpose_channels,
+    return _input_grad("conv_transpose_input", _validate.conv_transpose_setup,
+                       _transpose_channels, lambda backend: backend.conv_transpose_input_grad,
                        input_shape, weight, grad_output, stride=stride, padding=padding,
                        output_padding=output_padding, dilation=dilation, groups=groups)
 
@@ -370,7 +329,8 @@ def conv_transpose_weight(x, weight_shape, grad_output, *, stride=1, padding=0,
     ...                            stride=2)
     array([[[1., 0., 2.]]])
     """
-    return _weight_grad("conv_transpose_weight", _api.conv_transpose_setup, _transpose_channels,
+    return _weight_grad("conv_transpose_weight", _validate.conv_transpose_setup,
+                        _transpose_channels, lambda backend: backend.conv_transpose_weight_grad,
                         x, weight_shape, grad_output, deterministic, stride=stride,
                         padding=padding, output_padding=output_padding, dilation=dilation,
                         groups=groups)
@@ -409,7 +369,8 @@ def depthwise_conv_input(input_shape, weight, grad_output, *, stride=1, padding=
     >>> grad.depthwise_conv_input((1, 1, 3), w, np.ones((1, 2, 2)))
     array([[[3., 3., 0.]]])
     """
-    return _input_grad("depthwise_conv_input", _api.depthwise_setup, _weight_channels,
+    return _input_grad("depthwise_conv_input", _validate.depthwise_setup, _weight_channels,
+                       lambda backend: backend.depthwise_conv_input_grad,
                        input_shape, weight, grad_output, stride=stride, padding=padding,
                        dilation=dilation, padding_mode=padding_mode)
 
@@ -446,7 +407,8 @@ def depthwise_conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, 
     >>> grad.depthwise_conv_weight(x, (1, 1, 2), np.array([[[1.0, 1.0]]]))
     array([[[3., 5.]]])
     """
-    return _weight_grad("depthwise_conv_weight", _api.depthwise_setup, _weight_channels, x,
+    return _weight_grad("depthwise_conv_weight", _validate.depthwise_setup, _weight_channels,
+                        lambda backend: backend.depthwise_conv_weight_grad, x,
                         weight_shape, grad_output, deterministic, stride=stride,
                         padding=padding, dilation=dilation, padding_mode=padding_mode)
 
@@ -494,24 +456,17 @@ def separable_conv(x, depthwise_weight, pointwise_weight, grad_output, *, stride
     (array([[[2., 4., 2.]]]), array([2.]))
     """
     op = "grad.separable_conv"
-    arrays = _api._Arrays(op, x=x, depthwise_weight=depthwise_weight,
-                          pointwise_weight=pointwise_weight, grad_output=grad_output)
-    bias = _check_flag(op, "bias", bias)
-    geom = _api.depthwise_setup(op, x.shape, depthwise_weight.shape, stride=stride,
-                                padding=padding, dilation=dilation, padding_mode=padding_mode,
-                                w_name="depthwise_weight")
-    mid_channels = depthwise_weight.shape[0]
-    spatial = x.ndim - 2
-    if pointwise_weight.ndim != x.ndim or pointwise_weight.shape[1] != mid_channels or any(
-        k != 1 for k in pointwise_weight.shape[2:]
-    ) or pointwise_weight.shape[0] == 0:
-        raise ValueError(
-            f"{op}: pointwise_weight must have shape (C_out, {mid_channels}{', 1' * spatial}) "
-            f"with C_out >= 1, got {tuple(pointwise_weight.shape)}"
-        )
-    expected = (x.shape[0], pointwise_weight.shape[0], *geom.out_size)
-    _check_grad_output(op, grad_output, expected,
-                       f"x shape {tuple(x.shape)} and these weights")
+    arrays = _validate.Arrays(op, x=x, depthwise_weight=depthwise_weight,
+                              pointwise_weight=pointwise_weight, grad_output=grad_output)
+    bias = _validate.check_flag(op, "bias", bias)
+    geom = _validate.depthwise_setup(op, x.shape, depthwise_weight.shape, stride=stride,
+                                     padding=padding, dilation=dilation,
+                                     padding_mode=padding_mode, w_name="depthwise_weight")
+    c_out = _validate.check_pointwise_weight(op, pointwise_weight.shape, x.ndim,
+                                             depthwise_weight.shape[0], c_out_in_message=True)
+    expected = (x.shape[0], c_out, *geom.out_size)
+    _validate.check_grad_output(op, grad_output, expected,
+                                f"x shape {tuple(x.shape)} and these weights")
     dtype = arrays.dtype
     x, depthwise_weight, pointwise_weight, grad_output = (
         a.astype(dtype, copy=False) for a in (x, depthwise_weight, pointwise_weight, grad_output))
@@ -575,16 +530,17 @@ def deform_conv2d(x, offset, weight, grad_output, *, stride=1, padding=0, dilati
     array([[[ 10., -10.]]])
     """
     op = "grad.deform_conv2d"
-    arrays = _api._Arrays(op, optional=("mask",), x=x, offset=offset, weight=weight, mask=mask,
-                          grad_output=grad_output)
-    bias = _check_flag(op, "bias", bias)
-    geom, offset_groups = _api.deform_setup(
+    arrays = _validate.Arrays(op, optional=("mask",), x=x, offset=offset, weight=weight,
+                              mask=mask, grad_output=grad_output)
+    bias = _validate.check_flag(op, "bias", bias)
+    geom, offset_groups = _validate.deform_setup(
         op, x.shape, offset.shape, weight.shape, None if mask is None else mask.shape,
         stride=stride, padding=padding, dilation=dilation,
     )
     expected = (x.shape[0], weight.shape[0], *geom.out_size)
-    _check_grad_output(op, grad_output, expected,
-                       f"x shape {tuple(x.shape)} and weight shape {tuple(weight.shape)}")
+    _validate.check_grad_output(
+        op, grad_output, expected,
+        f"x shape {tuple(x.shape)} and weight shape {tuple(weight.shape)}")
     bias_grad = conv_bias(grad_output) if bias else None
     if x.shape[0] == 0 or 0 in geom.in_size:
         xp = arrays.call.xp
@@ -594,10 +550,9 @@ def deform_conv2d(x, offset, weight, grad_output, *, stride=1, padding=0, dilati
                 xp.zeros(a.shape, dtype=arrays.dtype))
 
         return DeformConvGrads(zeros(x), zeros(offset), zeros(weight), zeros(mask), bias_grad)
-    func = _backend_method(arrays, "deform_conv2d_grad")
-    results = func(arrays.prepare(x), arrays.prepare(offset), arrays.prepare(weight),
-                   arrays.prepare(mask), arrays.prepare(grad_output),
-                   _shapes.backend_geometry(geom, op=op), offset_groups)
+    results = arrays.run(geom, lambda backend, g: backend.deform_conv2d_grad(
+        arrays.prepare(x), arrays.prepare(offset), arrays.prepare(weight),
+        arrays.prepare(mask), arrays.prepare(grad_output), g, offset_groups))
     grad_x, grad_offset, grad_weight, grad_mask = (
         None if r is None else arrays.call.from_backend(r) for r in results)
     return DeformConvGrads(grad_x, grad_offset, grad_weight, grad_mask, bias_grad)

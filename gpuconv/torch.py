@@ -58,7 +58,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import _api, _shapes
+from . import _api, _shapes, _validate
 from . import grad as _grad
 
 __all__ = [
@@ -618,9 +618,9 @@ def _conv(op, x, weight, bias, stride, padding, dilation, groups, padding_mode):
     _check_tensors(op, x=x, weight=weight, bias=bias)
     x, unbatched = _batched(op, x, weight.dim() - 2)
     _check_dtypes(op, x, bias, weight=weight)
-    geom = _api.conv_setup(op, tuple(x.shape), tuple(weight.shape), stride=stride,
-                           padding=padding, dilation=dilation, groups=groups,
-                           padding_mode=padding_mode)
+    geom = _validate.conv_setup(op, tuple(x.shape), tuple(weight.shape), stride=stride,
+                                padding=padding, dilation=dilation, groups=groups,
+                                padding_mode=padding_mode)
     _check_bias(op, bias, weight.shape[0])
     y = _call(_conv_op, x, weight, bias, list(geom.stride),
               _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation), geom.groups,
@@ -636,9 +636,9 @@ def _conv_transpose(op, x, weight, bias, stride, padding, output_padding, dilati
     _check_dtypes(op, x, None, weight=weight)
     if bias is not None and bias.dtype != x.dtype:
         bias = bias.to(x.dtype)
-    geom = _api.conv_transpose_setup(op, tuple(x.shape), tuple(weight.shape), stride=stride,
-                                     padding=padding, output_padding=output_padding,
-                                     dilation=dilation, groups=groups)
+    geom = _validate.conv_transpose_setup(op, tuple(x.shape), tuple(weight.shape), stride=stride,
+                                          padding=padding, output_padding=output_padding,
+                                          dilation=dilation, groups=groups)
     _check_bias(op, bias, weight.shape[1] * geom.groups)
     # The geometry's high crop is negative where output_padding (or 'same') extends past the
     # full output; as op arguments that is a zero pad and an output_padding.
@@ -653,8 +653,8 @@ def _depthwise_conv(op, x, weight, bias, stride, padding, dilation, padding_mode
     _check_tensors(op, x=x, weight=weight, bias=bias)
     x, unbatched = _batched(op, x, weight.dim() - 2)
     _check_dtypes(op, x, bias, weight=weight)
-    geom = _api.depthwise_setup(op, tuple(x.shape), tuple(weight.shape), stride=stride,
-                                padding=padding, dilation=dilation, padding_mode=padding_mode)
+    geom = _validate.depthwise_setup(op, tuple(x.shape), tuple(weight.shape), stride=stride,
+                                     padding=padding, dilation=dilation, padding_mode=padding_mode)
     _check_bias(op, bias, weight.shape[0])
     y = _call(_depthwise_op, x, weight, bias, list(geom.stride),
               _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation), geom.padding_mode)
@@ -668,18 +668,12 @@ def _separable_conv(op, x, depthwise_weight, pointwise_weight, bias, stride, pad
     x, unbatched = _batched(op, x, depthwise_weight.dim() - 2)
     _check_dtypes(op, x, bias, depthwise_weight=depthwise_weight,
                   pointwise_weight=pointwise_weight)
-    geom = _api.depthwise_setup(op, tuple(x.shape), tuple(depthwise_weight.shape),
-                                stride=stride, padding=padding, dilation=dilation,
-                                padding_mode=padding_mode, w_name="depthwise_weight")
-    mid, nd = depthwise_weight.shape[0], x.dim() - 2
-    pw_shape = tuple(pointwise_weight.shape)
-    if len(pw_shape) != nd + 2 or pw_shape[1] != mid or any(k != 1 for k in pw_shape[2:]) \
-            or pw_shape[0] == 0:
-        raise ValueError(
-            f"{op}: pointwise_weight must have shape (C_out, {mid}{', 1' * nd}) with "
-            f"C_out >= 1, got {pw_shape}"
-        )
-    _check_bias(op, bias, pw_shape[0])
+    geom = _validate.depthwise_setup(op, tuple(x.shape), tuple(depthwise_weight.shape),
+                                     stride=stride, padding=padding, dilation=dilation,
+                                     padding_mode=padding_mode, w_name="depthwise_weight")
+    c_out = _validate.check_pointwise_weight(op, tuple(pointwise_weight.shape), x.dim(),
+                                             depthwise_weight.shape[0], c_out_in_message=True)
+    _check_bias(op, bias, c_out)
     y = _call(_separable_op, x, depthwise_weight, pointwise_weight, bias, list(geom.stride),
               _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation), geom.padding_mode)
     return y.squeeze(0) if unbatched else y
@@ -692,9 +686,9 @@ def _deform_conv2d(op, x, offset, weight, bias, stride, padding, dilation, mask)
         offset = offset.unsqueeze(0)
         mask = None if mask is None else mask.unsqueeze(0)
     _check_dtypes(op, x, bias, offset=offset, weight=weight, mask=mask)
-    geom, _ = _api.deform_setup(op, tuple(x.shape), tuple(offset.shape), tuple(weight.shape),
-                                None if mask is None else tuple(mask.shape), stride=stride,
-                                padding=padding, dilation=dilation)
+    geom, _ = _validate.deform_setup(op, tuple(x.shape), tuple(offset.shape), tuple(weight.shape),
+                                     None if mask is None else tuple(mask.shape), stride=stride,
+                                     padding=padding, dilation=dilation)
     _check_bias(op, bias, weight.shape[0])
     y = _call(_deform_op, x, offset, weight, bias, mask, list(geom.stride),
               _flat_pads(geom.pad_lo, geom.pad_hi), list(geom.dilation))
@@ -814,7 +808,7 @@ def _factory(device, dtype):
 
 
 def _positive_channels(name: str, value) -> int:
-    value = _shapes._as_int(value, name)
+    value = _shapes.as_int(value, name)
     if value < 1:
         raise ValueError(f"{name}={value} must be a positive int")
     return value
@@ -1028,7 +1022,7 @@ class _ConvTransposeNd(_Layer):
                 f"{leading + nd} elements (got {len(output_size)})"
             )
         spatial = tuple(input.shape[leading:])
-        geom = _api.conv_transpose_setup(
+        geom = _validate.conv_transpose_setup(
             self._op, (1, self.in_channels, *spatial), tuple(self.weight.shape),
             stride=self.stride, padding=self.padding, output_padding=0,
             dilation=self.dilation, groups=self.groups)
