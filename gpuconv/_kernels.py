@@ -251,6 +251,13 @@ class KernelFamily:
             literals.append(literal)
         return f"{self.template}<{', '.join([cxx_type(dtype), cxx_type(index), *literals])}>"
 
+    def check_dtype(self, dtype, op: str) -> None:
+        """Raise TypeError unless ``dtype`` is instantiated: the device modules' one dtype
+        pre-check, before any array is prepared."""
+        dtype = np.dtype(dtype)
+        if dtype.name not in self.dtypes:
+            raise TypeError(f"{op}: dtype={dtype} has no kernel; expected one of {self.dtypes}")
+
     def instantiations(self) -> list[str]:
         """Every name expression of this family."""
         return [

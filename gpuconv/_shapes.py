@@ -19,10 +19,17 @@ Conventions (the same as ``torch.nn.functional`` unless noted):
 
   and ``padding="same"`` gives ``size * stride`` outputs, cropped from the full transposed
   output exactly where ``conv`` with ``"same"`` pads, so the two are adjoint.
+
+Every derived size lives here: the dilated kernel's extent (:func:`full_extent`), the cells
+``n`` windows cover (:func:`span`), the conv-to-transposed geometry of an input gradient
+(:func:`conv_as_transpose`) and back (:func:`transpose_as_conv`), :func:`is_pointwise`, the
+3-D view the kernels take (:func:`as_3d`, :class:`Geometry3d`) and the largest position a
+kernel computes (:meth:`Geometry3d.reach`, for the index-type choice).
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 from typing import Sequence
@@ -121,9 +128,40 @@ def positive_tuple(value, ndim: int, name: str, op: str = "") -> tuple[int, ...]
     return result
 
 
+def full_extent(k: int, dilation: int) -> int:
+    """The cells a kernel of ``k`` taps spans at ``dilation``: ``dilation * (k - 1) + 1``.
+
+    >>> full_extent(3, 1), full_extent(3, 2), full_extent(1, 5)
+    (3, 5, 1)
+    """
+    return dilation * (k - 1) + 1
+
+
+def span(count: int, k: int, stride: int, dilation: int) -> int:
+    """The cells ``count`` windows of a ``k``-tap kernel cover, ``stride`` apart: the padded
+    input of ``count`` conv outputs, or the full output of a transposed convolution of
+    ``count`` inputs, ``(count - 1) * stride + full_extent(k, dilation)``.
+
+    >>> span(5, 3, 2, 1)   # 5 outputs of a 3-tap kernel at stride 2 read 11 cells
+    11
+    """
+    return (count - 1) * stride + full_extent(k, dilation)
+
+
 def conv_out_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
     """Output length of a convolution along one dim (may be <= 0 for an invalid setup)."""
-    return (size + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
+    return (size + pad_lo + pad_hi - full_extent(k, dilation)) // stride + 1
+
+
+def conv_transpose_out_size(size: int, k: int, stride: int, pad_lo: int, pad_hi: int,
+                            dilation: int, output_padding: int = 0) -> int:
+    """Output length of a transposed convolution along one dim: the full output
+    (:func:`span`) less the crops, plus ``output_padding``.
+
+    >>> conv_transpose_out_size(28, 4, 2, 1, 1, 1)
+    56
+    """
+    return span(size, k, stride, dilation) - pad_lo - pad_hi + output_padding
 
 
 def same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
@@ -137,7 +175,7 @@ def same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
     (0, 1)
     """
     out = -(-size // stride)
-    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    total = max(span(out, k, stride, dilation) - size, 0)
     return total // 2, total - total // 2
 
 
@@ -257,7 +295,7 @@ def conv_geometry(
     out_size = []
     for dim, args in enumerate(zip(in_size, kernel, stride, pad_lo, pad_hi, dilation)):
         size, k, s, lo, hi, d = args
-        extent = d * (k - 1) + 1
+        extent = full_extent(k, d)
         if extent > size + lo + hi:
             raise ValueError(
                 f"{where}kernel size {k} (dilated extent {extent}) in "
@@ -306,7 +344,7 @@ def conv_transpose_geometry(
                 f"than max(stride, dilation) in every spatial dim (stride={stride}, "
                 f"dilation={dilation})"
             )
-    full = [(n - 1) * s + d * (k - 1) + 1 for n, k, s, d in zip(in_size, kernel, stride, dilation)]
+    full = [span(n, k, s, d) for n, k, s, d in zip(in_size, kernel, stride, dilation)]
     if isinstance(padding, str) and padding == "same":
         if any(output_padding):
             raise ValueError(
@@ -375,7 +413,7 @@ def backend_geometry(geom: ConvGeometry, *, transposed: bool = False,
                 dilation[dim] = min(dilation[dim], cap)
         else:
             if out == 1:
-                extent = dilation[dim] * (k - 1) + 1
+                extent = full_extent(k, dilation[dim])
                 stride[dim] = min(stride[dim], geom.padded_size[dim] - extent + 1)
             if k == 1:
                 dilation[dim] = 1
@@ -406,4 +444,101 @@ def transpose_as_conv(geom: ConvGeometry) -> ConvGeometry:
     return ConvGeometry(
         geom.out_size, geom.kernel, geom.stride, geom.dilation, geom.pad_lo, geom.pad_hi,
         geom.in_size, geom.groups, "zeros",
+    )
+
+
+def conv_as_transpose(geom: ConvGeometry, crop: Sequence[int],
+                      out_size: Sequence[int]) -> ConvGeometry:
+    """The transposed-convolution geometry that maps ``geom``'s output (a ``conv``) back onto
+    ``out_size`` positions, output index ``o`` at full position ``o + crop``: the geometry of
+    a conv's input gradient. ``crop = geom.pad_lo``, ``out_size = geom.in_size`` gives the
+    gradient of the input itself (zeros padding); ``crop = 0``, ``out_size =
+    geom.padded_size`` that of the padded input (to be folded, other padding modes).
+
+    >>> g = conv_geometry((9,), (3,), stride=2, padding=1, dilation=1)
+    >>> t = conv_as_transpose(g, g.pad_lo, g.in_size)
+    >>> t.in_size, t.out_size, t.pad_lo, t.pad_hi
+    ((5,), (9,), (1,), (1,))
+    """
+    full = tuple(span(n, k, s, d) for n, k, s, d in
+                 zip(geom.out_size, geom.kernel, geom.stride, geom.dilation))
+    return ConvGeometry(
+        tuple(geom.out_size), tuple(geom.kernel), tuple(geom.stride), tuple(geom.dilation),
+        tuple(crop), tuple(f - c - o for f, c, o in zip(full, crop, out_size)), tuple(out_size),
+        geom.groups, "zeros",
+    )
+
+
+def is_pointwise(geom: ConvGeometry) -> bool:
+    """A 1x1 kernel at stride 1 without padding: ``conv`` (and its input gradient) is then a
+    matrix product per group.
+
+    >>> is_pointwise(conv_geometry((7, 7), (1, 1), stride=1, padding=0, dilation=3))
+    True
+    """
+    return (all(k == 1 for k in geom.kernel) and all(s == 1 for s in geom.stride)
+            and not any(geom.pad_lo) and not any(geom.pad_hi))
+
+
+@dataclass(frozen=True)
+class Geometry3d:
+    """A :class:`ConvGeometry` as the 3-D kernels see it: every tuple has 3 entries (D, H, W),
+    1-D/2-D padded at the front with size 1, kernel 1, stride 1, dilation 1, padding 0."""
+
+    in_size: tuple[int, int, int]
+    out_size: tuple[int, int, int]
+    kernel: tuple[int, int, int]
+    stride: tuple[int, int, int]
+    dilation: tuple[int, int, int]
+    pad_lo: tuple[int, int, int]
+    pad_hi: tuple[int, int, int] = (0, 0, 0)
+
+    @property
+    def padded_size(self) -> tuple[int, int, int]:
+        return tuple(s + lo + hi for s, lo, hi in zip(self.in_size, self.pad_lo, self.pad_hi))
+
+    def args(self) -> tuple[int, ...]:
+        """in (3), out (3), kernel (3), stride (3), dilation (3), pad_lo (3): the kernels'
+        geometry parameters, in their order."""
+        return (*self.in_size, *self.out_size, *self.kernel, *self.stride, *self.dilation,
+                *self.pad_lo)
+
+    def tap_step(self) -> tuple[int, int, int]:
+        """Per dim, ``stride / gcd(stride, dilation)``: a transposed convolution's taps that
+        reach one output position are this many apart (``conv_transpose3d``'s ``k_step``)."""
+        return tuple(s // math.gcd(s, d) for s, d in zip(self.stride, self.dilation))
+
+    def reach(self, counts: Sequence[int] | None = None) -> int:
+        """The largest position (plus one) that ``counts`` windows (default: one per output)
+        touch, offset by ``pad_lo``: a conv's padded input positions, or a transposed conv's
+        full-output positions with ``counts = in_size`` and ``pad_lo`` its crop. Kernels
+        compute such positions beyond the arrays' own extents (large zero padding), so the
+        index-type choice (:func:`gpuconv._kernels.index_dtype`) bounds them with this.
+
+        >>> as_3d(conv_geometry((9,), (3,), stride=2, padding=4, dilation=1)).reach()
+        21
+        """
+        counts = self.out_size if counts is None else counts
+        return max(span(n, k, s, d) + p for n, k, s, d, p in
+                   zip(counts, self.kernel, self.stride, self.dilation, self.pad_lo))
+
+
+def as_3d(geom: ConvGeometry) -> Geometry3d:
+    """The 3-D view of ``geom`` (1 to 3 spatial dims).
+
+    >>> as_3d(conv_geometry((9,), (3,), stride=2, padding=1, dilation=1))
+    Geometry3d(in_size=(1, 1, 9), out_size=(1, 1, 5), kernel=(1, 1, 3), stride=(1, 1, 2), \
+dilation=(1, 1, 1), pad_lo=(0, 0, 1), pad_hi=(0, 0, 1))
+    """
+    lead = 3 - geom.ndim
+    if lead < 0:
+        raise ValueError(f"{geom.ndim} spatial dims; the kernels handle 1 to 3")
+
+    def lift(values, fill):
+        return (fill,) * lead + tuple(int(v) for v in values)
+
+    return Geometry3d(
+        lift(geom.in_size, 1), lift(geom.out_size, 1), lift(geom.kernel, 1),
+        lift(geom.stride, 1), lift(geom.dilation, 1), lift(geom.pad_lo, 0),
+        lift(geom.pad_hi, 0),
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import gpuconv
+from gpuconv import _shapes
 
 # ----------------------------------------------------------------------- workloads
 
@@ -68,16 +69,21 @@ def _tuple(value, nd):
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * nd
 
 
-def _conv_out(p):
+def _spatial(p):
+    """kernel, stride, padding, dilation of a workload, one entry per spatial dim."""
     nd = len(p["size"])
-    k, s, pad = _tuple(p["kernel"], nd), _tuple(p.get("stride", 1), nd), _tuple(p["padding"], nd)
-    return tuple((i + 2 * q - kk) // ss + 1 for i, q, kk, ss in zip(p["size"], pad, k, s))
+    return (_tuple(p["kernel"], nd), _tuple(p.get("stride", 1), nd), _tuple(p["padding"], nd),
+            _tuple(p.get("dilation", 1), nd))
+
+
+def _conv_out(p):
+    return tuple(_shapes.conv_out_size(i, k, s, q, q, d)
+                 for i, k, s, q, d in zip(p["size"], *_spatial(p)))
 
 
 def _convT_out(p):
-    nd = len(p["size"])
-    k, s, pad = _tuple(p["kernel"], nd), _tuple(p.get("stride", 1), nd), _tuple(p["padding"], nd)
-    return tuple((i - 1) * ss - 2 * q + kk for i, q, kk, ss in zip(p["size"], pad, k, s))
+    return tuple(_shapes.conv_transpose_out_size(i, k, s, q, q, d)
+                 for i, k, s, q, d in zip(p["size"], *_spatial(p)))
 
 
 def _ksize(p):
@@ -85,7 +91,8 @@ def _ksize(p):
 
 
 def flops(kind: str, p: Mapping) -> int:
-    """FLOPs of one call (a multiply-add counts 2), by kind.
+    """FLOPs of one call (a multiply-add counts 2), by kind. Output sizes come from
+    :mod:`gpuconv._shapes` (stride, padding and ``dilation``, default 1).
 
     * conv: ``2 * N * C_out * prod(out) * (C_in / groups) * prod(kernel)``
     * conv_transpose: ``2 * N * C_in * prod(in) * (C_out / groups) * prod(kernel)`` (every
@@ -131,14 +138,15 @@ def _conv_make(p, dtype, rng):
 
 def _conv_run(a, p):
     return gpuconv.conv(a["x"], a["weight"], stride=p.get("stride", 1), padding=p["padding"],
-                        groups=p.get("groups", 1))
+                        dilation=p.get("dilation", 1), groups=p.get("groups", 1))
 
 
 def _torch_conv(device, a, p):
     _, F = _torch(device)
     x, w = _to_torch(a["x"]), _to_torch(a["weight"])
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(p["size"])]
-    kw = dict(stride=p.get("stride", 1), padding=p["padding"], groups=p.get("groups", 1))
+    kw = dict(stride=p.get("stride", 1), padding=p["padding"], dilation=p.get("dilation", 1),
+              groups=p.get("groups", 1))
     return lambda: fn(x, w, **kw)
 
 
@@ -159,14 +167,16 @@ def _convT_make(p, dtype, rng):
 
 
 def _convT_run(a, p):
-    return gpuconv.conv_transpose(a["x"], a["weight"], stride=p["stride"], padding=p["padding"])
+    return gpuconv.conv_transpose(a["x"], a["weight"], stride=p["stride"], padding=p["padding"],
+                                  dilation=p.get("dilation", 1))
 
 
 def _torch_convT(device, a, p):
     _, F = _torch(device)
     x, w = _to_torch(a["x"]), _to_torch(a["weight"])
     fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[len(p["size"])]
-    return lambda: fn(x, w, stride=p["stride"], padding=p["padding"])
+    return lambda: fn(x, w, stride=p["stride"], padding=p["padding"],
+                      dilation=p.get("dilation", 1))
 
 
 # --- depthwise / separable ---------------------------------------------------------------
@@ -184,14 +194,15 @@ def _dw_make(p, dtype, rng):
 
 def _dw_run(a, p):
     return gpuconv.depthwise_conv(a["x"], a["dw_weight"], padding=p["padding"],
-                                  stride=p.get("stride", 1))
+                                  stride=p.get("stride", 1), dilation=p.get("dilation", 1))
 
 
 def _torch_dw(device, a, p):
     _, F = _torch(device)
     x, w = _to_torch(a["x"]), _to_torch(a["dw_weight"])
     fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(p["size"])]
-    return lambda: fn(x, w, padding=p["padding"], stride=p.get("stride", 1), groups=p["c"])
+    return lambda: fn(x, w, padding=p["padding"], stride=p.get("stride", 1),
+                      dilation=p.get("dilation", 1), groups=p["c"])
 
 
 def _sep_run(a, p):

@@ -4,7 +4,7 @@ Kernels: ``conv_tiled`` and ``conv_direct`` in ``kernels/conv.cu``, ``depthwise_
 ``kernels/depthwise.cu``; each templated on the element type, the index type and the padding
 mode, which the kernels resolve by index mapping (``kernels/padding.cuh``) -- no padded copy of
 the input is ever made. 1-D and 2-D calls run the 3-D kernels with leading spatial dims of
-size 1 (:func:`as_3d`).
+size 1 (:func:`gpuconv._shapes.as_3d`).
 
 Method per ``conv`` call (:func:`choose_conv_method`):
 
@@ -39,8 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import _kernels
-from ..._launch import MAX_DYNAMIC_SHARED_BYTES
-from ..._shapes import ConvGeometry
+from ..._limits import MAX_BLOCKS, MAX_DYNAMIC_SHARED_BYTES, THREADS
+from ..._shapes import ConvGeometry, Geometry3d, as_3d, is_pointwise
 from ._common import PADDING_MODE_CODES, ceil_div, pow2_at_least, prepare
 
 CONV_FILE = "conv.cu"
@@ -66,56 +66,17 @@ FILL_BLOCKS = 256
 #: conv_tiled stages at most this many input channels per pass.
 MAX_CHUNK = 16
 #: Threads per block of conv_direct (fewer, in whole warps, for small outputs).
-DIRECT_THREADS = 256
-#: Grid cap of the block-/grid-stride loops (the kernels loop over the rest).
-MAX_BLOCKS = 65535
+DIRECT_THREADS = THREADS
 
 CONV_METHODS = ("matmul", "depthwise", "tiled", "direct")
 DEPTHWISE_METHODS = ("tiled", "direct")
 
 
-@dataclass(frozen=True)
-class Geometry3d:
-    """A :class:`ConvGeometry` as the kernels see it: every tuple has 3 entries (D, H, W),
-    1-D/2-D padded at the front with size 1, kernel 1, stride 1, dilation 1, padding 0."""
-
-    in_size: tuple[int, int, int]
-    out_size: tuple[int, int, int]
-    kernel: tuple[int, int, int]
-    stride: tuple[int, int, int]
-    dilation: tuple[int, int, int]
-    pad_lo: tuple[int, int, int]
-
-    def args(self) -> tuple[int, ...]:
-        """in (3), out (3), kernel (3), stride (3), dilation (3), pad_lo (3): the kernels'
-        geometry parameters, in their order."""
-        return (*self.in_size, *self.out_size, *self.kernel, *self.stride, *self.dilation,
-                *self.pad_lo)
-
-
-def as_3d(geom: ConvGeometry) -> Geometry3d:
-    """The 3-D view of ``geom``.
-
-    >>> from gpuconv._shapes import conv_geometry
-    >>> as_3d(conv_geometry((9,), (3,), stride=2, padding=1, dilation=1))
-    Geometry3d(in_size=(1, 1, 9), out_size=(1, 1, 5), kernel=(1, 1, 3), stride=(1, 1, 2), \
-dilation=(1, 1, 1), pad_lo=(0, 0, 1))
-    """
-    lead = 3 - geom.ndim
-    return Geometry3d(
-        (1,) * lead + tuple(geom.in_size), (1,) * lead + tuple(geom.out_size),
-        (1,) * lead + tuple(geom.kernel), (1,) * lead + tuple(geom.stride),
-        (1,) * lead + tuple(geom.dilation), (0,) * lead + tuple(geom.pad_lo),
-    )
-
-
 def _max_index(g: Geometry3d, *extents: int) -> int:
     """A bound on every index value the kernels compute, beyond the arrays' own extents: the
-    padded positions (which can exceed the input under large zero padding), the task and
-    thread counters of the stride loops."""
-    positions = max((o - 1) * s + (k - 1) * d + 1 + p
-                    for o, k, s, d, p in zip(g.out_size, g.kernel, g.stride, g.dilation, g.pad_lo))
-    return 2 * max(positions, *extents) + 2 * MAX_BLOCKS * 1024
+    padded positions (:meth:`Geometry3d.reach`; they can exceed the input under large zero
+    padding), the task and thread counters of the stride loops."""
+    return 2 * max(g.reach(), *extents) + 2 * MAX_BLOCKS * 1024
 
 
 # ----------------------------------------------------------------------------- plans
@@ -240,8 +201,7 @@ def choose_conv_method(x_shape, weight_shape, geom: ConvGeometry, itemsize: int)
     c_in = x_shape[1]
     c_out = weight_shape[0]
     groups = geom.groups
-    if (all(k == 1 for k in geom.kernel) and all(s == 1 for s in geom.stride)
-            and not any(geom.pad_lo) and not any(geom.pad_hi)):
+    if is_pointwise(geom):
         return "matmul"
     if groups == c_in:
         return "depthwise"
@@ -256,11 +216,6 @@ def choose_conv_method(x_shape, weight_shape, geom: ConvGeometry, itemsize: int)
 
 def _bias_or_zeros(xp, bias, channels: int, dtype):
     return xp.zeros(channels, dtype=dtype) if bias is None else prepare(xp, bias, dtype)
-
-
-def _check_dtype(dtype):
-    if dtype not in tuple(np.dtype(d) for d in TILED.dtypes):
-        raise TypeError(f"dtype={dtype} has no conv kernel; expected one of {TILED.dtypes}")
 
 
 def conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = None,
@@ -285,7 +240,7 @@ def conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = N
     """
     xp = backend.xp
     dtype = np.dtype(x.dtype)
-    _check_dtype(dtype)
+    TILED.check_dtype(dtype, "conv")
     x, weight = prepare(xp, x, dtype), prepare(xp, weight, dtype)
     batch, c_in = x.shape[:2]
     c_out = weight.shape[0]
@@ -369,7 +324,7 @@ def depthwise_conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str 
     """
     xp = backend.xp
     dtype = np.dtype(x.dtype)
-    _check_dtype(dtype)
+    DEPTHWISE.check_dtype(dtype, "depthwise_conv")
     if method not in (None, *DEPTHWISE_METHODS):
         raise ValueError(f"method={method!r} must be None or one of {DEPTHWISE_METHODS}")
     return _depthwise(backend, prepare(xp, x, dtype), prepare(xp, weight, dtype), bias, geom,

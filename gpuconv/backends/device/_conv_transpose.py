@@ -27,22 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import _kernels
-from ..._launch import MAX_DYNAMIC_SHARED_BYTES
-from ..._shapes import ConvGeometry
+from ..._limits import MAX_DYNAMIC_SHARED_BYTES, MAX_GRID_X, MAX_GRID_Y, THREADS
+from ..._shapes import ConvGeometry, as_3d
 from ._common import ceil_div
 
 FILE = "conv_transpose.cu"
 FAMILY = _kernels.FAMILIES["conv_transpose3d"]
-KERNEL_DTYPES = tuple(np.dtype(d) for d in FAMILY.dtypes)
 
-#: Threads per block (at most; fewer, in whole warps, when the output plane is small).
-THREADS = 256
 #: Shared memory for staged weights per block. 12 KiB keeps four 256-thread blocks resident
 #: per SM even on sm_75 (64 KiB of shared memory per SM). Not tuned on hardware yet.
 SHARED_BUDGET_BYTES = 12 * 1024
-#: CUDA's grid limits in x and y.
-MAX_GRID_X = 2**31 - 1
-MAX_GRID_Y = 65535
 
 
 @dataclass(frozen=True)
@@ -110,10 +104,6 @@ def plan(x_shape, weight_shape, geom: ConvGeometry, itemsize: int, *,
     return Plan(cout_per_thread, bool(stage_weights), int(chunk), int(threads), grid, shared_mem)
 
 
-def _as_3d(values, fill: int, nd: int) -> tuple[int, ...]:
-    return (fill,) * (3 - nd) + tuple(values)
-
-
 def conv_transpose(backend, x, weight, bias, geom: ConvGeometry, *, index=None, **forced):
     """Transposed convolution: ``x`` (N, C_in, *in) and ``weight`` (C_in, C_out / groups, *k)
     to (N, C_out, *geom.out_size), plus ``bias`` (C_out,) or None.
@@ -133,9 +123,7 @@ def conv_transpose(backend, x, weight, bias, geom: ConvGeometry, *, index=None, 
     """
     xp = backend.xp
     dtype = np.dtype(x.dtype)
-    if dtype not in KERNEL_DTYPES:
-        raise TypeError(f"conv_transpose: dtype={dtype} has no kernel; expected one of "
-                        f"{[d.name for d in KERNEL_DTYPES]}")
+    FAMILY.check_dtype(dtype, "conv_transpose")
     nd = geom.ndim
     if not 1 <= nd <= 3:
         raise ValueError(f"conv_transpose: {nd} spatial dims; the kernel handles 1 to 3")
@@ -149,22 +137,14 @@ def conv_transpose(backend, x, weight, bias, geom: ConvGeometry, *, index=None, 
         bias = xp.zeros(c_out, dtype=dtype)
     p = plan(x.shape, weight.shape, geom, dtype.itemsize, **forced)
 
-    in_size = _as_3d(geom.in_size, 1, nd)
-    out_size = _as_3d(geom.out_size, 1, nd)
-    kernel = _as_3d(geom.kernel, 1, nd)
-    stride = _as_3d(geom.stride, 1, nd)
-    dilation = _as_3d(geom.dilation, 1, nd)
-    crop = _as_3d(geom.pad_lo, 0, nd)
-    k_step = tuple(s // math.gcd(s, d) for s, d in zip(stride, dilation))
+    g = as_3d(geom)  # pad_lo is the crop
 
     if index is None:
         # Besides array offsets the kernel forms full-output positions (o + crop), the
         # flattened (image, group, channel block) index and tile * blockDim.x.
-        full = max((i - 1) * s + d * (k - 1) + 1 + c
-                   for i, k, s, d, c in zip(in_size, kernel, stride, dilation, crop))
         blocks_y = batch * geom.groups * ceil_div(og, p.cout_per_thread)
-        max_index = max(full, blocks_y + p.grid[1],
-                        math.prod(out_size) + p.threads * (p.grid[0] + 1))
+        max_index = max(g.reach(g.in_size), blocks_y + p.grid[1],
+                        math.prod(g.out_size) + p.threads * (p.grid[0] + 1))
         index = _kernels.index_dtype(x, weight, out, max_index=max_index)
     name = FAMILY.name_expression(dtype, index, p.cout_per_thread, p.stage_weights)
     function = backend.executor.get_function(FILE, name)
@@ -172,8 +152,8 @@ def conv_transpose(backend, x, weight, bias, geom: ConvGeometry, *, index=None, 
         function,
         grid=p.grid,
         block=p.threads,
-        args=(x, weight, bias, out, batch, c_in, c_out, geom.groups,
-              *in_size, *out_size, *kernel, *stride, *dilation, *crop, *k_step, p.chunk),
+        args=(x, weight, bias, out, batch, c_in, c_out, geom.groups, *g.args(),
+              *g.tap_step(), p.chunk),
         shared_mem=p.shared_mem,
     )
     return out

@@ -21,23 +21,19 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _kernels
+from ..._limits import MAX_GRID_X, MAX_GRID_Y, THREADS, WORKSPACE_BYTES
 from ..._shapes import ConvGeometry
 from ._common import ceil_div
 
 FILE = "deform.cu"
 FAMILY = _kernels.FAMILIES["deform_im2col"]
-KERNEL_DTYPES = tuple(np.dtype(d) for d in FAMILY.dtypes)
 
-#: Upper bound, in bytes, of the column buffer (one chunk's sampled inputs).
-WORKSPACE_BYTES = 64 * 2**20
-#: Threads per block of the sampling kernel.
-THREADS = 256
+# From gpuconv._limits: WORKSPACE_BYTES bounds the column buffer (one chunk's sampled
+# inputs); THREADS is the sampling kernels' block size.
+
 #: The sampling kernel splits each offset group's channels over grid y until about this many
 #: threads run (each thread then samples channel_slice channels at one point).
 TARGET_THREADS = 1 << 18
-#: CUDA's grid limits in x and y.
-MAX_GRID_X = 2**31 - 1
-MAX_GRID_Y = 65535
 
 
 def chunking(batch: int, positions: int, rows: int, itemsize: int,
@@ -135,9 +131,7 @@ def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
     """
     xp = backend.xp
     dtype = np.dtype(x.dtype)
-    if dtype not in KERNEL_DTYPES:
-        raise TypeError(f"deform_conv2d: dtype={dtype} has no kernel; expected one of "
-                        f"{[d.name for d in KERNEL_DTYPES]}")
+    FAMILY.check_dtype(dtype, "deform_conv2d")
     batch, c_in, height, width = x.shape
     c_out, cg, kh, kw = weight.shape
     groups = geom.groups

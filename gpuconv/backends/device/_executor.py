@@ -28,6 +28,7 @@ import threading
 import numpy as np
 
 from ... import _kernels
+from ..._dtypes import accumulation_dtype
 from ..._launch import Kernel, launch
 
 
@@ -114,9 +115,10 @@ class EmulatorExecutor(Executor):
         return Kernel(name_expression, tuple(function.params), function, np.ndarray)
 
     def matmul(self, a, b):
-        if a.dtype == np.float16 or b.dtype == np.float16:
-            dtype = np.result_type(a.dtype, b.dtype)
-            wide = np.matmul(a.astype(np.float32), b.astype(np.float32))
+        dtype = np.result_type(a.dtype, b.dtype)
+        compute = accumulation_dtype(dtype)
+        if compute != dtype:  # float16: as cuBLAS, float32 accumulation, one rounding
+            wide = np.matmul(a.astype(compute), b.astype(compute))
             return wide.astype(dtype, copy=False)
         return np.matmul(a, b)
 

@@ -49,7 +49,9 @@ import math
 import numpy as np
 
 from ... import _kernels
-from ..._shapes import ConvGeometry, transpose_as_conv
+from ..._dtypes import accumulation_dtype
+from ..._limits import MAX_BLOCKS, MAX_GRID_Y, THREADS, WORKSPACE_BYTES
+from ..._shapes import ConvGeometry, as_3d, conv_as_transpose, is_pointwise, transpose_as_conv
 from . import _deform
 from ._common import PADDING_MODE_CODES, ceil_div, pow2_at_least
 
@@ -80,30 +82,8 @@ TARGET_BLOCKS = 1024
 #: depthwise_weight_grad (8 positions per thread of a 256-thread block).
 MIN_SPLIT_LEN = 256
 DEPTHWISE_MIN_SPLIT_LEN = 2048
-#: Largest workspace of partial sums (deterministic variant), in bytes; fewer splits beyond.
-WORKSPACE_BYTES = 64 * 2**20
-#: Threads per block and the grid cap of the grid-stride kernels (fold, reduce, deform).
-THREADS = 256
-MAX_BLOCKS = 65535
-MAX_GRID_Y = 65535
 
 WEIGHT_GRAD_METHODS = ("gemm", "depthwise")
-
-
-def _acc_dtype(dtype: np.dtype) -> np.dtype:
-    """The accumulator dtype of the kernels (``gpuconv::acc_t``): float32 for float16."""
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
-
-
-def _check_dtype(op: str, dtype: np.dtype, family) -> None:
-    if dtype.name not in family.dtypes:
-        raise TypeError(f"{op}: dtype={dtype} has no kernel; expected one of {family.dtypes}")
-
-
-def _lead3(values, fill: int) -> tuple[int, int, int]:
-    """1-D/2-D values padded at the front to 3 entries, as the 3-D kernels see them."""
-    values = tuple(int(v) for v in values)
-    return (fill,) * (3 - len(values)) + values
 
 
 def _grid_stride_blocks(total: int) -> int:
@@ -149,7 +129,7 @@ def fold_padding(backend, padded, geom: ConvGeometry, *, index=None):
     circular; zeros padding is a crop and never comes here)."""
     xp = backend.xp
     dtype = np.dtype(padded.dtype)
-    _check_dtype("fold_padding", dtype, FOLD)
+    FOLD.check_dtype(dtype, "fold_padding")
     mode = PADDING_MODE_CODES[geom.padding_mode]
     if mode == 0:
         raise ValueError("fold_padding: padding_mode='zeros' is a crop, not a fold")
@@ -157,37 +137,19 @@ def fold_padding(backend, padded, geom: ConvGeometry, *, index=None):
     out = xp.empty((batch, channels, *geom.in_size), dtype=dtype)
     if out.size == 0:
         return out
-    in_size = _lead3(geom.in_size, 1)
-    pad_lo = _lead3(geom.pad_lo, 0)
-    padded_size = _lead3(geom.padded_size, 1)
+    g = as_3d(geom)
     blocks = _grid_stride_blocks(out.size)
     if index is None:
         index = _kernels.index_dtype(
             padded, out, max_index=2 * (padded.size + out.size + THREADS * (blocks + 1)))
     kernel = backend.executor.get_function(FOLD_FILE, FOLD.name_expression(dtype, index, mode))
     backend.executor.launch(kernel, grid=blocks, block=THREADS,
-                            args=(padded, out, batch * channels, *in_size, *pad_lo, *padded_size))
+                            args=(padded, out, batch * channels, *g.in_size, *g.pad_lo,
+                                  *g.padded_size))
     return out
 
 
 # ----------------------------------------------------------------------------- input gradients
-
-
-def _transposed(geom: ConvGeometry, crop, out_size) -> ConvGeometry:
-    """The transposed-convolution geometry mapping ``geom``'s output back onto ``out_size``
-    positions, output index ``o`` at full position ``o + crop``."""
-    full = tuple((n - 1) * s + d * (k - 1) + 1 for n, k, s, d in
-                 zip(geom.out_size, geom.kernel, geom.stride, geom.dilation))
-    return ConvGeometry(
-        tuple(geom.out_size), tuple(geom.kernel), tuple(geom.stride), tuple(geom.dilation),
-        tuple(crop), tuple(f - c - o for f, c, o in zip(full, crop, out_size)), tuple(out_size),
-        geom.groups, "zeros",
-    )
-
-
-def _is_pointwise(geom: ConvGeometry) -> bool:
-    return (all(k == 1 for k in geom.kernel) and all(s == 1 for s in geom.stride)
-            and not any(geom.pad_lo) and not any(geom.pad_hi))
 
 
 def conv_input_grad(backend, weight, grad_output, geom: ConvGeometry, *, index=None):
@@ -200,7 +162,7 @@ def conv_input_grad(backend, weight, grad_output, geom: ConvGeometry, *, index=N
     batch, c_out = grad_output.shape[:2]
     groups = geom.groups
     og, cg = c_out // groups, weight.shape[1]
-    if _is_pointwise(geom):
+    if is_pointwise(geom):
         positions = math.prod(geom.out_size)
         # (G, cg, og) @ (N, G, og, P) -> (N, G, cg, P)
         wt = weight.reshape(groups, og, cg).transpose(0, 2, 1)
@@ -209,9 +171,10 @@ def conv_input_grad(backend, weight, grad_output, geom: ConvGeometry, *, index=N
                                     dtype=grad_output.dtype)
     if geom.padding_mode == "zeros" or not (any(geom.pad_lo) or any(geom.pad_hi)):
         return backend.conv_transpose(grad_output, weight, None,
-                                      _transposed(geom, geom.pad_lo, geom.in_size))
+                                      conv_as_transpose(geom, geom.pad_lo, geom.in_size))
     padded = backend.conv_transpose(grad_output, weight, None,
-                                    _transposed(geom, (0,) * geom.ndim, geom.padded_size))
+                                    conv_as_transpose(geom, (0,) * geom.ndim,
+                                                      geom.padded_size))
     return fold_padding(backend, padded, geom, index=index)
 
 
@@ -233,10 +196,8 @@ def choose_weight_grad_method(c_in: int, groups: int) -> str:
 def _weight_grad_index(arrays, geom: ConvGeometry, length: int, split_len: int, extra: int):
     # Besides the arrays' extents: padded positions (large zero pads), the reduction index
     # (which runs up to a split past the end), and the workspace / tile counts.
-    positions = max((o - 1) * s + (k - 1) * d + 1 + p for o, k, s, d, p in
-                    zip(geom.out_size, geom.kernel, geom.stride, geom.dilation, geom.pad_lo))
     return _kernels.index_dtype(
-        *arrays, max_index=2 * max(positions, length + 2 * split_len, extra))
+        *arrays, max_index=2 * max(as_3d(geom).reach(), length + 2 * split_len, extra))
 
 
 def conv_weight_grad(backend, x, grad_output, geom: ConvGeometry, deterministic: bool = False,
@@ -257,8 +218,8 @@ def conv_weight_grad(backend, x, grad_output, geom: ConvGeometry, deterministic:
     """
     xp = backend.xp
     dtype = np.dtype(x.dtype)
-    _check_dtype("conv_weight_grad", dtype, WEIGHT_GRAD)
-    acc = _acc_dtype(dtype)
+    WEIGHT_GRAD.check_dtype(dtype, "conv_weight_grad")
+    acc = accumulation_dtype(dtype)
     batch, c_in = x.shape[:2]
     c_out = grad_output.shape[1]
     groups = geom.groups
@@ -302,10 +263,9 @@ def conv_weight_grad(backend, x, grad_output, geom: ConvGeometry, deterministic:
     mode = PADDING_MODE_CODES[geom.padding_mode]
     kernel = backend.executor.get_function(
         GRAD_FILE, family.name_expression(dtype, index, mode, deterministic))
-    geometry = (*_lead3(geom.in_size, 1), *_lead3(geom.out_size, 1), *_lead3(geom.kernel, 1),
-                *_lead3(geom.stride, 1), *_lead3(geom.dilation, 1), *_lead3(geom.pad_lo, 0))
     backend.executor.launch(kernel, grid=grid, block=block,
-                            args=(x, grad_output, workspace, *counts, *geometry, split_len))
+                            args=(x, grad_output, workspace, *counts, *as_3d(geom).args(),
+                                  split_len))
     if not deterministic and acc == dtype:
         return workspace.reshape(shape)
     out = xp.empty(out_elems, dtype=dtype)
@@ -339,8 +299,8 @@ def deform_conv2d_grad(backend, x, offset, weight, mask, grad_output, geom: Conv
     """
     xp = backend.xp
     dtype = np.dtype(x.dtype)
-    cdt = _acc_dtype(dtype)
-    _check_dtype("deform_conv2d_grad", cdt, COL2IM)
+    cdt = accumulation_dtype(dtype)
+    COL2IM.check_dtype(cdt, "deform_conv2d_grad")
 
     def compute(a):
         return None if a is None else xp.ascontiguousarray(a, dtype=cdt)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _kernels
+from ..._dtypes import accumulation_dtype
+from ..._limits import MAX_BLOCKS, THREADS
 from ._common import ceil_div, pow2_at_least, prepare
 
 FILE = "convolve.cu"
@@ -30,7 +32,7 @@ REDUCE = _kernels.FAMILIES["correlate1d_reduce"]
 KERNEL_DTYPES = tuple(np.dtype(d) for d in TILED.dtypes)
 
 #: Threads per block of the tiled kernel (at most; fewer for short outputs).
-TILED_THREADS = 256
+TILED_THREADS = THREADS
 #: Outputs per thread of the tiled kernel: the .cu file's default, read from it.
 OUTPUTS_PER_THREAD = _kernels.source_define(FILE, "GPUCONV_CORRELATE1D_OUTPUTS_PER_THREAD")
 #: Threads per block of the reduce kernel: between these, about taps / 16 (a power of two).
@@ -40,8 +42,6 @@ REDUCE_THREADS = (32, 256)
 #: few to fill a GPU. Not tuned on hardware yet.
 REDUCE_MIN_TAPS = 512
 REDUCE_BELOW_TILED_BLOCKS = 64
-#: The reduce kernel's grid-stride loop covers outputs past this many blocks.
-REDUCE_MAX_BLOCKS = 65535
 
 
 def output_window(n_a: int, n_v: int, mode: str, *, convolve: bool) -> tuple[int, int]:
@@ -96,10 +96,11 @@ def correlate(backend, a, v, mode: str, *, convolve: bool, method: str | None = 
     if method not in (None, "tiled", "reduce"):
         raise ValueError(f"method={method!r} must be None, 'tiled' or 'reduce'")
     dtype = np.result_type(a.dtype, v.dtype)
-    if dtype == np.float16:
-        result = correlate(backend, a.astype(np.float32), v.astype(np.float32), mode,
+    compute = accumulation_dtype(dtype)
+    if compute != dtype:  # float16: the float32 kernel, one rounding at the end
+        result = correlate(backend, a.astype(compute), v.astype(compute), mode,
                            convolve=convolve, method=method)
-        return result.astype(np.float16)
+        return result.astype(dtype)
     if dtype not in KERNEL_DTYPES:
         func = xp.convolve if convolve else xp.correlate
         if dtype == np.bool_:  # OR of ANDs; counted in int64 (CuPy's convolve takes no bool)
@@ -146,7 +147,7 @@ def _launch_window(backend, a, v, out, start: int, *, convolve: bool, method: st
     else:
         low, high = REDUCE_THREADS
         threads = min(high, max(low, pow2_at_least(ceil_div(n_v, 16))))
-        blocks = min(n_out, REDUCE_MAX_BLOCKS)
+        blocks = min(n_out, MAX_BLOCKS)  # the grid-stride loop covers the rest
         index = _kernels.index_dtype(a, v, out, max_index=2 * (n_a + n_v) + blocks + threads)
         name = REDUCE.name_expression(out.dtype, index, convolve)
         kernel = backend.executor.get_function(FILE, name)
