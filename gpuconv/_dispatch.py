@@ -20,10 +20,12 @@ import sys
 
 import numpy as np
 
+from .backends._contract import Backend
+
 BACKENDS = ("numpy", "emulate", "cuda")
 
 _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpuconv_backend", default=None)
-_instances: dict[str, object] = {}
+_instances: dict[str, Backend] = {}
 
 
 def _check_name(name, op: str = "use_backend") -> str:
@@ -85,8 +87,9 @@ def is_cupy_array(x) -> bool:
     return isinstance(x, cupy.ndarray)
 
 
-def get_backend(name: str):
-    """The backend object for ``name``, created on first use."""
+def get_backend(name: str) -> Backend:
+    """The backend object for ``name``, created on first use (it satisfies the contract
+    :class:`gpuconv.backends._contract.Backend`)."""
     backend = _instances.get(_check_name(name))
     if backend is None:
         if name == "numpy":

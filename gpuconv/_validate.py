@@ -34,8 +34,7 @@ from . import _shapes
 from ._dispatch import Call, is_cupy_array
 from ._launch import data_pointer
 from ._shapes import ConvGeometry
-
-Array = Any  # numpy.ndarray or cupy.ndarray
+from .backends._contract import Array, Backend
 
 #: The dtypes the conv family computes in (arrays of other dtypes are rejected).
 CONV_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -135,7 +134,7 @@ class Arrays:
             a = a.copy()
         return a
 
-    def run(self, geom: ConvGeometry, compute: Callable[[Any, ConvGeometry], Any], *,
+    def run(self, geom: ConvGeometry, compute: Callable[[Backend, ConvGeometry], Any], *,
             transposed: bool = False) -> Any:
         """``compute(backend, backend_geom)``: the backend's result for this call.
 

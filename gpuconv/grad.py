@@ -15,10 +15,11 @@ cells that supplied them (a reflect/replicate/circular pad's adjoint).
 NumPy arrays in give NumPy arrays out, CuPy arrays in give CuPy arrays out; the result has
 dtype ``numpy.result_type`` of the array arguments, and float16 is accumulated in float32.
 Every backend computes every gradient: NumPy (``backends/numpy_grad.py``, the reference) and
-the device backends (``backends/device/_grad.py``: the forward kernels for input gradients,
-gradient kernels for weights, the padding fold and deformable sampling). ``deterministic=True``
-makes the device weight gradients bitwise reproducible (no floating-point atomics); the
-deformable input gradient always scatters with atomics on the device backends.
+the device backends (``backends/device/``, each in its operation's module: the forward kernels
+for input gradients, gradient kernels for weights, the padding fold and deformable sampling).
+``deterministic=True`` makes the device weight gradients bitwise reproducible (no
+floating-point atomics); the deformable input gradient always scatters with atomics on the
+device backends.
 
 Examples
 --------
@@ -32,12 +33,13 @@ array([[[  1.,  12., 120., 200.]]])
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
-
-import numpy as np
 
 from . import _api, _validate
 from ._dispatch import caller_xp
+from ._dtypes import accumulation_dtype
+from .backends._contract import Backend
 
 __all__ = [
     "DeformConvGrads",
@@ -86,7 +88,12 @@ def _transpose_channels(w_shape, geom) -> int:
     return w_shape[1] * geom.groups
 
 
-def _input_grad(op, setup, out_channels, method, input_shape, weight, grad_output, **forward):
+#: Picks the backend method a gradient calls: ``lambda backend: backend.conv_input_grad``.
+MethodOf = Callable[[Backend], Callable[..., Any]]
+
+
+def _input_grad(op: str, setup: Callable[..., Any], out_channels: Callable[..., int],
+                method: MethodOf, input_shape, weight, grad_output, **forward):
     """The body of every ``*_input`` gradient: validate the arguments as the forward's
     ``setup`` does (``input_shape`` standing for ``x``), check ``grad_output`` against the
     forward output's shape (``out_channels(weight.shape, geom)`` channels) and call the
@@ -107,8 +114,8 @@ def _input_grad(op, setup, out_channels, method, input_shape, weight, grad_outpu
     return arrays.call.from_backend(result)
 
 
-def _weight_grad(op, setup, out_channels, method, x, weight_shape, grad_output, deterministic,
-                 **forward):
+def _weight_grad(op: str, setup: Callable[..., Any], out_channels: Callable[..., int],
+                 method: MethodOf, x, weight_shape, grad_output, deterministic, **forward):
     """The body of every ``*_weight`` gradient, as :func:`_input_grad` with ``weight_shape``
     standing for ``weight``; the backend method is called as
     ``(x, grad_output, geom, deterministic)``."""
@@ -250,7 +257,7 @@ def conv_bias(grad_output):
         )
     xp = caller_xp([grad_output])
     axes = (0,) + tuple(range(2, grad_output.ndim))
-    acc = np.float32 if arrays.dtype == np.float16 else arrays.dtype
+    acc = accumulation_dtype(arrays.dtype)
     return xp.sum(grad_output, axis=axes, dtype=acc).astype(arrays.dtype, copy=False)
 
 
