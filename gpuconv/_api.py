@@ -21,8 +21,7 @@ from . import _shapes, _validate
 from ._validate import Arrays
 
 
-def _forward(arrays: Arrays, geom, n: int, c_out: int, bias, out, compute, *,
-             transposed=False):
+def _forward(arrays: Arrays, geom, n: int, c_out: int, bias, out, compute):
     """The last steps of every forward function: check ``bias`` and ``out`` against the
     output shape ``(n, c_out, *geom.out_size)``; then the bias (or zeros) without backend
     work for an empty input, else ``compute(backend, geometry)``'s result (written into
@@ -33,7 +32,7 @@ def _forward(arrays: Arrays, geom, n: int, c_out: int, bias, out, compute, *,
     _validate.check_out(op, out, shape, arrays.dtype, arrays)
     if n == 0 or 0 in geom.in_size:
         return _validate.empty_result(arrays, shape, out, bias)
-    return _validate.finish(arrays, arrays.run(geom, compute, transposed=transposed), out)
+    return _validate.finish(arrays, arrays.run(geom, compute), out)
 
 
 # --------------------------------------------------------------------------- conv
@@ -185,8 +184,7 @@ def _conv_transpose(op, spatial_ndim, x, weight, bias, stride, padding, output_p
                                           groups=groups)
     return _forward(arrays, geom, x.shape[0], weight.shape[1] * geom.groups, bias, out,
                     lambda backend, g: backend.conv_transpose(
-                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), g),
-                    transposed=True)
+                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), g))
 
 
 def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,

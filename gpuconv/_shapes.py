@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
@@ -223,7 +223,8 @@ class ConvGeometry:
     ``out_size`` its output, and ``pad_lo`` is the crop: output index ``o`` sits at
     position ``o + pad_lo`` of the full transposed output ``(in - 1) * stride +
     dilation * (k - 1) + 1``. ``pad_hi`` is the high-end crop, negative when
-    ``output_padding`` (or 'same') extends past the full output.
+    ``output_padding`` (or 'same') extends past the full output. ``transposed`` is True for
+    these geometries (:func:`conv_transpose_geometry`, :func:`conv_as_transpose`).
     """
 
     in_size: tuple[int, ...]
@@ -235,6 +236,7 @@ class ConvGeometry:
     out_size: tuple[int, ...]
     groups: int = 1
     padding_mode: str = "zeros"
+    transposed: bool = False
 
     @property
     def ndim(self) -> int:
@@ -376,12 +378,11 @@ def conv_transpose_geometry(
     pad_hi = tuple(f - lo - o for f, lo, o in zip(full, pad_lo, out_size))
     return ConvGeometry(
         tuple(in_size), tuple(kernel), stride, dilation, tuple(pad_lo), pad_hi,
-        tuple(out_size), groups, "zeros",
+        tuple(out_size), groups, "zeros", transposed=True,
     )
 
 
-def backend_geometry(geom: ConvGeometry, *, transposed: bool = False,
-                     op: str = "") -> ConvGeometry:
+def backend_geometry(geom: ConvGeometry, *, op: str = "") -> ConvGeometry:
     """The geometry a backend computes ``geom`` with: the same sizes and pads, with every
     stride and dilation that cannot matter made as small as the geometry's own relations
     allow.
@@ -396,12 +397,13 @@ def backend_geometry(geom: ConvGeometry, *, transposed: bool = False,
     for ``conv_transpose``, ``output_padding < max(stride, dilation)`` (at most
     ``out + pad_lo + 1``, more than any output padding). A stride or dilation of
     ``INDEX_LIMIT`` (2**31) or more that does matter needs more than 2**31 padded cells along
-    its dim: ValueError naming it.
+    its dim: ValueError naming it. Which relations hold is ``geom.transposed``'s to say.
 
     >>> g = conv_geometry((5,), (3,), stride=2**31, padding=0, dilation=1)
     >>> g.out_size, backend_geometry(g).stride
     ((1,), (3,))
     """
+    transposed = geom.transposed
     stride, dilation = list(geom.stride), list(geom.dilation)
     for dim in range(geom.ndim):
         k, out, lo = geom.kernel[dim], geom.out_size[dim], geom.pad_lo[dim]
@@ -431,8 +433,7 @@ def backend_geometry(geom: ConvGeometry, *, transposed: bool = False,
     stride, dilation = tuple(stride), tuple(dilation)
     if stride == geom.stride and dilation == geom.dilation:
         return geom
-    return ConvGeometry(geom.in_size, geom.kernel, stride, dilation, geom.pad_lo, geom.pad_hi,
-                        geom.out_size, geom.groups, geom.padding_mode)
+    return replace(geom, stride=stride, dilation=dilation)
 
 
 def transpose_as_conv(geom: ConvGeometry) -> ConvGeometry:
@@ -465,7 +466,7 @@ def conv_as_transpose(geom: ConvGeometry, crop: Sequence[int],
     return ConvGeometry(
         tuple(geom.out_size), tuple(geom.kernel), tuple(geom.stride), tuple(geom.dilation),
         tuple(crop), tuple(f - c - o for f, c, o in zip(full, crop, out_size)), tuple(out_size),
-        geom.groups, "zeros",
+        geom.groups, "zeros", transposed=True,
     )
 
 

@@ -134,8 +134,7 @@ class Arrays:
             a = a.copy()
         return a
 
-    def run(self, geom: ConvGeometry, compute: Callable[[Backend, ConvGeometry], Any], *,
-            transposed: bool = False) -> Any:
+    def run(self, geom: ConvGeometry, compute: Callable[[Backend, ConvGeometry], Any]) -> Any:
         """``compute(backend, backend_geom)``: the backend's result for this call.
 
         The one dispatch point of every conv-family call and gradient: ``backend_geom`` is
@@ -143,8 +142,7 @@ class Arrays:
         that cannot matter made small). ``compute`` calls one named backend method with
         prepared arrays; its result is returned as the backend made it.
         """
-        return compute(self.call.backend,
-                       _shapes.backend_geometry(geom, transposed=transposed, op=self.op))
+        return compute(self.call.backend, _shapes.backend_geometry(geom, op=self.op))
 
 
 # ------------------------------------------------------------------------ shapes

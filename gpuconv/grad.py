@@ -109,8 +109,7 @@ def _input_grad(op: str, setup: Callable[..., Any], out_channels: Callable[..., 
     if input_shape[0] == 0 or 0 in geom.in_size:
         return _validate.empty_result(arrays, input_shape, None)
     result = arrays.run(geom, lambda backend, g: method(backend)(
-        arrays.prepare(weight), arrays.prepare(grad_output), g),
-        transposed=setup is _validate.conv_transpose_setup)
+        arrays.prepare(weight), arrays.prepare(grad_output), g))
     return arrays.call.from_backend(result)
 
 
@@ -130,8 +129,7 @@ def _weight_grad(op: str, setup: Callable[..., Any], out_channels: Callable[...,
     if x.shape[0] == 0 or 0 in geom.in_size:
         return _validate.empty_result(arrays, weight_shape, None)
     result = arrays.run(geom, lambda backend, g: method(backend)(
-        arrays.prepare(x), arrays.prepare(grad_output), g, deterministic),
-        transposed=setup is _validate.conv_transpose_setup)
+        arrays.prepare(x), arrays.prepare(grad_output), g, deterministic))
     return arrays.call.from_backend(result)
 
 
