@@ -14,7 +14,13 @@ Modes (read at every call):
   :class:`OutOfBoundsError` naming the parameter and byte offset. Results are copied back.
 * race check (``GPUCONV_EMULATE_RACECHECK=1`` or ``with race_check():``): the launch runs three
   times (threads and blocks in forward, reverse and shuffled order, shared memory filled with
-  0xFF bytes) and the outputs must agree, else :class:`RaceError`.
+  0xFF bytes) and the outputs must agree, else :class:`RaceError`. The first run uses the
+  module's track build (``_track.py``), which also raises :class:`RaceError` for a lost update
+  (another block's write to the same element, not all of them atomic) and for a read of an
+  element that another block writes in the same launch.
+* counters (``with counters() as c:``): each launch runs once on the track build and counts
+  global sectors per request, shared-memory wavefronts (bank conflicts) and the bytes of
+  ``cp.async`` and ``ldmatrix``, per kernel and access site (``_track.py``).
 
 Examples
 --------
@@ -43,8 +49,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _abi, _build
+from . import _abi, _build, _track
 from ._abi import ELEM_DTYPES, split_code
+from ._track import Counters, KernelCounters, SiteCounters, counters
 from ._errors import (
     DivergentBarrierError,
     EmulatorCompileError,
@@ -63,9 +70,13 @@ __all__ = [
     "RaceError",
     "available",
     "checked",
+    "Counters",
+    "counters",
+    "KernelCounters",
     "load_module",
     "race_check",
     "reset_stats",
+    "SiteCounters",
     "stats",
     "unavailable_reason",
 ]
@@ -227,6 +238,9 @@ def load_module(
         module = _modules.get(cache_key)
         if module is None or module._artifact != artifact:
             module = EmuModule(artifact.path, str(cache_key[0]), artifact)
+            # what the track build (_track.py) compiles, when race_check/counters need it
+            module._build_args = (cache_key[0], tuple(name_expressions),
+                                  tuple(os.path.abspath(os.fspath(d)) for d in include_dirs))
             _modules[cache_key] = module
     return module
 
@@ -507,17 +521,20 @@ class EmuFunction:
         grid3, block3, shared_mem = self._check_launch(grid, block, shared_mem)
         self._check_args(args)
         nthreads = _worker_threads()
-        check, race = _checked_on(), _race_on()
-        if not (check or race):
+        check, race, count = _checked_on(), _race_on(), _track.counting()
+        if not (check or race or count):
             self._run(grid3, block3, shared_mem, args, 0, nthreads)
             return
         # Checked mode first: it runs in a subprocess, so an out-of-bounds access is reported
-        # before the (in-process) race check could crash on it. Both start from the inputs.
-        inputs = self._copy_args(args) if (check and race) else args
+        # before the (in-process) race check could crash on it. All start from the inputs.
+        inputs = self._copy_args(args) if (check and (race or count)) else args
         if check:
             self._run_checked(grid3, block3, shared_mem, args, nthreads)
-        if race:
+        if race:  # its first run is tracked (and counted, under counters())
             self._race_checked(grid3, block3, shared_mem, inputs, write_back=not check)
+        elif count:
+            s = _track.launch(self, grid3, block3, shared_mem, inputs, 0, 0, race=False)
+            _record_stats(s, self.module._lib.fiber_impl)
 
     def _run(self, grid3, block3, shared_mem, args, flags, nthreads, seed=0):
         argv, keep, _, _ = _abi.build_argv(self.params, args)
@@ -571,7 +588,12 @@ class EmuFunction:
         for label, order_flag in orders:
             copies = self._copy_args(args)
             flags = _abi.FLAG_SERIAL | _abi.FLAG_FILL_SHARED | order_flag
-            s = self._run(grid3, block3, shared_mem, copies, flags, 1, seed=_RACE_SEED)
+            if label == "forward":  # the track build: lost updates, cross-block read/write
+                s = _track.launch(self, grid3, block3, shared_mem, copies, flags, _RACE_SEED,
+                                  race=True)
+                _record_stats(s, self.module._lib.fiber_impl)
+            else:
+                s = self._run(grid3, block3, shared_mem, copies, flags, 1, seed=_RACE_SEED)
             used_float_atomics |= s["float_atomics"] > 0
             runs.append((label, copies))
         ref_label, ref = runs[0]

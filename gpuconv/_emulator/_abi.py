@@ -42,6 +42,11 @@ RC_DIVERGENT_BARRIER = 2
 RC_KERNEL_FAULT = 3
 RC_INTERNAL = 4
 RC_CANCELLED = 5
+RC_RACE = 6  # the track build: a lost update or a cross-block read/write (track.h)
+
+# tracked launches (the track build only): what to record (mirror track.h)
+TRACK_RACE = 1 << 0
+TRACK_COUNT = 1 << 1
 
 #: exit status of the checked-mode subprocess after a memory fault
 EXIT_FAULT = 77
@@ -129,6 +134,28 @@ class Library:
             ctypes.c_size_t,
             ctypes.POINTER(ctypes.c_ulonglong),
         ]
+        #: whether this is a track build (race_check's cross-block check, counters())
+        self.tracked = hasattr(lib, "gpuconv_emu_tracked_launch")
+        if self.tracked:
+            lib.gpuconv_emu_tracked_launch.restype = ctypes.c_int
+            lib.gpuconv_emu_tracked_launch.argtypes = [
+                ctypes.c_int,
+                ctypes.POINTER(ctypes.c_uint),
+                ctypes.POINTER(ctypes.c_uint),
+                ctypes.c_ulonglong,
+                ctypes.POINTER(ctypes.c_void_p),
+                ctypes.c_int,  # nargs
+                ctypes.POINTER(ctypes.c_longlong),  # nbytes per argument (-1: scalar)
+                ctypes.c_uint,  # flags
+                ctypes.c_uint,  # mode: TRACK_RACE | TRACK_COUNT
+                ctypes.c_ulonglong,  # seed
+                ctypes.c_char_p,
+                ctypes.c_size_t,
+                ctypes.POINTER(ctypes.c_ulonglong),
+                ctypes.POINTER(ctypes.c_void_p),  # report out (malloc'd text)
+            ]
+            lib.gpuconv_emu_free.restype = None
+            lib.gpuconv_emu_free.argtypes = [ctypes.c_void_p]
         self.fiber_impl = lib.gpuconv_emu_fiber_impl().decode()
         self.entries = []
         for i in range(lib.gpuconv_emu_entry_count()):
@@ -192,6 +219,35 @@ class Library:
             stats,
         )
         return rc, errbuf.value.decode(errors="replace"), dict(zip(STATS_FIELDS, stats))
+
+
+    def tracked_launch(self, index, grid, block, shared_mem, argv, nbytes, flags, mode, seed):
+        """A tracked launch (track build only); returns (rc, error, stats, report text)."""
+        errbuf = ctypes.create_string_buffer(_ERRLEN)
+        stats = _u64_stats()
+        report = ctypes.c_void_p()
+        n = len(nbytes)
+        rc = self._lib.gpuconv_emu_tracked_launch(
+            index,
+            _u32x3(*grid),
+            _u32x3(*block),
+            shared_mem,
+            argv,
+            n,
+            (ctypes.c_longlong * n)(*nbytes),
+            flags,
+            mode,
+            seed,
+            errbuf,
+            _ERRLEN,
+            stats,
+            ctypes.byref(report),
+        )
+        text = ""
+        if report.value:
+            text = ctypes.string_at(report.value).decode(errors="replace")
+            self._lib.gpuconv_emu_free(report)
+        return rc, errbuf.value.decode(errors="replace"), dict(zip(STATS_FIELDS, stats)), text
 
 
 def build_argv(params, args):

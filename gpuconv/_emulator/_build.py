@@ -54,6 +54,12 @@ EMU_DIR = pathlib.Path(__file__).resolve().parent
 MODULE_CPP = EMU_DIR / "module.cpp"
 HEADER_SUFFIXES = (".cuh", ".h", ".hpp", ".hh", ".inc")
 BASE_FLAGS = ("-O2", "-std=c++17", "-fPIC", "-shared", "-pthread", "-fvisibility=hidden")
+#: the track build (track.h): every memory access of the module calls a hook. -fsanitize=thread
+#: only instruments (compiled with -c); the link adds no ThreadSanitizer runtime, the module
+#: defines the hooks itself (-Bsymbolic binds them inside it). -g1: line tables, so a counted
+#: access site can be named by file:line.
+TRACK_FLAGS = ("-fsanitize=thread", "--param=tsan-instrument-func-entry-exit=0", "-Wno-tsan",
+               "-g1", "-DGPUCONV_EMU_TRACK=1")
 
 # A name expression is data: an identifier, template arguments, literals. No statements,
 # comments, preprocessor directives or string literals.
@@ -443,8 +449,11 @@ def _remove_stale_temporaries(directory: pathlib.Path, key: str) -> None:
             p.unlink()
 
 
-def build(source, name_expressions, include_dirs=()) -> Artifact:
-    """Compile (or find in the cache) the module; returns the verified :class:`Artifact`."""
+def build(source, name_expressions, include_dirs=(), track: bool = False) -> Artifact:
+    """Compile (or find in the cache) the module; returns the verified :class:`Artifact`.
+
+    ``track=True`` builds the instrumented twin that race_check() and counters() use
+    (TRACK_FLAGS; a separate cache entry)."""
     source = pathlib.Path(os.fspath(source)).resolve()
     if not source.is_file():
         raise FileNotFoundError(f"source={str(source)!r}: no such kernel file")
@@ -454,7 +463,7 @@ def build(source, name_expressions, include_dirs=()) -> Artifact:
     identity = compiler_identity(cxx)
     if identity is None:
         raise EmulatorCompileError(unavailable_reason() or f"C++ compiler {cxx!r} is not usable")
-    flags = BASE_FLAGS + extra_flags()
+    flags = BASE_FLAGS + extra_flags() + (TRACK_FLAGS if track else ())
     key = build_key(source, include_dirs, names, flags, identity)
 
     directory = cache_dir()
@@ -505,7 +514,14 @@ def _compile(source, include_dirs, names, flags, cxx, key, directory) -> Artifac
             MODULE_CPP.name,
         ]
         env = dict(os.environ, TMPDIR=str(work))  # g++'s cc*.s etc. go where we clean up
-        status, stderr = _run_compiler([*base, "-o", tmp_so], env, EMU_DIR)
+        if "-fsanitize=thread" in flags:  # instrument, but link without the sanitizer runtime
+            obj = str(work / "module.o")
+            status, stderr = _run_compiler([*base, "-c", "-o", obj], env, EMU_DIR)
+            if status == 0:
+                link = [base[0], *(f for f in flags if f not in TRACK_FLAGS), "-Wl,-Bsymbolic"]
+                status, stderr = _run_compiler([*link, obj, "-o", tmp_so], env, EMU_DIR)
+        else:
+            status, stderr = _run_compiler([*base, "-o", tmp_so], env, EMU_DIR)
         if status != 0:
             raise EmulatorCompileError(
                 f"g++ failed to compile {source} for {list(names)} (exit status {status}):\n"

@@ -160,8 +160,29 @@ __attribute__((always_inline)) inline Fiber* self() {
 struct ThreadState {
     Fiber* current;  // the fiber running now, or nullptr outside a launch
     Worker* worker;
+    void* tracker;     // the track build's Tracker of this thread's launch (track.h), or null
+    int track_busy;    // track.h: inside the tracker (its own accesses are not recorded)
+    int track_paused;  // > 0 while a primitive moves data that it reports itself
 };
 extern thread_local ThreadState tls;
+
+// The track build (track.h) records every access of kernel code; the primitives below that move
+// data on the kernel's behalf (ldmatrix, cp.async) pause it and report their traffic themselves.
+#ifdef GPUCONV_EMU_TRACK
+struct TrackPause {
+    TrackPause() { ++tls.track_paused; }
+    ~TrackPause() { --tls.track_paused; }
+};
+void track_note_ldmatrix(const unsigned char* const* rows, unsigned nmat, const char* file,
+                         unsigned line);
+void track_note_async(const void* dst, const void* src, unsigned cp_size, unsigned src_size,
+                      const char* file, unsigned line);
+#else
+struct TrackPause {};
+inline void track_note_ldmatrix(const unsigned char* const*, unsigned, const char*, unsigned) {}
+inline void track_note_async(const void*, const void*, unsigned, unsigned, const char*,
+                             unsigned) {}
+#endif
 
 void syncthreads();  // defined by the runtime
 void syncthreads_with_predicate(int pred);
@@ -461,7 +482,11 @@ struct LdmatrixData {
 // (row, col) where (col, row) would be.
 template <int NMAT, bool TRANS>
 inline int ldmatrix_op(Fiber* const* lanes, unsigned, char* err, std::size_t errlen) {
+    TrackPause pause;
     auto data = [&](unsigned lane) { return static_cast<LdmatrixData*>(lanes[lane]->warp_data); };
+    const unsigned char* rows[8 * NMAT];
+    for (unsigned l = 0; l < 8 * NMAT; ++l) rows[l] = data(l)->row;
+    track_note_ldmatrix(rows, NMAT, lanes[0]->warp_file, lanes[0]->warp_line);
     for (unsigned j = 0; j < NMAT; ++j)
         for (unsigned row = 0; row < 8; ++row) {
             const unsigned char* p = data(8 * j + row)->row;
@@ -511,11 +536,14 @@ inline void cp_async(void* dst, const void* src, unsigned cp_size, unsigned src_
         kernel_fault("cp.async: more than 128 copies of one thread in flight", file, line,
                      nullptr);
     f->async_q[f->async_n++] = Fiber::AsyncCopy{dst, src, cp_size, src_size, f->async_group};
+    track_note_async(dst, src, cp_size, src_size, file, line);
+    TrackPause pause;
     std::memset(dst, kAsyncPoison, cp_size);
 }
 inline void cp_async_commit() { ++self()->async_group; }
 // Land every copy of a closed group except those of the `pending` most recent closed groups.
 inline void cp_async_wait(unsigned pending) {
+    TrackPause pause;
     Fiber* f = self();
     const unsigned closed = f->async_group;  // groups 0 .. closed-1 are committed
     unsigned keep = 0;

@@ -34,8 +34,14 @@
 #define GPUCONV_EMU_API extern "C" __attribute__((visibility("default")))
 
 namespace gpuconv_emu {
-
 thread_local ThreadState tls;
+}  // namespace gpuconv_emu
+
+#ifdef GPUCONV_EMU_TRACK
+#include "track.h"  // the track build: per-access hooks (race_check's cross-block check, counters)
+#endif
+
+namespace gpuconv_emu {
 
 struct Entry {
     const char* name;
@@ -70,6 +76,7 @@ enum : int {
     RC_KERNEL_FAULT = 3,
     RC_INTERNAL = 4,
     RC_CANCELLED = 5,  // *cancel became nonzero (the caller's Ctrl-C): stopped between threads
+    RC_RACE = 6,       // track build: a lost update or cross-block read/write (track.h)
 };
 
 enum FiberState : int {
@@ -316,6 +323,7 @@ struct Launch {
     std::string error;
     std::atomic<unsigned long long> barriers{0}, switches{0}, float_atomics{0}, blocks_run{0};
     const int* cancel = nullptr;  // set by the caller (another thread) to stop the launch
+    void* tracker = nullptr;      // track build: the launch's Tracker (serial launches only)
 
     bool cancelled() const { return cancel && __atomic_load_n(cancel, __ATOMIC_RELAXED) != 0; }
 
@@ -443,14 +451,25 @@ static void fiber_main() {
     __builtin_unreachable();
 }
 
+// A lane at a collective: in the track build, its next accesses start new warp requests.
+static inline void note_collective(Fiber* f) {
+#ifdef GPUCONV_EMU_TRACK
+    track_collective(f);
+#else
+    (void)f;
+#endif
+}
+
 void syncthreads() {
     Fiber* f = self();
+    note_collective(f);
     f->state = FIBER_AT_BARRIER;
     switch_out(*f);
 }
 
 void syncthreads_with_predicate(int pred) {
     Fiber* f = self();
+    note_collective(f);
     f->predicate = pred;
     f->state = FIBER_AT_BARRIER;
     switch_out(*f);
@@ -466,6 +485,7 @@ void warp_collective(const char* name, WarpOp op, unsigned mask, void* data, con
     f->warp_file = file;
     f->warp_line = line;
     f->warp_data = data;
+    note_collective(f);
     f->state = FIBER_AT_WARP;
     switch_out(*f);  // resumed by resolve_warps once the rendezvous is complete
 }
@@ -628,6 +648,12 @@ static bool run_block(Worker& w, unsigned long long linear) {
                         static_cast<unsigned>(linear / (gx * gy))};
     if (L.flags & FLAG_FILL_SHARED) fill_shared_garbage(w);
     const unsigned n = L.nthreads;
+#ifdef GPUCONV_EMU_TRACK
+    Tracker* tracker = static_cast<Tracker*>(L.tracker);
+    if (tracker)
+        track_begin_block(*tracker, linear, w.dynamic_shared, L.shared_bytes, w.tls_lo,
+                          w.tls_size, n);
+#endif
     const unsigned bx = L.block.x, bxy = L.block.x * L.block.y;
     w.free_list.assign(w.regions.rbegin(), w.regions.rend());
     std::fill(w.slot.begin(), w.slot.end(), nullptr);
@@ -745,6 +771,9 @@ static bool run_block(Worker& w, unsigned long long linear) {
             }
         }
         ts.current = nullptr;
+#ifdef GPUCONV_EMU_TRACK
+        if (tracker) track_flush(*tracker);  // every segment so far is complete
+#endif
         if (waiting == 0) return true;  // every thread returned
         if (done > 0) {                 // some threads returned, the others wait at a barrier
             uint3 waiter{0, 0, 0};
@@ -779,7 +808,7 @@ static void run_worker(Launch* L) {
     for (unsigned t = 0; t < L->nthreads; ++t)
         w.order[t] = (L->flags & FLAG_ORDER_REVERSE) ? L->nthreads - 1 - t : t;
     const ThreadState saved = tls;  // the calling thread may be inside another module's launch
-    tls = ThreadState{nullptr, &w};
+    tls = ThreadState{nullptr, &w, L->tracker, 0, 0};
 
     stack_t old_altstack;
     bool altstack_set = false;
@@ -813,7 +842,7 @@ static void run_worker(Launch* L) {
             L->fail(RC_INTERNAL, "could not allocate dynamic shared memory");
         }
     }
-    if (ok && (L->flags & FLAG_FILL_SHARED)) find_tls_block(w);
+    if (ok && ((L->flags & FLAG_FILL_SHARED) || L->tracker)) find_tls_block(w);
 
     while (ok && !L->failed.load(std::memory_order_relaxed)) {
         if (L->cancelled()) {
@@ -862,7 +891,8 @@ static void copy_error(const std::string& msg, char* errbuf, std::size_t errlen)
 static int do_launch(int index, const unsigned* grid, const unsigned* block,
                      unsigned long long shared_bytes, void** argv, unsigned flags,
                      unsigned long long seed, int nthreads, const int* cancel, char* errbuf,
-                     std::size_t errlen, unsigned long long* stats_out) {
+                     std::size_t errlen, unsigned long long* stats_out,
+                     void* tracker = nullptr) {
     const std::vector<Entry>& table = entries();
     if (index < 0 || static_cast<std::size_t>(index) >= table.size()) {
         copy_error("no entry #" + std::to_string(index), errbuf, errlen);
@@ -878,6 +908,7 @@ static int do_launch(int index, const unsigned* grid, const unsigned* block,
     L.flags = flags;
     L.seed = seed;
     L.cancel = cancel;
+    L.tracker = tracker;
     L.nblocks = static_cast<unsigned long long>(grid[0]) * grid[1] * grid[2];
     L.nthreads = block[0] * block[1] * block[2];
     if (L.nblocks == 0 || L.nthreads == 0 || L.nthreads > 1024) {
@@ -898,7 +929,7 @@ static int do_launch(int index, const unsigned* grid, const unsigned* block,
     }
     static const unsigned hardware = std::max(1u, std::thread::hardware_concurrency());
     unsigned workers = nthreads > 0 ? static_cast<unsigned>(nthreads) : hardware;
-    if (flags & FLAG_SERIAL) workers = 1;
+    if ((flags & FLAG_SERIAL) || tracker) workers = 1;
     if (static_cast<unsigned long long>(workers) > L.nblocks)
         workers = static_cast<unsigned>(L.nblocks);
     std::vector<std::thread> pool;
@@ -1010,5 +1041,58 @@ GPUCONV_EMU_API int gpuconv_emu_checked_launch(int index, const unsigned* grid,
     free_guarded_all();
     return rc;
 }
+
+#ifdef GPUCONV_EMU_TRACK
+// Tracked launch (the track build only; see track.h): serial, every access recorded. nbytes[i]
+// is the byte size of array argument i (-1: a scalar). mode: TRACK_RACE | TRACK_COUNT. A race
+// found returns RC_RACE with the message in errbuf. *report gets a malloc'd text (free it with
+// gpuconv_emu_free): one line per access site, see track_report.
+GPUCONV_EMU_API int gpuconv_emu_tracked_launch(int index, const unsigned* grid,
+                                               const unsigned* block,
+                                               unsigned long long shared_bytes, void** argv,
+                                               int nargs, const long long* nbytes, unsigned flags,
+                                               unsigned mode, unsigned long long seed,
+                                               char* errbuf, std::size_t errlen,
+                                               unsigned long long* stats_out, char** report) {
+    using namespace ::gpuconv_emu;
+    Tracker t;
+    t.mode = mode;
+    t.grid = dim3(grid[0], grid[1], grid[2]);
+    t.block_dim = dim3(block[0], block[1], block[2]);
+    Dl_info di;
+    if (dladdr(reinterpret_cast<void*>(&gpuconv_emu_tracked_launch), &di))
+        t.lib_base = reinterpret_cast<std::uintptr_t>(di.dli_fbase);
+    for (int i = 0; i < nargs; ++i) {
+        if (nbytes[i] <= 0) continue;
+        const std::uintptr_t lo = reinterpret_cast<std::uintptr_t>(*static_cast<void**>(argv[i]));
+        bool alias = false;  // the same array passed twice: one shadow, the first parameter
+        for (const TrackRange& r : t.globals) alias |= r.lo == lo && r.hi == lo + nbytes[i];
+        if (alias) continue;
+        TrackRange r;
+        r.lo = lo;
+        r.hi = lo + static_cast<std::size_t>(nbytes[i]);
+        r.param = i;
+        if (mode & TRACK_RACE) {
+            r.writer.assign(static_cast<std::size_t>(nbytes[i]), 0);
+            r.reader.assign(static_cast<std::size_t>(nbytes[i]), 0);
+            r.how.assign(static_cast<std::size_t>(nbytes[i]), 0);
+        }
+        t.globals.push_back(std::move(r));
+    }
+    int rc = do_launch(index, grid, block, shared_bytes, argv, flags | FLAG_SERIAL, seed, 1,
+                       nullptr, errbuf, errlen, stats_out, &t);
+    if (rc == RC_OK && t.conflict) {
+        rc = RC_RACE;
+        copy_error(t.message, errbuf, errlen);
+    }
+    if (report) {
+        const std::string text = track_report(t);
+        *report = static_cast<char*>(malloc(text.size() + 1));
+        if (*report) memcpy(*report, text.c_str(), text.size() + 1);
+    }
+    return rc;
+}
+GPUCONV_EMU_API void gpuconv_emu_free(char* p) { free(p); }
+#endif
 
 #endif  // GPUCONV_EMU_RUNTIME_H
