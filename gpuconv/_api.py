@@ -17,8 +17,10 @@ All checking lives in :mod:`gpuconv._validate`, shared with ``gpuconv.grad``.
 
 from __future__ import annotations
 
+from numpy.typing import ArrayLike
+
 from . import _shapes, _validate
-from ._validate import Arrays
+from ._validate import Array, Arrays, IntOrTuple, Padding
 
 
 def _forward(arrays: Arrays, geom, n: int, c_out: int, bias, out, compute):
@@ -51,8 +53,9 @@ def _conv(op, spatial_ndim, x, weight, bias, stride, padding, dilation, groups,
                                                     arrays.prepare(bias), g))
 
 
-def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-         padding_mode="zeros", out=None):
+def conv(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
+         padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+         padding_mode: str = "zeros", out: Array | None = None) -> Array:
     """N-dimensional convolution (cross-correlation, as in deep-learning frameworks).
 
     Parameters
@@ -96,8 +99,9 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                  padding_mode, out)
 
 
-def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           padding_mode="zeros", out=None):
+def conv1d(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: str = "zeros", out: Array | None = None) -> Array:
     """1-D convolution: :func:`conv` for ``x`` of shape (N, C_in, L).
 
     Parameters
@@ -121,8 +125,9 @@ def conv1d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                  padding_mode, out)
 
 
-def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           padding_mode="zeros", out=None):
+def conv2d(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: str = "zeros", out: Array | None = None) -> Array:
     """2-D convolution: :func:`conv` for ``x`` of shape (N, C_in, H, W).
 
     Parameters
@@ -146,8 +151,9 @@ def conv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
                  padding_mode, out)
 
 
-def conv3d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
-           padding_mode="zeros", out=None):
+def conv3d(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: str = "zeros", out: Array | None = None) -> Array:
     """3-D convolution: :func:`conv` for ``x`` of shape (N, C_in, D, H, W).
 
     Parameters
@@ -187,8 +193,9 @@ def _conv_transpose(op, spatial_ndim, x, weight, bias, stride, padding, output_p
                         arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), g))
 
 
-def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
-                   dilation=1, groups=1, out=None):
+def conv_transpose(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
+                   padding: Padding = 0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                   groups: int = 1, out: Array | None = None) -> Array:
     """N-dimensional transposed convolution (the adjoint of :func:`conv`).
 
     Parameters
@@ -227,8 +234,9 @@ def conv_transpose(x, weight, bias=None, *, stride=1, padding=0, output_padding=
                            output_padding, dilation, groups, out)
 
 
-def conv_transpose1d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
-                     dilation=1, groups=1, out=None):
+def conv_transpose1d(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
+                     padding: Padding = 0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, out: Array | None = None) -> Array:
     """1-D transposed convolution: :func:`conv_transpose` for ``x`` of shape (N, C_in, L).
 
     Parameters
@@ -252,8 +260,9 @@ def conv_transpose1d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
                            output_padding, dilation, groups, out)
 
 
-def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
-                     dilation=1, groups=1, out=None):
+def conv_transpose2d(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
+                     padding: Padding = 0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, out: Array | None = None) -> Array:
     """2-D transposed convolution: :func:`conv_transpose` for ``x`` of shape (N, C_in, H, W).
 
     Parameters
@@ -277,8 +286,9 @@ def conv_transpose2d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
                            output_padding, dilation, groups, out)
 
 
-def conv_transpose3d(x, weight, bias=None, *, stride=1, padding=0, output_padding=0,
-                     dilation=1, groups=1, out=None):
+def conv_transpose3d(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
+                     padding: Padding = 0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, out: Array | None = None) -> Array:
     """3-D transposed convolution: :func:`conv_transpose` for ``x`` of shape (N, C_in, D, H, W).
 
     Parameters
@@ -305,8 +315,9 @@ def conv_transpose3d(x, weight, bias=None, *, stride=1, padding=0, output_paddin
 # -------------------------------------------------------------------- depthwise
 
 
-def depthwise_conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1,
-                   padding_mode="zeros", out=None):
+def depthwise_conv(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
+                   padding: Padding = 0, dilation: IntOrTuple = 1, padding_mode: str = "zeros",
+                   out: Array | None = None) -> Array:
     """Depthwise convolution: each input channel convolved with its own filters.
 
     Equals ``conv(x, weight, bias, groups=C_in, ...)``, computed by a dedicated,
@@ -348,8 +359,10 @@ def depthwise_conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1,
                         arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), g))
 
 
-def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1, padding=0,
-                   dilation=1, padding_mode="zeros", out=None):
+def separable_conv(x: Array, depthwise_weight: Array, pointwise_weight: Array,
+                   bias: Array | None = None, *, stride: IntOrTuple = 1, padding: Padding = 0,
+                   dilation: IntOrTuple = 1, padding_mode: str = "zeros",
+                   out: Array | None = None) -> Array:
     """Depthwise-separable convolution: :func:`depthwise_conv`, then a 1x1 :func:`conv`.
 
     Parameters
@@ -408,8 +421,9 @@ def separable_conv(x, depthwise_weight, pointwise_weight, bias=None, *, stride=1
 # ------------------------------------------------------------------- deformable
 
 
-def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation=1,
-                  mask=None, out=None):
+def deform_conv2d(x: Array, offset: Array, weight: Array, bias: Array | None = None, *,
+                  stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+                  mask: Array | None = None, out: Array | None = None) -> Array:
     """Deformable 2-D convolution, v1 (offsets) and v2 (offsets and mask).
 
     Semantics and layouts are ``torchvision.ops.deform_conv2d``'s: kernel tap ``(i, j)`` of
@@ -465,7 +479,7 @@ def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation
 # ------------------------------------------------------------ convolve/correlate
 
 
-def convolve(a, v, mode="full"):
+def convolve(a: ArrayLike, v: ArrayLike, mode: str | int = "full") -> Array:
     """Discrete linear convolution of two 1-D sequences, exactly as ``numpy.convolve``.
 
     Parameters
@@ -495,7 +509,7 @@ def convolve(a, v, mode="full"):
     return call.from_backend(result)
 
 
-def correlate(a, v, mode="valid"):
+def correlate(a: ArrayLike, v: ArrayLike, mode: str | int = "valid") -> Array:
     """Cross-correlation of two 1-D sequences, exactly as ``numpy.correlate``.
 
     ``c[k] = sum_n a[n + k] * conj(v[n])``; complex ``v`` is conjugated.

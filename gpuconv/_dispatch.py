@@ -17,10 +17,13 @@ import contextlib
 import contextvars
 import os
 import sys
+from collections.abc import Iterable, Iterator, Sequence
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
-from .backends._contract import Backend
+from .backends._contract import Array, Backend
 
 BACKENDS = ("numpy", "emulate", "cuda")
 
@@ -28,7 +31,7 @@ _selected: contextvars.ContextVar[str | None] = contextvars.ContextVar("gpuconv_
 _instances: dict[str, Backend] = {}
 
 
-def _check_name(name, op: str = "use_backend") -> str:
+def _check_name(name: Any, op: str = "use_backend") -> str:
     if not isinstance(name, str) or name not in BACKENDS:
         shown = repr(name) if isinstance(name, (str, type(None))) else type(name).__name__
         raise ValueError(f"{op}: name={shown[:60]} must be one of {BACKENDS}")
@@ -36,7 +39,7 @@ def _check_name(name, op: str = "use_backend") -> str:
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
+def use_backend(name: str) -> Iterator[str]:
     """Run gpuconv calls on NumPy arrays with backend ``name`` inside a ``with`` block.
 
     Parameters
@@ -78,7 +81,7 @@ def current_backend() -> str:
     return "numpy"
 
 
-def is_cupy_array(x) -> bool:
+def is_cupy_array(x: Any) -> bool:
     """True for a ``cupy.ndarray`` (checked without importing CuPy)."""
     if "cupy" not in sys.modules:
         return False
@@ -125,7 +128,7 @@ class Call:
     ``from_backend`` converts the backend's result into the caller's array type.
     """
 
-    def __init__(self, arrays, *, op: str):
+    def __init__(self, arrays: Sequence[Any], *, op: str):
         cupy_flags = [is_cupy_array(a) for a in arrays if a is not None]
         if any(cupy_flags) and not all(cupy_flags):
             kinds = ", ".join(
@@ -136,22 +139,26 @@ class Call:
             )
         self.on_device_arrays = bool(cupy_flags) and all(cupy_flags)
         self.name = "cuda" if self.on_device_arrays else current_backend()
-        self.backend = get_backend(self.name)
+        self.backend: Backend = get_backend(self.name)
         self.xp = self.backend.xp
         self._copy_back = self.name == "cuda" and not self.on_device_arrays
 
-    def to_backend(self, array):
+    def to_backend(self, array: Array | None) -> Array | None:
+        """``array`` as the backend's array type (a NumPy array copied to the GPU for
+        ``"cuda"``); None stays None."""
         if array is None or not self._copy_back:
             return array
         return self.xp.asarray(array)
 
-    def from_backend(self, array):
+    def from_backend(self, array: Array) -> Array:
+        """The backend's result ``array`` as the caller's array type (copied back to NumPy
+        when NumPy inputs ran on ``"cuda"``)."""
         if self._copy_back:
             return self.xp.asnumpy(array)
         return array
 
 
-def caller_xp(arrays):
+def caller_xp(arrays: Iterable[Any]) -> ModuleType:
     """``cupy`` if the arrays are CuPy arrays, else ``numpy`` (for validation helpers)."""
     for a in arrays:
         if is_cupy_array(a):

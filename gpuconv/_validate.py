@@ -36,6 +36,12 @@ from ._launch import data_pointer
 from ._shapes import ConvGeometry
 from .backends._contract import Array, Backend
 
+#: ``stride``, ``dilation``, ``output_padding``: one int, or one per spatial dim.
+IntOrTuple = int | Sequence[int]
+#: ``padding``: an int, one per spatial dim, one ``(lo, hi)`` pair per spatial dim, or
+#: ``'valid'``/``'same'``.
+Padding = int | Sequence[int] | Sequence[tuple[int, int]] | str
+
 #: The dtypes the conv family computes in (arrays of other dtypes are rejected).
 CONV_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 

@@ -33,12 +33,13 @@ array([[[  1.,  12., 120., 200.]]])
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from . import _api, _validate
 from ._dispatch import caller_xp
 from ._dtypes import accumulation_dtype
+from ._validate import Array, IntOrTuple, Padding
 from .backends._contract import Backend
 
 __all__ = [
@@ -59,20 +60,20 @@ __all__ = [
 class DeformConvGrads(NamedTuple):
     """Gradients of one :func:`gpuconv.deform_conv2d` call (``None`` where not applicable)."""
 
-    input: Any
-    offset: Any
-    weight: Any
-    mask: Any
-    bias: Any
+    input: Array
+    offset: Array
+    weight: Array
+    mask: Array | None
+    bias: Array | None
 
 
 class SeparableConvGrads(NamedTuple):
     """Gradients of one :func:`gpuconv.separable_conv` call (``bias`` None without one)."""
 
-    input: Any
-    depthwise_weight: Any
-    pointwise_weight: Any
-    bias: Any
+    input: Array
+    depthwise_weight: Array
+    pointwise_weight: Array
+    bias: Array | None
 
 
 # ------------------------------------------------------------------ helpers
@@ -136,8 +137,9 @@ def _weight_grad(op: str, setup: Callable[..., Any], out_channels: Callable[...,
 # --------------------------------------------------------------------- conv
 
 
-def conv_input(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1, groups=1,
-               padding_mode="zeros"):
+def conv_input(input_shape: Sequence[int], weight: Array, grad_output: Array, *,
+               stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+               groups: int = 1, padding_mode: str = "zeros") -> Array:
     """Gradient of :func:`gpuconv.conv` with respect to its input ``x``.
 
     Parameters
@@ -178,8 +180,9 @@ def conv_input(input_shape, weight, grad_output, *, stride=1, padding=0, dilatio
                        groups=groups, padding_mode=padding_mode)
 
 
-def conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1, groups=1,
-                padding_mode="zeros", deterministic=False):
+def conv_weight(x: Array, weight_shape: Sequence[int], grad_output: Array, *,
+                stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+                groups: int = 1, padding_mode: str = "zeros", deterministic: bool = False) -> Array:
     """Gradient of :func:`gpuconv.conv` with respect to its ``weight``.
 
     Parameters
@@ -219,7 +222,7 @@ def conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1
                         dilation=dilation, groups=groups, padding_mode=padding_mode)
 
 
-def conv_bias(grad_output):
+def conv_bias(grad_output: Array) -> Array:
     """Gradient with respect to the ``bias`` of any convolution: ``grad_output`` summed over
     every axis but the channel axis (1).
 
@@ -262,8 +265,10 @@ def conv_bias(grad_output):
 # ------------------------------------------------------------ conv_transpose
 
 
-def conv_transpose_input(input_shape, weight, grad_output, *, stride=1, padding=0,
-                         output_padding=0, dilation=1, groups=1):
+def conv_transpose_input(input_shape: Sequence[int], weight: Array, grad_output: Array, *,
+                         stride: IntOrTuple = 1, padding: Padding = 0,
+                         output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                         groups: int = 1) -> Array:
     """Gradient of :func:`gpuconv.conv_transpose` with respect to its input ``x``.
 
     This is a :func:`gpuconv.conv` of ``grad_output`` with the same weight.
@@ -301,8 +306,10 @@ def conv_transpose_input(input_shape, weight, grad_output, *, stride=1, padding=
                        output_padding=output_padding, dilation=dilation, groups=groups)
 
 
-def conv_transpose_weight(x, weight_shape, grad_output, *, stride=1, padding=0,
-                          output_padding=0, dilation=1, groups=1, deterministic=False):
+def conv_transpose_weight(x: Array, weight_shape: Sequence[int], grad_output: Array, *,
+                          stride: IntOrTuple = 1, padding: Padding = 0,
+                          output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                          deterministic: bool = False) -> Array:
     """Gradient of :func:`gpuconv.conv_transpose` with respect to its ``weight``.
 
     Parameters
@@ -344,8 +351,9 @@ def conv_transpose_weight(x, weight_shape, grad_output, *, stride=1, padding=0,
 # ---------------------------------------------------------------- depthwise
 
 
-def depthwise_conv_input(input_shape, weight, grad_output, *, stride=1, padding=0, dilation=1,
-                         padding_mode="zeros"):
+def depthwise_conv_input(input_shape: Sequence[int], weight: Array, grad_output: Array, *,
+                         stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+                         padding_mode: str = "zeros") -> Array:
     """Gradient of :func:`gpuconv.depthwise_conv` with respect to its input ``x``.
 
     Parameters
@@ -380,8 +388,9 @@ def depthwise_conv_input(input_shape, weight, grad_output, *, stride=1, padding=
                        dilation=dilation, padding_mode=padding_mode)
 
 
-def depthwise_conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, dilation=1,
-                          padding_mode="zeros", deterministic=False):
+def depthwise_conv_weight(x: Array, weight_shape: Sequence[int], grad_output: Array, *,
+                          stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+                          padding_mode: str = "zeros", deterministic: bool = False) -> Array:
     """Gradient of :func:`gpuconv.depthwise_conv` with respect to its ``weight``.
 
     Parameters
@@ -421,8 +430,9 @@ def depthwise_conv_weight(x, weight_shape, grad_output, *, stride=1, padding=0, 
 # ---------------------------------------------------------------- separable
 
 
-def separable_conv(x, depthwise_weight, pointwise_weight, grad_output, *, stride=1, padding=0,
-                   dilation=1, padding_mode="zeros", bias=True):
+def separable_conv(x: Array, depthwise_weight: Array, pointwise_weight: Array, grad_output: Array,
+                   *, stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+                   padding_mode: str = "zeros", bias: bool = True) -> SeparableConvGrads:
     """Every gradient of one :func:`gpuconv.separable_conv` call.
 
     The composition of the two steps' gradients: the depthwise result ``mid`` is recomputed,
@@ -489,8 +499,9 @@ def separable_conv(x, depthwise_weight, pointwise_weight, grad_output, *, stride
 # --------------------------------------------------------------- deformable
 
 
-def deform_conv2d(x, offset, weight, grad_output, *, stride=1, padding=0, dilation=1,
-                  mask=None, bias=True):
+def deform_conv2d(x: Array, offset: Array, weight: Array, grad_output: Array, *,
+                  stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1,
+                  mask: Array | None = None, bias: bool = True) -> DeformConvGrads:
     """Every gradient of one :func:`gpuconv.deform_conv2d` call.
 
     Definitions are torchvision's: each kernel tap samples the input bilinearly at its
