@@ -212,6 +212,16 @@ def _channels_last_hint(x_name: str, x_shape: Sequence[int], channels: int) -> s
             f"expects (N, C, *spatial), e.g. {x_name}.transpose({order})")
 
 
+def _spatial_geometry(op: str, x_shape: Sequence[int], w_shape: Sequence[int], groups: int, *,
+                      stride: Any, padding: Any, dilation: Any,
+                      padding_mode: Any) -> ConvGeometry:
+    """The ``conv`` geometry of an (N, C, *spatial) input and a (C_out, C, *kernel) weight."""
+    return _shapes.conv_geometry(
+        tuple(x_shape[2:]), tuple(w_shape[2:]), stride=stride, padding=padding,
+        dilation=dilation, groups=groups, padding_mode=padding_mode, op=op,
+    )
+
+
 def conv_setup(op: str, x_shape: Sequence[int], w_shape: Sequence[int], *,
                spatial_ndim: int | None = None, stride: Any, padding: Any, dilation: Any,
                groups: Any, padding_mode: Any = "zeros", x_name: str = "x",
@@ -242,10 +252,8 @@ def conv_setup(op: str, x_shape: Sequence[int], w_shape: Sequence[int], *,
             f"{op}: {_dim_text(w_name, 1)}={w_shape[1]} must equal in_channels / groups = "
             f"{c_in} / {groups} = {c_in // groups}; {w_name} is {tuple(w_shape)}{hint}"
         )
-    return _shapes.conv_geometry(
-        tuple(x_shape[2:]), tuple(w_shape[2:]), stride=stride, padding=padding,
-        dilation=dilation, groups=groups, padding_mode=padding_mode, op=op,
-    )
+    return _spatial_geometry(op, x_shape, w_shape, groups, stride=stride, padding=padding,
+                             dilation=dilation, padding_mode=padding_mode)
 
 
 def conv_transpose_setup(op: str, x_shape: Sequence[int], w_shape: Sequence[int], *,
@@ -290,10 +298,8 @@ def depthwise_setup(op: str, x_shape: Sequence[int], w_shape: Sequence[int], *, 
             f"{op}: {w_name} must have shape (C_in * multiplier, 1, *kernel) with "
             f"C_in={channels}, got {tuple(w_shape)}{hint}"
         )
-    return _shapes.conv_geometry(
-        tuple(x_shape[2:]), tuple(w_shape[2:]), stride=stride, padding=padding,
-        dilation=dilation, groups=channels, padding_mode=padding_mode, op=op,
-    )
+    return _spatial_geometry(op, x_shape, w_shape, channels, stride=stride, padding=padding,
+                             dilation=dilation, padding_mode=padding_mode)
 
 
 def check_pointwise_weight(op: str, pointwise_shape: Sequence[int], x_ndim: int,
