@@ -4,6 +4,12 @@ The ``backend`` fixture runs a test on ``numpy`` (the reference), ``emulate`` (t
 kernels on the CPU emulator) and ``cuda`` (marked ``gpu``; runs only where CuPy sees a device).
 A test writes its body once against ``backend.asarray`` / ``backend.asnumpy`` and calls the
 public API inside ``with backend.active():``.
+
+This module holds the fixtures (pytest injects them by name; no test imports this file):
+``backend``, ``emulate`` (the emulate device backend itself), ``emulator_check`` (the
+emulator's checked and race-check modes, one test body under each) and ``golden``. The plain
+helpers that tests import -- the random case generator, the error bound, the stand-in
+``cupy`` -- live in ``kernel_helpers.py``.
 """
 
 from __future__ import annotations
@@ -98,6 +104,39 @@ def emulate():
     from gpuconv.backends.device import make_backend
 
     return make_backend("emulate")
+
+
+class EmulatorCheck:
+    """One of the emulator's checking modes: ``name`` is ``"checked"`` (guard pages around every
+    array, each launch in a subprocess: an out-of-bounds access fails) or ``"race_check"``
+    (thread and block orders permuted, shared memory poisoned: a result that depends on the
+    order fails); calling it returns the context manager that turns the mode on."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @property
+    def checked(self) -> bool:
+        return self.name == "checked"
+
+    def __call__(self):
+        from gpuconv import _emulator
+
+        return getattr(_emulator, self.name)()
+
+    def __repr__(self):
+        return self.name
+
+
+@pytest.fixture(params=["checked", "race_check"])
+def emulator_check(request):
+    """Run the test once under ``gpuconv._emulator.checked()`` and once under
+    ``race_check()``: ``with emulator_check(): ...`` (``emulator_check.name`` says which);
+    skips where the emulate backend is unavailable."""
+    reason = gpuconv.available_backends()["emulate"]
+    if reason != "available":
+        pytest.skip(f"emulate backend unavailable: {reason}")
+    return EmulatorCheck(request.param)
 
 
 def pytest_collection_modifyitems(config, items):

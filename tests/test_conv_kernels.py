@@ -24,10 +24,13 @@ import numpy as np
 import pytest
 from kernel_helpers import (
     DTYPES,
+    FORWARD_CASES,
+    FORWARD_CASES_TINY,
     MODES,
     RANKS,
     REFERENCE,
-    inlined_source_path,
+    assert_within,
+    random_conv_case,
     stand_in_cupy,
 )
 
@@ -45,47 +48,6 @@ def conv_module():
 # ----------------------------------------------------------------------------- cases
 
 
-def _odd(rng, lo, hi):
-    return int(rng.choice(np.arange(lo, hi + 1, 2)))
-
-
-def random_case(rng, rank: int, mode: str, *, depthwise: bool, tiny: bool = False):
-    """Random odd spatial sizes, kernel, stride, dilation, asymmetric padding legal for
-    ``mode``, channels and groups (depthwise: multiplier). Returns the x shape, weight shape
-    and the keyword arguments of :func:`gpuconv._shapes.conv_geometry`."""
-    sizes, kernel, stride, dilation, pads = [], [], [], [], []
-    for _ in range(rank):
-        size = _odd(rng, 3, 5 if tiny else (9 if rank == 3 else 15))
-        k = int(rng.integers(1, 4))
-        d = int(rng.integers(1, 3))
-        s = int(rng.integers(1, 3))
-        limit = {"reflect": size - 1, "circular": size}.get(mode, size)
-        lo, hi = (int(v) for v in rng.integers(0, min(limit, 3) + 1, size=2))
-        while d * (k - 1) + 1 > size + lo + hi:
-            k -= 1
-        sizes.append(size)
-        kernel.append(k)
-        stride.append(s)
-        dilation.append(d)
-        pads.append((lo, hi))
-    batch = int(rng.integers(1, 3))
-    if depthwise:
-        channels = _odd(rng, 1, 3 if tiny else 5)
-        multiplier = int(rng.integers(1, 4))
-        x_shape = (batch, channels, *sizes)
-        w_shape = (channels * multiplier, 1, *kernel)
-        groups = channels
-    else:
-        groups = int(rng.integers(1, 3))
-        cg = _odd(rng, 1, 3 if tiny else 5)
-        og = _odd(rng, 1, 5 if tiny else 11)
-        x_shape = (batch, groups * cg, *sizes)
-        w_shape = (groups * og, cg, *kernel)
-    geometry = {"stride": tuple(stride), "padding": tuple(pads), "dilation": tuple(dilation),
-                "groups": groups, "padding_mode": mode}
-    return x_shape, w_shape, geometry
-
-
 def make_arrays(rng, x_shape, w_shape, dtype, *, bias=True):
     x = rng.standard_normal(x_shape).astype(dtype)
     w = rng.standard_normal(w_shape).astype(dtype)
@@ -94,30 +56,19 @@ def make_arrays(rng, x_shape, w_shape, dtype, *, bias=True):
 
 
 def assert_close(got, x, w, b, geom, *, depthwise: bool, matmul: bool = False):
-    """``got`` within the forward-error bound of the float64 NumPy reference."""
-    dtype = np.dtype(x.dtype)
+    """``got`` within the forward-error bound of the float64 NumPy reference: an m-term dot
+    product, ``(m + 3) * u_acc * scale``, plus for float16 the final rounding(s) to float16
+    (twice on the matmul path: product, then + bias)."""
     op = REFERENCE.depthwise_conv if depthwise else REFERENCE.conv
     wide = [a.astype(np.float64) if a is not None else None for a in (x, w, b)]
     exact = op(*wide, geom)
     scale = op(np.abs(wide[0]), np.abs(wide[1]), None, geom)
     if b is not None:
         scale = scale + np.abs(wide[2]).reshape((1, -1) + (1,) * geom.ndim)
-    assert got.dtype == dtype, (got.dtype, dtype)
-    assert got.shape == exact.shape, (got.shape, exact.shape)
-    assert got.flags.c_contiguous
     terms = w.shape[1] * math.prod(geom.kernel)
-    accumulator = np.float32 if dtype == np.float16 else dtype
-    bound = (terms + 3) * (np.finfo(accumulator).eps / 2) * scale
-    if dtype == np.float16:
-        # the final rounding to float16 (twice on the matmul path: product, then + bias)
-        bound = bound + (2 if matmul else 1) * (np.finfo(np.float16).eps / 2) * (
-            np.abs(exact) + scale)
-    error = np.abs(got.astype(np.float64) - exact)
-    worst = np.unravel_index(int(np.argmax(error - bound)), error.shape)
-    assert np.all(error <= bound + np.finfo(np.float64).tiny), (
-        f"element {worst}: got {got[worst]}, expected {exact[worst]} "
-        f"(error {error[worst]:.3g} > bound {bound[worst]:.3g})"
-    )
+    to_half = (2 if matmul else 1) if np.dtype(x.dtype) == np.float16 else 0
+    assert_within(got, exact, scale, x.dtype, terms, extra_terms=3, scaled_out=to_half,
+                  out_roundings=to_half)
 
 
 def run_case(emulate, conv_module, rng, rank, mode, dtype, *, kernel: str, tiny=False,
@@ -125,7 +76,8 @@ def run_case(emulate, conv_module, rng, rank, mode, dtype, *, kernel: str, tiny=
     """One random case through one forced kernel: "tiled"/"direct" (conv), "depthwise"/
     "depthwise_direct" (depthwise_conv)."""
     depthwise = kernel.startswith("depthwise")
-    x_shape, w_shape, kw = random_case(rng, rank, mode, depthwise=depthwise, tiny=tiny)
+    space = FORWARD_CASES_TINY if tiny else FORWARD_CASES
+    x_shape, w_shape, kw = random_conv_case(rng, rank, mode, space, depthwise=depthwise)
     geom = conv_geometry(x_shape[2:], w_shape[2:], **kw)
     x, w, b = make_arrays(rng, x_shape, w_shape, dtype, bias=bias)
     if depthwise:
@@ -155,34 +107,27 @@ def test_kernel_matches_numpy(emulate, conv_module, monkeypatch, kernel, rank, m
     run_case(emulate, conv_module, rng, rank, mode, dtype, kernel=kernel, bias=False)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_kernel_checked_mode(emulate, conv_module, monkeypatch, kernel, dtype):
-    """Guard pages around every array: no kernel reads or writes out of bounds."""
-    from gpuconv import _emulator
-
-    monkeypatch.setattr(conv_module, "FILL_BLOCKS", 1)
-    rng = np.random.default_rng([KERNELS.index(kernel), DTYPES.index(dtype), 11])
-    with _emulator.checked():
-        for rank in RANKS:
-            mode = MODES[(rank + DTYPES.index(dtype)) % 4]
-            run_case(emulate, conv_module, rng, rank, mode, dtype, kernel=kernel, tiny=True)
+# how each check varies the cases: the seed's last part and the step through MODES
+CHECK_CASES = {"checked": (11, 1), "race_check": (13, 2)}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_kernel_race_check(emulate, conv_module, monkeypatch, kernel, dtype):
-    """Results do not depend on thread/block order or on stale shared memory. One channel or
-    filter per pass and at most 2 blocks, so every barrier between passes and tasks matters."""
-    from gpuconv import _emulator
-
-    monkeypatch.setattr(conv_module, "SHARED_TARGET_BYTES", 1)
-    monkeypatch.setattr(conv_module, "MAX_BLOCKS", 2)
+def test_kernel_under_emulator_check(emulate, conv_module, monkeypatch, emulator_check, kernel,
+                                     dtype):
+    """checked: guard pages around every array, so no kernel reads or writes out of bounds.
+    race_check: results do not depend on thread/block order or on stale shared memory; one
+    channel or filter per pass and at most 2 blocks, so every barrier between passes and tasks
+    matters."""
+    if not emulator_check.checked:
+        monkeypatch.setattr(conv_module, "SHARED_TARGET_BYTES", 1)
+        monkeypatch.setattr(conv_module, "MAX_BLOCKS", 2)
     monkeypatch.setattr(conv_module, "FILL_BLOCKS", 1)
-    rng = np.random.default_rng([KERNELS.index(kernel), DTYPES.index(dtype), 13])
-    with _emulator.race_check():
+    seed, mode_step = CHECK_CASES[emulator_check.name]
+    rng = np.random.default_rng([KERNELS.index(kernel), DTYPES.index(dtype), seed])
+    with emulator_check():
         for rank in RANKS:
-            mode = MODES[(rank + 2 * DTYPES.index(dtype)) % 4]
+            mode = MODES[(rank + mode_step * DTYPES.index(dtype)) % 4]
             run_case(emulate, conv_module, rng, rank, mode, dtype, kernel=kernel, tiny=True)
 
 
@@ -440,22 +385,10 @@ def test_cupy_executor_with_a_stand_in_cupy(monkeypatch, emulate, conv_module):
     """The ``cuda`` backend's flow without a GPU: a stand-in ``cupy`` whose RawModule compiles
     the code TEXT it is given (``padding.cuh`` and ``common.cuh`` inlined) with the emulator, and
     whose ``matmul`` is NumPy's -- conv (tiled and direct), depthwise and the 1x1 GEMM path."""
-    from gpuconv import _emulator, _kernels
+    from gpuconv import _kernels
 
-    compiled = []
-
-    class RawModule:
-        def __init__(self, *, code, options, name_expressions):
-            assert '#include "padding.cuh"' not in code and "source_index" in code
-            compiled.append(tuple(name_expressions))
-            self._module = _emulator.load_module(inlined_source_path(code),
-                                                 name_expressions)  # no -I kernels/
-
-        def get_function(self, name):
-            return self._module.get_function(name)
-
-    backend = stand_in_cupy(monkeypatch, RawModule,
-                            ("ndarray", "ascontiguousarray", "empty", "zeros", "matmul"))
+    backend, compiled = stand_in_cupy(monkeypatch,
+                                      ("ndarray", "ascontiguousarray", "empty", "zeros", "matmul"))
 
     rng = np.random.default_rng(71)
     x, w, b = make_arrays(rng, (2, 4, 7, 9), (8, 2, 3, 3), np.float32)
@@ -473,6 +406,7 @@ def test_cupy_executor_with_a_stand_in_cupy(monkeypatch, emulate, conv_module):
     assert_close(backend.conv(x, pw, b[:5], geom), x, pw, b[:5], geom, depthwise=False,
                  matmul=True)
     # lazily, one compile group each: depthwise.cu and conv.cu for (float, int), once each
-    assert sorted(compiled) == sorted(
+    assert sorted(c.name_expressions for c in compiled) == sorted(
         tuple(_kernels.group_name_expressions(file, ("float", "int")))
         for file in ("depthwise.cu", "conv.cu"))
+    assert all("source_index" in c.code for c in compiled)  # padding.cuh inlined

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kernel_helpers import inlined_source_path, stand_in_cupy
+from kernel_helpers import stand_in_cupy
 
 import gpuconv
 from gpuconv.backends.device import convolve as device_convolve
@@ -199,13 +199,6 @@ def test_choose_method():
 # --------------------------------------------------------------------- emulator checkers
 
 
-def _emulator():
-    _device_backend("emulate")
-    from gpuconv import _emulator
-
-    return _emulator
-
-
 # (len(a), len(v), mode, op): zero padding on both sides, several tap chunks, several blocks,
 # and v longer than a (the swapped paths).
 CHECK_CASES = [(3, 1, "full", "convolve"), (40, 300, "same", "correlate"),
@@ -213,32 +206,17 @@ CHECK_CASES = [(3, 1, "full", "convolve"), (40, 300, "same", "correlate"),
 
 
 @pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=lambda d: np.dtype(d).name)
-def test_checked_mode_finds_no_out_of_bounds_access(dtype):
-    """Both kernels, every dtype, under guard pages (each launch runs in a subprocess)."""
-    emulator = _emulator()
-    backend = _device_backend("emulate")
-    rng = np.random.default_rng(13)
-    with emulator.checked():
+def test_kernels_under_emulator_check(emulate, emulator_check, dtype):
+    """Both kernels, every dtype. checked: guard pages, no out-of-bounds access (each launch
+    runs in a subprocess, so each case runs its own op only); race_check: outputs do not depend
+    on thread or block order (forward, reverse, shuffled), both ops per case."""
+    rng = np.random.default_rng(13 if emulator_check.checked else 17)
+    with emulator_check():
         for method in ("tiled", "reduce"):
-            for n_a, n_v, mode, op in CHECK_CASES:
+            for n_a, n_v, mode, case_op in CHECK_CASES:
                 a, v = _random(rng, n_a, dtype), _random(rng, n_v, dtype)
-                result = device_convolve.correlate(backend, a, v, mode,
-                                                   convolve=op == "convolve", method=method)
-                assert_matches_numpy(result, op, a, v, mode)
-
-
-@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=lambda d: np.dtype(d).name)
-def test_race_check_passes(dtype):
-    """Outputs do not depend on thread or block order (forward, reverse, shuffled)."""
-    emulator = _emulator()
-    backend = _device_backend("emulate")
-    rng = np.random.default_rng(17)
-    with emulator.race_check():
-        for method in ("tiled", "reduce"):
-            for n_a, n_v, mode, _ in CHECK_CASES:
-                a, v = _random(rng, n_a, dtype), _random(rng, n_v, dtype)
-                for op in OPS:
-                    result = device_convolve.correlate(backend, a, v, mode,
+                for op in (case_op,) if emulator_check.checked else OPS:
+                    result = device_convolve.correlate(emulate, a, v, mode,
                                                        convolve=op == "convolve", method=method)
                     assert_matches_numpy(result, op, a, v, mode)
 
@@ -246,33 +224,22 @@ def test_race_check_passes(dtype):
 # ---------------------------------------------------------------- the CuPy executor, without a GPU
 
 
-def test_cupy_executor_with_a_stand_in_cupy(monkeypatch):
+def test_cupy_executor_with_a_stand_in_cupy(monkeypatch, emulate):
     """CupyExecutor's flow on a machine without CuPy: a stand-in ``cupy`` whose RawModule
     compiles the code TEXT it is given (the inlined source) with the emulator. Checks the
     options and name expressions RawModule receives, per-device caching, and that the inlined
     text is a complete, correct kernel source."""
     from gpuconv import _kernels
 
-    emulator = _emulator()
-    created = []
     device_id = [0]
-
-    class RawModule:
-        def __init__(self, *, code, options, name_expressions):
-            created.append((device_id[0], options, tuple(name_expressions)))
-            # Compiled WITHOUT the kernels dir on the include path.
-            self._module = emulator.load_module(inlined_source_path(code), name_expressions)
-
-        def get_function(self, name):
-            return self._module.get_function(name)
 
     class Device:
         def __init__(self):
             self.id = device_id[0]
 
-    backend = stand_in_cupy(monkeypatch, RawModule,
-                            ("ndarray", "asarray", "ascontiguousarray", "empty", "conj",
-                             "convolve", "correlate"), device=Device)
+    backend, compiled = stand_in_cupy(monkeypatch,
+                                      ("ndarray", "asarray", "ascontiguousarray", "empty", "conj",
+                                       "convolve", "correlate"), device=Device)
     rng = np.random.default_rng(23)
     a = _random(rng, 300, np.complex64)
     v = _random(rng, 40, np.complex64)
@@ -280,10 +247,11 @@ def test_cupy_executor_with_a_stand_in_cupy(monkeypatch):
         assert_matches_numpy(getattr(backend, op)(a, v, "same"), op, a, v, "same")
     # compiled lazily: only the compile group of complex64 with int indices
     group = _kernels.group_name_expressions(FILE, ("gpuconv::complex<float>", "int"))
-    assert created == [(0, _kernels.NVRTC_OPTIONS, tuple(group))]
+    assert [(c.device, c.options, c.name_expressions) for c in compiled] == [
+        (0, _kernels.NVRTC_OPTIONS, tuple(group))]
     device_id[0] = 1  # another device: a module of its own
     assert_matches_numpy(backend.correlate(a, v, "full"), "correlate", a, v, "full")
-    assert [c[0] for c in created] == [0, 1]
+    assert [c.device for c in compiled] == [0, 1]
 
 
 FILE = device_convolve.FILE

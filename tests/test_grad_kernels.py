@@ -30,12 +30,14 @@ import numpy as np
 import pytest
 from kernel_helpers import (
     DTYPES,
+    GRAD_CASES,
+    GRAD_CASES_TINY,
     MODES,
     RANKS,
     REFERENCE,
-    acc_roundoff,
     assert_within,
     f64,
+    random_conv_case,
     roundoff,
     stand_in_cupy,
 )
@@ -50,18 +52,6 @@ def _seed(*parts) -> int:
     return zlib.crc32(repr(parts).encode())
 
 
-# ----------------------------------------------------------------------------- tolerances
-
-
-def _assert_normwise(got, ref, dtype, terms):
-    """|got - ref| <= u_out * |ref| + (terms + 4) * u_acc * max|ref| (deformable gradients)."""
-    assert got.dtype == np.dtype(dtype) and got.shape == ref.shape
-    size = float(np.abs(ref).max(initial=0.0)) + np.finfo(np.float64).tiny
-    bound = roundoff(dtype) * np.abs(ref) + (terms + 4) * acc_roundoff(dtype) * size
-    error = np.abs(got.astype(np.float64) - ref)
-    assert np.all(error <= bound), f"max error {error.max():.3g} > bound {bound.max():.3g}"
-
-
 def _random(rng, shape, dtype):
     return rng.standard_normal(shape).astype(dtype)
 
@@ -70,35 +60,11 @@ def _random(rng, shape, dtype):
 
 
 def conv_case(rng, rank: int, mode: str, *, tiny: bool = False, depthwise: bool = False):
-    """Random odd spatial sizes, kernel, stride, dilation and asymmetric padding legal for
-    ``mode``, channels and groups. Returns (x shape, weight shape, geometry)."""
-    sizes, kernel, stride, dilation, pads = [], [], [], [], []
-    for _ in range(rank):
-        size = int(rng.choice([3, 5] if tiny or rank == 3 else [3, 5, 7, 9]))
-        k = int(rng.integers(1, 4))
-        d = int(rng.integers(1, 3))
-        s = int(rng.integers(1, 4))
-        limit = {"reflect": size - 1, "circular": size}.get(mode, 3)
-        lo, hi = (int(v) for v in rng.integers(0, min(limit, 3) + 1, size=2))
-        while d * (k - 1) + 1 > size + lo + hi:
-            k -= 1
-        sizes.append(size)
-        kernel.append(k)
-        stride.append(s)
-        dilation.append(d)
-        pads.append((lo, hi))
-    batch = int(rng.choice([1, 3]))
-    if depthwise:
-        channels = int(rng.choice([1, 3]))
-        groups, c_in, c_out = channels, channels, channels * int(rng.choice([1, 2, 3]))
-    else:
-        groups = int(rng.choice([1, 2, 3]))
-        c_in = groups * int(rng.choice([1, 2, 3]))
-        c_out = groups * int(rng.choice([1, 3, 5]))
-    geom = conv_geometry(tuple(sizes), tuple(kernel), stride=tuple(stride),
-                         padding=tuple(pads), dilation=tuple(dilation), groups=groups,
-                         padding_mode=mode)
-    return (batch, c_in, *sizes), (c_out, c_in // groups, *kernel), geom
+    """A random case of :data:`kernel_helpers.GRAD_CASES` (tiny: ``GRAD_CASES_TINY``):
+    (x shape, weight shape, geometry)."""
+    space = GRAD_CASES_TINY if tiny else GRAD_CASES
+    x_shape, w_shape, kw = random_conv_case(rng, rank, mode, space, depthwise=depthwise)
+    return x_shape, w_shape, conv_geometry(x_shape[2:], w_shape[2:], **kw)
 
 
 def _fold_terms(geom) -> int:
@@ -297,7 +263,8 @@ def check_deform(emulate, case, dtype, **hooks):
         if b is None:
             assert a is None
             continue
-        _assert_normwise(a, b, dtype, terms[name])
+        # normwise (the offset gradient is a difference of samples): scale = max|ref|
+        assert_within(a, b, np.abs(b).max(initial=0.0), dtype, terms[name], extra_terms=4)
     return got
 
 
@@ -433,24 +400,17 @@ def _run_tiny_conv_grads(emulate, dtype, mode):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv_grad_kernels_checked(emulate, dtype, mode):
-    """Guard pages around every array: no kernel reads or writes outside its arrays."""
-    with _emulator.checked():
+def test_conv_grad_kernels_under_emulator_check(emulate, emulator_check, dtype, mode):
+    """checked: guard pages around every array, so no kernel reads or writes outside its
+    arrays; race_check: no result depends on thread/block order."""
+    with emulator_check():
         _run_tiny_conv_grads(emulate, dtype, mode)
 
 
-@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_conv_grad_kernels_race_check(emulate, dtype, mode):
-    with _emulator.race_check():
-        _run_tiny_conv_grads(emulate, dtype, mode)
-
-
-@pytest.mark.parametrize("context", ["checked", "race_check"])
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_deform_grad_kernels_checked_and_race(emulate, dtype, context):
+def test_deform_grad_kernels_under_emulator_check(emulate, emulator_check, dtype):
     rng = np.random.default_rng(_seed("deform tiny", np.dtype(dtype).name))
-    with getattr(_emulator, context)():
+    with emulator_check():
         for mask in (False, True):
             check_deform(emulate, deform_case(rng, dtype, mask=mask, tiny=True), dtype)
 
@@ -588,23 +548,10 @@ def test_cupy_executor_flow_with_a_stand_in_cupy(monkeypatch, emulate):
     a RawModule that runs the emulator's build of the same file) behind ``CupyExecutor``, so
     the gradients use only array functions CuPy has and the kernels' parameter types come from
     the registry's signature parser (``gpuconv::acc_t<T>*`` included), as on a GPU."""
-    from gpuconv import _kernels
-
-    class RawModule:
-        def __init__(self, *, code, options, name_expressions):
-            # one compile group; the emulator builds the whole file (its disk cache is shared)
-            (file,) = [f for f in _kernels.files()
-                       if set(name_expressions) <= set(_kernels.name_expressions(f))]
-            assert '#include "' not in code.replace('#include "cuda_shim.h"', "")
-            self._module = _emulator.load_module(_kernels.source_path(file),
-                                                 _kernels.name_expressions(file),
-                                                 include_dirs=[_kernels.kernel_dir()])
-
-        def get_function(self, name):
-            return self._module.get_function(name)
-
-    backend = stand_in_cupy(monkeypatch, RawModule,
-                            ("ndarray", "ascontiguousarray", "empty", "zeros", "matmul"))
+    # one compile group per module; the emulator builds the whole file (its disk cache is shared)
+    backend, _ = stand_in_cupy(monkeypatch,
+                               ("ndarray", "ascontiguousarray", "empty", "zeros", "matmul"),
+                               whole_file=True)
 
     for dtype in (np.float16, np.float64):
         x, w, g, geom = _tiny_conv(dtype, "circular")
@@ -621,4 +568,4 @@ def test_cupy_executor_flow_with_a_stand_in_cupy(monkeypatch, emulate):
     got = backend.deform_conv2d_grad(*case)
     ref = REFERENCE.deform_conv2d_grad(*f64(*case[:5]), *case[5:])
     for a, b in zip(got, ref):
-        _assert_normwise(a, b, np.float32, 200)
+        assert_within(a, b, np.abs(b).max(initial=0.0), np.float32, 200, extra_terms=4)

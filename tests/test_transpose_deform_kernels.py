@@ -26,7 +26,6 @@ import pytest
 from kernel_helpers import DTYPES, abs64, assert_within, f64
 
 import gpuconv
-from gpuconv import _emulator
 from gpuconv._shapes import conv_geometry, conv_transpose_geometry
 from gpuconv.backends.device import _conv_transpose, _deform
 
@@ -229,9 +228,8 @@ def test_conv_transpose_every_instantiation(emulate, forced, dtype):
     assert_within(got, ref, scale, dtype, terms)
 
 
-@pytest.mark.parametrize("mode", ["checked", "race_check"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_conv_transpose_checked_and_race(emulate, mode, dtype):
+def test_conv_transpose_under_emulator_check(emulate, emulator_check, dtype):
     # tiny, odd; staged weights with two channel passes and a grid-stride loop, so the
     # barriers around the shared-memory weights are exercised by the race check
     case = {
@@ -250,8 +248,7 @@ def test_conv_transpose_checked_and_race(emulate, mode, dtype):
     rng = np.random.default_rng(5)
     x, w, b = _transpose_inputs(case, dtype, rng)
     geom = _geometry(case, x.shape)
-    context = _emulator.checked() if mode == "checked" else _emulator.race_check()
-    with context:
+    with emulator_check():
         got = _conv_transpose.conv_transpose(
             emulate,
             x,
@@ -637,9 +634,8 @@ def test_deform_every_instantiation_and_chunking(emulate, hooks, dtype, with_mas
     _assert_deform(got, ref, scale, dtype, terms)
 
 
-@pytest.mark.parametrize("mode", ["checked", "race_check"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-def test_deform_checked_and_race(emulate, mode, dtype):
+def test_deform_under_emulator_check(emulate, emulator_check, dtype):
     case = {
         "batch": 2,
         "c_in": 3,
@@ -658,8 +654,7 @@ def test_deform_checked_and_race(emulate, mode, dtype):
     # wide offsets: many samples fully or partly outside the image
     arrays, geom = _deform_inputs(case, dtype, rng, spread=5.0)
     x, offset, weight, bias, mask = arrays
-    context = _emulator.checked() if mode == "checked" else _emulator.race_check()
-    with context:
+    with emulator_check():
         v2 = _deform.deform_conv2d(
             emulate, x, offset, weight, bias, mask, geom, 3, workspace_bytes=2000, max_grid_x=1
         )

@@ -11,7 +11,7 @@ import warnings
 
 import numpy as np
 import pytest
-from kernel_helpers import inlined_source_path, stand_in_cupy
+from kernel_helpers import stand_in_cupy
 
 import gpuconv
 from gpuconv import grad
@@ -619,18 +619,11 @@ def test_misaligned_cupy_view_is_copied(monkeypatch):
     functions, the emulator as its RawModule), so CuPy's path is taken without a GPU."""
     if gpuconv.available_backends()["emulate"] != "available":
         pytest.skip("emulate backend unavailable (the stand-in compiles with it)")
-    from gpuconv import _dispatch, _emulator
+    from gpuconv import _dispatch
 
-    class RawModule:
-        def __init__(self, *, code, options, name_expressions):
-            self._module = _emulator.load_module(inlined_source_path(code), name_expressions)
-
-        def get_function(self, name):
-            return self._module.get_function(name)
-
-    backend = stand_in_cupy(monkeypatch, RawModule,
-                            ("ndarray", "asarray", "ascontiguousarray", "empty", "zeros", "conj",
-                             "convolve", "correlate"))
+    backend, _ = stand_in_cupy(monkeypatch,
+                               ("ndarray", "asarray", "ascontiguousarray", "empty", "zeros", "conj",
+                                "convolve", "correlate"))
     monkeypatch.setitem(_dispatch._instances, "cuda", backend)
     a = _misaligned((300,), np.complex128)
     v = _misaligned((40,), np.complex128)
