@@ -300,7 +300,7 @@ FAMILIES: dict[str, KernelFamily] = {
                      flags=(("0", "1", "2", "3"),), critical=True),
         KernelFamily("depthwise_tiled", "depthwise.cu", ("float16", "float32", "float64"),
                      flags=(("0", "1", "2", "3"),), critical=True),
-        # Gradients (gpuconv/backends/device/_grad.py). conv_weight_grad /
+        # Gradients (gpuconv/backends/device/_conv.py). conv_weight_grad /
         # depthwise_weight_grad<T, Index, PaddingMode, Deterministic>.
         KernelFamily("conv_weight_grad", "conv_grad.cu", ("float16", "float32", "float64"),
                      flags=(("0", "1", "2", "3"), ("false", "true")), critical=True),

@@ -14,7 +14,7 @@ import pytest
 from kernel_helpers import stand_in_cupy
 
 import gpuconv
-from gpuconv.backends.device import convolve as device_convolve
+from gpuconv.backends.device import _convolve as device_convolve
 
 KERNEL_DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
 MODES = ["full", "same", "valid"]

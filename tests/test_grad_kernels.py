@@ -1,5 +1,6 @@
 """The gradient kernels (kernels/conv_grad.cu, pad_fold.cu, deform_grad.cu) and the gradient
-methods of the device backends (gpuconv/backends/device/_grad.py) on the ``emulate`` backend.
+methods of the device backends (gpuconv/backends/device/_conv.py, _conv_transpose.py,
+_deform.py) on the ``emulate`` backend.
 
 Every gradient -- conv, conv_transpose and depthwise input and weight gradients in every padding
 mode and rank, deformable convolution's input/offset/weight/mask gradients -- is compared with
@@ -45,7 +46,7 @@ from kernel_helpers import (
 import gpuconv
 from gpuconv import _emulator, grad
 from gpuconv._shapes import conv_geometry, conv_transpose_geometry
-from gpuconv.backends.device import _deform, _grad
+from gpuconv.backends.device import _conv, _deform
 
 
 def _seed(*parts) -> int:
@@ -93,7 +94,7 @@ def check_conv_input_grad(emulate, w, g, geom, dtype):
 
 
 def check_conv_weight_grad(emulate, x, g, geom, dtype, deterministic, **hooks):
-    got = _grad.conv_weight_grad(emulate, x, g, geom, deterministic, **hooks)
+    got = _conv.conv_weight_grad(emulate, x, g, geom, deterministic, **hooks)
     x64, g64 = f64(x, g)
     ref = REFERENCE.conv_weight_grad(x64, g64, geom)
     scale = REFERENCE.conv_weight_grad(np.abs(x64), np.abs(g64), geom)
@@ -250,7 +251,7 @@ def deform_case(rng, dtype, *, mask: bool, tiny: bool = False):
 
 def check_deform(emulate, case, dtype, **hooks):
     x, offset, w, m, g, geom, offset_groups = case
-    got = _grad.deform_conv2d_grad(emulate, x, offset, w, m, g, geom, offset_groups, **hooks)
+    got = _deform.deform_conv2d_grad(emulate, x, offset, w, m, g, geom, offset_groups, **hooks)
     ref = REFERENCE.deform_conv2d_grad(*f64(x, offset, w, m, g), geom, offset_groups)
     taps = math.prod(geom.kernel)
     terms = {
@@ -333,7 +334,7 @@ def test_deterministic_weight_grad_is_bitwise_reproducible(emulate, dtype, metho
     g = _random(rng, (3, c_out, 7, 9), dtype)
 
     def run(deterministic):
-        return _grad.conv_weight_grad(emulate, x, g, geom, deterministic, method=method,
+        return _conv.conv_weight_grad(emulate, x, g, geom, deterministic, method=method,
                                       splits=6)
 
     before = _emulator.stats()["float_atomics"]
@@ -431,7 +432,7 @@ def test_int64_index_instantiations(emulate, dtype):
                                    index=index, splits=2)
         if mode != "zeros":
             padded = _random(np.random.default_rng(1), (2, 3, *geom.padded_size), dtype)
-            got = _grad.fold_padding(emulate, padded, geom, index=index)
+            got = _conv.fold_padding(emulate, padded, geom, index=index)
             ref = reference_fold(padded.astype(np.float64), geom)
             scale = reference_fold(np.abs(padded.astype(np.float64)), geom)
             assert_within(got, ref, scale, dtype, _fold_terms(geom))
@@ -455,23 +456,23 @@ def test_fold_every_cell_of_large_pads(emulate, mode):
     padded_size = geom.padded_size
     cells = math.prod(padded_size)
     padded = (2.0 ** (np.arange(cells) % 40)).reshape(1, 1, *padded_size)
-    got = _grad.fold_padding(emulate, padded, geom)
+    got = _conv.fold_padding(emulate, padded, geom)
     np.testing.assert_array_equal(got, reference_fold(padded, geom))
 
 
 def test_fold_rejects_zeros_padding(emulate):
     geom = conv_geometry((5,), (3,), stride=1, padding=1, dilation=1)
     with pytest.raises(ValueError, match="padding_mode='zeros' is a crop"):
-        _grad.fold_padding(emulate, np.zeros((1, 1, 7)), geom)
+        _conv.fold_padding(emulate, np.zeros((1, 1, 7)), geom)
 
 
 def test_forced_depthwise_method_needs_one_channel_per_group(emulate):
     geom = conv_geometry((5,), (3,), stride=1, padding=1, dilation=1, groups=1)
     with pytest.raises(ValueError, match=r"method='depthwise' needs C_in / groups == 1"):
-        _grad.conv_weight_grad(emulate, np.zeros((1, 2, 5)), np.zeros((1, 2, 5)), geom,
+        _conv.conv_weight_grad(emulate, np.zeros((1, 2, 5)), np.zeros((1, 2, 5)), geom,
                                method="depthwise")
     with pytest.raises(ValueError, match=r"method='im2col' must be None or one of"):
-        _grad.conv_weight_grad(emulate, np.zeros((1, 2, 5)), np.zeros((1, 2, 5)), geom,
+        _conv.conv_weight_grad(emulate, np.zeros((1, 2, 5)), np.zeros((1, 2, 5)), geom,
                                method="im2col")
 
 
@@ -482,14 +483,14 @@ def test_forced_depthwise_method_needs_one_channel_per_group(emulate):
 @pytest.mark.parametrize("length", [1, 15, 16, 17, 1000, 10**6])
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_split_plan_covers_the_reduction(tiles, length, deterministic):
-    splits, split_len = _grad.split_plan(tiles, length, 16, 256, out_elems=10**6,
+    splits, split_len = _conv.split_plan(tiles, length, 16, 256, out_elems=10**6,
                                          acc_itemsize=8, deterministic=deterministic)
     assert split_len % 16 == 0
     assert 1 <= splits <= 65535
     assert (splits - 1) * split_len < length <= splits * split_len  # no empty split
     if deterministic:
-        assert splits * 10**6 * 8 <= max(_grad.WORKSPACE_BYTES, 10**6 * 8)
-    assert tiles * splits <= max(_grad.TARGET_BLOCKS, tiles) + tiles
+        assert splits * 10**6 * 8 <= max(_conv.WORKSPACE_BYTES, 10**6 * 8)
+    assert tiles * splits <= max(_conv.TARGET_BLOCKS, tiles) + tiles
 
 
 # ----------------------------------------------------------------------------- public API

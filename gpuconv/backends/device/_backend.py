@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from ... import _kernels
-from . import _conv, _conv_transpose, _deform, _grad
-from . import convolve as _convolve
+from . import _conv, _conv_transpose, _convolve, _deform
 from ._executor import CupyExecutor, EmulatorExecutor, Executor
 
 
@@ -102,38 +101,40 @@ class DeviceBackend:
         return _deform.deform_conv2d(self, x, offset, weight, bias, mask, geom, offset_groups)
 
     # Gradients (see gpuconv.grad; the NumPy backend's are in numpy_grad.GradMixin, with the
-    # same signatures). Input gradients reuse the forward kernels; see ``_grad``.
+    # same signatures). Each lives in its operation's module; input gradients reuse the
+    # forward kernels.
     def conv_input_grad(self, weight, grad_output, geom):
         """Gradient of ``conv`` with respect to its input: ``conv_transpose`` of grad_output
         (zeros padding), or of the padded input then ``pad_fold`` of ``kernels/pad_fold.cu``."""
-        return _grad.conv_input_grad(self, weight, grad_output, geom)
+        return _conv.conv_input_grad(self, weight, grad_output, geom)
 
     def conv_weight_grad(self, x, grad_output, geom, deterministic=False):
         """Gradient of ``conv`` with respect to its weight: ``conv_weight_grad`` (or, for one
         input channel per group, ``depthwise_weight_grad``) of ``kernels/conv_grad.cu``."""
-        return _grad.conv_weight_grad(self, x, grad_output, geom, deterministic)
+        return _conv.conv_weight_grad(self, x, grad_output, geom, deterministic)
 
     def conv_transpose_input_grad(self, weight, grad_output, geom):
         """Gradient of ``conv_transpose`` with respect to its input: ``conv`` of grad_output."""
-        return _grad.conv_transpose_input_grad(self, weight, grad_output, geom)
+        return _conv_transpose.conv_transpose_input_grad(self, weight, grad_output, geom)
 
     def conv_transpose_weight_grad(self, x, grad_output, geom, deterministic=False):
         """Gradient of ``conv_transpose`` with respect to its weight (``conv_weight_grad`` with
         the roles of x and grad_output exchanged)."""
-        return _grad.conv_transpose_weight_grad(self, x, grad_output, geom, deterministic)
+        return _conv_transpose.conv_transpose_weight_grad(self, x, grad_output, geom,
+                                                          deterministic)
 
     def depthwise_conv_input_grad(self, weight, grad_output, geom):
         """Gradient of ``depthwise_conv`` with respect to its input (a grouped
         ``conv_input_grad`` with groups = C)."""
-        return _grad.conv_input_grad(self, weight, grad_output, geom)
+        return _conv.conv_input_grad(self, weight, grad_output, geom)
 
     def depthwise_conv_weight_grad(self, x, grad_output, geom, deterministic=False):
         """Gradient of ``depthwise_conv`` with respect to its weight: ``depthwise_weight_grad``
         of ``kernels/conv_grad.cu``."""
-        return _grad.conv_weight_grad(self, x, grad_output, geom, deterministic)
+        return _conv.conv_weight_grad(self, x, grad_output, geom, deterministic)
 
     def deform_conv2d_grad(self, x, offset, weight, mask, grad_output, geom, offset_groups):
         """Gradients (input, offset, weight, mask) of ``deform_conv2d``: the forward's sampling,
-        two GEMMs per group, and ``kernels/deform_grad.cu`` (see ``_grad``)."""
-        return _grad.deform_conv2d_grad(self, x, offset, weight, mask, grad_output, geom,
+        two GEMMs per group, and ``kernels/deform_grad.cu`` (see ``_deform``)."""
+        return _deform.deform_conv2d_grad(self, x, offset, weight, mask, grad_output, geom,
                                         offset_groups)

@@ -1,4 +1,4 @@
-"""``conv`` and ``depthwise_conv`` (1-D/2-D/3-D) on the device backends.
+"""``conv`` and ``depthwise_conv`` (1-D/2-D/3-D) and their gradients on the device backends.
 
 Kernels: ``conv_tiled`` and ``conv_direct`` in ``kernels/conv.cu``, ``depthwise_tiled`` in
 ``kernels/depthwise.cu``; each templated on the element type, the index type and the padding
@@ -27,8 +27,35 @@ float16 is computed by the kernels with float32 accumulation (``gpuconv::acc_t``
 once; on the matmul path by the executor's ``matmul`` (float32 accumulation too), after which
 the bias is added in float16.
 
+Gradients (called by :mod:`gpuconv.grad` through the backend; the reference is
+:class:`gpuconv.backends.numpy_grad.GradMixin`):
+
+* ``conv_input_grad`` (and the depthwise input gradient, a grouped conv with ``groups = C``):
+  the adjoint of a convolution is a transposed convolution, so the gradient is
+  ``backend.conv_transpose`` (``kernels/conv_transpose.cu``) of ``grad_output`` with the same
+  weight, in :func:`gpuconv._shapes.conv_as_transpose`'s geometry. Under zero padding its crop
+  is the conv's low pad and its output the input's size. Under reflect/replicate/circular
+  padding it produces the gradient of the *padded* input (crop 0, the padded size), and
+  ``pad_fold`` (``kernels/pad_fold.cu``) adds every padded cell back onto the input cell that
+  supplied it: a gather, one thread per input cell, no atomics. A pointwise convolution is a
+  GEMM, ``weight^T @ grad_output``, through the executor's ``matmul`` (cuBLAS on ``cuda``).
+* ``conv_weight_grad``: ``conv_weight_grad`` of ``kernels/conv_grad.cu``, an implicit GEMM
+  ``grad_output (C_out/G, L) @ columns (L, C_in/G * K)^T`` per group with the reduction
+  (``L`` = batch x output positions) split over blocks; or, for ``C_in / groups == 1``
+  (depthwise), ``depthwise_weight_grad``, a block reduction per (output channel, 8 taps). The
+  splits meet by ``atomicAdd`` (default) or, with ``deterministic=True``, through a workspace
+  of partial sums that ``weight_grad_reduce`` adds in a fixed order -- bitwise reproducible
+  run to run (see :func:`split_plan`).
+
+float16 gradients: the weight-gradient kernels accumulate in float32 (partial sums and atomics
+in float32, rounded once); the input gradients are the forward kernels' (float32
+accumulation, one rounding per padded cell, and the fold adds the few padded cells of a border
+cell in float32 and rounds again).
+
 Tuning constants that the kernels also use are read from the ``.cu`` files
 (:func:`gpuconv._kernels.source_define`); the rest are below. None is tuned on hardware yet.
+Test hooks (keyword arguments) force the index type, the method, the split count, so tests
+reach every instantiation and branch on tiny shapes.
 """
 
 from __future__ import annotations
@@ -39,8 +66,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import _kernels
-from ..._limits import MAX_BLOCKS, MAX_DYNAMIC_SHARED_BYTES, THREADS
-from ..._shapes import ConvGeometry, Geometry3d, as_3d, is_pointwise
+from ..._dtypes import accumulation_dtype
+from ..._limits import MAX_BLOCKS, MAX_DYNAMIC_SHARED_BYTES, MAX_GRID_Y, THREADS, WORKSPACE_BYTES
+from ..._shapes import ConvGeometry, Geometry3d, as_3d, conv_as_transpose, is_pointwise
 from ._common import PADDING_MODE_CODES, ceil_div, pow2_at_least, prepare
 
 CONV_FILE = "conv.cu"
@@ -48,6 +76,12 @@ DEPTHWISE_FILE = "depthwise.cu"
 TILED = _kernels.FAMILIES["conv_tiled"]
 DIRECT = _kernels.FAMILIES["conv_direct"]
 DEPTHWISE = _kernels.FAMILIES["depthwise_tiled"]
+GRAD_FILE = "conv_grad.cu"
+FOLD_FILE = "pad_fold.cu"
+WEIGHT_GRAD = _kernels.FAMILIES["conv_weight_grad"]
+DEPTHWISE_WEIGHT_GRAD = _kernels.FAMILIES["depthwise_weight_grad"]
+REDUCE = _kernels.FAMILIES["weight_grad_reduce"]
+FOLD = _kernels.FAMILIES["pad_fold"]
 
 #: conv_tiled's register blocking: output channels and output columns per thread.
 CO_PER_THREAD = _kernels.source_define(CONV_FILE, "GPUCONV_CONV_CO_PER_THREAD")
@@ -70,6 +104,26 @@ DIRECT_THREADS = THREADS
 
 CONV_METHODS = ("matmul", "depthwise", "tiled", "direct")
 DEPTHWISE_METHODS = ("tiled", "direct")
+
+#: conv_weight_grad's tile (output channels x columns x reduction step) and threads per block.
+TILE_M = _kernels.source_define(GRAD_FILE, "GPUCONV_WGRAD_BM")
+TILE_N = _kernels.source_define(GRAD_FILE, "GPUCONV_WGRAD_BN")
+TILE_K = _kernels.source_define(GRAD_FILE, "GPUCONV_WGRAD_BK")
+WEIGHT_GRAD_THREADS = _kernels.source_define(GRAD_FILE, "GPUCONV_WGRAD_THREADS")
+#: depthwise_weight_grad's taps per block and threads per block (at most).
+DEPTHWISE_TAPS = _kernels.source_define(GRAD_FILE, "GPUCONV_DW_WGRAD_TAPS")
+DEPTHWISE_THREADS = _kernels.source_define(GRAD_FILE, "GPUCONV_DW_WGRAD_THREADS")
+
+#: Blocks a weight-gradient launch aims for (tiles x splits): enough to fill a large GPU
+#: several times over. A constant, not the device's SM count, so that the deterministic
+#: variant gives the same bits on every GPU.
+TARGET_BLOCKS = 1024
+#: Fewest reduction positions per split: conv_weight_grad (16 staging steps) and
+#: depthwise_weight_grad (8 positions per thread of a 256-thread block).
+MIN_SPLIT_LEN = 256
+DEPTHWISE_MIN_SPLIT_LEN = 2048
+
+WEIGHT_GRAD_METHODS = ("gemm", "depthwise")
 
 
 def _max_index(g: Geometry3d, *extents: int) -> int:
@@ -362,3 +416,176 @@ def _depthwise(backend, x, weight, bias, geom: ConvGeometry, *, method: str | No
         shared_mem=plan.shared_mem,
     )
     return out
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def _grid_stride_blocks(total: int) -> int:
+    return max(1, min(ceil_div(total, THREADS), MAX_BLOCKS))
+
+
+def split_plan(tiles: int, length: int, step: int, min_len: int, out_elems: int,
+               acc_itemsize: int, deterministic: bool, splits: int | None = None):
+    """``(splits, split_len)``: how a weight-gradient launch divides its reduction.
+
+    ``length`` reduction positions (batch x output positions) over ``splits`` blocks per output
+    tile (grid y), ``split_len`` positions each (a multiple of ``step``). Aims at
+    :data:`TARGET_BLOCKS` blocks in all, with at least ``min_len`` positions per split; the
+    deterministic variant's workspace (``splits * out_elems`` accumulators) stays within
+    :data:`WORKSPACE_BYTES`. ``splits`` forces a count (tests), still capped by ``length``.
+
+    >>> split_plan(tiles=4, length=10_000, step=16, min_len=256, out_elems=64,
+    ...            acc_itemsize=4, deterministic=True)
+    (40, 256)
+    >>> split_plan(tiles=4096, length=10_000, step=16, min_len=256, out_elems=64,
+    ...            acc_itemsize=4, deterministic=False)
+    (1, 10000)
+    """
+    length = max(int(length), 1)
+    if splits is None:
+        splits = min(ceil_div(TARGET_BLOCKS, max(tiles, 1)), ceil_div(length, min_len))
+        if deterministic:
+            splits = min(splits, WORKSPACE_BYTES // max(out_elems * acc_itemsize, 1))
+    splits = max(1, min(int(splits), MAX_GRID_Y, ceil_div(length, step)))
+    split_len = ceil_div(ceil_div(length, splits), step) * step
+    return ceil_div(length, split_len), split_len
+
+
+def fold_padding(backend, padded, geom: ConvGeometry, *, index=None):
+    """The adjoint of ``geom``'s padding: ``padded`` (N, C, *geom.padded_size), the gradient of
+    the padded input, folded onto (N, C, *geom.in_size) with ``pad_fold`` (reflect, replicate,
+    circular; zeros padding is a crop and never comes here)."""
+    xp = backend.xp
+    dtype = np.dtype(padded.dtype)
+    FOLD.check_dtype(dtype, "fold_padding")
+    mode = PADDING_MODE_CODES[geom.padding_mode]
+    if mode == 0:
+        raise ValueError("fold_padding: padding_mode='zeros' is a crop, not a fold")
+    batch, channels = padded.shape[:2]
+    out = xp.empty((batch, channels, *geom.in_size), dtype=dtype)
+    if out.size == 0:
+        return out
+    g = as_3d(geom)
+    blocks = _grid_stride_blocks(out.size)
+    if index is None:
+        index = _kernels.index_dtype(
+            padded, out, max_index=2 * (padded.size + out.size + THREADS * (blocks + 1)))
+    kernel = backend.executor.get_function(FOLD_FILE, FOLD.name_expression(dtype, index, mode))
+    backend.executor.launch(kernel, grid=blocks, block=THREADS,
+                            args=(padded, out, batch * channels, *g.in_size, *g.pad_lo,
+                                  *g.padded_size))
+    return out
+
+
+def conv_input_grad(backend, weight, grad_output, geom: ConvGeometry, *, index=None):
+    """Gradient of ``conv(x, weight)`` with respect to ``x`` (N, C_in, *geom.in_size), from
+    ``grad_output`` (N, C_out, *geom.out_size) and ``weight`` (C_out, C_in / groups, *k).
+
+    ``index`` forces the fold kernel's index type (tests).
+    """
+    xp = backend.xp
+    batch, c_out = grad_output.shape[:2]
+    groups = geom.groups
+    og, cg = c_out // groups, weight.shape[1]
+    if is_pointwise(geom):
+        positions = math.prod(geom.out_size)
+        # (G, cg, og) @ (N, G, og, P) -> (N, G, cg, P)
+        wt = weight.reshape(groups, og, cg).transpose(0, 2, 1)
+        result = backend.executor.matmul(wt, grad_output.reshape(batch, groups, og, positions))
+        return xp.ascontiguousarray(result.reshape(batch, groups * cg, *geom.in_size),
+                                    dtype=grad_output.dtype)
+    if geom.padding_mode == "zeros" or not (any(geom.pad_lo) or any(geom.pad_hi)):
+        return backend.conv_transpose(grad_output, weight, None,
+                                      conv_as_transpose(geom, geom.pad_lo, geom.in_size))
+    padded = backend.conv_transpose(grad_output, weight, None,
+                                    conv_as_transpose(geom, (0,) * geom.ndim,
+                                                      geom.padded_size))
+    return fold_padding(backend, padded, geom, index=index)
+
+
+def choose_weight_grad_method(c_in: int, groups: int) -> str:
+    """``"depthwise"`` when each group has one input channel, else ``"gemm"``."""
+    return "depthwise" if c_in // groups == 1 else "gemm"
+
+
+def _weight_grad_index(arrays, geom: ConvGeometry, length: int, split_len: int, extra: int):
+    # Besides the arrays' extents: padded positions (large zero pads), the reduction index
+    # (which runs up to a split past the end), and the workspace / tile counts.
+    return _kernels.index_dtype(
+        *arrays, max_index=2 * max(as_3d(geom).reach(), length + 2 * split_len, extra))
+
+
+def conv_weight_grad(backend, x, grad_output, geom: ConvGeometry, deterministic: bool = False,
+                     *, method: str | None = None, splits: int | None = None, index=None):
+    """Gradient of ``conv(x, weight)`` with respect to ``weight``: (C_out, C_in / groups, *k).
+
+    Parameters
+    ----------
+    backend : DeviceBackend
+    x : (N, C_in, *geom.in_size)
+    grad_output : (N, C_out, *geom.out_size), the dtype of ``x``
+    geom : ConvGeometry
+    deterministic : bool
+        Partial sums through a workspace and a fixed-order reduction instead of atomics.
+    method, splits, index
+        Test hooks: ``"gemm"`` / ``"depthwise"`` (the latter needs C_in / groups == 1), the
+        number of reduction splits, the kernels' index dtype.
+    """
+    xp = backend.xp
+    dtype = np.dtype(x.dtype)
+    WEIGHT_GRAD.check_dtype(dtype, "conv_weight_grad")
+    acc = accumulation_dtype(dtype)
+    batch, c_in = x.shape[:2]
+    c_out = grad_output.shape[1]
+    groups = geom.groups
+    cg, og = c_in // groups, c_out // groups
+    taps = math.prod(geom.kernel)
+    out_elems = c_out * cg * taps
+    length = batch * math.prod(geom.out_size)
+    chosen = choose_weight_grad_method(c_in, groups)
+    if method is None:
+        method = chosen
+    elif method not in WEIGHT_GRAD_METHODS:
+        raise ValueError(f"method={method!r} must be None or one of {WEIGHT_GRAD_METHODS}")
+    elif method == "depthwise" and chosen != "depthwise":
+        raise ValueError(f"method='depthwise' needs C_in / groups == 1, got C_in={c_in}, "
+                         f"groups={groups}")
+    shape = (c_out, cg, *geom.kernel)
+    if out_elems == 0 or length == 0:
+        return xp.zeros(shape, dtype=dtype)
+
+    if method == "gemm":
+        tiles = groups * ceil_div(og, TILE_M) * ceil_div(cg * taps, TILE_N)
+        n_splits, split_len = split_plan(tiles, length, TILE_K, MIN_SPLIT_LEN, out_elems,
+                                         acc.itemsize, deterministic, splits)
+        family, grid, block = WEIGHT_GRAD, (tiles, n_splits), WEIGHT_GRAD_THREADS
+        counts = (batch, c_in, c_out, groups)
+    else:
+        tiles = c_out * ceil_div(taps, DEPTHWISE_TAPS)
+        n_splits, split_len = split_plan(tiles, length, 1, DEPTHWISE_MIN_SPLIT_LEN, out_elems,
+                                         acc.itemsize, deterministic, splits)
+        family, grid = DEPTHWISE_WEIGHT_GRAD, (tiles, n_splits)
+        block = max(32, min(DEPTHWISE_THREADS, pow2_at_least(split_len)))
+        counts = (batch, c_in, og)  # channels, multiplier
+
+    if deterministic:
+        workspace = xp.empty((n_splits, out_elems), dtype=acc)
+    else:
+        workspace = xp.zeros(out_elems, dtype=acc)
+    if index is None:
+        index = _weight_grad_index((x, grad_output, workspace), geom, length, split_len,
+                                   tiles * TILE_M * TILE_N + workspace.size)
+    mode = PADDING_MODE_CODES[geom.padding_mode]
+    kernel = backend.executor.get_function(
+        GRAD_FILE, family.name_expression(dtype, index, mode, deterministic))
+    backend.executor.launch(kernel, grid=grid, block=block,
+                            args=(x, grad_output, workspace, *counts, *as_3d(geom).args(),
+                                  split_len))
+    if not deterministic and acc == dtype:
+        return workspace.reshape(shape)
+    out = xp.empty(out_elems, dtype=dtype)
+    reduce = backend.executor.get_function(GRAD_FILE, REDUCE.name_expression(dtype, index))
+    backend.executor.launch(reduce, grid=_grid_stride_blocks(out_elems), block=THREADS,
+                            args=(workspace, out, out_elems, workspace.size // out_elems))
+    return out.reshape(shape)

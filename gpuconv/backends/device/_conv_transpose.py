@@ -1,4 +1,4 @@
-"""``conv_transpose`` (1-D/2-D/3-D) on the device backends: kernel ``conv_transpose3d`` in
+"""``conv_transpose`` (1-D/2-D/3-D) and its gradients on the device backends: kernel ``conv_transpose3d`` in
 ``kernels/conv_transpose.cu``.
 
 The kernel gathers: one thread per output position (and ``CoutPerThread`` output channels)
@@ -17,6 +17,11 @@ Launch plan (:func:`plan`), per call:
 * block: :data:`THREADS` threads (fewer, in whole warps, for small outputs); grid x covers the
   output positions, grid y the (image, group, output-channel block) triples, both capped at
   CUDA's limits (the kernel loops over the rest).
+
+Gradients: a transposed convolution's adjoint is the convolution it transposes
+(:func:`gpuconv._shapes.transpose_as_conv`), so the input gradient is ``backend.conv`` of
+``grad_output`` with the same weight, and the weight gradient is ``conv_weight_grad``
+(:mod:`._conv`) with the roles of ``x`` and ``grad_output`` exchanged.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ import numpy as np
 
 from ... import _kernels
 from ..._limits import MAX_DYNAMIC_SHARED_BYTES, MAX_GRID_X, MAX_GRID_Y, THREADS
-from ..._shapes import ConvGeometry, as_3d
+from ..._shapes import ConvGeometry, as_3d, transpose_as_conv
 from ._common import ceil_div
+from ._conv import conv_weight_grad
 
 FILE = "conv_transpose.cu"
 FAMILY = _kernels.FAMILIES["conv_transpose3d"]
@@ -157,3 +163,22 @@ def conv_transpose(backend, x, weight, bias, geom: ConvGeometry, *, index=None, 
         shared_mem=p.shared_mem,
     )
     return out
+
+
+# ----------------------------------------------------------------------------- gradients
+
+
+def conv_transpose_input_grad(backend, weight, grad_output, geom: ConvGeometry):
+    """Gradient of ``conv_transpose(x, weight)`` with respect to ``x``: the convolution of
+    ``grad_output`` with ``weight`` (C_in, C_out / groups, *k) in the conv geometry that
+    ``geom`` transposes."""
+    return backend.conv(grad_output, weight, None, transpose_as_conv(geom))
+
+
+def conv_transpose_weight_grad(backend, x, grad_output, geom: ConvGeometry,
+                               deterministic: bool = False, **hooks):
+    """Gradient of ``conv_transpose(x, weight)`` with respect to ``weight`` (C_in, C_out /
+    groups, *k): the weight gradient of the convolution that ``geom`` transposes, applied to
+    ``grad_output`` as its input and ``x`` as its output gradient."""
+    return conv_weight_grad(backend, grad_output, x, transpose_as_conv(geom), deterministic,
+                            **hooks)

@@ -14,6 +14,15 @@ column, C_in * K elements, if that alone is larger).
 
 float16: the columns are float16 (as in torchvision), the GEMM accumulates in float32 and rounds
 once; the bias is added to the rounded product (a second rounding).
+
+Gradient (:func:`deform_conv2d_grad`): per chunk of images (and positions), ``deform_im2col``
+(the forward's sampling) rebuilds the columns; the weight gradient is ``grad_output @
+columns^T`` and the columns' gradient ``weight^T @ grad_output`` (two GEMMs per group,
+``executor.matmul``); ``deform_col2im`` (``kernels/deform_grad.cu``) scatters the columns'
+gradient onto the input through the bilinear weights with ``atomicAdd`` (so the input
+gradient's last bits vary run to run on a GPU), and ``deform_col2im_coord`` gathers the offset
+and mask gradients (deterministic). float16 is computed entirely in float32 and rounded at the
+end (the gradient kernels are instantiated for float32 and float64 only).
 """
 
 from __future__ import annotations
@@ -21,12 +30,16 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _kernels
+from ..._dtypes import accumulation_dtype
 from ..._limits import MAX_GRID_X, MAX_GRID_Y, THREADS, WORKSPACE_BYTES
 from ..._shapes import ConvGeometry
 from ._common import ceil_div
 
 FILE = "deform.cu"
 FAMILY = _kernels.FAMILIES["deform_im2col"]
+GRAD_FILE = "deform_grad.cu"
+COL2IM = _kernels.FAMILIES["deform_col2im"]
+COL2IM_COORD = _kernels.FAMILIES["deform_col2im_coord"]
 
 # From gpuconv._limits: WORKSPACE_BYTES bounds the column buffer (one chunk's sampled
 # inputs); THREADS is the sampling kernels' block size.
@@ -190,3 +203,99 @@ def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
     if bias is not None:
         result += bias.reshape(1, c_out, 1)
     return result.reshape(batch, c_out, out_h, out_w)
+
+
+def deform_conv2d_grad(backend, x, offset, weight, mask, grad_output, geom: ConvGeometry,
+                       offset_groups: int, *, workspace_bytes: int | None = None,
+                       channel_slice: int | None = None, max_grid_x: int = MAX_GRID_X,
+                       index=None):
+    """Gradients ``(input, offset, weight, mask)`` of ``deform_conv2d`` (mask None without one).
+
+    See the module docstring for the algorithm. ``workspace_bytes`` (the two column buffers
+    together), ``channel_slice``, ``max_grid_x`` and ``index`` are test hooks as in
+    :func:`gpuconv.backends.device.deform_conv2d`.
+    """
+    xp = backend.xp
+    dtype = np.dtype(x.dtype)
+    cdt = accumulation_dtype(dtype)
+    COL2IM.check_dtype(cdt, "deform_conv2d_grad")
+
+    def compute(a):
+        return None if a is None else xp.ascontiguousarray(a, dtype=cdt)
+
+    x, offset, weight, mask, grad_output = map(compute, (x, offset, weight, mask, grad_output))
+    batch, c_in, height, width = x.shape
+    c_out, cg, kh, kw = weight.shape
+    groups = geom.groups
+    og = c_out // groups
+    taps = kh * kw
+    out_h, out_w = geom.out_size
+    positions = out_h * out_w
+    has_mask = mask is not None
+
+    grad_x = xp.zeros(x.shape, dtype=cdt)
+    grad_offset = xp.zeros(offset.shape, dtype=cdt)
+    grad_mask = xp.zeros(mask.shape, dtype=cdt) if has_mask else None
+    grad_w = xp.zeros((groups, og, cg * taps), dtype=cdt)
+
+    def result():
+        out = [grad_x, grad_offset, grad_w.reshape(weight.shape), grad_mask]
+        return tuple(None if a is None else a.astype(dtype, copy=False) for a in out)
+
+    if c_in == 0 or c_out == 0 or taps == 0 or positions == 0 or batch == 0:
+        return result()
+
+    rows = c_in * taps
+    budget = WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
+    nb, pc = chunking(batch, positions, rows, cdt.itemsize, max(1, budget // 2))
+    columns_buffer = xp.empty(rows * nb * pc, dtype=cdt)
+    weight_t = weight.reshape(groups, og, cg * taps).transpose(0, 2, 1)  # (G, cg * K, og)
+    mask_arg = mask if has_mask else xp.zeros(1, dtype=cdt)  # unread without HasMask
+    grad_output = grad_output.reshape(batch, c_out, positions)
+    c_per_og = c_in // offset_groups
+    stride_h, stride_w = geom.stride
+    pad_h, pad_w = geom.pad_lo
+    dil_h, dil_w = geom.dilation
+    executor = backend.executor
+
+    for b0, b1, p0, p1 in chunks(batch, positions, nb, pc):
+        n_img, n_pos = b1 - b0, p1 - p0
+        n_cols = n_img * n_pos
+        columns = columns_buffer[: rows * n_cols].reshape(rows, n_cols)
+        points = n_img * offset_groups * taps * n_pos
+        slice_, grid = chunk_launch(points, c_per_og, channel_slice, max_grid_x)
+        x_chunk = x[b0:b1]
+        offset_chunk = offset[b0:b1]
+        mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
+        chunk_dtype = index
+        if chunk_dtype is None:
+            chunk_dtype = chunk_index((x_chunk, offset_chunk, columns), geom,
+                                              (height, width), (kh, kw), points, grid[0],
+                                              rows * n_cols, margin=2)
+        common = (n_img, c_in, height, width, out_h, out_w, kh, kw, stride_h, stride_w,
+                  pad_h, pad_w, dil_h, dil_w, offset_groups)
+        # The forward's columns (mask-scaled samples): (C_in * K, n_img * n_pos)
+        im2col = executor.get_function(
+            FILE, FAMILY.name_expression(cdt, chunk_dtype, has_mask))
+        executor.launch(im2col, grid=grid, block=THREADS,
+                        args=(x_chunk, offset_chunk, mask_chunk, columns, *common, slice_,
+                              p0, n_pos))
+        # grad_output of the chunk as (G, og, n_img * n_pos)
+        go = xp.ascontiguousarray(grad_output[b0:b1, :, p0:p1].transpose(1, 0, 2))
+        go = go.reshape(groups, og, n_cols)
+        grad_w += executor.matmul(go, columns.reshape(groups, cg * taps, n_cols)
+                                  .transpose(0, 2, 1))
+        # gradient of the columns: (G, cg * K, og) @ (G, og, n_cols) = (C_in * K, n_cols)
+        grad_cols = xp.ascontiguousarray(executor.matmul(weight_t, go)).reshape(rows, n_cols)
+        col2im = executor.get_function(
+            GRAD_FILE, COL2IM.name_expression(cdt, chunk_dtype, has_mask))
+        executor.launch(col2im, grid=grid, block=THREADS,
+                        args=(offset_chunk, mask_chunk, grad_cols, grad_x[b0:b1], *common,
+                              slice_, p0, n_pos))
+        coord = executor.get_function(
+            GRAD_FILE, COL2IM_COORD.name_expression(cdt, chunk_dtype, has_mask))
+        grad_mask_chunk = grad_mask[b0:b1] if has_mask else mask_arg
+        executor.launch(coord, grid=(grid[0], 1), block=THREADS,
+                        args=(x_chunk, offset_chunk, mask_chunk, grad_cols,
+                              grad_offset[b0:b1], grad_mask_chunk, *common, p0, n_pos))
+    return result()
