@@ -47,6 +47,7 @@ import threading
 import time
 import typing
 
+from .. import _cache
 from ._abi import ABI_VERSION
 from ._errors import EmulatorCompileError
 
@@ -153,13 +154,9 @@ def compiler_identity(cxx: str) -> str | None:
 
 
 def cache_dir() -> pathlib.Path:
-    """``$GPUCONV_CACHE_DIR``, else ``$XDG_CACHE_HOME/gpuconv``, else ``~/.cache/gpuconv``."""
-    env = os.environ.get("GPUCONV_CACHE_DIR")
-    if env:
-        return pathlib.Path(env) / "emulator"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache"
-    return base / "gpuconv" / "emulator"
+    """``$GPUCONV_CACHE_DIR/emulator``, else ``$XDG_CACHE_HOME/gpuconv/emulator``, else
+    ``~/.cache/gpuconv/emulator`` (:func:`gpuconv._cache.cache_dir`)."""
+    return _cache.cache_dir("emulator")
 
 
 def _sha256_file(path: pathlib.Path) -> str:
@@ -418,27 +415,8 @@ def _run_compiler(cmd: list[str], env: dict, cwd: pathlib.Path) -> tuple[int, st
     return proc.returncode, err.decode(errors="replace")
 
 
-def _fsync_dir(directory: pathlib.Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_atomically(path: pathlib.Path, data: bytes, prefix: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-    _fsync_dir(path.parent)
+_fsync_dir = _cache.fsync_dir
+_write_atomically = _cache.write_atomically
 
 
 def _remove_stale_temporaries(directory: pathlib.Path, key: str) -> None:

@@ -11,23 +11,24 @@
   (:func:`gpuconv._kernels.inlined_source`), the options are :func:`cuda_options` (CuPy's
   header search path plus :data:`gpuconv._kernels.NVRTC_OPTIONS`, which keep float32 subnormals:
   ``-ftz=false``). The cubin is cached on disk, keyed by everything that went into it, and
-  loaded with ``cupy.RawModule(path=...)``.
+  loaded with ``cupy.RawModule(path=...)``. Each kernel file is read and hashed once
+(:func:`kernel_source`), however many compile groups it has.
 
 Both memoize the loaded kernels.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import os
 import pathlib
 import tempfile
 import threading
 
 import numpy as np
 
-from ... import _kernels
+from ... import _cache, _kernels
 from ..._dtypes import accumulation_dtype
 from ..._launch import Kernel, launch
 
@@ -142,25 +143,36 @@ def cuda_options(cupy) -> tuple[str, ...]:
     return options
 
 
-def cuda_cache_dir() -> pathlib.Path:
-    """Where compiled CUDA modules are cached: ``$GPUCONV_CACHE_DIR/cuda``, else
-    ``$XDG_CACHE_HOME/gpuconv/cuda``, else ``~/.cache/gpuconv/cuda``."""
-    if os.environ.get("GPUCONV_CACHE_DIR"):
-        base = pathlib.Path(os.environ["GPUCONV_CACHE_DIR"])
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = (pathlib.Path(xdg) if xdg else pathlib.Path.home() / ".cache") / "gpuconv"
-    return base / "cuda"
-
-
-def _write_atomically(directory, binary, cubin: bytes, mapping_path, mapping: dict) -> None:
-    """Write the cubin, then its name map, each to a temporary name renamed into place, so a
-    concurrent reader (another thread or process) sees a whole file or none."""
+def _store(directory: pathlib.Path, key: str, cubin: bytes, mapping: dict):
+    """Write the cubin, then its name map, each atomically (a concurrent reader, another thread
+    or process, sees a whole file or none; :func:`gpuconv._cache.write_atomically`); returns
+    their paths."""
     directory.mkdir(parents=True, exist_ok=True)
-    for path, data in ((binary, cubin), (mapping_path, json.dumps(mapping).encode())):
-        partial = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        partial.write_bytes(data)
-        os.replace(partial, path)
+    binary, mapping_path = directory / f"{key}.cubin", directory / f"{key}.json"
+    _cache.write_atomically(binary, cubin, f".{key[:16]}-")
+    _cache.write_atomically(mapping_path, json.dumps(mapping).encode(), f".{key[:16]}-")
+    return binary, mapping_path
+
+
+def kernel_source(file: str) -> tuple[str, str]:
+    """``(text, sha256)``: what NVRTC compiles for kernel ``file`` (its text with every local
+    header inlined, :func:`gpuconv._kernels.inlined_source`, after a ``#line`` that makes
+    NVRTC's messages name the file) and its hash.
+
+    Read and hashed once per version of the kernel directory (each file's name, mtime and
+    size), not once per compile group; a header edit makes a new version.
+    """
+    directory = _kernels.kernel_dir()
+    version = tuple(sorted((entry.name, entry.stat().st_mtime_ns, entry.stat().st_size)
+                           for entry in directory.iterdir() if entry.is_file()))
+    return _read_source(str(directory), file, version)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_source(directory: str, file: str, version: tuple) -> tuple[str, str]:
+    # CuPy compiles a nameless program: the #line names the file in NVRTC's messages.
+    text = f'#line 1 "{file}"\n' + _kernels.inlined_source(file)
+    return text, hashlib.sha256(text.encode()).hexdigest()
 
 
 class CupyExecutor(Executor):
@@ -187,15 +199,14 @@ class CupyExecutor(Executor):
         group ``group`` for the current device; returns ``(RawModule, {name: mangled})``."""
         compiler = self._cupy.cuda.compiler
         names = _kernels.group_name_expressions(file, group)
-        # The #line makes NVRTC's messages name the file (CuPy compiles a nameless program).
-        source = f'#line 1 "{file}"\n' + _kernels.inlined_source(file)
+        source, source_hash = kernel_source(file)
         options = cuda_options(self._cupy)
         arch = compiler._get_arch()  # the device's compute capability, capped at NVRTC's
         key = hashlib.sha256("\0".join([
             self._cupy.__version__, repr(self._cupy.cuda.nvrtc.getVersion()), str(arch),
-            *options, "", *names, "", source,
+            *options, "", *names, "", source_hash,
         ]).encode()).hexdigest()
-        directory = cuda_cache_dir()
+        directory = _cache.cache_dir("cuda")
         binary, mapping_path = directory / f"{key}.cubin", directory / f"{key}.json"
         mapping = None
         if binary.is_file() and mapping_path.is_file():
@@ -212,11 +223,10 @@ class CupyExecutor(Executor):
                 cache_in_memory=True,
             )
             try:
-                _write_atomically(directory, binary, bytes(cubin), mapping_path, mapping)
+                binary, mapping_path = _store(directory, key, bytes(cubin), mapping)
             except OSError:  # an unwritable cache: keep this process's cubin in a temp dir
                 directory = pathlib.Path(tempfile.mkdtemp(prefix="gpuconv-cuda-"))
-                binary, mapping_path = directory / binary.name, directory / mapping_path.name
-                _write_atomically(directory, binary, bytes(cubin), mapping_path, mapping)
+                binary, mapping_path = _store(directory, key, bytes(cubin), mapping)
         # RawModule(path=...) loads the cubin per device, lazily (cuModuleLoad).
         return self._cupy.RawModule(path=str(binary)), mapping
 
