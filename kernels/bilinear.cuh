@@ -1,7 +1,7 @@
 // bilinear.cuh: the sampling points of deformable convolution and torchvision's bilinear
 // interpolation at them, shared by the forward (deform.cu) and its gradients (deform_grad.cu).
 //
-// A deform kernel thread handles one (image b, offset group og, tap, output position p) of a
+// A deform kernel thread handles one (image b, offset group, tap, output position p) of a
 // chunk of images and positions; DeformPoint decodes its flat index and reads the sampling
 // point
 //
@@ -40,20 +40,22 @@ namespace bilinear {
 GPUCONV_HD float floor_of(float v) { return floorf(v); }
 GPUCONV_HD double floor_of(double v) { return floor(v); }
 
-// One thread's (b, og, tap, p) of a deform kernel, from its flat index
-// e = ((b * offset_groups + og) * taps + tap) * p_count + q, q = p - p_begin innermost.
+// One thread's (b, offset_group, tap, p) of a deform kernel, from its flat index
+// e = ((b * offset_groups + offset_group) * taps + tap) * p_count + q, q = p - p_begin innermost.
 template <class Index>
 struct DeformPoint {
-    Index q, tap, og, b, p;
-    Index sample;  // (b * offset_groups + og) * taps + tap: the (b, og, tap) row of offset/mask
+    Index q, tap, offset_group, b, p;
+    // (b * offset_groups + offset_group) * taps + tap: the (b, offset_group, tap) row of
+    // offset/mask
+    Index sample;
 
     GPUCONV_HD DeformPoint(Index e, Index p_count, Index taps, Index offset_groups, Index p_begin)
         : q(e % p_count),
           tap((e / p_count) % taps),
-          og((e / (p_count * taps)) % offset_groups),
+          offset_group((e / (p_count * taps)) % offset_groups),
           b(e / (p_count * taps * offset_groups)),
           p(p_begin + q),
-          sample((b * offset_groups + og) * taps + tap) {}
+          sample((b * offset_groups + offset_group) * taps + tap) {}
 
     // The sampling point (y, x) in T: the tap's position in the input plus the offset
     // (dy, dx) read from `offset` (nb, offset_groups, K, 2, positions).

@@ -19,10 +19,10 @@
 #include "common.cuh"
 #include "bilinear.cuh"
 
-// deform_im2col: one thread per (image b, offset group og, tap, output position p) and a slice
+// deform_im2col: one thread per (image b, offset group, tap, output position p) and a slice
 // of the offset group's input channels.
 //
-// The flat thread index over (b, og, tap, q) -- q = p - p_begin innermost, grid-stride in x --
+// The flat thread index over (b, offset_group, tap, q) -- q = p - p_begin innermost, grid-stride in x --
 // fixes the sampling point y = oy * stride_h - pad_h + i * dil_h + dy (x likewise; tap =
 // i * kernel_w + j; (dy, dx) from `offset`), computed once in acc_t<T>; blockIdx.y picks the
 // slice of `channel_slice` channels of the offset group that the thread samples at that point
@@ -62,17 +62,17 @@ __global__ void deform_im2col(const T* __restrict__ x,       // (nb, C_in, heigh
     using Acc = gpuconv::acc_t<T>;
     const Index taps = kernel_h * kernel_w;
     const Index positions = out_h * out_w;
-    const Index c_per_og = channels / offset_groups;
+    const Index c_per_offset_group = channels / offset_groups;
     const Index plane = height * width;
     const Index n_cols = nb * p_count;
     const Index total = nb * offset_groups * taps * p_count;
     const Index c_lo = Index(blockIdx.y) * channel_slice;
-    const Index c_hi = gpuconv::imin(c_per_og, c_lo + channel_slice);
+    const Index c_hi = gpuconv::imin(c_per_offset_group, c_lo + channel_slice);
 
     for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
          e += Index(gridDim.x) * blockDim.x) {
         const gpuconv::bilinear::DeformPoint<Index> pt(e, p_count, taps, offset_groups, p_begin);
-        const Index q = pt.q, tap = pt.tap, og = pt.og, b = pt.b;
+        const Index q = pt.q, tap = pt.tap, offset_group = pt.offset_group, b = pt.b;
         Acc y, xf;
         pt.point(offset, positions, out_w, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h,
                  dil_w, y, xf);
@@ -82,7 +82,7 @@ __global__ void deform_im2col(const T* __restrict__ x,       // (nb, C_in, heigh
         const auto s = gpuconv::bilinear::bilinear_at<Acc, Index>(y, xf, height, width);
         const Acc w1 = s.hy * s.hx, w2 = s.hy * s.lx, w3 = s.ly * s.hx, w4 = s.ly * s.lx;
 
-        const Index c_first = og * c_per_og;
+        const Index c_first = offset_group * c_per_offset_group;
         const T* x_img = x + (b * channels + c_first) * plane;
         T* col = columns + ((c_first + c_lo) * taps + tap) * n_cols + b * p_count + q;
         for (Index c = c_lo; c < c_hi; ++c) {

@@ -2,7 +2,7 @@
 // with respect to the input, the offsets and the mask.
 //
 // The forward (deform.cu; the sampling in bilinear.cuh, shared with these kernels) samples, for
-// every (image b, offset group og, tap, output position p) the point (y, x) = (oy * stride_h -
+// every (image b, offset group, tap, output position p) the point (y, x) = (oy * stride_h -
 // pad_h + i * dil_h + dy, ox * stride_w - pad_w + j * dil_w + dx) bilinearly in each channel c
 // of the offset group, reading zero outside the image and contributing nothing at all unless
 // -1 < y < height and -1 < x < width (a NaN or infinite point contributes nothing), and scales
@@ -22,7 +22,7 @@
 //     them too, so an inf/NaN in grad_cols reaches only the cells a sample really touches) -- a
 //     scatter, with atomicAdd;
 //   * deform_col2im_coord: grad_offset_y = sum_c mask * grad_cols * d value / d y,
-//     grad_offset_x likewise, grad_mask = sum_c grad_cols * value, per (b, og, tap, p) -- a
+//     grad_offset_x likewise, grad_mask = sum_c grad_cols * value, per (b, offset_group, tap, p) -- a
 //     gather over the offset group's channels, no atomics. d value / dy differentiates the
 //     bilinear weights with the corners held fixed (the cell that floor picks: the derivative
 //     from the right at integer positions), exactly as torchvision's get_coordinate_weight,
@@ -38,7 +38,7 @@
 
 // deform_col2im: the input gradient, by scatter.
 //
-// One thread per (image b, offset group og, tap, position q of the chunk) -- flat index, q
+// One thread per (image b, offset group, tap, position q of the chunk) -- flat index, q
 // innermost, grid-stride in x -- and a slice of `channel_slice` of the offset group's channels
 // (blockIdx.y), as deform_im2col. The thread computes the sampling point once, then for each of
 // its channels reads grad_cols and atomically adds mask * grad_cols times each corner's bilinear
@@ -74,17 +74,17 @@ __global__ void deform_col2im(const T* __restrict__ offset,     // (nb, offset_g
 {
     const Index taps = kernel_h * kernel_w;
     const Index positions = out_h * out_w;
-    const Index c_per_og = channels / offset_groups;
+    const Index c_per_offset_group = channels / offset_groups;
     const Index plane = height * width;
     const Index n_cols = nb * p_count;
     const Index total = nb * offset_groups * taps * p_count;
     const Index c_lo = Index(blockIdx.y) * channel_slice;
-    const Index c_hi = gpuconv::imin(c_per_og, c_lo + channel_slice);
+    const Index c_hi = gpuconv::imin(c_per_offset_group, c_lo + channel_slice);
 
     for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
          e += Index(gridDim.x) * blockDim.x) {
         const gpuconv::bilinear::DeformPoint<Index> pt(e, p_count, taps, offset_groups, p_begin);
-        const Index q = pt.q, tap = pt.tap, og = pt.og, b = pt.b;
+        const Index q = pt.q, tap = pt.tap, offset_group = pt.offset_group, b = pt.b;
         T y, xf;
         pt.point(offset, positions, out_w, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h,
                  dil_w, y, xf);
@@ -94,17 +94,17 @@ __global__ void deform_col2im(const T* __restrict__ offset,     // (nb, offset_g
         const T w1 = scale * s.hy * s.hx, w2 = scale * s.hy * s.lx;
         const T w3 = scale * s.ly * s.hx, w4 = scale * s.ly * s.lx;
 
-        const Index c_first = og * c_per_og;
+        const Index c_first = offset_group * c_per_offset_group;
         T* gx = grad_x + (b * channels + c_first + c_lo) * plane + s.o1;
         const T* gc = grad_cols + ((c_first + c_lo) * taps + tap) * n_cols + b * p_count + q;
         for (Index c = c_lo; c < c_hi; ++c) {
-            const T g = *gc;
+            const T grad_col = *gc;
             // A corner with a zero weight (lx == 0 or ly == 0: an integer coordinate) is skipped,
             // as torchvision's |y - yp| < 1 test does.
-            if (s.ok1) atomicAdd(gx, w1 * g);
-            if (s.ok2 && s.lx != T(0)) atomicAdd(gx + 1, w2 * g);
-            if (s.ok3 && s.ly != T(0)) atomicAdd(gx + width, w3 * g);
-            if (s.ok4 && s.ly != T(0) && s.lx != T(0)) atomicAdd(gx + width + 1, w4 * g);
+            if (s.ok1) atomicAdd(gx, w1 * grad_col);
+            if (s.ok2 && s.lx != T(0)) atomicAdd(gx + 1, w2 * grad_col);
+            if (s.ok3 && s.ly != T(0)) atomicAdd(gx + width, w3 * grad_col);
+            if (s.ok4 && s.ly != T(0) && s.lx != T(0)) atomicAdd(gx + width + 1, w4 * grad_col);
             gx += plane;
             gc += taps * n_cols;
         }
@@ -113,7 +113,7 @@ __global__ void deform_col2im(const T* __restrict__ offset,     // (nb, offset_g
 
 // deform_col2im_coord: the offset and mask gradients, by gather.
 //
-// One thread per (image b, offset group og, tap, position q of the chunk) -- flat index, q
+// One thread per (image b, offset group, tap, position q of the chunk) -- flat index, q
 // innermost, grid-stride in x. The thread computes the sampling point once, then walks the
 // offset group's channels: per channel it reads grad_cols and the four corners, and accumulates
 // grad_cols * (d value / dy, d value / dx) and grad_cols * value. It writes the two offset
@@ -151,7 +151,7 @@ __global__ void deform_col2im_coord(const T* __restrict__ x,            // (nb, 
 {
     const Index taps = kernel_h * kernel_w;
     const Index positions = out_h * out_w;
-    const Index c_per_og = channels / offset_groups;
+    const Index c_per_offset_group = channels / offset_groups;
     const Index plane = height * width;
     const Index n_cols = nb * p_count;
     const Index total = nb * offset_groups * taps * p_count;
@@ -159,7 +159,7 @@ __global__ void deform_col2im_coord(const T* __restrict__ x,            // (nb, 
     for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < total;
          e += Index(gridDim.x) * blockDim.x) {
         const gpuconv::bilinear::DeformPoint<Index> pt(e, p_count, taps, offset_groups, p_begin);
-        const Index q = pt.q, tap = pt.tap, og = pt.og, b = pt.b, p = pt.p, sample = pt.sample;
+        const Index q = pt.q, tap = pt.tap, offset_group = pt.offset_group, b = pt.b, p = pt.p, sample = pt.sample;
         T y, xf;
         pt.point(offset, positions, out_w, kernel_w, stride_h, stride_w, pad_h, pad_w, dil_h,
                  dil_w, y, xf);
@@ -167,20 +167,20 @@ __global__ void deform_col2im_coord(const T* __restrict__ x,            // (nb, 
         const T scale = HasMask ? mask[sample * positions + p] : T(1);
 
         T sum_dy = T(0), sum_dx = T(0), sum_value = T(0);
-        const Index c_first = og * c_per_og;
+        const Index c_first = offset_group * c_per_offset_group;
         // Outside s.cell, s.o1 is 0 and no corner is read: xc stays a valid pointer.
         const T* xc = x + (b * channels + c_first) * plane + s.o1;
         const T* gc = grad_cols + (c_first * taps + tap) * n_cols + b * p_count + q;
-        for (Index c = 0; c < c_per_og; ++c) {
-            const T g = *gc;
+        for (Index c = 0; c < c_per_offset_group; ++c) {
+            const T grad_col = *gc;
             T v1, v2, v3, v4;
             gpuconv::bilinear::corners(s, xc, width, v1, v2, v3, v4);
-            sum_dy += g * (s.hx * (v3 - v1) + s.lx * (v4 - v2));
-            sum_dx += g * (s.hy * (v2 - v1) + s.ly * (v4 - v3));
+            sum_dy += grad_col * (s.hx * (v3 - v1) + s.lx * (v4 - v2));
+            sum_dx += grad_col * (s.hy * (v2 - v1) + s.ly * (v4 - v3));
             // the forward's value: zero (not 0 * v, which is NaN for an infinite v) unless inside
             const T value =
                 s.inside ? s.hy * (s.hx * v1 + s.lx * v2) + s.ly * (s.hx * v3 + s.lx * v4) : T(0);
-            sum_value += g * value;
+            sum_value += grad_col * value;
             xc += plane;
             gc += taps * n_cols;
         }

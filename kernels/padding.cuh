@@ -22,7 +22,8 @@
 
 namespace gpuconv {
 
-// The padding-mode template argument of the conv kernels (gpuconv._kernels.PADDING_MODES).
+// The padding-mode template argument of the conv kernels: padding_mode -> code is
+// PADDING_MODE_CODES in gpuconv/backends/device/_common.py (names: gpuconv._shapes.PADDING_MODES).
 enum PaddingMode : int { kZeros = 0, kReflect = 1, kReplicate = 2, kCircular = 3 };
 
 template <int Mode, class Index>

@@ -126,11 +126,11 @@ DEPTHWISE_MIN_SPLIT_LEN = 2048
 WEIGHT_GRAD_METHODS = ("gemm", "depthwise")
 
 
-def _max_index(g: Geometry3d, *extents: int) -> int:
+def _max_index(geom3: Geometry3d, *extents: int) -> int:
     """A bound on every index value the kernels compute, beyond the arrays' own extents: the
     padded positions (:meth:`Geometry3d.reach`; they can exceed the input under large zero
     padding), the task and thread counters of the stride loops."""
-    return 2 * max(g.reach(), *extents) + 2 * MAX_BLOCKS * 1024
+    return 2 * max(geom3.reach(), *extents) + 2 * MAX_BLOCKS * 1024
 
 
 # ----------------------------------------------------------------------------- plans
@@ -164,27 +164,27 @@ class TiledPlan:
     tasks: int
 
 
-def conv_tiled_plan(g: Geometry3d, batch: int, c_in: int, c_out: int, groups: int,
+def conv_tiled_plan(geom3: Geometry3d, batch: int, c_in: int, c_out: int, groups: int,
                     itemsize: int) -> TiledPlan | None:
     """The ``conv_tiled`` launch, or None if not even a one-thread tile of one input channel
     fits in shared memory.
 
     >>> from gpuconv._shapes import conv_geometry
-    >>> g = as_3d(conv_geometry((32, 32), (3, 3), stride=1, padding=1, dilation=1))
-    >>> conv_tiled_plan(g, 2, 16, 32, 1, 4)
+    >>> geom3 = as_3d(conv_geometry((32, 32), (3, 3), stride=1, padding=1, dilation=1))
+    >>> conv_tiled_plan(geom3, 2, 16, 32, 1, 4)
     TiledPlan(block=(8, 32, 1), grid=8, chunk=5, shared_mem=24560, tasks=8)
 
     A small output plane: 8 (blockDim.z) blocks of 8 output channels share the input tile,
     as many as still leave FILL_BLOCKS blocks.
 
-    >>> g = as_3d(conv_geometry((7, 7), (3, 3), stride=1, padding=1, dilation=1))
-    >>> conv_tiled_plan(g, 32, 512, 512, 1, 2)
+    >>> geom3 = as_3d(conv_geometry((7, 7), (3, 3), stride=1, padding=1, dilation=1))
+    >>> conv_tiled_plan(geom3, 32, 512, 512, 1, 2)
     TiledPlan(block=(2, 8, 8), grid=256, chunk=16, shared_mem=21632, tasks=256)
     """
-    _, out_h, out_w = g.out_size
-    _, k_h, k_w = g.kernel
-    _, s_h, s_w = g.stride
-    _, d_h, d_w = g.dilation
+    _, out_h, out_w = geom3.out_size
+    _, k_h, k_w = geom3.kernel
+    _, s_h, s_w = geom3.stride
+    _, d_h, d_w = geom3.dilation
     cg, og = c_in // groups, c_out // groups
     rw, co = CONV_W_PER_THREAD, CO_PER_THREAD
     cap = CONV_MAX_THREADS if out_h == 1 else 32
@@ -202,7 +202,7 @@ def conv_tiled_plan(g: Geometry3d, batch: int, c_in: int, c_out: int, groups: in
     if block is None:
         return None
     bx, by, bz = block
-    spatial_tasks = batch * g.out_size[0] * ceil_div(out_h, by) * ceil_div(out_w, bx * rw)
+    spatial_tasks = batch * geom3.out_size[0] * ceil_div(out_h, by) * ceil_div(out_w, bx * rw)
     while bz > 1 and spatial_tasks * groups * ceil_div(og, co * bz) < FILL_BLOCKS:
         bz //= 2  # more, smaller blocks
     per_channel = per_channel_bytes(bx, by, bz)
@@ -212,20 +212,20 @@ def conv_tiled_plan(g: Geometry3d, batch: int, c_in: int, c_out: int, groups: in
                      tasks)
 
 
-def depthwise_tiled_plan(g: Geometry3d, batch: int, channels: int, multiplier: int,
+def depthwise_tiled_plan(geom3: Geometry3d, batch: int, channels: int, multiplier: int,
                          itemsize: int) -> TiledPlan | None:
     """The ``depthwise_tiled`` launch, or None if not even a one-thread tile and one filter fit
     in shared memory.
 
     >>> from gpuconv._shapes import conv_geometry
-    >>> g = as_3d(conv_geometry((56, 56), (3, 3), stride=1, padding=1, dilation=1))
-    >>> depthwise_tiled_plan(g, 1, 32, 2, 4)
+    >>> geom3 = as_3d(conv_geometry((56, 56), (3, 3), stride=1, padding=1, dilation=1))
+    >>> depthwise_tiled_plan(geom3, 1, 32, 2, 4)
     TiledPlan(block=(16, 16, 1), grid=128, chunk=2, shared_mem=4824, tasks=128)
     """
-    out_d, out_h, out_w = g.out_size
-    k_d, k_h, k_w = g.kernel
-    s_d, s_h, s_w = g.stride
-    d_d, d_h, d_w = g.dilation
+    out_d, out_h, out_w = geom3.out_size
+    k_d, k_h, k_w = geom3.kernel
+    s_d, s_h, s_w = geom3.stride
+    d_d, d_h, d_w = geom3.dilation
     rw, limit = DEPTHWISE_W_PER_THREAD, DEPTHWISE_MAX_THREADS
     taps = k_d * k_h * k_w
     cap = limit if out_h == 1 and out_d == 1 else 32
@@ -335,19 +335,19 @@ def conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = N
 def _launch_conv(backend, x, weight, bias, out, geom: ConvGeometry, groups: int, *,
                  method: str, index):
     """One ``conv_tiled`` or ``conv_direct`` launch computing ``out``."""
-    g = as_3d(geom)
+    geom3 = as_3d(geom)
     batch, c_in = x.shape[:2]
     c_out = weight.shape[0]
     mode = PADDING_MODE_CODES[geom.padding_mode]
-    common = (x, weight, bias, out, batch, c_in, c_out, groups, *g.args())
+    common = (x, weight, bias, out, batch, c_in, c_out, groups, *geom3.args())
     if method == "tiled":
-        plan = conv_tiled_plan(g, batch, c_in, c_out, groups, out.dtype.itemsize)
+        plan = conv_tiled_plan(geom3, batch, c_in, c_out, groups, out.dtype.itemsize)
         if plan is None:
             raise ValueError(f"method='tiled': no tile of kernel={geom.kernel}, "
                              f"dilation={geom.dilation} fits in shared memory")
         if index is None:
             index = _kernels.index_dtype(x, weight, out,
-                                         max_index=_max_index(g, plan.tasks, out.size))
+                                         max_index=_max_index(geom3, plan.tasks, out.size))
         kernel = backend.executor.get_function(CONV_FILE, TILED.name_expression(out.dtype, index, mode))
         backend.executor.launch(kernel, grid=plan.grid, block=plan.block,
                                 args=(*common, plan.chunk), shared_mem=plan.shared_mem)
@@ -356,7 +356,7 @@ def _launch_conv(backend, x, weight, bias, out, geom: ConvGeometry, groups: int,
     threads = min(DIRECT_THREADS, 32 * ceil_div(total, 32))
     blocks = max(1, min(ceil_div(total, threads), MAX_BLOCKS))
     if index is None:
-        index = _kernels.index_dtype(x, weight, out, max_index=_max_index(g, total))
+        index = _kernels.index_dtype(x, weight, out, max_index=_max_index(geom3, total))
     kernel = backend.executor.get_function(CONV_FILE, DIRECT.name_expression(out.dtype, index, mode))
     backend.executor.launch(kernel, grid=blocks, block=threads, args=common)
 
@@ -393,8 +393,8 @@ def _depthwise(backend, x, weight, bias, geom: ConvGeometry, *, method: str | No
     multiplier = c_out // channels
     bias = _bias_or_zeros(xp, bias, c_out, dtype)
     out = xp.empty((batch, c_out, *geom.out_size), dtype=dtype)
-    g = as_3d(geom)
-    plan = depthwise_tiled_plan(g, batch, channels, multiplier, dtype.itemsize)
+    geom3 = as_3d(geom)
+    plan = depthwise_tiled_plan(geom3, batch, channels, multiplier, dtype.itemsize)
     if method is None:
         method = "direct" if plan is None else "tiled"
     if method == "direct":
@@ -406,13 +406,14 @@ def _depthwise(backend, x, weight, bias, geom: ConvGeometry, *, method: str | No
         raise ValueError(f"method='tiled': no tile of kernel={geom.kernel}, "
                          f"dilation={geom.dilation} fits in shared memory")
     if index is None:
-        index = _kernels.index_dtype(x, weight, out, max_index=_max_index(g, plan.tasks, out.size))
+        index = _kernels.index_dtype(x, weight, out,
+                                     max_index=_max_index(geom3, plan.tasks, out.size))
     mode = PADDING_MODE_CODES[geom.padding_mode]
     kernel = backend.executor.get_function(DEPTHWISE_FILE,
                                            DEPTHWISE.name_expression(dtype, index, mode))
     backend.executor.launch(
         kernel, grid=plan.grid, block=plan.block,
-        args=(x, weight, bias, out, batch, channels, multiplier, *g.args(), plan.chunk),
+        args=(x, weight, bias, out, batch, channels, multiplier, *geom3.args(), plan.chunk),
         shared_mem=plan.shared_mem,
     )
     return out
@@ -466,15 +467,15 @@ def fold_padding(backend, padded, geom: ConvGeometry, *, index=None):
     out = xp.empty((batch, channels, *geom.in_size), dtype=dtype)
     if out.size == 0:
         return out
-    g = as_3d(geom)
+    geom3 = as_3d(geom)
     blocks = _grid_stride_blocks(out.size)
     if index is None:
         index = _kernels.index_dtype(
             padded, out, max_index=2 * (padded.size + out.size + THREADS * (blocks + 1)))
     kernel = backend.executor.get_function(FOLD_FILE, FOLD.name_expression(dtype, index, mode))
     backend.executor.launch(kernel, grid=blocks, block=THREADS,
-                            args=(padded, out, batch * channels, *g.in_size, *g.pad_lo,
-                                  *g.padded_size))
+                            args=(padded, out, batch * channels, *geom3.in_size, *geom3.pad_lo,
+                                  *geom3.padded_size))
     return out
 
 

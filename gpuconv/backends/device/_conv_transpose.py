@@ -1,5 +1,5 @@
-"""``conv_transpose`` (1-D/2-D/3-D) and its gradients on the device backends: kernel ``conv_transpose3d`` in
-``kernels/conv_transpose.cu``.
+"""``conv_transpose`` (1-D/2-D/3-D) and its gradients on the device backends: kernel
+``conv_transpose3d`` in ``kernels/conv_transpose.cu``.
 
 The kernel gathers: one thread per output position (and ``CoutPerThread`` output channels)
 sums exactly the (input position, tap) pairs that land on it, so no atomics and no scatter
@@ -68,9 +68,9 @@ def plan(x_shape, weight_shape, geom: ConvGeometry, itemsize: int, *,
     docstring says.
 
     >>> from gpuconv._shapes import conv_transpose_geometry
-    >>> g = conv_transpose_geometry((8, 8), (4, 4), stride=2, padding=1, output_padding=0,
+    >>> geom = conv_transpose_geometry((8, 8), (4, 4), stride=2, padding=1, output_padding=0,
     ...                             dilation=1)
-    >>> p = plan((2, 64, 8, 8), (64, 32, 4, 4), g, 4)
+    >>> p = plan((2, 64, 8, 8), (64, 32, 4, 4), geom, 4)
     >>> p.cout_per_thread, p.stage_weights, p.chunk, p.threads, p.grid
     (4, True, 48, 256, (1, 16))
     """
@@ -143,14 +143,14 @@ def conv_transpose(backend, x, weight, bias, geom: ConvGeometry, *, index=None, 
         bias = xp.zeros(c_out, dtype=dtype)
     p = plan(x.shape, weight.shape, geom, dtype.itemsize, **forced)
 
-    g = as_3d(geom)  # pad_lo is the crop
+    geom3 = as_3d(geom)  # pad_lo is the crop
 
     if index is None:
         # Besides array offsets the kernel forms full-output positions (o + crop), the
         # flattened (image, group, channel block) index and tile * blockDim.x.
         blocks_y = batch * geom.groups * ceil_div(og, p.cout_per_thread)
-        max_index = max(g.reach(g.in_size), blocks_y + p.grid[1],
-                        math.prod(g.out_size) + p.threads * (p.grid[0] + 1))
+        max_index = max(geom3.reach(geom3.in_size), blocks_y + p.grid[1],
+                        math.prod(geom3.out_size) + p.threads * (p.grid[0] + 1))
         index = _kernels.index_dtype(x, weight, out, max_index=max_index)
     name = FAMILY.name_expression(dtype, index, p.cout_per_thread, p.stage_weights)
     function = backend.executor.get_function(FILE, name)
@@ -158,8 +158,8 @@ def conv_transpose(backend, x, weight, bias, geom: ConvGeometry, *, index=None, 
         function,
         grid=p.grid,
         block=p.threads,
-        args=(x, weight, bias, out, batch, c_in, c_out, geom.groups, *g.args(),
-              *g.tap_step(), p.chunk),
+        args=(x, weight, bias, out, batch, c_in, c_out, geom.groups, *geom3.args(),
+              *geom3.tap_step(), p.chunk),
         shared_mem=p.shared_mem,
     )
     return out

@@ -168,7 +168,7 @@ def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
     weight_matrix = weight.reshape(groups, og, cg * taps)  # (G, og, cg * K)
     has_mask = mask is not None
     mask_arg = mask if has_mask else xp.zeros(1, dtype=dtype)  # unread without HasMask
-    c_per_og = c_in // offset_groups
+    c_per_offset_group = c_in // offset_groups
     stride_h, stride_w = geom.stride
     pad_h, pad_w = geom.pad_lo
     dil_h, dil_w = geom.dilation
@@ -177,7 +177,7 @@ def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
         n_img, n_pos = b1 - b0, p1 - p0
         columns = columns_buffer[: rows * n_img * n_pos].reshape(rows, n_img * n_pos)
         points = n_img * offset_groups * taps * n_pos
-        slice_, grid = chunk_launch(points, c_per_og, channel_slice, max_grid_x)
+        slice_, grid = chunk_launch(points, c_per_offset_group, channel_slice, max_grid_x)
         x_chunk = x[b0:b1]
         offset_chunk = offset[b0:b1]
         mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
@@ -252,7 +252,7 @@ def deform_conv2d_grad(backend, x, offset, weight, mask, grad_output, geom: Conv
     weight_t = weight.reshape(groups, og, cg * taps).transpose(0, 2, 1)  # (G, cg * K, og)
     mask_arg = mask if has_mask else xp.zeros(1, dtype=cdt)  # unread without HasMask
     grad_output = grad_output.reshape(batch, c_out, positions)
-    c_per_og = c_in // offset_groups
+    c_per_offset_group = c_in // offset_groups
     stride_h, stride_w = geom.stride
     pad_h, pad_w = geom.pad_lo
     dil_h, dil_w = geom.dilation
@@ -263,7 +263,7 @@ def deform_conv2d_grad(backend, x, offset, weight, mask, grad_output, geom: Conv
         n_cols = n_img * n_pos
         columns = columns_buffer[: rows * n_cols].reshape(rows, n_cols)
         points = n_img * offset_groups * taps * n_pos
-        slice_, grid = chunk_launch(points, c_per_og, channel_slice, max_grid_x)
+        slice_, grid = chunk_launch(points, c_per_offset_group, channel_slice, max_grid_x)
         x_chunk = x[b0:b1]
         offset_chunk = offset[b0:b1]
         mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
