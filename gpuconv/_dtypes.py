@@ -39,6 +39,15 @@ TYPE_CODES: dict[str, np.dtype] = {
     "bool": np.dtype(np.bool_),
 }
 
+try:  # bfloat16 needs ml_dtypes (an optional dependency: the ``bf16`` extra)
+    import ml_dtypes as _ml_dtypes
+except ImportError:  # pragma: no cover - depends on the environment
+    BFLOAT16 = None
+else:
+    #: NumPy's bfloat16 dtype (``ml_dtypes.bfloat16``), or None when ml_dtypes is missing
+    BFLOAT16 = np.dtype(_ml_dtypes.bfloat16)
+    TYPE_CODES["bf16"] = BFLOAT16
+
 
 def accumulation_dtype(dtype) -> np.dtype:
     """The dtype that ``dtype`` is computed in: float32 for float16, else ``dtype`` itself

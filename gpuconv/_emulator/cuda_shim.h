@@ -9,9 +9,10 @@
 //   dim3, uint3, threadIdx, blockIdx, blockDim, gridDim, warpSize
 //   __syncthreads(), __syncthreads_count/and/or() -- real block-wide barriers (fibers)
 //   static __shared__ arrays, dynamic shared memory via GPUCONV_DYNAMIC_SHARED(T, name)
-//   atomicAdd (int, unsigned, unsigned long long, long long, float, double, __half),
+//   atomicAdd (int, unsigned, unsigned long long, long long, float, double, __half,
+//   __nv_bfloat16),
 //   atomicSub/Min/Max/Exch/CAS on integers, __threadfence()
-//   __half / half with round-to-nearest-even conversions and arithmetic
+//   __half / half and __nv_bfloat16 with round-to-nearest-even conversions and arithmetic
 //   __ldg, the <cmath> functions, min/max, a few intrinsics (__fdividef, rsqrtf, __expf, ...)
 //   assert() and __trap() inside kernels (reported as an EmulatorError, not an abort)
 //   warp collectives: __syncwarp, __shfl_sync/_up/_down/_xor (with width), __ballot_sync,
@@ -680,6 +681,73 @@ inline __half __hfma(__half a, __half b, __half c) {
 inline bool __hisnan(__half a) { return (a.__x & 0x7fffu) > 0x7c00u; }
 
 // ---------------------------------------------------------------------------------------------
+// __nv_bfloat16 (cuda_bf16.h): the top 16 bits of an IEEE binary32; conversions from float round
+// to nearest even (NaN stays a quiet NaN), to float are exact. + - * / are computed in float and
+// rounded once, which is correctly rounded (24 >= 2*8 + 2), as on the GPU.
+// ---------------------------------------------------------------------------------------------
+namespace gpuconv_emu {
+inline unsigned short float_to_bf16_bits(float f) {
+    unsigned int x;
+    std::memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<unsigned short>((x >> 16) | 0x40u);
+    x += 0x7fffu + ((x >> 16) & 1u);  // round to nearest even (may carry into the exponent)
+    return static_cast<unsigned short>(x >> 16);
+}
+inline float bf16_bits_to_float(unsigned short h) {
+    const unsigned int x = static_cast<unsigned int>(h) << 16;
+    float f;
+    std::memcpy(&f, &x, 4);
+    return f;
+}
+}  // namespace gpuconv_emu
+
+struct __nv_bfloat16 {
+    unsigned short __x;
+    __nv_bfloat16() = default;
+    __nv_bfloat16(float f) : __x(::gpuconv_emu::float_to_bf16_bits(f)) {}
+    __nv_bfloat16(double d) : __x(::gpuconv_emu::float_to_bf16_bits(static_cast<float>(d))) {}
+    __nv_bfloat16(int i) : __x(::gpuconv_emu::float_to_bf16_bits(static_cast<float>(i))) {}
+    operator float() const { return ::gpuconv_emu::bf16_bits_to_float(__x); }
+    __nv_bfloat16& operator+=(const __nv_bfloat16& o) { return *this = __nv_bfloat16(float(*this) + float(o)); }
+    __nv_bfloat16& operator-=(const __nv_bfloat16& o) { return *this = __nv_bfloat16(float(*this) - float(o)); }
+    __nv_bfloat16& operator*=(const __nv_bfloat16& o) { return *this = __nv_bfloat16(float(*this) * float(o)); }
+    __nv_bfloat16& operator/=(const __nv_bfloat16& o) { return *this = __nv_bfloat16(float(*this) / float(o)); }
+};
+typedef __nv_bfloat16 nv_bfloat16;
+static_assert(sizeof(__nv_bfloat16) == 2, "__nv_bfloat16 must be 16 bits");
+
+inline __nv_bfloat16 operator+(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __nv_bfloat16(float(a) + float(b)); }
+inline __nv_bfloat16 operator-(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __nv_bfloat16(float(a) - float(b)); }
+inline __nv_bfloat16 operator*(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __nv_bfloat16(float(a) * float(b)); }
+inline __nv_bfloat16 operator/(const __nv_bfloat16& a, const __nv_bfloat16& b) { return __nv_bfloat16(float(a) / float(b)); }
+inline __nv_bfloat16 operator-(const __nv_bfloat16& a) {
+    __nv_bfloat16 r;
+    r.__x = static_cast<unsigned short>(a.__x ^ 0x8000u);
+    return r;
+}
+inline bool operator==(const __nv_bfloat16& a, const __nv_bfloat16& b) { return float(a) == float(b); }
+inline bool operator!=(const __nv_bfloat16& a, const __nv_bfloat16& b) { return float(a) != float(b); }
+inline bool operator<(const __nv_bfloat16& a, const __nv_bfloat16& b) { return float(a) < float(b); }
+inline bool operator<=(const __nv_bfloat16& a, const __nv_bfloat16& b) { return float(a) <= float(b); }
+inline bool operator>(const __nv_bfloat16& a, const __nv_bfloat16& b) { return float(a) > float(b); }
+inline bool operator>=(const __nv_bfloat16& a, const __nv_bfloat16& b) { return float(a) >= float(b); }
+
+inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
+inline __nv_bfloat16 __double2bfloat16(double d) { return __nv_bfloat16(d); }
+inline float __bfloat162float(__nv_bfloat16 h) { return float(h); }
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short bits) {
+    __nv_bfloat16 h;
+    h.__x = bits;
+    return h;
+}
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.__x; }
+inline bool __hisnan(__nv_bfloat16 a) { return (a.__x & 0x7fffu) > 0x7f80u; }
+inline __nv_bfloat16 __hfma(__nv_bfloat16 a, __nv_bfloat16 b, __nv_bfloat16 c) {
+    return __nv_bfloat16(static_cast<float>(double(float(a)) * double(float(b)) + double(float(c))));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Atomics: truly atomic across the emulator's worker threads
 // ---------------------------------------------------------------------------------------------
 namespace gpuconv_emu {
@@ -721,6 +789,9 @@ inline float atomicAdd(float* a, float v) {
 }
 inline double atomicAdd(double* a, double v) {
     return ::gpuconv_emu::atomic_fetch_add_float<double, std::uint64_t>(a, v);
+}
+inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) {
+    return ::gpuconv_emu::atomic_fetch_add_float<__nv_bfloat16, std::uint16_t>(a, v);
 }
 inline __half atomicAdd(__half* a, __half v) {
     return ::gpuconv_emu::atomic_fetch_add_float<__half, std::uint16_t>(a, v);
@@ -868,6 +939,7 @@ struct type_code {
     static constexpr const char* value =
         std::is_same<T, bool>::value                                  ? "bool"
         : std::is_same<T, __half>::value                              ? "f16"
+        : std::is_same<T, __nv_bfloat16>::value                       ? "bf16"
         : std::is_same<T, float>::value                               ? "f32"
         : std::is_same<T, double>::value                              ? "f64"
         : (std::is_integral<T>::value && std::is_signed<T>::value)    ? (sizeof(T) == 1   ? "i8"
