@@ -101,59 +101,44 @@ class Library:
         lib.gpuconv_emu_entry_signature.argtypes = [ctypes.c_int]
         lib.gpuconv_emu_entry_alignments.restype = ctypes.c_char_p
         lib.gpuconv_emu_entry_alignments.argtypes = [ctypes.c_int]
-        lib.gpuconv_emu_launch.restype = ctypes.c_int
-        lib.gpuconv_emu_launch.argtypes = [
-            ctypes.c_int,  # index
-            ctypes.POINTER(ctypes.c_uint),  # grid[3]
-            ctypes.POINTER(ctypes.c_uint),  # block[3]
-            ctypes.c_ulonglong,  # shared bytes
-            ctypes.POINTER(ctypes.c_void_p),  # argv
-            ctypes.c_uint,  # flags
-            ctypes.c_ulonglong,  # seed
-            ctypes.c_int,  # worker threads (0: hardware concurrency)
-            ctypes.POINTER(ctypes.c_int),  # cancel flag (NULL: none)
-            ctypes.c_char_p,  # errbuf
-            ctypes.c_size_t,  # errlen
-            ctypes.POINTER(ctypes.c_ulonglong),  # stats out
-        ]
-        lib.gpuconv_emu_checked_launch.restype = ctypes.c_int
-        lib.gpuconv_emu_checked_launch.argtypes = [
+        # every launch function: (index, grid[3], block[3], shared bytes, argv, ...,
+        # errbuf, errlen, stats out)
+        head = [
             ctypes.c_int,
             ctypes.POINTER(ctypes.c_uint),
             ctypes.POINTER(ctypes.c_uint),
             ctypes.c_ulonglong,
             ctypes.POINTER(ctypes.c_void_p),
+        ]
+        tail = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ulonglong)]
+        lib.gpuconv_emu_launch.restype = ctypes.c_int
+        lib.gpuconv_emu_launch.argtypes = head + [
+            ctypes.c_uint,  # flags
+            ctypes.c_ulonglong,  # seed
+            ctypes.c_int,  # worker threads (0: hardware concurrency)
+            ctypes.POINTER(ctypes.c_int),  # cancel flag (NULL: none)
+        ] + tail
+        lib.gpuconv_emu_checked_launch.restype = ctypes.c_int
+        lib.gpuconv_emu_checked_launch.argtypes = head + [
             ctypes.c_int,  # nargs
             ctypes.POINTER(ctypes.c_longlong),  # nbytes per argument (-1: scalar)
             ctypes.POINTER(ctypes.c_int),  # alias per argument (-1: none)
-            ctypes.c_uint,
-            ctypes.c_ulonglong,
-            ctypes.c_int,
+            ctypes.c_uint,  # flags
+            ctypes.c_ulonglong,  # seed
+            ctypes.c_int,  # worker threads
             ctypes.c_int,  # report fd
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.POINTER(ctypes.c_ulonglong),
-        ]
+        ] + tail
         #: whether this is a track build (race_check's cross-block check, counters())
         self.tracked = hasattr(lib, "gpuconv_emu_tracked_launch")
         if self.tracked:
             lib.gpuconv_emu_tracked_launch.restype = ctypes.c_int
-            lib.gpuconv_emu_tracked_launch.argtypes = [
-                ctypes.c_int,
-                ctypes.POINTER(ctypes.c_uint),
-                ctypes.POINTER(ctypes.c_uint),
-                ctypes.c_ulonglong,
-                ctypes.POINTER(ctypes.c_void_p),
+            lib.gpuconv_emu_tracked_launch.argtypes = head + [
                 ctypes.c_int,  # nargs
                 ctypes.POINTER(ctypes.c_longlong),  # nbytes per argument (-1: scalar)
                 ctypes.c_uint,  # flags
                 ctypes.c_uint,  # mode: TRACK_RACE | TRACK_COUNT
                 ctypes.c_ulonglong,  # seed
-                ctypes.c_char_p,
-                ctypes.c_size_t,
-                ctypes.POINTER(ctypes.c_ulonglong),
-                ctypes.POINTER(ctypes.c_void_p),  # report out (malloc'd text)
-            ]
+            ] + tail + [ctypes.POINTER(ctypes.c_void_p)]  # report out (malloc'd text)
             lib.gpuconv_emu_free.restype = None
             lib.gpuconv_emu_free.argtypes = [ctypes.c_void_p]
         self.fiber_impl = lib.gpuconv_emu_fiber_impl().decode()
