@@ -4,6 +4,8 @@ Why two shared modules: ``conftest.py`` holds what pytest injects by name -- the
 (``backend``, ``emulate``, ``emulator_check``, ``golden``) -- and is never imported by a test.
 This module holds what a test calls: importable, greppable, and one copy of each:
 
+* :func:`emulator_or_skip` and ``EMU_KERNELS``, the preamble of the emulator's own test
+  modules (test_emulator*.py);
 * the parameter lists every kernel test sweeps (``DTYPES``, ``MODES``, ``RANKS``) and the
   NumPy backend used as the reference (``REFERENCE``);
 * the one random convolution-case generator, :func:`random_conv_case`, with the value sets it
@@ -35,6 +37,23 @@ DTYPES = [np.float16, np.float32, np.float64]
 MODES = ["zeros", "reflect", "replicate", "circular"]
 RANKS = [1, 2, 3]
 REFERENCE = NumpyBackend()
+
+
+# ----------------------------------------------------------------------------- the emulator
+
+EMU_KERNELS = pathlib.Path(__file__).parent / "emu_kernels"
+
+
+def emulator_or_skip():
+    """``gpuconv._emulator``, or skip the calling test module where it cannot run (no g++).
+
+    Call it at module level: ``emu = emulator_or_skip()``."""
+    import pytest
+
+    emu = pytest.importorskip("gpuconv._emulator")
+    if not emu.available():
+        pytest.skip("g++ is not available: the emulator cannot run", allow_module_level=True)
+    return emu
 
 
 # ----------------------------------------------------------------------------- random cases

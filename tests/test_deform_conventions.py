@@ -213,6 +213,15 @@ def _assert_close(got, want, name):
 NAMES = ("output", "input", "offset", "weight", "mask")
 
 
+def _assert_all_close(got, want):
+    """Output and gradients (``NAMES``) close; None (no mask) where the reference has None."""
+    for name, a, b in zip(NAMES, got, want):
+        if b is None:
+            assert a is None, name
+        else:
+            _assert_close(a, b, name)
+
+
 # ------------------------------------------------------------------ integer sampling points
 
 
@@ -222,11 +231,7 @@ def test_integer_points_match_torchvision_definition(backend, geometry, kind, wi
     arrays, want = _case(geometry, kind, with_mask)
     stride, padding, dilation = geometry
     got = _run(backend, *arrays, stride=stride, padding=padding, dilation=dilation)
-    for name, a, b in zip(NAMES, got, want):
-        if b is None:
-            assert a is None
-        else:
-            _assert_close(a, b, name)
+    _assert_all_close(got, want)
 
 
 def test_reference_offset_gradient_at_the_border_is_the_slope_into_the_image():
@@ -297,11 +302,7 @@ def test_integer_points_match_torchvision_itself(backend, geometry, kind, with_m
     want = [out.detach().numpy()] + [None if a is None else a.grad.numpy()
                                      for a in (t[0], t[1], t[2], t[3])]
     got = _run(backend, *arrays, stride=stride, padding=padding, dilation=dilation)
-    for name, a, b in zip(NAMES, got, want):
-        if b is None:
-            assert a is None
-        else:
-            _assert_close(a, b, name)
+    _assert_all_close(got, want)
 
 
 # ------------------------------------------------------------------ non-finite values

@@ -7,17 +7,12 @@ and small GEMMs built on the primitives against numpy.matmul.
 
 from __future__ import annotations
 
-import pathlib
-
 import numpy as np
 import pytest
+from kernel_helpers import EMU_KERNELS, emulator_or_skip
 
-emu = pytest.importorskip("gpuconv._emulator")
-
-if not emu.available():
-    pytest.skip("g++ is not available: the emulator cannot run", allow_module_level=True)
-
-KDIR = pathlib.Path(__file__).parent / "emu_kernels"
+emu = emulator_or_skip()
+KDIR = EMU_KERNELS
 LDMATRIX = [f"ldmatrix_raw<{n}, {t}>" for n in (1, 2, 4) for t in ("false", "true")]
 NAMES = [
     "tile_layouts",

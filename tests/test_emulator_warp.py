@@ -14,13 +14,10 @@ import time
 
 import numpy as np
 import pytest
+from kernel_helpers import EMU_KERNELS, emulator_or_skip
 
-emu = pytest.importorskip("gpuconv._emulator")
-
-if not emu.available():
-    pytest.skip("g++ is not available: the emulator cannot run", allow_module_level=True)
-
-KDIR = pathlib.Path(__file__).parent / "emu_kernels"
+emu = emulator_or_skip()
+KDIR = EMU_KERNELS
 NAMES = [
     "shfl_kernel<int>",
     "shfl_kernel<double>",
