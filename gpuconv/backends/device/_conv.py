@@ -342,23 +342,32 @@ def _launch_conv(backend, x, weight, bias, out, geom: ConvGeometry, groups: int,
     common = (x, weight, bias, out, batch, c_in, c_out, groups, *geom3.args())
     if method == "tiled":
         plan = conv_tiled_plan(geom3, batch, c_in, c_out, groups, out.dtype.itemsize)
-        if plan is None:
-            raise ValueError(f"method='tiled': no tile of kernel={geom.kernel}, "
-                             f"dilation={geom.dilation} fits in shared memory")
-        if index is None:
-            index = _kernels.index_dtype(x, weight, out,
-                                         max_index=_max_index(geom3, plan.tasks, out.size))
-        kernel = backend.executor.get_function(CONV_FILE, TILED.name_expression(out.dtype, index, mode))
-        backend.executor.launch(kernel, grid=plan.grid, block=plan.block,
-                                args=(*common, plan.chunk), shared_mem=plan.shared_mem)
+        _launch_tiled(backend, CONV_FILE, TILED, plan, geom, x, weight, out, common, index)
         return
     total = out.size
     threads = min(DIRECT_THREADS, 32 * ceil_div(total, 32))
     blocks = max(1, min(ceil_div(total, threads), MAX_BLOCKS))
     if index is None:
         index = _kernels.index_dtype(x, weight, out, max_index=_max_index(geom3, total))
-    kernel = backend.executor.get_function(CONV_FILE, DIRECT.name_expression(out.dtype, index, mode))
+    kernel = backend.executor.get_function(CONV_FILE,
+                                           DIRECT.name_expression(out.dtype, index, mode))
     backend.executor.launch(kernel, grid=blocks, block=threads, args=common)
+
+
+def _launch_tiled(backend, file: str, family, plan: TiledPlan | None, geom: ConvGeometry,
+                  x, weight, out, args: tuple, index) -> None:
+    """One launch of a tiled kernel (``conv_tiled``, ``depthwise_tiled``) with ``plan``:
+    ``args`` and then the plan's chunk. ValueError if no tile fits (``plan`` None)."""
+    if plan is None:
+        raise ValueError(f"method='tiled': no tile of kernel={geom.kernel}, "
+                         f"dilation={geom.dilation} fits in shared memory")
+    if index is None:
+        index = _kernels.index_dtype(x, weight, out,
+                                     max_index=_max_index(as_3d(geom), plan.tasks, out.size))
+    mode = PADDING_MODE_CODES[geom.padding_mode]
+    kernel = backend.executor.get_function(file, family.name_expression(out.dtype, index, mode))
+    backend.executor.launch(kernel, grid=plan.grid, block=plan.block, args=(*args, plan.chunk),
+                            shared_mem=plan.shared_mem)
 
 
 def depthwise_conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = None,
@@ -402,20 +411,8 @@ def _depthwise(backend, x, weight, bias, geom: ConvGeometry, *, method: str | No
         _launch_conv(backend, x, weight, bias, out, geom, channels, method="direct",
                      index=index)
         return out
-    if plan is None:
-        raise ValueError(f"method='tiled': no tile of kernel={geom.kernel}, "
-                         f"dilation={geom.dilation} fits in shared memory")
-    if index is None:
-        index = _kernels.index_dtype(x, weight, out,
-                                     max_index=_max_index(geom3, plan.tasks, out.size))
-    mode = PADDING_MODE_CODES[geom.padding_mode]
-    kernel = backend.executor.get_function(DEPTHWISE_FILE,
-                                           DEPTHWISE.name_expression(dtype, index, mode))
-    backend.executor.launch(
-        kernel, grid=plan.grid, block=plan.block,
-        args=(x, weight, bias, out, batch, channels, multiplier, *geom3.args(), plan.chunk),
-        shared_mem=plan.shared_mem,
-    )
+    _launch_tiled(backend, DEPTHWISE_FILE, DEPTHWISE, plan, geom, x, weight, out,
+                  (x, weight, bias, out, batch, channels, multiplier, *geom3.args()), index)
     return out
 
 

@@ -27,6 +27,9 @@ end (the gradient kernels are instantiated for float32 and float64 only).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from ... import _kernels
@@ -122,6 +125,55 @@ def chunk_index(arrays, geom: ConvGeometry, in_size, kernel, points: int, grid_x
                                         columns_size))
 
 
+@dataclass(frozen=True)
+class SampledChunk:
+    """One chunk's ``deform_im2col`` launch, whose configuration the gradient kernels reuse:
+    the chunk's ``x``/``offset``/``mask`` arguments, the channel slice, the grid, the index
+    dtype and the scalar arguments every deform kernel takes (images, channels, sizes,
+    kernel, stride, padding, dilation, offset groups)."""
+
+    x: Any
+    offset: Any
+    mask: Any
+    channel_slice: int
+    grid: tuple[int, int]
+    index: np.dtype
+    scalars: tuple[int, ...]
+
+
+def sample_columns(backend, x, offset, mask, columns, geom: ConvGeometry, offset_groups: int,
+                   kernel: tuple[int, int], chunk: tuple[int, int, int, int], *,
+                   channel_slice: int | None, max_grid_x: int, index, margin: int = 1
+                   ) -> SampledChunk:
+    """Launch ``deform_im2col`` for images ``b0:b1`` and positions ``p0:p1`` (``chunk``),
+    writing ``columns`` (C_in * K, n_img * n_pos): the bilinearly sampled, mask-scaled inputs.
+    ``mask`` is None without a mask; ``margin`` scales the index bound (:func:`chunk_index`).
+    """
+    xp = backend.xp
+    b0, b1, p0, p1 = chunk
+    n_img, n_pos = b1 - b0, p1 - p0
+    _, c_in, height, width = x.shape
+    kh, kw = kernel
+    out_h, out_w = geom.out_size
+    has_mask = mask is not None
+    points = n_img * offset_groups * kh * kw * n_pos
+    slice_, grid = chunk_launch(points, c_in // offset_groups, channel_slice, max_grid_x)
+    x_chunk, offset_chunk = x[b0:b1], offset[b0:b1]
+    # unread without HasMask
+    mask_chunk = mask[b0:b1] if has_mask else xp.zeros(1, dtype=columns.dtype)
+    if index is None:
+        index = chunk_index((x_chunk, offset_chunk, columns), geom, (height, width), kernel,
+                            points, grid[0], columns.size, margin=margin)
+    scalars = (n_img, c_in, height, width, out_h, out_w, kh, kw, *geom.stride, *geom.pad_lo,
+               *geom.dilation, offset_groups)
+    function = backend.executor.get_function(
+        FILE, FAMILY.name_expression(columns.dtype, index, has_mask))
+    backend.executor.launch(function, grid=grid, block=THREADS,
+                            args=(x_chunk, offset_chunk, mask_chunk, columns, *scalars, slice_,
+                                  p0, n_pos))
+    return SampledChunk(x_chunk, offset_chunk, mask_chunk, slice_, grid, index, scalars)
+
+
 def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
                   offset_groups: int, *, workspace_bytes: int | None = None,
                   channel_slice: int | None = None, max_grid_x: int = MAX_GRID_X, index=None):
@@ -166,35 +218,13 @@ def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
                       WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes)
     columns_buffer = xp.empty(rows * nb * pc, dtype=dtype)
     weight_matrix = weight.reshape(groups, og, cg * taps)  # (G, og, cg * K)
-    has_mask = mask is not None
-    mask_arg = mask if has_mask else xp.zeros(1, dtype=dtype)  # unread without HasMask
-    c_per_offset_group = c_in // offset_groups
-    stride_h, stride_w = geom.stride
-    pad_h, pad_w = geom.pad_lo
-    dil_h, dil_w = geom.dilation
 
     for b0, b1, p0, p1 in chunks(batch, positions, nb, pc):
         n_img, n_pos = b1 - b0, p1 - p0
         columns = columns_buffer[: rows * n_img * n_pos].reshape(rows, n_img * n_pos)
-        points = n_img * offset_groups * taps * n_pos
-        slice_, grid = chunk_launch(points, c_per_offset_group, channel_slice, max_grid_x)
-        x_chunk = x[b0:b1]
-        offset_chunk = offset[b0:b1]
-        mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
-        chunk_dtype = index
-        if chunk_dtype is None:
-            chunk_dtype = chunk_index((x_chunk, offset_chunk, columns), geom, (height, width),
-                                      (kh, kw), points, grid[0], rows * n_img * n_pos)
-        name = FAMILY.name_expression(dtype, chunk_dtype, has_mask)
-        function = backend.executor.get_function(FILE, name)
-        backend.executor.launch(
-            function,
-            grid=grid,
-            block=THREADS,
-            args=(x_chunk, offset_chunk, mask_chunk, columns, n_img, c_in, height, width,
-                  out_h, out_w, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                  offset_groups, slice_, p0, n_pos),
-        )
+        sample_columns(backend, x, offset, mask, columns, geom, offset_groups, (kh, kw),
+                       (b0, b1, p0, p1), channel_slice=channel_slice, max_grid_x=max_grid_x,
+                       index=index)
         # (G, og, cg * K) @ (G, cg * K, n_img * n_pos) -> (G, og, n_img * n_pos)
         product = backend.executor.matmul(
             weight_matrix, columns.reshape(groups, cg * taps, n_img * n_pos))
@@ -250,36 +280,17 @@ def deform_conv2d_grad(backend, x, offset, weight, mask, grad_output, geom: Conv
     nb, pc = chunking(batch, positions, rows, cdt.itemsize, max(1, budget // 2))
     columns_buffer = xp.empty(rows * nb * pc, dtype=cdt)
     weight_t = weight.reshape(groups, og, cg * taps).transpose(0, 2, 1)  # (G, cg * K, og)
-    mask_arg = mask if has_mask else xp.zeros(1, dtype=cdt)  # unread without HasMask
     grad_output = grad_output.reshape(batch, c_out, positions)
-    c_per_offset_group = c_in // offset_groups
-    stride_h, stride_w = geom.stride
-    pad_h, pad_w = geom.pad_lo
-    dil_h, dil_w = geom.dilation
     executor = backend.executor
 
     for b0, b1, p0, p1 in chunks(batch, positions, nb, pc):
         n_img, n_pos = b1 - b0, p1 - p0
         n_cols = n_img * n_pos
         columns = columns_buffer[: rows * n_cols].reshape(rows, n_cols)
-        points = n_img * offset_groups * taps * n_pos
-        slice_, grid = chunk_launch(points, c_per_offset_group, channel_slice, max_grid_x)
-        x_chunk = x[b0:b1]
-        offset_chunk = offset[b0:b1]
-        mask_chunk = mask_arg[b0:b1] if has_mask else mask_arg
-        chunk_dtype = index
-        if chunk_dtype is None:
-            chunk_dtype = chunk_index((x_chunk, offset_chunk, columns), geom,
-                                              (height, width), (kh, kw), points, grid[0],
-                                              rows * n_cols, margin=2)
-        common = (n_img, c_in, height, width, out_h, out_w, kh, kw, stride_h, stride_w,
-                  pad_h, pad_w, dil_h, dil_w, offset_groups)
         # The forward's columns (mask-scaled samples): (C_in * K, n_img * n_pos)
-        im2col = executor.get_function(
-            FILE, FAMILY.name_expression(cdt, chunk_dtype, has_mask))
-        executor.launch(im2col, grid=grid, block=THREADS,
-                        args=(x_chunk, offset_chunk, mask_chunk, columns, *common, slice_,
-                              p0, n_pos))
+        chunk = sample_columns(backend, x, offset, mask, columns, geom, offset_groups, (kh, kw),
+                               (b0, b1, p0, p1), channel_slice=channel_slice,
+                               max_grid_x=max_grid_x, index=index, margin=2)
         # grad_output of the chunk as (G, og, n_img * n_pos)
         go = xp.ascontiguousarray(grad_output[b0:b1, :, p0:p1].transpose(1, 0, 2))
         go = go.reshape(groups, og, n_cols)
@@ -288,14 +299,14 @@ def deform_conv2d_grad(backend, x, offset, weight, mask, grad_output, geom: Conv
         # gradient of the columns: (G, cg * K, og) @ (G, og, n_cols) = (C_in * K, n_cols)
         grad_cols = xp.ascontiguousarray(executor.matmul(weight_t, go)).reshape(rows, n_cols)
         col2im = executor.get_function(
-            GRAD_FILE, COL2IM.name_expression(cdt, chunk_dtype, has_mask))
-        executor.launch(col2im, grid=grid, block=THREADS,
-                        args=(offset_chunk, mask_chunk, grad_cols, grad_x[b0:b1], *common,
-                              slice_, p0, n_pos))
+            GRAD_FILE, COL2IM.name_expression(cdt, chunk.index, has_mask))
+        executor.launch(col2im, grid=chunk.grid, block=THREADS,
+                        args=(chunk.offset, chunk.mask, grad_cols, grad_x[b0:b1], *chunk.scalars,
+                              chunk.channel_slice, p0, n_pos))
         coord = executor.get_function(
-            GRAD_FILE, COL2IM_COORD.name_expression(cdt, chunk_dtype, has_mask))
-        grad_mask_chunk = grad_mask[b0:b1] if has_mask else mask_arg
-        executor.launch(coord, grid=(grid[0], 1), block=THREADS,
-                        args=(x_chunk, offset_chunk, mask_chunk, grad_cols,
-                              grad_offset[b0:b1], grad_mask_chunk, *common, p0, n_pos))
+            GRAD_FILE, COL2IM_COORD.name_expression(cdt, chunk.index, has_mask))
+        grad_mask_chunk = grad_mask[b0:b1] if has_mask else chunk.mask
+        executor.launch(coord, grid=(chunk.grid[0], 1), block=THREADS,
+                        args=(chunk.x, chunk.offset, chunk.mask, grad_cols,
+                              grad_offset[b0:b1], grad_mask_chunk, *chunk.scalars, p0, n_pos))
     return result()
