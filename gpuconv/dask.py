@@ -70,7 +70,7 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
 import gpuconv
-from . import _validate
+from . import _shapes, _validate
 from .backends.numpy_grad import pad_index
 
 __all__ = [
@@ -370,7 +370,7 @@ def _conv_family(op, x, weight, bias, *, stride, padding, dilation, groups, padd
         _conv_out_chunks(x.chunks[2 + a], geom.out_size[a], geom.stride[a])
         for a in range(geom.ndim))
     out_chunks = (x.chunks[0], ch_out, *sp_chunks)
-    extent = tuple(d * (k - 1) + 1 for k, d in zip(geom.kernel, geom.dilation))
+    extent = tuple(map(_shapes.full_extent, geom.kernel, geom.dilation))
     windows = _spatial_windows(x, sp_chunks, geom.stride, geom.pad_lo, extent)
     values = {}
     token = tokenize(weight, bias, pointwise)
@@ -502,7 +502,7 @@ def _conv_transpose(op, x, weight, bias, *, stride, padding, output_padding, dil
     x = x.rechunk({1: _group_chunks(x.chunks[1], per_group)})
     st = _starts(x.chunks[1])
     ch_out = tuple((b - a) // per_group * out_per_group for a, b in zip(st[:-1], st[1:]))
-    extent = tuple(d * (k - 1) + 1 for k, d in zip(geom.kernel, geom.dilation))
+    extent = tuple(map(_shapes.full_extent, geom.kernel, geom.dilation))
     sp_chunks, windows, places = [], [], []
     for a in range(geom.ndim):
         s, lo, n = geom.stride[a], geom.pad_lo[a], geom.in_size[a]
@@ -618,7 +618,7 @@ def deform_conv2d(x, offset, weight, bias=None, *, stride=1, padding=0, dilation
     m = 0.0 if max_offset is None else float(max_offset)
     margin_lo = (math.ceil(m),) * 2
     margin_hi = (math.floor(m) + 1,) * 2 if max_offset is not None else (0, 0)
-    extent = tuple(d * (k - 1) + 1 for k, d in zip(geom.kernel, geom.dilation))
+    extent = tuple(map(_shapes.full_extent, geom.kernel, geom.dilation))
     windows = _spatial_windows(x, sp_chunks, geom.stride, geom.pad_lo, extent,
                                margin_lo, margin_hi)
     if max_offset is None:

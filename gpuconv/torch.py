@@ -229,8 +229,11 @@ def _conv_out(in_size, kernel, stride, padding, dilation):
 
 
 def _transpose_out(in_size, kernel, stride, padding, output_padding, dilation):
-    return [(n - 1) * stride[i] - padding[2 * i] - padding[2 * i + 1] + dilation[i] * (k - 1)
-            + output_padding[i] + 1 for i, (n, k) in enumerate(zip(in_size, kernel))]
+    """Output sizes of a transposed convolution with flat ``(lo, hi)`` pads (plain integer
+    arithmetic too)."""
+    return [_shapes.conv_transpose_out_size(n, k, stride[i], padding[2 * i], padding[2 * i + 1],
+                                            dilation[i], output_padding[i])
+            for i, (n, k) in enumerate(zip(in_size, kernel))]
 
 
 def _bias_grad(grad_output):
