@@ -68,7 +68,7 @@ import numpy as np
 from ... import _kernels
 from ..._dtypes import accumulation_dtype
 from ..._limits import MAX_BLOCKS, MAX_DYNAMIC_SHARED_BYTES, MAX_GRID_Y, THREADS, WORKSPACE_BYTES
-from ..._shapes import ConvGeometry, Geometry3d, as_3d, conv_as_transpose, is_pointwise
+from ..._shapes import ConvGeometry, Geometry3d, as_3d, conv_as_transpose, is_pointwise, span
 from ._common import PADDING_MODE_CODES, ceil_div, pow2_at_least, prepare
 
 CONV_FILE = "conv.cu"
@@ -194,8 +194,8 @@ def conv_tiled_plan(geom3: Geometry3d, batch: int, c_in: int, c_out: int, groups
     bz = min(pow2_at_least(ceil_div(og, co)), CONV_MAX_THREADS // (bx * by), 64)
 
     def per_channel_bytes(bx, by, bz):  # one staged input channel: its tile and weights
-        rows_in = (by - 1) * s_h + (k_h - 1) * d_h + 1
-        cols_in = (bx * rw - 1) * s_w + (k_w - 1) * d_w + 1
+        rows_in = span(by, k_h, s_h, d_h)
+        cols_in = span(bx * rw, k_w, s_w, d_w)
         return (rows_in * cols_in + k_h * k_w * co * bz) * itemsize
 
     block = _fit_block((bx, by, bz), per_channel_bytes)
@@ -234,8 +234,7 @@ def depthwise_tiled_plan(geom3: Geometry3d, batch: int, channels: int, multiplie
     bz = min(pow2_at_least(out_d), limit // (bx * by), 64)
 
     def tile_volume(bx, by, bz):  # input tile incl. halo, in elements
-        return (((bz - 1) * s_d + (k_d - 1) * d_d + 1) * ((by - 1) * s_h + (k_h - 1) * d_h + 1)
-                * ((bx * rw - 1) * s_w + (k_w - 1) * d_w + 1))
+        return span(bz, k_d, s_d, d_d) * span(by, k_h, s_h, d_h) * span(bx * rw, k_w, s_w, d_w)
 
     block = _fit_block((bx, by, bz), lambda *b: (tile_volume(*b) + taps) * itemsize)
     if block is None:
