@@ -243,7 +243,7 @@ def deform_conv2d_grad(backend, x, offset, weight, mask, grad_output, geom: Conv
 
     See the module docstring for the algorithm. ``workspace_bytes`` (the two column buffers
     together), ``channel_slice``, ``max_grid_x`` and ``index`` are test hooks as in
-    :func:`gpuconv.backends.device.deform_conv2d`.
+    :func:`deform_conv2d`.
     """
     xp = backend.xp
     dtype = np.dtype(x.dtype)
