@@ -1,0 +1,341 @@
+// conv_igemm.cu: forward convolution as an implicit GEMM on tensor cores (mma.sync).
+//
+// The convolution of conv.cu (cross-correlation, groups, stride, dilation, every padding mode;
+// 1-D/2-D calls lifted to 3-D with unit leading dims) seen as one GEMM per group g:
+//
+//     out[m, n] = bias[co] + sum_k A[m, k] * B[k, n]        (then one rounding to T)
+//     m = (nb, od, oh, ow)       M = N * OD * OH * OW        (row of A, of the output)
+//     n = co - g * C_out/groups  N = C_out / groups          (co = g * N + n)
+//     k = (ci, kd, kh, kw)       K = C_in/groups * KD * KH * KW
+//     A[m, k] = xpad[nb, g * C_in/groups + ci, od*sd - pd + kd*dd, oh*sh - ph + kh*dh,
+//                    ow*sw - pw + kw*dw]           (the implicit im2col matrix, never stored)
+//     B[k, n] = weight[co, ci, kd, kh, kw]         (a weight row is K contiguous elements)
+//
+// xpad reads through gpuconv::source_index<Mode> (padding.cuh): zeros, reflect, replicate,
+// circular. T is the storage type and picks the tensor-core instruction:
+//     __half          f16  mma.m16n8k16, fp32 accumulation
+//     unsigned short  bf16 mma.m16n8k16, fp32 accumulation (bfloat16 bits: the emulator and the
+//                     type-code table have no bfloat16 type yet)
+//     float           TF32 mma.m16n8k8, fp32 accumulation; both operands are rounded to TF32
+//                     (cvt.rna: to nearest, ties away from zero) as they leave shared memory.
+//
+// Block: 128 threads (4 warps) compute a BM x BN = 64 x 64 tile of one group's output
+// (grid = (ceil(M / 64), ceil(N / 64), groups)); warp w computes the 32 x 32 sub-tile at
+// m + 32 (w % 2), n + 32 (w / 2): 2 x 4 mma tiles of 16 x 8, 32 fp32 accumulators per lane.
+// K advances by BK = 64 bytes of elements per stage (32 f16/bf16, 16 f32) through a STAGES-deep
+// ring of shared-memory buffers (cp.async commit/wait_group; one __syncthreads per stage):
+//   * A stage: sA[BK][BM + 8], m contiguous (the input's contiguous direction in NCDHW). Thread
+//     t owns row m0 + t % 64 and the k rows t / 64 + 2j of every stage; its (nb, od, oh, ow) is
+//     decoded once per block and its (ci, kd, kh, kw) advanced by 2 per row, never divided.
+//     float: one 4-byte cp.async per element, src-size 0 (zero fill) for zero padding and for m
+//     or k out of range. 16-bit: a 2-byte element cannot be moved by cp.async (4 bytes at
+//     least, aligned), and in NCDHW consecutive m are neither contiguous across kernel taps nor
+//     aligned (iw = ow*sw - pw + kw*dw), so each element is a plain load + shared store issued
+//     at the same point of the pipeline (its latency is not hidden by the ring).
+//   * B stage: sB[BN][BK], k contiguous, copied from the weight rows with cp.async of w_vec
+//     bytes (host-chosen: 16 when every row start is 16-byte aligned, else 4, else -- 16-bit
+//     with odd K -- a plain 2-byte copy); src-size covers the K tail and the zero fill past N.
+//     Thread c of a copy round takes row c / (64 / w_vec): 4 lanes read a row's 64 bytes.
+//   * Fragments: f16/bf16 A by ldmatrix.x4.trans, B by ldmatrix.x4; TF32 A by 32-bit shared
+//     loads, B by ldmatrix.x4 on 32-bit words (a row of 4 floats is a row of 8 b16).
+//     Bank conflicts: none on any fragment load or staging write. sA rows are padded by 16
+//     bytes (16-bit: a 144-byte pitch, 9 16-byte units, puts the 8 rows of an ldmatrix phase
+//     on 8 distinct bank quads) or 32 bytes (float: a 72-word pitch puts lane (g, t)'s word at
+//     bank 8t + g). sB rows are 64 bytes with the 16-byte chunk c of row r stored at chunk
+//     c ^ ((r / 2) % 4) (an XOR swizzle): the 8 rows of an ldmatrix phase, and the rows r, r + 1
+//     that one 8-lane cp.async phase writes, land on 8 distinct bank quads.
+//   * Epilogue: acc + bias (fp32) converted once to T, stored straight from the fragments.
+// Shared memory: STAGES * 8704 bytes (26112 for 3 stages), static.
+// Speed: per stage a warp issues 16 mma.m16n8k16 against 8 ldmatrix.x4 (2 mma per ldmatrix;
+// TF32: 16 mma.m16n8k8 against 4 ldmatrix.x4 and 16 32-bit loads); global traffic per block
+// is (BM + BN) * 64 bytes per stage. In this first version the A gather's per-element address
+// arithmetic and, for 16-bit types, its synchronous loads bound the speed (an NDHWC layout,
+// with k = ci innermost, gathers 16-byte vectors with cp.async instead).
+#include "common.cuh"
+#include "padding.cuh"
+#include "mma.cuh"
+
+// Pipeline depth (shared-memory stages); the host reads the same value.
+#ifndef GPUCONV_IGEMM_STAGES
+#define GPUCONV_IGEMM_STAGES 3
+#endif
+
+namespace gpuconv {
+namespace igemm {
+
+constexpr int kStages = GPUCONV_IGEMM_STAGES;
+static_assert(kStages >= 2, "the cp.async ring needs two stages at least");
+constexpr int kThreads = 128;  // 4 warps, 2 (m) x 2 (n)
+constexpr int kBM = 64, kBN = 64, kWM = 32, kWN = 32;
+constexpr int kStageBytes = 64;  // bytes of K per row per stage
+
+// Per storage type: the shared-memory word, the k per mma, conversions.
+template <class T>
+struct elem;
+template <>
+struct elem<__half> {
+    using word = unsigned short;
+    static constexpr int kstep = 16;
+    static constexpr bool bf16 = false;
+    static GPUCONV_HD float to_float(word b) { return __half2float(__ushort_as_half(b)); }
+    static GPUCONV_HD word from_float(float v) { return __half_as_ushort(__float2half_rn(v)); }
+};
+template <>
+struct elem<unsigned short> {  // bfloat16 bits
+    using word = unsigned short;
+    static constexpr int kstep = 16;
+    static constexpr bool bf16 = true;
+    static GPUCONV_HD float to_float(word b) { return __uint_as_float(unsigned(b) << 16); }
+    static GPUCONV_HD word from_float(float v) {  // round to nearest even; NaN stays NaN
+        unsigned u = __float_as_uint(v);
+        if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<word>((u >> 16) | 0x40u);
+        u += 0x7fffu + ((u >> 16) & 1u);
+        return static_cast<word>(u >> 16);
+    }
+};
+template <>
+struct elem<float> {
+    using word = float;
+    static constexpr int kstep = 8;
+    static constexpr bool bf16 = false;
+    static GPUCONV_HD float to_float(word v) { return v; }
+    static GPUCONV_HD word from_float(float v) { return v; }
+};
+
+// f32 bits rounded to TF32 (10 fraction bits) to nearest, ties away from zero: cvt.rna.tf32.f32.
+static __device__ __forceinline__ unsigned to_tf32(float v) {
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+    unsigned r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(v));
+    return r;
+#else
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7f800000u) != 0x7f800000u) u += 0x1000u;  // inf and NaN are kept
+    return u & 0xffffe000u;
+#endif
+}
+
+}  // namespace igemm
+}  // namespace gpuconv
+
+// conv_igemm_fwd: see the file comment. Launch: grid (ceil(M / 64), ceil(C_out/groups / 64),
+// groups), block 128, no dynamic shared memory.
+template <class T, class Index, int Mode>
+__global__ void __launch_bounds__(128) conv_igemm_fwd(
+    const T* __restrict__ x,       // (N, C_in, D, H, W)
+    const T* __restrict__ weight,  // (C_out, C_in / groups, KD, KH, KW): row co is K elements
+    const T* __restrict__ bias,    // (C_out,); not read when has_bias == 0
+    T* __restrict__ out,           // (N, C_out, OD, OH, OW)
+    Index batch, Index c_in, Index c_out, Index groups,
+    Index in_d, Index in_h, Index in_w,
+    Index out_d, Index out_h, Index out_w,
+    Index k_d, Index k_h, Index k_w,
+    Index stride_d, Index stride_h, Index stride_w,
+    Index dil_d, Index dil_h, Index dil_w,
+    Index pad_d, Index pad_h, Index pad_w,
+    int has_bias,
+    int w_vec)                     // bytes per weight copy: 16, 4, or sizeof(T) (16-bit only)
+{
+    using namespace gpuconv::mma;
+    using E = gpuconv::igemm::elem<T>;
+    using W = typename E::word;
+    constexpr int S = gpuconv::igemm::kStages;
+    constexpr int BM = gpuconv::igemm::kBM, BN = gpuconv::igemm::kBN;
+    constexpr int BK = gpuconv::igemm::kStageBytes / int(sizeof(W));  // 32 (16-bit) or 16
+    constexpr int KS = E::kstep;
+    constexpr bool kTf32 = sizeof(W) == 4;
+    constexpr int APITCH = BM + 8;                          // 144 or 288 bytes
+    constexpr int V = 16 / int(sizeof(W));                  // elements per 16-byte chunk
+    __shared__ __align__(16) W sA[S][BK][APITCH];           // (stage, k, m)
+    __shared__ __align__(16) W sB[S][BN][BK];               // (stage, n, k), chunks swizzled
+    // Element k of weight-tile row r: its 16-byte chunk k / V sits at chunk (k / V) ^ ((r / 2)
+    // % 4) of the 64-byte row, so that the 8 rows of an ldmatrix phase, and the 8 chunks of a
+    // cp.async phase (rows r, r + 1), fall on 8 distinct bank quads.
+    auto b_at = [&](int s, int r, int k) -> W* {
+        return &sB[s][r][(((k / V) ^ ((r >> 1) & 3)) * V) + k % V];
+    };
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const Index cg = c_in / groups, og = c_out / groups;
+    const Index taps_hw = k_h * k_w, taps = k_d * taps_hw;
+    const Index K = cg * taps;
+    const Index out_plane = out_h * out_w, out_vol = out_d * out_plane;
+    const Index in_plane = in_h * in_w, in_vol = in_d * in_plane;
+    const Index M = batch * out_vol;
+    const Index m0 = Index(blockIdx.x) * BM, n0 = Index(blockIdx.y) * BN, g = blockIdx.z;
+    const W* x_bits = reinterpret_cast<const W*>(x);
+    const W* w_group = reinterpret_cast<const W*>(weight) + g * og * K;  // (og, K)
+
+    // ---- this thread's A row: decoded once; its k position advances by 2 per stage row
+    const int a_col = tid % BM, a_row0 = tid / BM;  // rows a_row0 + 2j of each stage
+    const Index am = m0 + a_col;
+    const bool am_ok = am < M;
+    Index pd0 = 0, ph0 = 0, pw0 = 0;
+    const W* x_m = x_bits;  // (cg, D, H, W) of the row's batch element and group
+    if (am_ok) {
+        const Index nb = am / out_vol, sp = am - nb * out_vol;
+        const Index od = sp / out_plane, r = sp - od * out_plane;
+        const Index oh = r / out_w, ow = r - oh * out_w;
+        pd0 = od * stride_d - pad_d;
+        ph0 = oh * stride_h - pad_h;
+        pw0 = ow * stride_w - pad_w;
+        x_m = x_bits + (nb * c_in + g * cg) * in_vol;
+    }
+    // (ci, kd, kh, kw) of k = a_row0 (the next row this thread loads)
+    Index a_ci = 0, a_kd = 0, a_kh = 0, a_kw = a_row0;
+    while (a_kw >= k_w) {  // k_w may be 1
+        a_kw -= k_w;
+        if (++a_kh == k_h) {
+            a_kh = 0;
+            if (++a_kd == k_d) a_kd = 0, ++a_ci;
+        }
+    }
+
+    auto load_stage = [&](int s, Index kt) {
+        // A: BK / 2 rows of one element each (k rows past K read as zero: a_ci >= cg)
+#pragma unroll 4
+        for (int j = 0; j < BK / 2; ++j) {
+            W* dst = &sA[s][a_row0 + 2 * j][a_col];
+            Index off = -1;
+            if (am_ok && a_ci < cg) {
+                off = gpuconv::source_offset<Mode>(pd0 + a_kd * dil_d, ph0 + a_kh * dil_h,
+                                                   pw0 + a_kw * dil_w, in_d, in_h, in_w);
+                if (off >= 0) off += a_ci * in_vol;
+            }
+            if constexpr (kTf32) {
+                cp_async_ca<4>(dst, off >= 0 ? x_m + off : x_bits, off >= 0 ? 4 : 0);
+            } else {
+                *dst = off >= 0 ? x_m[off] : W(0);
+            }
+            a_kw += 2;  // advance to k + 2
+            while (a_kw >= k_w) {
+                a_kw -= k_w;
+                if (++a_kh == k_h) {
+                    a_kh = 0;
+                    if (++a_kd == k_d) a_kd = 0, ++a_ci;
+                }
+            }
+        }
+        // B: BN rows of BK elements (64 bytes) from the weight rows, w_vec bytes per copy
+        const Index k0 = kt * BK;
+        const int vec = w_vec / int(sizeof(W));  // elements per copy
+        const int per_row = BK / vec;
+        for (int c = tid; c < BN * per_row; c += gpuconv::igemm::kThreads) {
+            const int row = c / per_row, kc = (c - row * per_row) * vec;
+            const Index n = n0 + row, k = k0 + kc;
+            const Index left = K - k;
+            const int valid = n < og && left > 0 ? int(left < vec ? left : Index(vec)) : 0;
+            const W* src = valid ? w_group + n * K + k : reinterpret_cast<const W*>(weight);
+            W* dst = b_at(s, row, kc);
+            const int bytes = valid * int(sizeof(W));
+            if (w_vec == 16) {
+                cp_async_cg(dst, src, bytes);
+            } else if (w_vec == 4) {
+                cp_async_ca<4>(dst, src, bytes);
+            } else {
+                *dst = valid ? *src : W(0);
+            }
+        }
+    };
+
+    const int wm = (warp & 1) * gpuconv::igemm::kWM, wn = (warp >> 1) * gpuconv::igemm::kWN;
+    tile_c16x8 acc[2][4];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[i][j].x[e] = 0.0f;
+
+    const Index nk = gpuconv::ceil_div(K, Index(BK));
+#pragma unroll
+    for (int s = 0; s < S - 1; ++s) {
+        if (s < nk) load_stage(s, s);
+        cp_async_commit();  // group s (maybe empty)
+    }
+    for (Index kt = 0; kt < nk; ++kt) {
+        cp_async_wait<S - 2>();  // this thread's copies of stage kt have landed ...
+        __syncthreads();         // ... everyone's, and everyone is done with stage kt - 1
+        const Index next = kt + S - 1;
+        if (next < nk) load_stage(int(next % S), next);  // into the buffer of stage kt - 1
+        cp_async_commit();
+        const int s = int(kt % S);
+#pragma unroll
+        for (int ks = 0; ks < BK; ks += KS) {
+            if constexpr (!kTf32) {
+                tile_a16x16 a[2];
+                tile_b16x8 b[4];
+                // A, matrix j = lane / 8: k rows 8 (j / 2) .. +7, m columns 8 (j % 2) .. +7
+#pragma unroll
+                for (int i = 0; i < 2; ++i)
+                    ldmatrix_x4<true>(a[i].reg, &sA[s][ks + (lane & 7) + 8 * (lane >> 4)]
+                                                   [wm + 16 * i + 8 * ((lane >> 3) & 1)]);
+                // B, matrix j: n rows 8 (j / 2) .. +7, k columns 8 (j % 2) .. +7
+#pragma unroll
+                for (int p = 0; p < 2; ++p) {
+                    unsigned r[4];
+                    ldmatrix_x4(r, b_at(s, wn + 16 * p + (lane & 7) + 8 * (lane >> 4),
+                                        ks + 8 * ((lane >> 3) & 1)));
+                    b[2 * p].reg[0] = r[0], b[2 * p].reg[1] = r[1];
+                    b[2 * p + 1].reg[0] = r[2], b[2 * p + 1].reg[1] = r[3];
+                }
+#pragma unroll
+                for (int i = 0; i < 2; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        if constexpr (E::bf16)
+                            mma_bf16(acc[i][j], a[i], b[j], acc[i][j]);
+                        else
+                            mma_f16(acc[i][j], a[i], b[j], acc[i][j]);
+                    }
+            } else {
+                tile_a16x8_tf32 a[2];
+                tile_b8x8_tf32 b[4];
+                const int gid = lane >> 2, tig = lane & 3;
+#pragma unroll
+                for (int i = 0; i < 2; ++i)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e)  // (m, k) = (g + 8 (e & 1), t + 4 (e >> 1))
+                        a[i].reg[e] = gpuconv::igemm::to_tf32(
+                            sA[s][ks + tig + 4 * (e >> 1)][wm + 16 * i + gid + 8 * (e & 1)]);
+#pragma unroll
+                for (int p = 0; p < 2; ++p) {  // matrix j: n rows 8 (j / 2) .., k 4 (j % 2) ..
+                    unsigned r[4];
+                    ldmatrix_x4(r, b_at(s, wn + 16 * p + (lane & 7) + 8 * (lane >> 4),
+                                        ks + 4 * ((lane >> 3) & 1)));
+#pragma unroll
+                    for (int q = 0; q < 4; ++q)
+                        r[q] = gpuconv::igemm::to_tf32(__uint_as_float(r[q]));
+                    b[2 * p].reg[0] = r[0], b[2 * p].reg[1] = r[1];
+                    b[2 * p + 1].reg[0] = r[2], b[2 * p + 1].reg[1] = r[3];
+                }
+#pragma unroll
+                for (int i = 0; i < 2; ++i)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) mma_tf32(acc[i][j], a[i], b[j], acc[i][j]);
+            }
+        }
+    }
+
+    // ---- epilogue: out[nb, g * og + n, sp] = T(acc + bias), from the C fragments
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // the lane's rows g and g + 8 of the 16 x 8 tiles
+            const Index m = m0 + wm + 16 * i + (lane >> 2) + 8 * h;
+            if (m >= M) continue;
+            const Index nb = m / out_vol, sp = m - nb * out_vol;
+            T* out_m = out + nb * c_out * out_vol + sp;  // (C_out,) with stride out_vol
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const Index n = n0 + wn + 8 * j + 2 * (lane & 3) + e;
+                    if (n >= og) continue;
+                    const Index co = g * og + n;
+                    float v = acc[i][j].x[2 * h + e];
+                    if (has_bias) v += E::to_float(reinterpret_cast<const W*>(bias)[co]);
+                    reinterpret_cast<W*>(out_m)[co * out_vol] = E::from_float(v);
+                }
+        }
+}
