@@ -4,8 +4,9 @@ This module owns every check of a user's arguments before anything is computed, 
 setup of a call from them:
 
 * :class:`Arrays` checks that the array arguments are arrays of one kind (NumPy or CuPy) with
-  a supported dtype, computes the result dtype (``numpy.result_type``), picks the backend
-  (:class:`gpuconv._dispatch.Call`), prepares arrays for it, and runs the backend with the
+  a supported dtype, computes the result dtype (:func:`gpuconv._dtypes.result_type`), picks
+  the backend (:class:`gpuconv._dispatch.Call`) and checks that it computes that dtype
+  (:func:`check_backend_dtype`), prepares arrays for it, and runs the backend with the
   geometry it computes with (:meth:`Arrays.run`, the one place where
   :func:`gpuconv._shapes.backend_geometry` is applied);
 * the ``*_setup`` functions (:func:`conv_setup`, :func:`conv_transpose_setup`,
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _shapes
+from . import _dtypes, _shapes
 from ._dispatch import Call, is_cupy_array
 from ._launch import data_pointer
 from ._shapes import ConvGeometry
@@ -42,8 +43,11 @@ IntOrTuple = int | Sequence[int]
 #: ``'valid'``/``'same'``.
 Padding = int | Sequence[int] | Sequence[tuple[int, int]] | str
 
-#: The dtypes the conv family computes in (arrays of other dtypes are rejected).
-CONV_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+#: The dtypes the conv family accepts (arrays of other dtypes are rejected): float16/32/64,
+#: and bfloat16 when ml_dtypes is installed. A backend computes those of its ``dtypes``
+#: attribute (:data:`FLOAT_DTYPES` if it has none; see :func:`check_backend_dtype`).
+CONV_DTYPES = _dtypes.CONV_DTYPES
+FLOAT_DTYPES = _dtypes.FLOAT_DTYPES
 
 #: The modes numpy.convolve/correlate accept: exactly these names, or their numbers.
 SIGNAL_MODES = {"valid": "valid", "same": "same", "full": "full", 0: "valid", 1: "same",
@@ -121,12 +125,14 @@ class Arrays:
             if dtype not in CONV_DTYPES:
                 raise TypeError(
                     f"{op}: {name} has dtype {a.dtype}; expected float16, float32 or float64 "
-                    f"(integer, bool and complex inputs are not supported by the conv family)"
+                    f"(or bfloat16, with ml_dtypes; integer, bool and complex inputs are not "
+                    f"supported by the conv family)"
                 )
             dtypes.append(dtype)
         present = [a for a in named.values() if a is not None]
-        self.dtype = np.result_type(*dtypes)
+        self.dtype = _dtypes.result_type(*dtypes)
         self.call = Call(present, op=op)
+        check_backend_dtype(op, self.call, self.dtype)
 
     def prepare(self, a: Array | None) -> Array | None:
         """``a`` on the backend, C-contiguous, in the result dtype and native byte order,
@@ -149,6 +155,22 @@ class Arrays:
         prepared arrays; its result is returned as the backend made it.
         """
         return compute(self.call.backend, _shapes.backend_geometry(geom, op=self.op))
+
+
+def check_backend_dtype(op: str, call: Call, dtype: np.dtype):
+    """TypeError unless ``call``'s backend computes ``dtype`` (its ``dtypes`` attribute,
+    :data:`FLOAT_DTYPES` when it has none). Today only the NumPy backend computes bfloat16:
+    the CUDA kernels have no bfloat16 instantiation yet, so ``emulate`` and ``cuda`` refuse
+    it here, before any array is converted or any kernel compiled."""
+    supported = tuple(getattr(call.backend, "dtypes", FLOAT_DTYPES))
+    if dtype in supported:
+        return
+    names = ", ".join(d.name for d in supported)
+    raise TypeError(
+        f"{op}: the {call.name!r} backend has no {dtype.name} kernels (it computes {names}); "
+        f"run {dtype.name} on the NumPy backend (gpuconv.use_backend('numpy'), with NumPy "
+        f"arrays or CPU tensors), or convert the inputs to float32"
+    )
 
 
 # ------------------------------------------------------------------------ shapes
@@ -465,6 +487,19 @@ def empty_result(arrays: Arrays, shape: Sequence[int], out: Array | None,
 # ------------------------------------------------------------ convolve/correlate
 
 
+def _signal_bfloat16(op: str, call: Call, a: Array, v: Array) -> tuple[Array, Array]:
+    """bfloat16 in ``convolve``/``correlate``: two bfloat16 sequences stay bfloat16 (the
+    backend computes in float32 and rounds once, if it computes bfloat16 at all); one
+    bfloat16 sequence mixed with another dtype becomes float32 (exact), and NumPy's rules
+    apply from there (bfloat16 with float16 gives float32, with int64 float64)."""
+    bf16 = [_dtypes.is_bfloat16(arr.dtype) for arr in (a, v)]
+    if all(bf16):
+        check_backend_dtype(op, call, _dtypes.BFLOAT16)
+    elif any(bf16):
+        a, v = (arr.astype(np.float32) if is_bf16 else arr for arr, is_bf16 in zip((a, v), bf16))
+    return a, v
+
+
 def signal_args(op: str, a: Any, v: Any, mode: Any) -> tuple[Call, Array, Array, str]:
     """Check ``mode`` and the sequences as NumPy does; return ``(call, a, v, mode)`` with
     NumPy inputs as native-byte-order arrays."""
@@ -489,14 +524,16 @@ def signal_args(op: str, a: Any, v: Any, mode: Any) -> tuple[Call, Array, Array,
         v = np.array(v, copy=None, ndmin=1)
         for name, arr in (("a", a), ("v", v)):
             # (object arrays of numbers go to NumPy's own loop)
-            if arr.dtype.kind in "USV" or (arr.dtype.kind == "O" and not all(
-                    isinstance(e, numbers.Number) for e in arr.flat)):
+            if (arr.dtype.kind in "USV" and not _dtypes.is_bfloat16(arr.dtype)) or (
+                    arr.dtype.kind == "O" and not all(
+                        isinstance(e, numbers.Number) for e in arr.flat)):
                 raise TypeError(
                     f"{op}: {name} must be a 1-D array_like of numbers, got "
                     f"{_shapes.describe(given[name])}"
                 )
         # a non-native byte order ('>f8' on a little-endian machine) becomes native
         a, v = (arr.astype(arr.dtype.newbyteorder("="), copy=False) for arr in (a, v))
+    a, v = _signal_bfloat16(op, call, a, v)
     for name, arr in (("a", a), ("v", v)):
         if arr.ndim != 1:
             raise ValueError(f"{op}: {name} must be 1-D, got shape {tuple(arr.shape)}")

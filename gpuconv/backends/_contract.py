@@ -11,8 +11,13 @@ aligned, in the result dtype and native byte order, as the backend's own array t
 ``geom`` is a :class:`gpuconv._shapes.ConvGeometry` as
 :func:`gpuconv._shapes.backend_geometry` made it. Never an empty call (N = 0 or an empty
 spatial dim): the caller answers those without a backend. Each method returns a new
-C-contiguous array of the result dtype (``deform_conv2d_grad``: a tuple of them). float16 is
-accumulated in float32 (:func:`gpuconv._dtypes.accumulation_dtype`).
+C-contiguous array of the result dtype (``deform_conv2d_grad``: a tuple of them). float16 and
+bfloat16 are accumulated in float32 (:func:`gpuconv._dtypes.accumulation_dtype`).
+
+Which dtypes a backend computes: its ``dtypes`` attribute (a tuple of ``numpy.dtype``), or
+float16/32/64 without one. :func:`gpuconv._validate.check_backend_dtype` refuses the others
+before the backend is called (the NumPy backend declares bfloat16 too; the device backend
+declares nothing until its kernels gain bfloat16 instantiations).
 
 A new operation adds a method here, to both backend classes, and one named call in
 ``gpuconv/_api.py`` or ``gpuconv/grad.py``.

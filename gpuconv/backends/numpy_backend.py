@@ -40,7 +40,9 @@ is built for a chunk of the batch, or of the outermost output dim, sized to stay
 ``WORKSPACE_BYTES`` (and, for speed, under ``CHUNK_BYTES``). A single output row larger than
 that still runs, one row at a time.
 
-float16 inputs are computed in float32 and rounded once, when the result is written.
+float16 and bfloat16 inputs are computed in float32 (:func:`gpuconv._dtypes.accumulation_dtype`)
+and rounded once, when the result is written. This is the only backend that computes bfloat16
+so far (its ``dtypes``).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import _shapes
-from .._dtypes import accumulation_dtype
+from .._dtypes import CONV_DTYPES, accumulation_dtype, is_bfloat16
 # WORKSPACE_BYTES bounds the temporaries of one chunk (im2col columns, wide output, input
 # phases, deformable sampling buffers).
 from .._limits import WORKSPACE_BYTES
@@ -318,6 +320,8 @@ class NumpyBackend(GradMixin):
 
     name = "numpy"
     xp = np
+    #: The conv-family dtypes it computes: float16/32/64, and bfloat16 with ml_dtypes.
+    dtypes = CONV_DTYPES
 
     # ------------------------------------------------------------------ conv
     def conv(self, x, weight, bias, geom: ConvGeometry):
@@ -549,6 +553,10 @@ class NumpyBackend(GradMixin):
 
     # ------------------------------------------------------- convolve/correlate
     def convolve(self, a, v, mode):
+        if is_bfloat16(a.dtype):
+            # bfloat16 (both: a mix arrives as float32): in float32, rounded once
+            cdt = accumulation_dtype(a.dtype)
+            return self.convolve(a.astype(cdt), v.astype(cdt), mode).astype(a.dtype)
         if len(v) > len(a):
             a, v = v, a  # convolution commutes; NumPy swaps too ('same' follows the longer)
         if not _gemm_worthy(a, v):
@@ -560,6 +568,9 @@ class NumpyBackend(GradMixin):
         return _sliding_dot(a.astype(dtype, copy=False), v[::-1].astype(dtype), first, count)
 
     def correlate(self, a, v, mode):
+        if is_bfloat16(a.dtype):
+            cdt = accumulation_dtype(a.dtype)  # bfloat16, as in convolve
+            return self.correlate(a.astype(cdt), v.astype(cdt), mode).astype(a.dtype)
         if len(v) > len(a) or not _gemm_worthy(a, v):
             return np.correlate(a, v, mode)
         m = len(v)
