@@ -4,6 +4,12 @@ Import it explicitly, ``import gpuconv.torch`` (``import gpuconv`` never imports
 
 * CPU tensors are shared with NumPy without copies (``tensor.detach().numpy()`` in,
   ``torch.from_numpy`` out); gpuconv copies only inputs that are not C-contiguous.
+  ``torch.bfloat16`` tensors, which ``Tensor.numpy()`` refuses, are shared the same way
+  through their bits: ``t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)`` in and
+  ``torch.from_numpy(a.view(numpy.int16)).view(torch.bfloat16)`` out, still without copies
+  (this needs ml_dtypes, the ``bf16`` extra). They run on the NumPy backend, computed in
+  float32 and rounded once; the CUDA kernels have no bfloat16 instantiation yet, so bfloat16
+  CUDA tensors and the ``emulate`` backend raise a TypeError that says so.
 * CUDA tensors are shared with CuPy through DLPack (``cupy.from_dlpack``, ``torch.from_dlpack``,
   zero-copy), and gpuconv's kernels run on PyTorch's current CUDA stream of the tensors'
   device, so they are ordered with the surrounding PyTorch work. CuPy allocates the results
@@ -36,7 +42,8 @@ Import it explicitly, ``import gpuconv.torch`` (``import gpuconv`` never imports
 What this offers beyond ``torch.nn``/torchvision: every ``padding_mode`` in 1-D, 2-D and 3-D,
 ``padding='same'`` with any stride (``ceil(size / stride)`` outputs), ``padding='same'`` for
 transposed convolutions (``size * stride`` outputs), asymmetric ``((lo, hi), ...)`` padding,
-depthwise and depthwise-separable layers, and float16/float32/float64 on the CPU.
+depthwise and depthwise-separable layers, and float16/bfloat16/float32/float64 on the CPU
+(bfloat16 ``deform_conv2d`` included, which torchvision does not implement).
 
 Examples
 --------
@@ -58,7 +65,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from . import _api, _shapes, _validate
+from . import _api, _dtypes, _shapes, _validate
 from . import grad as _grad
 
 __all__ = [
@@ -71,10 +78,10 @@ __all__ = [
     "conv", "conv_transpose", "deform_conv2d", "depthwise_conv", "separable_conv",
 ]
 
-_DTYPES = (torch.float16, torch.float32, torch.float64)
+_DTYPES = (torch.float16, torch.float32, torch.float64, torch.bfloat16)
 # PyTorch's names for the dtypes in its messages: (C++ type, scalar type).
 _TORCH_NAMES = {torch.float16: ("c10::Half", "Half"), torch.float32: ("float", "Float"),
-                torch.float64: ("double", "Double")}
+                torch.float64: ("double", "Double"), torch.bfloat16: ("c10::BFloat16", "BFloat16")}
 
 
 class DtypeMismatchError(RuntimeError, TypeError):
@@ -104,10 +111,12 @@ def _check_tensors(op: str, **named):
         if t.dtype not in _DTYPES:
             raise TypeError(
                 f"{op}: {name} has dtype {t.dtype}; expected torch.float16, torch.float32 or "
-                f"torch.float64"
+                f"torch.float64 (or torch.bfloat16)"
             )
         if t.device.type not in ("cpu", "cuda", "meta"):
             raise TypeError(f"{op}: {name} is on device {t.device}; expected cpu or cuda")
+        if t.dtype == torch.bfloat16:
+            _check_bfloat16(op, name, t)
         if device is None:
             device = t.device
         elif t.device != device:
@@ -116,6 +125,20 @@ def _check_tensors(op: str, **named):
                 f"others on {device}"
             )
     return device
+
+
+def _check_bfloat16(op: str, name: str, t):
+    """A bfloat16 tensor needs ml_dtypes (ImportError naming the ``bf16`` extra) and, until
+    the CUDA kernels have bfloat16 instantiations, the CPU (TypeError for CUDA tensors)."""
+    if t.device.type == "meta":
+        return
+    _dtypes.require_bfloat16(op)
+    if t.device.type == "cuda":
+        raise TypeError(
+            f"{op}: {name} is a torch.bfloat16 tensor on {t.device}; gpuconv's CUDA kernels "
+            f"have no bfloat16 instantiation yet. Compute in float32 on the GPU "
+            f"(.float(), then .bfloat16() on the result), or pass CPU tensors"
+        )
 
 
 def _check_dtypes(op: str, x, bias, **others):
@@ -160,6 +183,9 @@ def _to_array(t):
         import cupy
 
         return cupy.from_dlpack(t)
+    if t.dtype == torch.bfloat16:
+        # Tensor.numpy() refuses bfloat16: share the bits (no copy), typed by ml_dtypes
+        return t.view(torch.int16).numpy().view(_dtypes.require_bfloat16())
     return t.numpy()
 
 
@@ -167,7 +193,10 @@ def _to_tensor(a, dtype=None):
     """A tensor sharing the memory of gpuconv's result ``a`` (None stays None)."""
     if a is None:
         return None
-    t = torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
+    if isinstance(a, np.ndarray) and _dtypes.is_bfloat16(a.dtype):
+        t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)  # the bits, no copy
+    else:
+        t = torch.from_numpy(a) if isinstance(a, np.ndarray) else torch.from_dlpack(a)
     return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
 
@@ -705,7 +734,8 @@ def conv(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1,
 
     Arguments as for :func:`gpuconv.conv`; ``x`` may also be unbatched, ``(C_in, *spatial)``,
     as in ``torch.nn.functional``. Tensors on one device (CPU or CUDA, or meta for shapes)
-    and of one dtype (float16, float32 or float64). Returns a tensor on the same device.
+    and of one dtype (float16, bfloat16, float32 or float64). Returns a tensor on the same
+    device.
 
     Raises
     ------
