@@ -14,9 +14,9 @@ fetch a kernel by :meth:`KernelFamily.name_expression`.
 
 :func:`signature` reads a kernel's parameter list from the ``.cu`` source (comments stripped,
 template parameters substituted) and returns the parameter type codes used by
-:func:`gpuconv._launch.launch` to convert scalars and check arrays. The codes are the
-emulator's (``"const ptr:f32"``, ``"i64"``, ...); a test checks that both agree for every
-instantiation.
+:func:`gpuconv._launch.launch` to convert scalars and check arrays. The codes
+(``"const ptr:f32"``, ``"i64"``, ...; :data:`gpuconv._dtypes.TYPE_CODES`) are also the
+emulator's; a test checks that both agree for every instantiation.
 """
 
 from __future__ import annotations
@@ -43,9 +43,6 @@ CXX_TYPES: dict[np.dtype, str] = {
     np.dtype(np.int32): "int",
     np.dtype(np.int64): "long long",
 }
-
-#: Type code (as in ``EmuFunction.params``) -> NumPy dtype: :data:`gpuconv._dtypes.TYPE_CODES`.
-CODE_DTYPES: dict[str, np.dtype] = TYPE_CODES
 
 # C++ spelling (whitespace-normalised) -> type code. The CXX_TYPES names plus the aliases a
 # kernel may write for a scalar parameter.
@@ -94,7 +91,7 @@ INDEX_DTYPES = (np.dtype(np.int32), np.dtype(np.int64))
 def type_code(dtype) -> str:
     """The type code of a NumPy dtype (``float32`` -> ``"f32"``)."""
     dtype = np.dtype(dtype)
-    for code, candidate in CODE_DTYPES.items():
+    for code, candidate in TYPE_CODES.items():
         if candidate == dtype:
             return code
     raise TypeError(f"dtype={dtype} has no kernel type code")

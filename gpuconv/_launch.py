@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._dtypes import TYPE_CODES as CODE_DTYPES
+from ._dtypes import TYPE_CODES
 from ._limits import (MAX_BLOCK_DIM, MAX_DYNAMIC_SHARED_BYTES, MAX_GRID_DIM,
                       MAX_THREADS_PER_BLOCK)
 
@@ -107,7 +107,7 @@ def _alignment(dtype: np.dtype) -> int:
 
 
 def _convert_scalar(kernel: Kernel, position: int, code: str, value):
-    dtype = CODE_DTYPES[code]
+    dtype = TYPE_CODES[code]
     where = f"{kernel.name}: argument {position} (0-based, parameter type {code})"
     if hasattr(value, "shape") and getattr(value, "ndim", 0) != 0:
         raise TypeError(f"{where} must be a scalar, got {type(value).__name__}")
@@ -143,7 +143,7 @@ def _check_array(kernel: Kernel, position: int, code: str, value):
             f"{where} must be a {kernel.array_type.__module__}.{kernel.array_type.__name__}, "
             f"got {type(value).__module__}.{type(value).__name__}"
         )
-    expected = CODE_DTYPES.get(elem)
+    expected = TYPE_CODES.get(elem)
     if expected is None:
         raise TypeError(f"{where}: unsupported element type {elem!r}")
     if value.dtype != expected:
