@@ -4,7 +4,8 @@ Each function follows the same three steps:
 
 1. :class:`gpuconv._validate.Arrays` checks that the array arguments are arrays of one kind
    (NumPy or CuPy) with a supported dtype, computes the result dtype
-   (``numpy.result_type``) and picks the backend (:class:`gpuconv._dispatch.Call`).
+   (:func:`gpuconv._dtypes.result_type`, ``numpy.result_type`` extended to bfloat16) and
+   picks the backend (:class:`gpuconv._dispatch.Call`).
 2. A ``gpuconv._validate`` setup function checks shapes, channels and groups, and
    ``gpuconv._shapes`` resolves stride/padding/dilation into a ``ConvGeometry``; anything
    inconsistent raises before any work is done.
@@ -61,7 +62,8 @@ def conv(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTup
     Parameters
     ----------
     x : ndarray, shape (N, C_in, *spatial)
-        Input, 1 to 3 spatial dims. float16, float32 or float64; NumPy or CuPy.
+        Input, 1 to 3 spatial dims. float16, float32 or float64 (or bfloat16 on the NumPy
+        backend: docs/dtypes.md); NumPy or CuPy.
     weight : ndarray, shape (C_out, C_in // groups, *kernel)
     bias : ndarray, shape (C_out,), optional
     stride, dilation : int or tuple of int
@@ -78,7 +80,8 @@ def conv(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTup
     Returns
     -------
     ndarray, shape (N, C_out, *out_spatial)
-        C-contiguous, dtype ``numpy.result_type(x, weight, bias)``, same array type as ``x``.
+        C-contiguous, dtype ``numpy.result_type(x, weight, bias)`` (bfloat16 with float16:
+        float32), same array type as ``x``.
 
     Raises
     ------

@@ -13,7 +13,8 @@ shapes (``input_shape``, ``weight_shape``) in place of the array that is not nee
 cells that supplied them (a reflect/replicate/circular pad's adjoint).
 
 NumPy arrays in give NumPy arrays out, CuPy arrays in give CuPy arrays out; the result has
-dtype ``numpy.result_type`` of the array arguments, and float16 is accumulated in float32.
+dtype ``numpy.result_type`` of the array arguments (bfloat16 with float16 gives float32:
+:func:`gpuconv._dtypes.result_type`), and float16 and bfloat16 are accumulated in float32.
 Every backend computes every gradient: NumPy (``backends/numpy_grad.py``, the reference) and
 the device backends (``backends/device/``, each in its operation's module: the forward kernels
 for input gradients, gradient kernels for weights, the padding fold and deformable sampling).
@@ -233,7 +234,7 @@ def conv_bias(grad_output: Array) -> Array:
     Returns
     -------
     ndarray, shape (C_out,)
-        Same dtype; float16 is summed in float32.
+        Same dtype; float16 and bfloat16 are summed in float32.
 
     Raises
     ------

@@ -458,6 +458,34 @@ def test_out_argument_bf16():
         gpuconv.conv(x, w, out=np.empty((1, 3, 3, 3), np.float32))
 
 
+def test_dask_bf16():
+    """gpuconv.dask over bfloat16 chunks: bit for bit the in-memory result."""
+    da = pytest.importorskip("dask.array")
+    import gpuconv.dask as gd
+
+    rng = np.random.default_rng(8)
+    x = rounded(rng.standard_normal((2, 4, 12, 12)))
+    w = rounded(rng.standard_normal((6, 4, 3, 3)))
+    chunked = da.from_array(x, chunks=(1, 4, 5, 7))
+    with gpuconv.use_backend("numpy"):
+        got = gd.conv(chunked, w, padding=1, padding_mode="reflect").compute()
+        expected = gpuconv.conv(x, w, padding=1, padding_mode="reflect")
+    assert got.dtype == BF16
+    np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
+
+
+def test_pointwise_and_large_bf16():
+    """The 1x1 path (a plain matmul) and a many-chunk conv also round once from float32."""
+    rng = np.random.default_rng(9)
+    x = rounded(rng.standard_normal((3, 64, 20, 20)))
+    for w in (rounded(rng.standard_normal((32, 64, 1, 1))),
+              rounded(rng.standard_normal((32, 64, 3, 3)))):
+        with gpuconv.use_backend("numpy"):
+            got = gpuconv.conv(x, w)
+            once = gpuconv.conv(as32(x), as32(w)).astype(BF16)
+        np.testing.assert_array_equal(got.view(np.uint16), once.view(np.uint16))
+
+
 # ------------------------------------------------------- device backends, extra
 
 
@@ -503,6 +531,24 @@ def test_missing_ml_dtypes_names_the_extra(monkeypatch):
         _dtypes.require_bfloat16("conv")
     assert not _dtypes.is_bfloat16(BF16)
     assert _dtypes.accumulation_dtype(np.float16) == np.float32
+
+
+def test_import_without_ml_dtypes():
+    """Without ml_dtypes gpuconv imports and computes float16/32/64; bfloat16 is simply not
+    among the accepted dtypes (no array of it can exist)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['ml_dtypes'] = None\n"
+            "import numpy as np, gpuconv\n"
+            "from gpuconv import _dtypes, _validate\n"
+            "assert _dtypes.BFLOAT16 is None and 'bf16' not in _dtypes.TYPE_CODES\n"
+            "assert len(_validate.CONV_DTYPES) == 3\n"
+            "assert gpuconv.conv(np.ones((1, 1, 4), np.float16), np.ones((1, 1, 2))).dtype "
+            "== np.float64\n"
+            "try:\n    _dtypes.require_bfloat16('x')\nexcept ImportError as e:\n"
+            "    assert 'gpuconv[bf16]' in str(e)\nelse:\n    raise AssertionError\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_int_message_mentions_bfloat16():
