@@ -104,8 +104,9 @@ def reference(x, w, b, *, stride, padding, dilation, groups, mode):
                    for t, d, s, o in zip(tap, dilation, stride, outs))
         patch = xp[(slice(None), slice(None), *sl)]
         for g in range(groups):
+            w_tap = w[(slice(g * og, (g + 1) * og), slice(None), *tap)]  # (og, cg)
             out[:, g * og:(g + 1) * og] += np.einsum(
-                "nc...,oc->no...", patch[:, g * cg:(g + 1) * cg], w[g * og:(g + 1) * og, :, *tap])
+                "nc...,oc->no...", patch[:, g * cg:(g + 1) * cg], w_tap)
     if b is not None:
         out += b.reshape(1, -1, *([1] * nd))
     return out
@@ -130,7 +131,7 @@ def run_case(mod, kind, case, seed=0, index=None):
     out = ig.conv_igemm_forward(mod, x, w, b, kind=kind, stride=stride, padding=pad,
                                 dilation=dilation, groups=groups, padding_mode=mode, index=index)
     pairs = [(p, p) for p in pad]
-    kw = dict(stride=stride, padding=pairs, dilation=dilation, groups=groups, mode=mode)
+    kw = {"stride": stride, "padding": pairs, "dilation": dilation, "groups": groups, "mode": mode}
     ref = reference(xv, wv, bv, **kw)
     mag = reference(np.abs(xv), np.abs(wv), None if bv is None else np.abs(bv), **kw)
     terms = (c_in // groups) * int(np.prod(tup(kernel, nd))) + 1
@@ -145,34 +146,34 @@ def run_case(mod, kind, case, seed=0, index=None):
 
 CASES = {
     # 2-D, C_in = 5 (K = 45: odd, a 2-byte weight copy for 16-bit), zero padding
-    "2d_cin5": dict(n=2, c_in=5, c_out=7, spatial=(9, 11), k=3, padding=1),
+    "2d_cin5": {"n": 2, "c_in": 5, "c_out": 7, "spatial": (9, 11), "k": 3, "padding": 1},
     # a stem: C_in = 3, 7x7 stride 2 (K = 147), no bias
-    "stem_cin3_s2": dict(n=1, c_in=3, c_out=16, spatial=(13, 12), k=7, stride=2, padding=3,
-                         bias=False),
+    "stem_cin3_s2": {"n": 1, "c_in": 3, "c_out": 16, "spatial": (13, 12), "k": 7, "stride": 2, "padding": 3,
+                         "bias": False},
     # 1-D, dilation 2, reflect
-    "1d_dil2_reflect": dict(n=3, c_in=8, c_out=12, spatial=(37,), k=5, dilation=2, padding=4,
-                            mode="reflect"),
+    "1d_dil2_reflect": {"n": 3, "c_in": 8, "c_out": 12, "spatial": (37,), "k": 5, "dilation": 2, "padding": 4,
+                            "mode": "reflect"},
     # 3-D, stride (1, 2, 1), replicate
-    "3d_replicate": dict(n=1, c_in=4, c_out=6, spatial=(5, 6, 7), k=3, stride=(1, 2, 1),
-                         padding=1, mode="replicate"),
+    "3d_replicate": {"n": 1, "c_in": 4, "c_out": 6, "spatial": (5, 6, 7), "k": 3, "stride": (1, 2, 1),
+                         "padding": 1, "mode": "replicate"},
     # groups 3 (C_in/g = 4, C_out/g = 3), dilation 2, circular
-    "groups3_circular": dict(n=2, c_in=12, c_out=9, spatial=(8, 9), k=3, dilation=2, padding=2,
-                             groups=3, mode="circular", bias=False),
+    "groups3_circular": {"n": 2, "c_in": 12, "c_out": 9, "spatial": (8, 9), "k": 3, "dilation": 2, "padding": 2,
+                             "groups": 3, "mode": "circular", "bias": False},
     # several M and N tiles (M = 180, N = 70), K = 144 over several pipeline stages
-    "tiles_mn": dict(n=2, c_in=16, c_out=70, spatial=(10, 9), k=3, padding=1),
+    "tiles_mn": {"n": 2, "c_in": 16, "c_out": 70, "spatial": (10, 9), "k": 3, "padding": 1},
     # 1x1 stride 1: K = 32 (16-byte weight copies)
-    "pointwise": dict(n=1, c_in=32, c_out=40, spatial=(8, 16), k=1),
+    "pointwise": {"n": 1, "c_in": 32, "c_out": 40, "spatial": (8, 16), "k": 1},
     # K = 54 (even, not a multiple of 8: 4-byte weight copies), strided, dilated, reflect
-    "2d_cin6_reflect": dict(n=1, c_in=6, c_out=5, spatial=(11, 12), k=(3, 2), stride=(2, 3),
-                            dilation=(2, 1), padding=(2, 1), mode="reflect"),
+    "2d_cin6_reflect": {"n": 1, "c_in": 6, "c_out": 5, "spatial": (11, 12), "k": (3, 2), "stride": (2, 3),
+                            "dilation": (2, 1), "padding": (2, 1), "mode": "reflect"},
     # depthwise-like (C_in/g = 1, K = 9), replicate
-    "depthwise_replicate": dict(n=2, c_in=6, c_out=12, spatial=(7, 6), k=3, groups=6, padding=1,
-                                mode="replicate"),
+    "depthwise_replicate": {"n": 2, "c_in": 6, "c_out": 12, "spatial": (7, 6), "k": 3, "groups": 6, "padding": 1,
+                                "mode": "replicate"},
     # 3-D circular with a long K (C_in = 20, K = 540) and a 1-wide kernel dim
-    "3d_circular_longk": dict(n=1, c_in=20, c_out=10, spatial=(3, 5, 6), k=(1, 3, 3),
-                              padding=(0, 1, 1), mode="circular", bias=False),
+    "3d_circular_longk": {"n": 1, "c_in": 20, "c_out": 10, "spatial": (3, 5, 6), "k": (1, 3, 3),
+                              "padding": (0, 1, 1), "mode": "circular", "bias": False},
     # 1-D zeros, big stride, K = 7 * 3 = 21 (odd)
-    "1d_stride3": dict(n=2, c_in=7, c_out=3, spatial=(29,), k=3, stride=3, padding=2),
+    "1d_stride3": {"n": 2, "c_in": 7, "c_out": 3, "spatial": (29,), "k": 3, "stride": 3, "padding": 2},
 }
 
 
@@ -224,8 +225,23 @@ def test_nan_and_inf_pass_through(mod):
     assert (out[0, 0, 0, [0, 1, 2, 4, 6, 7]] == 2).all()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_weight_rows_do_not_leak_past_k(mod, kind):
+    """K = 8 < BK: the weight copies past K must zero-fill, not read the next output channel's
+    row (an inf there would turn 0 * inf into NaN in this channel)."""
+    x = np.ones((1, 8, 1, 4), ig.KINDS[kind][1])
+    w = np.zeros((3, 8, 1, 1), np.float32)
+    w[0] = 1.0
+    w[1:] = np.inf
+    if kind == "bfloat16":
+        x, w = bf16_bits(np.ones(x.shape)), bf16_bits(w)
+    out = ig.conv_igemm_forward(mod, x, w.astype(ig.KINDS[kind][1]) if kind != "bfloat16" else w,
+                                kind=kind)
+    np.testing.assert_array_equal(out_value(kind, out)[0, 0], 8.0)
+
+
 # ------------------------------------------------------------------ checked and race modes
-SMALL = dict(n=1, c_in=5, c_out=6, spatial=(6, 7), k=3, padding=1, stride=(1, 2))
+SMALL = {"n": 1, "c_in": 5, "c_out": 6, "spatial": (6, 7), "k": 3, "padding": 1, "stride": (1, 2)}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -252,8 +268,8 @@ def _counts(mod, kind, case):
 
 # a stride-1 layer whose spatial extent is a multiple of 32 elements per warp row and K a
 # multiple of 32 bytes: 1x1, no padding, 16 x 16 outputs, C_in = 32
-ALIGNED = dict(n=1, c_in=32, c_out=64, spatial=(16, 16), k=1, bias=False)
-LAYER3X3 = dict(n=1, c_in=16, c_out=64, spatial=(16, 16), k=3, padding=1, bias=False)
+ALIGNED = {"n": 1, "c_in": 32, "c_out": 64, "spatial": (16, 16), "k": 1, "bias": False}
+LAYER3X3 = {"n": 1, "c_in": 16, "c_out": 64, "spatial": (16, 16), "k": 3, "padding": 1, "bias": False}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -290,3 +306,54 @@ def test_counters_aligned_stride1_layer(mod, kind):
     assert loads and all(s.units == s.ideal for s in loads), loads
     shared = [s for s in k.sites.values() if s.space == "shared"]
     assert shared and all(s.units == s.ideal for s in shared), shared
+
+
+# ------------------------------------------------------------------ NVRTC / ptxas
+#: per SM: registers, shared memory (bytes usable by blocks), the runtime's reservation per
+#: block, max resident blocks and threads (CUDA occupancy tables, compute capability 8.0/9.0)
+SM_LIMITS = {
+    "sm_80": {"regs": 65536, "smem": 167936, "reserved": 1024, "blocks": 32, "threads": 2048},
+    "sm_90": {"regs": 65536, "smem": 233472, "reserved": 1024, "blocks": 32, "threads": 2048},
+}
+
+
+def blocks_per_sm(arch: str, registers: int, shared: int, threads: int = ig.THREADS) -> dict:
+    """Resident blocks per SM, limited by registers (allocated per warp in units of 256, i.e.
+    per thread rounded up to 8), shared memory (+ the per-block reservation) and threads."""
+    lim = SM_LIMITS[arch]
+    warps = threads // 32
+    regs_per_warp = -(-registers // 8) * 8 * 32
+    by_regs = lim["regs"] // (regs_per_warp * warps)
+    by_smem = lim["smem"] // (shared + lim["reserved"])
+    by_threads = lim["threads"] // threads
+    return {"regs": by_regs, "smem": by_smem, "threads": by_threads,
+                "blocks": min(by_regs, by_smem, by_threads, lim["blocks"])}
+
+
+def test_occupancy_arithmetic():
+    # 80 registers: 80 * 32 = 2560 per warp, 4 warps = 10240 per block -> 6 blocks; 26112 +
+    # 1024 bytes shared -> 8 blocks; 128 threads -> 16 blocks: 6 blocks (24 warps) per SM
+    assert blocks_per_sm("sm_90", 78, 26112) == {"regs": 6, "smem": 8, "threads": 16, "blocks": 6}
+    assert ig.shared_bytes() == 26112
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_nvrtc_compiles_without_spills_and_two_blocks_fit(arch):
+    """Every instantiation compiles with NVRTC + ptxas -v: no spills, no stack, and the
+    registers and static shared memory leave at least 2 resident blocks per SM."""
+    from gpuconv import _nvrtc
+
+    reason = _nvrtc.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"NVRTC unavailable: {reason}")
+    names = ig.all_name_expressions() + [ig.name_expression("float16", "zeros", "long long")]
+    result = _nvrtc.compile_source(_kernels.inlined_source(ig.IGEMM_FILE), names, arch,
+                                   filename=ig.IGEMM_FILE)
+    report = [result.resources[n] for n in names]
+    print("\n" + _nvrtc.format_report(report))
+    for r in report:
+        assert not r.spills and r.stack_bytes == 0, _nvrtc.format_report([r])
+        assert r.shared_bytes == ig.shared_bytes()
+        occ = blocks_per_sm(arch, r.registers, r.shared_bytes)
+        print(f"{r.name_expression} {arch}: {r.registers} registers -> {occ}")
+        assert occ["blocks"] >= 2
