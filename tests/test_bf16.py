@@ -372,25 +372,29 @@ SMALL = settings(max_examples=40, deadline=None,
 
 @SMALL
 @given(dtypes=st.lists(st.sampled_from(FLOATS), min_size=3, max_size=3),
-       with_bias=st.booleans(), op=st.sampled_from(["conv", "depthwise_conv",
-                                                    "conv_transpose"]))
-def test_mixed_dtypes_forward(dtypes, with_bias, op):
-    """Mixed bf16/f16/f32/f64 in one call: the result dtype follows the rule, and the values
-    are those of the call with every array converted to it (bit for bit)."""
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((1, 2, 6, 5)).astype(dtypes[0])
-    w_shape = {"conv": (4, 2, 3, 2), "depthwise_conv": (4, 1, 3, 2),
-               "conv_transpose": (2, 3, 3, 2)}[op]
+       with_bias=st.booleans(),
+       op=st.sampled_from(["conv", "depthwise_conv", "conv_transpose"]),
+       size=st.lists(st.integers(3, 7), min_size=1, max_size=3),
+       stride=st.integers(1, 2), padding=st.integers(0, 1), seed=st.integers(0, 2**16))
+def test_mixed_dtypes_forward(dtypes, with_bias, op, size, stride, padding, seed):
+    """Mixed bf16/f16/f32/f64 in one call, over shapes and strides: the result dtype follows
+    the rule, and the values are those of the call with every array converted to it (bit for
+    bit)."""
+    rng = np.random.default_rng(seed)
+    nd = len(size)
+    x = rng.standard_normal((1, 2, *size)).astype(dtypes[0])
+    kernel = tuple(int(k) for k in rng.integers(1, 4, nd))
+    w_shape = {"conv": (4, 2), "depthwise_conv": (4, 1), "conv_transpose": (2, 3)}[op] + kernel
     w = rng.standard_normal(w_shape).astype(dtypes[1])
     channels = 3 if op == "conv_transpose" else 4
     b = rng.standard_normal(channels).astype(dtypes[2]) if with_bias else None
     used = dtypes if with_bias else dtypes[:2]
     want = expected_dtype(*used)
     func = getattr(gpuconv, op)
+    kw = {"stride": stride, "padding": padding}
     with gpuconv.use_backend("numpy"):
-        got = func(x, w, b, padding=1)
-        same = func(x.astype(want), w.astype(want), None if b is None else b.astype(want),
-                    padding=1)
+        got = func(x, w, b, **kw)
+        same = func(x.astype(want), w.astype(want), None if b is None else b.astype(want), **kw)
     assert got.dtype == want
     np.testing.assert_array_equal(got.view(np.uint8), same.view(np.uint8))
 
