@@ -13,14 +13,17 @@ from . import _abi, _checked, _race, _track
 from ._abi import ELEM_DTYPES, split_code
 from ._errors import DivergentBarrierError, EmulatorError
 from ._modes import checked_on, race_on, record_stats, worker_threads
+from .._limits import (
+    MAX_BLOCK_DIM,
+    MAX_DYNAMIC_SHARED_BYTES,
+    MAX_GRID_DIM,
+    MAX_THREADS_PER_BLOCK,
+)
 
-#: CUDA launch limits the emulator enforces (those of every GPU since compute capability 3.0)
-MAX_THREADS_PER_BLOCK = 1024
-MAX_BLOCK_DIM = (1024, 1024, 64)
-MAX_GRID_DIM = (2**31 - 1, 65535, 65535)
-DEFAULT_MAX_DYNAMIC_SHARED = 48 * 1024
+# CUDA launch limits the emulator enforces, as the driver would: gpuconv/_limits.py's
 #: the largest opt-in dynamic shared memory of any current GPU (H100: 227 KiB)
 OPT_IN_MAX_DYNAMIC_SHARED = 227 * 1024
+DEFAULT_MAX_DYNAMIC_SHARED = MAX_DYNAMIC_SHARED_BYTES
 
 def _interruptible(launch):
     """``launch(cancel)``, made interruptible when called from the main thread.
