@@ -161,78 +161,45 @@ class Library:
         ``cancel``: a ``ctypes.c_int`` that another thread may set to 1 to stop the launch
         before its next CUDA thread starts (rc ``RC_CANCELLED``).
         """
-        errbuf = ctypes.create_string_buffer(_ERRLEN)
-        stats = _u64_stats()
-        rc = self._lib.gpuconv_emu_launch(
-            index,
-            _u32x3(*grid),
-            _u32x3(*block),
-            shared_mem,
-            argv,
-            flags,
-            seed,
-            nthreads,
-            None if cancel is None else ctypes.byref(cancel),
-            errbuf,
-            _ERRLEN,
-            stats,
+        return self._call(
+            self._lib.gpuconv_emu_launch, index, grid, block, shared_mem, argv,
+            [flags, seed, nthreads, None if cancel is None else ctypes.byref(cancel)],
         )
-        return rc, errbuf.value.decode(errors="replace"), dict(zip(STATS_FIELDS, stats))
 
     def checked_launch(
         self, index, grid, block, shared_mem, argv, nbytes, alias, flags, seed, nthreads, report_fd
     ):
         """Checked launch (only in a subprocess: a fault ends the process)."""
-        errbuf = ctypes.create_string_buffer(_ERRLEN)
-        stats = _u64_stats()
         n = len(nbytes)
-        rc = self._lib.gpuconv_emu_checked_launch(
-            index,
-            _u32x3(*grid),
-            _u32x3(*block),
-            shared_mem,
-            argv,
-            n,
-            (ctypes.c_longlong * n)(*nbytes),
-            (ctypes.c_int * n)(*alias),
-            flags,
-            seed,
-            nthreads,
-            report_fd,
-            errbuf,
-            _ERRLEN,
-            stats,
+        return self._call(
+            self._lib.gpuconv_emu_checked_launch, index, grid, block, shared_mem, argv,
+            [n, (ctypes.c_longlong * n)(*nbytes), (ctypes.c_int * n)(*alias), flags, seed,
+             nthreads, report_fd],
         )
-        return rc, errbuf.value.decode(errors="replace"), dict(zip(STATS_FIELDS, stats))
-
 
     def tracked_launch(self, index, grid, block, shared_mem, argv, nbytes, flags, mode, seed):
         """A tracked launch (track build only); returns (rc, error, stats, report text)."""
-        errbuf = ctypes.create_string_buffer(_ERRLEN)
-        stats = _u64_stats()
         report = ctypes.c_void_p()
         n = len(nbytes)
-        rc = self._lib.gpuconv_emu_tracked_launch(
-            index,
-            _u32x3(*grid),
-            _u32x3(*block),
-            shared_mem,
-            argv,
-            n,
-            (ctypes.c_longlong * n)(*nbytes),
-            flags,
-            mode,
-            seed,
-            errbuf,
-            _ERRLEN,
-            stats,
-            ctypes.byref(report),
+        rc, message, stats = self._call(
+            self._lib.gpuconv_emu_tracked_launch, index, grid, block, shared_mem, argv,
+            [n, (ctypes.c_longlong * n)(*nbytes), flags, mode, seed], [ctypes.byref(report)],
         )
         text = ""
         if report.value:
             text = ctypes.string_at(report.value).decode(errors="replace")
             self._lib.gpuconv_emu_free(report)
-        return rc, errbuf.value.decode(errors="replace"), dict(zip(STATS_FIELDS, stats)), text
+        return rc, message, stats, text
+
+    @staticmethod
+    def _call(function, index, grid, block, shared_mem, argv, middle, after=()):
+        """One launch function: (index, grid, block, shared, argv, *middle, errbuf, errlen,
+        stats, *after) -> (rc, error message, stats dict)."""
+        errbuf = ctypes.create_string_buffer(_ERRLEN)
+        stats = _u64_stats()
+        rc = function(index, _u32x3(*grid), _u32x3(*block), shared_mem, argv, *middle, errbuf,
+                      _ERRLEN, stats, *after)
+        return rc, errbuf.value.decode(errors="replace"), dict(zip(STATS_FIELDS, stats))
 
 
 def build_argv(params, args):
