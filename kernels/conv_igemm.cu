@@ -24,14 +24,17 @@
 // m + 32 (w % 2), n + 32 (w / 2): 2 x 4 mma tiles of 16 x 8, 32 fp32 accumulators per lane.
 // K advances by BK = 64 bytes of elements per stage (32 f16/bf16, 16 f32) through a STAGES-deep
 // ring of shared-memory buffers (cp.async commit/wait_group; one __syncthreads per stage):
-//   * A stage: sA[BK][BM + 8], m contiguous (the input's contiguous direction in NCDHW). Thread
-//     t owns row m0 + t % 64 and the k rows t / 64 + 2j of every stage; its (nb, od, oh, ow) is
-//     decoded once per block and its (ci, kd, kh, kw) advanced by 2 per row, never divided.
+//   * A stage: sA[BK][BM + 8], m contiguous (the input's contiguous direction in NCDHW). Each
+//     thread owns P = 4 / sizeof(T) consecutive m (one 32-bit shared word: 1 float or a pair
+//     of 16-bit) of every RSTEP-th k row (RSTEP = 2 or 4: a warp covers 32 words of one row);
+//     their (nb, od, oh, ow) are decoded once per block and the row's (ci, kd, kh, kw) is
+//     advanced by RSTEP per row, never divided. Every element goes through source_offset<Mode>.
 //     float: one 4-byte cp.async per element, src-size 0 (zero fill) for zero padding and for m
-//     or k out of range. 16-bit: a 2-byte element cannot be moved by cp.async (4 bytes at
-//     least, aligned), and in NCDHW consecutive m are neither contiguous across kernel taps nor
-//     aligned (iw = ow*sw - pw + kw*dw), so each element is a plain load + shared store issued
-//     at the same point of the pipeline (its latency is not hidden by the ring).
+//     or k out of range. 16-bit (cp.async moves 4 bytes at least, aligned): a pair that is
+//     contiguous in x and 4-byte aligned is one 4-byte cp.async, a pair of zeros one zero-fill
+//     cp.async, and any other pair (split by a row end, a stride, a padding edge, or odd
+//     alignment -- in NCDHW iw = ow*sw - pw + kw*dw shifts with the tap) two plain loads and
+//     shared stores, issued at the same point of the pipeline (their latency is not hidden).
 //   * B stage: sB[BN][BK], k contiguous, copied from the weight rows with cp.async of w_vec
 //     bytes (host-chosen: 16 when every row start is 16-byte aligned, else 4, else -- 16-bit
 //     with odd K -- a plain 2-byte copy); src-size covers the K tail and the zero fill past N.
@@ -166,55 +169,69 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
     const W* x_bits = reinterpret_cast<const W*>(x);
     const W* w_group = reinterpret_cast<const W*>(weight) + g * og * K;  // (og, K)
 
-    // ---- this thread's A row: decoded once; its k position advances by 2 per stage row
-    const int a_col = tid % BM, a_row0 = tid / BM;  // rows a_row0 + 2j of each stage
-    const Index am = m0 + a_col;
-    const bool am_ok = am < M;
-    Index pd0 = 0, ph0 = 0, pw0 = 0;
-    const W* x_m = x_bits;  // (cg, D, H, W) of the row's batch element and group
-    if (am_ok) {
+    // ---- this thread's A columns: P = 4 / sizeof(W) consecutive m (one 32-bit shared word),
+    // decoded once; its k position advances by RSTEP per stage row
+    constexpr int P = 4 / int(sizeof(W));                   // 1 (float) or 2 (16-bit)
+    constexpr int COLS = BM / P;                            // threads per k row
+    constexpr int RSTEP = gpuconv::igemm::kThreads / COLS;  // 2 (float) or 4 (16-bit)
+    const int a_col = (tid % COLS) * P, a_row0 = tid / COLS;  // rows a_row0 + RSTEP j
+    bool am_ok[P];
+    Index pd0[P], ph0[P], pw0[P], x_m[P];  // x_m: offset of (nb, g * cg) in x, (cg, D, H, W)
+#pragma unroll
+    for (int q = 0; q < P; ++q) {
+        const Index am = m0 + a_col + q;
+        am_ok[q] = am < M;
         const Index nb = am / out_vol, sp = am - nb * out_vol;
         const Index od = sp / out_plane, r = sp - od * out_plane;
         const Index oh = r / out_w, ow = r - oh * out_w;
-        pd0 = od * stride_d - pad_d;
-        ph0 = oh * stride_h - pad_h;
-        pw0 = ow * stride_w - pad_w;
-        x_m = x_bits + (nb * c_in + g * cg) * in_vol;
+        pd0[q] = od * stride_d - pad_d;
+        ph0[q] = oh * stride_h - pad_h;
+        pw0[q] = ow * stride_w - pad_w;
+        x_m[q] = (nb * c_in + g * cg) * in_vol;
     }
-    // (ci, kd, kh, kw) of k = a_row0 (the next row this thread loads)
-    Index a_ci = 0, a_kd = 0, a_kh = 0, a_kw = a_row0;
-    while (a_kw >= k_w) {  // k_w may be 1
-        a_kw -= k_w;
-        if (++a_kh == k_h) {
-            a_kh = 0;
-            if (++a_kd == k_d) a_kd = 0, ++a_ci;
+    // (ci, kd, kh, kw) of k = a_row0 (the next row this thread loads); advance(step) moves it
+    // on by step < 2^31 rows without a division (k_w may be 1: the loop then runs step times)
+    Index a_ci = 0, a_kd = 0, a_kh = 0, a_kw = 0;
+    auto advance = [&](int step) {
+        a_kw += step;
+        while (a_kw >= k_w) {
+            a_kw -= k_w;
+            if (++a_kh == k_h) {
+                a_kh = 0;
+                if (++a_kd == k_d) a_kd = 0, ++a_ci;
+            }
         }
-    }
+    };
+    advance(a_row0);
 
     auto load_stage = [&](int s, Index kt) {
-        // A: BK / 2 rows of one element each (k rows past K read as zero: a_ci >= cg)
+        // A: BK / RSTEP rows of P elements each (k rows past K read as zero: a_ci >= cg)
 #pragma unroll 4
-        for (int j = 0; j < BK / 2; ++j) {
-            W* dst = &sA[s][a_row0 + 2 * j][a_col];
-            Index off = -1;
-            if (am_ok && a_ci < cg) {
-                off = gpuconv::source_offset<Mode>(pd0 + a_kd * dil_d, ph0 + a_kh * dil_h,
-                                                   pw0 + a_kw * dil_w, in_d, in_h, in_w);
-                if (off >= 0) off += a_ci * in_vol;
-            }
-            if constexpr (kTf32) {
-                cp_async_ca<4>(dst, off >= 0 ? x_m + off : x_bits, off >= 0 ? 4 : 0);
-            } else {
-                *dst = off >= 0 ? x_m[off] : W(0);
-            }
-            a_kw += 2;  // advance to k + 2
-            while (a_kw >= k_w) {
-                a_kw -= k_w;
-                if (++a_kh == k_h) {
-                    a_kh = 0;
-                    if (++a_kd == k_d) a_kd = 0, ++a_ci;
+        for (int j = 0; j < BK / RSTEP; ++j) {
+            W* dst = &sA[s][a_row0 + RSTEP * j][a_col];
+            Index off[P];  // element offsets in x, -1 for zero
+#pragma unroll
+            for (int q = 0; q < P; ++q) {
+                off[q] = -1;
+                if (am_ok[q] && a_ci < cg) {
+                    off[q] = gpuconv::source_offset<Mode>(pd0[q] + a_kd * dil_d,
+                                                          ph0[q] + a_kh * dil_h,
+                                                          pw0[q] + a_kw * dil_w, in_d, in_h, in_w);
+                    if (off[q] >= 0) off[q] += x_m[q] + a_ci * in_vol;
                 }
             }
+            if constexpr (P == 1) {
+                cp_async_ca<4>(dst, off[0] >= 0 ? x_bits + off[0] : x_bits, off[0] >= 0 ? 4 : 0);
+            } else if (off[0] < 0 && off[1] < 0) {  // both zero: a zero-fill copy
+                cp_async_ca<4>(dst, x_bits, 0);
+            } else if (off[1] == off[0] + 1 && off[0] >= 0 &&
+                       (reinterpret_cast<unsigned long long>(x_bits + off[0]) & 3) == 0) {
+                cp_async_ca<4>(dst, x_bits + off[0], 4);  // contiguous and aligned: one copy
+            } else {  // split (row end, stride, padding edge) or misaligned: plain copies
+                dst[0] = off[0] >= 0 ? x_bits[off[0]] : W(0);
+                dst[1] = off[1] >= 0 ? x_bits[off[1]] : W(0);
+            }
+            advance(RSTEP);
         }
         // B: BN rows of BK elements (64 bytes) from the weight rows, w_vec bytes per copy
         const Index k0 = kt * BK;

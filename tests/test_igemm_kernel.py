@@ -274,36 +274,39 @@ LAYER3X3 = {"n": 1, "c_in": 16, "c_out": 64, "spatial": (16, 16), "k": 3, "paddi
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_counters_no_bank_conflicts_in_the_main_loop(mod, kind):
-    """3x3 layer with padding: every ldmatrix phase, every 32-bit fragment load (TF32's A) and
-    every plain staging store (16-bit A) takes one wavefront per phase.
+    """3x3 layer with padding: every ldmatrix phase (and TF32's 32-bit A fragment loads) of the
+    main loop takes one wavefront -- no bank conflicts.
 
-    (The cp.async shared writes are checked on the aligned layer below: with zero-fill lanes in
-    a warp the emulator's tracker counts a cp.async with src-size 0 as one access and one with a
-    source read as two at the same site, so it splits such warp requests -- an artifact of the
-    counter, not a conflict.)"""
+    The staging accesses are checked on the aligned layer below. Here their lanes diverge (a
+    16-bit pair goes by cp.async, zero fill or plain copies depending on alignment and padding;
+    a float cp.async with src-size 0 is counted as one access, with a source read as two), and
+    the tracker, which pairs the k-th access of each lane at a site into one warp request, then
+    mixes rows: its staging figures are estimates there, not conflicts."""
     k = _counts(mod, kind, LAYER3X3)
     ldm = [s for s in k.sites.values() if s.kind == "ldmatrix"]
     assert ldm and all(s.units == s.ideal for s in ldm), ldm
-    plain = [s for s in k.sites.values() if s.space == "shared" and s.kind in ("load", "store")]
-    assert plain and all(s.units == s.ideal for s in plain), plain
+    if kind == "tf32":
+        frag = [s for s in k.sites.values() if s.space == "shared" and s.kind == "load"]
+        assert frag and all(s.units == s.ideal for s in frag), frag
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_counters_aligned_stride1_layer(mod, kind):
     """1x1 stride-1 layer (spatial 16 x 16, C_in = 32, no padding): the input gather and the
-    weight copies use every byte of every 32-byte sector they touch (efficiency 100%), and no
-    shared access (ldmatrix, fragment loads, staging stores, cp.async writes) has a bank
-    conflict.
+    weight copies use every byte of every 32-byte sector they touch (efficiency 100%), all of
+    them by cp.async (16-bit pairs included), and no shared access (ldmatrix, fragment loads,
+    cp.async writes) has a bank conflict.
 
     Under NCDHW this is what the layout permits: a warp gathers 32 consecutive m (output
     positions) of one k; they are contiguous in memory only for stride 1 within an output row,
     and sector-aligned only when the tap offset kw * dw - pw is a multiple of 32 bytes --
     true for every tap of a 1x1 layer without padding, for one tap in 8 (float) or 16
-    (16-bit) of a 3x3 layer (LAYER3X3 measures 64% for 16-bit, about 79% for TF32 -- a lower estimate, see above)."""
+    (16-bit) of a 3x3 layer (on LAYER3X3 the tracker estimates 60-80%; see above for why only an estimate)."""
     k = _counts(mod, kind, ALIGNED)
     loads = [s for s in k.sites.values()
              if s.space == "global" and s.kind in ("load", "cp.async.load")]
     assert loads and all(s.units == s.ideal for s in loads), loads
+    assert all(s.kind == "cp.async.load" for s in loads), loads
     shared = [s for s in k.sites.values() if s.space == "shared"]
     assert shared and all(s.units == s.ideal for s in shared), shared
 
