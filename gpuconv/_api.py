@@ -20,16 +20,18 @@ from __future__ import annotations
 
 from numpy.typing import ArrayLike
 
-from . import _shapes, _validate
+from . import _layout, _shapes, _validate
 from ._validate import Array, Arrays, IntOrTuple, Padding
 
 
-def _forward(arrays: Arrays, geom, n: int, c_out: int, bias, out, compute):
+def _forward(arrays: Arrays, geom, n: int, c_out: int, bias, out, compute, x):
     """The last steps of every forward function: check ``bias`` and ``out`` against the
     output shape ``(n, c_out, *geom.out_size)``; then the bias (or zeros) without backend
     work for an empty input, else ``compute(backend, geometry)``'s result (written into
-    ``out`` when given), run by :meth:`gpuconv._validate.Arrays.run`."""
+    ``out`` when given), run by :meth:`gpuconv._validate.Arrays.run`. The result comes back
+    in ``x``'s format: channels-last when ``x`` is (docs/layouts.md)."""
     op = arrays.op
+    arrays.output_format = _layout.memory_format(x)
     _validate.check_bias(op, bias, c_out)
     shape = (n, c_out, *geom.out_size)
     _validate.check_out(op, out, shape, arrays.dtype, arrays)
@@ -50,8 +52,9 @@ def _conv(op, spatial_ndim, x, weight, bias, stride, padding, dilation, groups,
                                 stride=stride, padding=padding, dilation=dilation,
                                 groups=groups, padding_mode=padding_mode)
     return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
-                    lambda backend, g: backend.conv(arrays.prepare(x), arrays.prepare(weight),
-                                                    arrays.prepare(bias), g))
+                    lambda backend, g: backend.conv(
+                        arrays.prepare_input(x, backend, "conv", g), arrays.prepare(weight),
+                        arrays.prepare(bias), g), x)
 
 
 def conv(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
@@ -193,7 +196,7 @@ def _conv_transpose(op, spatial_ndim, x, weight, bias, stride, padding, output_p
                                           groups=groups)
     return _forward(arrays, geom, x.shape[0], weight.shape[1] * geom.groups, bias, out,
                     lambda backend, g: backend.conv_transpose(
-                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), g))
+                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), g), x)
 
 
 def conv_transpose(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
@@ -359,7 +362,8 @@ def depthwise_conv(x: Array, weight: Array, bias: Array | None = None, *, stride
                                      dilation=dilation, padding_mode=padding_mode)
     return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
                     lambda backend, g: backend.depthwise_conv(
-                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), g))
+                        arrays.prepare_input(x, backend, "depthwise_conv", g),
+                        arrays.prepare(weight), arrays.prepare(bias), g), x)
 
 
 def separable_conv(x: Array, depthwise_weight: Array, pointwise_weight: Array,
@@ -409,16 +413,20 @@ def separable_conv(x: Array, depthwise_weight: Array, pointwise_weight: Array,
 
     def compute(backend, geom):
         mid_result = backend.depthwise_conv(
-            arrays.prepare(x), arrays.prepare(depthwise_weight), None, geom
+            arrays.prepare_input(x, backend, "depthwise_conv", geom),
+            arrays.prepare(depthwise_weight), None, geom
         )
         pointwise_geom = _shapes.conv_geometry(
             geom.out_size, (1,) * spatial, stride=1, padding=0, dilation=1, groups=1
         )
+        # a channels-last mid_result (the NumPy backend's, from a channels-last x) goes on
+        # in place when the backend reads it so, else as a C-contiguous copy
         return backend.conv(
-            mid_result, arrays.prepare(pointwise_weight), arrays.prepare(bias), pointwise_geom
+            arrays.prepare_input(mid_result, backend, "conv", pointwise_geom),
+            arrays.prepare(pointwise_weight), arrays.prepare(bias), pointwise_geom
         )
 
-    return _forward(arrays, geom, x.shape[0], c_out, bias, out, compute)
+    return _forward(arrays, geom, x.shape[0], c_out, bias, out, compute, x)
 
 
 # ------------------------------------------------------------------- deformable
@@ -476,7 +484,7 @@ def deform_conv2d(x: Array, offset: Array, weight: Array, bias: Array | None = N
     return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
                     lambda backend, g: backend.deform_conv2d(
                         arrays.prepare(x), arrays.prepare(offset), arrays.prepare(weight),
-                        arrays.prepare(bias), arrays.prepare(mask), g, offset_groups))
+                        arrays.prepare(bias), arrays.prepare(mask), g, offset_groups), x)
 
 
 # ------------------------------------------------------------ convolve/correlate

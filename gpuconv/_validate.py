@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _dtypes, _shapes
-from ._dispatch import Call, is_cupy_array
+from . import _dtypes, _layout, _shapes
+from ._dispatch import Call, caller_xp, is_cupy_array
 from ._launch import data_pointer
 from ._shapes import ConvGeometry
 from .backends._contract import Array, Backend
@@ -113,6 +113,10 @@ class Arrays:
         The result dtype, ``numpy.result_type`` of the arrays.
     call : gpuconv._dispatch.Call
         Where the call runs: the backend, and how arrays travel to it and back.
+    output_format : str
+        The format :func:`finish` returns the result in: ``"contiguous"``, or
+        ``"channels_last"`` when the forward's ``x`` is channels-last
+        (:func:`gpuconv._layout.memory_format`; set by the forward functions).
     """
 
     def __init__(self, op: str, optional: Sequence[str] = (), **named: Any):
@@ -133,6 +137,7 @@ class Arrays:
         self.dtype = _dtypes.result_type(*dtypes)
         self.call = Call(present, op=op)
         check_backend_dtype(op, self.call, self.dtype)
+        self.output_format = _layout.CONTIGUOUS
 
     def prepare(self, a: Array | None) -> Array | None:
         """``a`` on the backend, C-contiguous, in the result dtype and native byte order,
@@ -140,11 +145,26 @@ class Arrays:
         buffer at an odd offset), NumPy or CuPy, is copied: the kernels need alignment."""
         if a is None:
             return None
+        if not a.flags.c_contiguous and _layout.memory_format(a) == _layout.CHANNELS_LAST:
+            _layout.COPIES["input_to_nchw"] += 1  # the transposing copy below
         a = self.call.to_backend(a)
         a = self.call.xp.ascontiguousarray(a, dtype=self.dtype)
         if a.size and data_pointer(a) % a.dtype.itemsize:
             a = a.copy()
         return a
+
+    def prepare_input(self, a: Array, backend: Backend, method: str,
+                      geom: ConvGeometry) -> Array:
+        """``x`` for ``backend.method``: read in place, in its channels-last layout (only
+        converted to the result dtype, keeping its strides), when
+        :func:`gpuconv._layout.reads_in_place` says the backend reads it so (the NumPy
+        backend's 1x1 conv and depthwise_conv); else :meth:`prepare` (one copy to NCHW)."""
+        if _layout.reads_in_place(backend, method, a, geom):
+            a = self.call.to_backend(a).astype(self.dtype, order="K", copy=False)
+            if a.size and data_pointer(a) % a.dtype.itemsize:
+                a = a.copy(order="K")
+            return a
+        return self.prepare(a)
 
     def run(self, geom: ConvGeometry, compute: Callable[[Backend, ConvGeometry], Any]) -> Any:
         """``compute(backend, backend_geom)``: the backend's result for this call.
@@ -159,9 +179,9 @@ class Arrays:
 
 def check_backend_dtype(op: str, call: Call, dtype: np.dtype):
     """TypeError unless ``call``'s backend computes ``dtype`` (its ``dtypes`` attribute,
-    :data:`FLOAT_DTYPES` when it has none). Today only the NumPy backend computes bfloat16:
-    the CUDA kernels have no bfloat16 instantiation yet, so ``emulate`` and ``cuda`` refuse
-    it here, before any array is converted or any kernel compiled."""
+    :data:`FLOAT_DTYPES` when it has none), before any array is converted or any kernel
+    compiled. The NumPy and ``emulate`` backends compute bfloat16; ``cuda`` does with a CuPy
+    that has bfloat16 arrays (CuPy 14), and refuses it here otherwise."""
     supported = tuple(getattr(call.backend, "dtypes", FLOAT_DTYPES))
     if dtype in supported:
         return
@@ -464,10 +484,12 @@ def check_out(op: str, out: Any, shape: Sequence[int], dtype: Any, arrays: Array
 
 
 def finish(arrays: Arrays, result: Array, out: Array | None) -> Array:
-    """The backend's ``result`` in the caller's array type, written into ``out`` if given."""
+    """The backend's ``result`` in the caller's array type and ``arrays.output_format``
+    (channels-last results for channels-last inputs), written into ``out`` if given (an
+    ``out`` of any strides, channels-last included, is written in place)."""
     result = arrays.call.from_backend(result)
     if out is None:
-        return result
+        return _layout.to_output_format(result, arrays.output_format, caller_xp([result]))
     out[...] = result
     return out
 

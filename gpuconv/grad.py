@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from . import _api, _validate
+from . import _api, _layout, _validate
 from ._dispatch import caller_xp
 from ._dtypes import accumulation_dtype
 from ._validate import Array, IntOrTuple, Padding
@@ -102,6 +102,8 @@ def _input_grad(op: str, setup: Callable[..., Any], out_channels: Callable[..., 
     backend method that ``method(backend)`` names, as ``(weight, grad_output, geom)``."""
     op = f"grad.{op}"  # messages name the public function
     arrays = _validate.Arrays(op, weight=weight, grad_output=grad_output)
+    # the input gradient takes grad_output's format (channels-last in, channels-last out)
+    arrays.output_format = _layout.memory_format(grad_output)
     input_shape = _validate.check_shape(op, "input_shape", input_shape)
     geom = setup(op, input_shape, weight.shape, x_name="input_shape", **forward)
     expected = (input_shape[0], out_channels(weight.shape, geom), *geom.out_size)
@@ -112,7 +114,7 @@ def _input_grad(op: str, setup: Callable[..., Any], out_channels: Callable[..., 
         return _validate.empty_result(arrays, input_shape, None)
     result = arrays.run(geom, lambda backend, g: method(backend)(
         arrays.prepare(weight), arrays.prepare(grad_output), g))
-    return arrays.call.from_backend(result)
+    return _validate.finish(arrays, result, None)
 
 
 def _weight_grad(op: str, setup: Callable[..., Any], out_channels: Callable[..., int],
@@ -489,8 +491,9 @@ def separable_conv(x: Array, depthwise_weight: Array, pointwise_weight: Array, g
     forward = dict(stride=stride, padding=padding, dilation=dilation, padding_mode=padding_mode)
     mid = _api.depthwise_conv(x, depthwise_weight, **forward)
     grad_mid = conv_input(mid.shape, pointwise_weight, grad_output)
+    grad_x = depthwise_conv_input(x.shape, depthwise_weight, grad_mid, **forward)
     return SeparableConvGrads(
-        input=depthwise_conv_input(x.shape, depthwise_weight, grad_mid, **forward),
+        input=_layout.to_output_format(grad_x, _layout.memory_format(x), caller_xp([grad_x])),
         depthwise_weight=depthwise_conv_weight(x, depthwise_weight.shape, grad_mid, **forward),
         pointwise_weight=conv_weight(mid, pointwise_weight.shape, grad_output),
         bias=conv_bias(grad_output) if bias else None,
@@ -572,4 +575,5 @@ def deform_conv2d(x: Array, offset: Array, weight: Array, grad_output: Array, *,
         arrays.prepare(mask), arrays.prepare(grad_output), g, offset_groups))
     grad_x, grad_offset, grad_weight, grad_mask = (
         None if r is None else arrays.call.from_backend(r) for r in results)
+    grad_x = _layout.to_output_format(grad_x, _layout.memory_format(x), caller_xp([grad_x]))
     return DeformConvGrads(grad_x, grad_offset, grad_weight, grad_mask, bias_grad)

@@ -64,6 +64,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch._prims_common import suggest_memory_format
 
 from . import _api, _dtypes, _shapes, _validate
 from . import grad as _grad
@@ -215,6 +216,29 @@ def _device_scope(device):
         yield
 
 
+def _memory_format(t):
+    """PyTorch's memory format for ``t`` (``suggest_memory_format``): the rule
+    :func:`gpuconv._layout.memory_format` follows, so a result's format is known before it
+    is computed (the fake implementations) and gradients can be put in their input's."""
+    return suggest_memory_format(t)
+
+
+def _new_empty(ref, shape):
+    """An empty tensor of ``shape`` like ``ref``, in ``ref``'s memory format (what gpuconv
+    returns for it: channels-last results for channels-last inputs)."""
+    fmt = _memory_format(ref) if len(shape) == ref.dim() else torch.contiguous_format
+    return torch.empty(shape, dtype=ref.dtype, device=ref.device, memory_format=fmt)
+
+
+def _like_input(grad, x):
+    """``grad`` in ``x``'s memory format: an input gradient is channels-last when the input
+    was (a copy only when autograd's grad_output was in another format)."""
+    fmt = _memory_format(x)
+    if grad is None or fmt == torch.contiguous_format:
+        return grad
+    return grad.contiguous(memory_format=fmt)
+
+
 def _eager(dtype, compute, *tensors):
     """Run ``compute`` on the arrays of ``tensors`` (on their device and PyTorch's stream) and
     return its result(s) as tensors of ``dtype``. A custom op's output may not alias its
@@ -228,7 +252,7 @@ def _eager(dtype, compute, *tensors):
         if isinstance(a, np.ndarray) and any(
             isinstance(b, np.ndarray) and np.may_share_memory(a, b) for b in arrays
         ):
-            a = a.copy()
+            a = a.copy(order="K")  # (keeps a channels-last layout)
         return _to_tensor(a, dtype)
 
     if isinstance(result, tuple):
@@ -364,7 +388,7 @@ def _conv_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Sequence
 @_conv_op.register_fake
 def _(x, weight, bias, stride, padding, dilation, groups, padding_mode):
     out = _conv_out(x.shape[2:], weight.shape[2:], stride, padding, dilation)
-    return x.new_empty((x.shape[0], weight.shape[0], *out))
+    return _new_empty(x, (x.shape[0], weight.shape[0], *out))
 
 
 @torch.library.custom_op("gpuconv::conv_input", mutates_args=())
@@ -400,7 +424,7 @@ def _conv_transpose_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride
 def _(x, weight, bias, stride, padding, output_padding, dilation, groups):
     out = _transpose_out(x.shape[2:], weight.shape[2:], stride, padding, output_padding,
                          dilation)
-    return x.new_empty((x.shape[0], weight.shape[1] * groups, *out))
+    return _new_empty(x, (x.shape[0], weight.shape[1] * groups, *out))
 
 
 @torch.library.custom_op("gpuconv::conv_transpose_input", mutates_args=())
@@ -436,7 +460,7 @@ def _depthwise_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: Seq
 @_depthwise_op.register_fake
 def _(x, weight, bias, stride, padding, dilation, padding_mode):
     out = _conv_out(x.shape[2:], weight.shape[2:], stride, padding, dilation)
-    return x.new_empty((x.shape[0], weight.shape[0], *out))
+    return _new_empty(x, (x.shape[0], weight.shape[0], *out))
 
 
 @torch.library.custom_op("gpuconv::depthwise_conv_input", mutates_args=())
@@ -461,7 +485,7 @@ def _depthwise_weight_op(x: Tensor, grad_output: Tensor, weight_shape: Sequence[
 for _input_op, _weight_op in ((_conv_input_op, _conv_weight_op),
                               (_conv_transpose_input_op, _conv_transpose_weight_op),
                               (_depthwise_input_op, _depthwise_weight_op)):
-    _input_op.register_fake(lambda g, w, input_shape, *geometry: g.new_empty(input_shape))
+    _input_op.register_fake(lambda g, w, input_shape, *geometry: _new_empty(g, input_shape))
     _weight_op.register_fake(lambda x, g, weight_shape, *rest: x.new_empty(weight_shape))
 
 
@@ -476,8 +500,8 @@ def _register_family(forward_op, input_op, weight_op):
     def forward_backward(ctx, grad_output):
         x, weight = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        gx = (_call(input_op, grad_output, weight, list(x.shape), *ctx.geometry)
-              if needs[0] else None)
+        gx = (_like_input(_call(input_op, grad_output, weight, list(x.shape), *ctx.geometry),
+                          x) if needs[0] else None)
         gw = (_call(weight_op, x, grad_output, list(weight.shape), *ctx.geometry,
                     _deterministic()) if needs[1] else None)
         gb = _bias_grad(grad_output) if needs[2] else None
@@ -504,7 +528,7 @@ def _register_family(forward_op, input_op, weight_op):
     def weight_backward(ctx, grad):
         x, grad_output = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        d_x = (_call(input_op, grad_output, grad, list(x.shape), *ctx.geometry)
+        d_x = (_like_input(_call(input_op, grad_output, grad, list(x.shape), *ctx.geometry), x)
                if needs[0] else None)
         d_grad_output = _call(forward_op, x, grad, None, *ctx.geometry) if needs[1] else None
         return (d_x, d_grad_output, None) + (None,) * (len(ctx.geometry) + 1)
@@ -534,7 +558,7 @@ def _separable_op(x: Tensor, depthwise_weight: Tensor, pointwise_weight: Tensor,
 @_separable_op.register_fake
 def _(x, depthwise_weight, pointwise_weight, bias, stride, padding, dilation, padding_mode):
     out = _conv_out(x.shape[2:], depthwise_weight.shape[2:], stride, padding, dilation)
-    return x.new_empty((x.shape[0], pointwise_weight.shape[0], *out))
+    return _new_empty(x, (x.shape[0], pointwise_weight.shape[0], *out))
 
 
 def _separable_setup(ctx, inputs, output):
@@ -559,7 +583,8 @@ def _separable_backward(ctx, grad_output):
         mid_shape = [x.shape[0], dw.shape[0], *grad_output.shape[2:]]
         grad_mid = _call(_conv_input_op, grad_output, pw, mid_shape, *pointwise)
         if needs[0]:
-            gx = _call(_depthwise_input_op, grad_mid, dw, list(x.shape), *ctx.geometry)
+            gx = _like_input(_call(_depthwise_input_op, grad_mid, dw, list(x.shape),
+                                   *ctx.geometry), x)
         if needs[1]:
             gdw = _call(_depthwise_weight_op, x, grad_mid, list(dw.shape), *ctx.geometry,
                         _deterministic())
@@ -583,7 +608,7 @@ def _deform_op(x: Tensor, offset: Tensor, weight: Tensor, bias: Optional[Tensor]
 
 @_deform_op.register_fake
 def _(x, offset, weight, bias, mask, stride, padding, dilation):
-    return x.new_empty((x.shape[0], weight.shape[0], *offset.shape[2:]))
+    return _new_empty(x, (x.shape[0], weight.shape[0], *offset.shape[2:]))
 
 
 @torch.library.custom_op("gpuconv::deform_conv2d_backward", mutates_args=())
@@ -604,7 +629,7 @@ def _deform_backward_op(x: Tensor, offset: Tensor, weight: Tensor, mask: Optiona
 
 @_deform_backward_op.register_fake
 def _(x, offset, weight, mask, grad_output, stride, padding, dilation):
-    return (x.new_empty(x.shape), x.new_empty(offset.shape), x.new_empty(weight.shape),
+    return (_new_empty(x, x.shape), x.new_empty(offset.shape), x.new_empty(weight.shape),
             x.new_empty(mask.shape if mask is not None else (0,)))
 
 

@@ -311,6 +311,71 @@ def _transpose_scatter(result, x, weight, bias, geom: ConvGeometry):
     _write(result, acc, bias)
 
 
+# ------------------------------------------------------------- channels-last
+
+
+def _empty_channels_last(n: int, c: int, size, dtype):
+    """An (n, c, *size) array with dense channels-last strides, and its (n, *size, c) view."""
+    nhwc = np.empty((n, *size, c), dtype=dtype)
+    return nhwc.transpose(0, nhwc.ndim - 1, *range(1, nhwc.ndim - 1)), nhwc
+
+
+def _pointwise_channels_last(x, weight, bias, geom: ConvGeometry):
+    """The 1x1 conv (no padding) of a dense channels-last ``x``, read in place: per group,
+    ``x_nhwc[..., channels] @ weight.T`` (BLAS reads the strided rows of a stride > 1
+    directly); the result is channels-last. ``weight``/``bias`` in the compute dtype."""
+    cdt = weight.dtype
+    n, c_in = x.shape[:2]
+    c_out, g = weight.shape[0], geom.groups
+    cg, og = c_in // g, c_out // g
+    nd = x.ndim - 2
+    xv = x.transpose(0, *range(2, x.ndim), 1)  # (N, *in, C): a C-contiguous view
+    xv = xv[(slice(None),) + tuple(slice(None, None, s) for s in geom.stride)]
+    xv = xv.astype(cdt, copy=False)  # (a dtype copy keeps the layout)
+    result, _ = _empty_channels_last(n, c_out, geom.out_size, x.dtype)
+    w = weight.reshape(g, og, cg)
+    if g == 1:
+        product = np.matmul(xv, w[0].T)
+    else:
+        product = np.empty((n, *geom.out_size, c_out), dtype=cdt)
+        for gi in range(g):
+            np.matmul(xv[..., gi * cg:(gi + 1) * cg], w[gi].T,
+                      out=product[..., gi * og:(gi + 1) * og])
+    _write(result, product.transpose(0, nd + 1, *range(1, nd + 1)), bias)
+    return result
+
+
+def _depthwise_channels_last(x, weight, bias, geom: ConvGeometry):
+    """depthwise_conv of a dense channels-last ``x``, read in place (per-channel windows are
+    strided views of the NHWC layout; the padding, if any, is one NHWC copy as the NCHW path
+    pads too): per kernel tap, ``acc += window * w[:, :, tap]`` over (N, *out, C, mult), for
+    chunks of the batch; the result is channels-last."""
+    cdt = weight.dtype
+    n, c = x.shape[:2]
+    mult = weight.shape[0] // c
+    nd = x.ndim - 2
+    w = weight.reshape(c, mult, -1)
+    result, _ = _empty_channels_last(n, c * mult, geom.out_size, x.dtype)
+    per_image = (c * mult * 2 * math.prod(geom.out_size)
+                 + c * math.prod(geom.padded_size)) * cdt.itemsize
+    step = max(1, min(WORKSPACE_BYTES, CHUNK_BYTES) // max(per_image, 1))
+    pads = [(0, 0)] + list(zip(geom.pad_lo, geom.pad_hi)) + [(0, 0)]
+    for n0 in range(0, n, step):
+        bs = slice(n0, min(n, n0 + step))
+        xv = x[bs].transpose(0, *range(2, x.ndim), 1).astype(cdt, copy=False)  # (n, *in, C)
+        if any(geom.pad_lo + geom.pad_hi):
+            xv = np.pad(xv, pads, mode=_NP_PAD_MODE[geom.padding_mode])
+        acc = np.zeros((bs.stop - bs.start, *geom.out_size, c, mult), dtype=cdt)
+        for t, tap in enumerate(np.ndindex(*geom.kernel)):
+            window = xv[(slice(None),) + tuple(
+                slice(k * d, k * d + (o - 1) * s + 1, s)
+                for k, d, s, o in zip(tap, geom.dilation, geom.stride, geom.out_size))]
+            acc += window[..., None] * w[:, :, t]
+        acc = acc.reshape(bs.stop - bs.start, *geom.out_size, c * mult)
+        _write(result[bs], acc.transpose(0, nd + 1, *range(1, nd + 1)), bias)
+    return result
+
+
 class NumpyBackend(GradMixin):
     """Vectorised NumPy implementations of every operation (see module docstring).
 
@@ -323,9 +388,22 @@ class NumpyBackend(GradMixin):
     #: The conv-family dtypes it computes: float16/32/64, and bfloat16 with ml_dtypes.
     dtypes = CONV_DTYPES
 
+    def reads_channels_last(self, method: str, geom: ConvGeometry) -> bool:
+        """Whether ``method`` reads a dense channels-last ``x`` in place (no transposing
+        copy; :func:`gpuconv._layout.reads_in_place`): the 1x1 conv without padding (a
+        matrix product on the channel axis, any stride and groups) and depthwise_conv
+        (per-channel windows, any geometry). Both return channels-last results then."""
+        if method == "conv":
+            return all(k == 1 for k in geom.kernel) and not any(geom.pad_lo + geom.pad_hi)
+        return method == "depthwise_conv"
+
     # ------------------------------------------------------------------ conv
     def conv(self, x, weight, bias, geom: ConvGeometry):
         cdt = accumulation_dtype(x.dtype)
+        if not x.flags.c_contiguous:  # dense channels-last (reads_channels_last said so)
+            return _pointwise_channels_last(x, weight.astype(cdt, copy=False),
+                                            None if bias is None else bias.astype(cdt, copy=False),
+                                            geom)
         result = np.empty((x.shape[0], weight.shape[0], *geom.out_size), dtype=x.dtype)
         _conv_into(result, x, weight.astype(cdt, copy=False),
                    None if bias is None else bias.astype(cdt, copy=False), geom)
@@ -433,6 +511,10 @@ class NumpyBackend(GradMixin):
     def depthwise_conv(self, x, weight, bias, geom: ConvGeometry):
         dtype = x.dtype
         cdt = accumulation_dtype(dtype)
+        if not x.flags.c_contiguous:  # dense channels-last (reads_channels_last said so)
+            return _depthwise_channels_last(x, weight.astype(cdt, copy=False),
+                                            None if bias is None else bias.astype(cdt, copy=False),
+                                            geom)
         n, c = x.shape[:2]
         mult = weight.shape[0] // c
         plan = _flat_plan(geom)
