@@ -20,6 +20,16 @@ from ._api import (
     separable_conv,
 )
 from ._dispatch import available_backends, current_backend, use_backend
+from ._algorithms import (
+    Plan,
+    autotune_enabled,
+    current_algorithm,
+    plan,
+    tf32_enabled,
+    use_algorithm,
+    use_autotune,
+    use_tf32,
+)
 
 # ``gpuconv.grad`` is reachable right after ``import gpuconv`` (it needs only NumPy).
 from . import grad  # noqa: E402  (after _api, which it imports)
@@ -27,6 +37,8 @@ from . import grad  # noqa: E402  (after _api, which it imports)
 __version__ = "0.1.0"
 
 __all__ = [
+    "Plan",
+    "autotune_enabled",
     "available_backends",
     "conv",
     "conv1d",
@@ -38,10 +50,16 @@ __all__ = [
     "conv_transpose3d",
     "convolve",
     "correlate",
+    "current_algorithm",
     "current_backend",
     "deform_conv2d",
     "depthwise_conv",
     "grad",
+    "plan",
     "separable_conv",
+    "tf32_enabled",
+    "use_algorithm",
+    "use_autotune",
     "use_backend",
+    "use_tf32",
 ]

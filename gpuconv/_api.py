@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from numpy.typing import ArrayLike
 
-from . import _layout, _shapes, _validate
+from . import _algorithms, _layout, _shapes, _validate
 from ._validate import Array, Arrays, IntOrTuple, Padding
 
 
@@ -52,9 +52,9 @@ def _conv(op, spatial_ndim, x, weight, bias, stride, padding, dilation, groups,
                                 stride=stride, padding=padding, dilation=dilation,
                                 groups=groups, padding_mode=padding_mode)
     return _forward(arrays, geom, x.shape[0], weight.shape[0], bias, out,
-                    lambda backend, g: backend.conv(
-                        arrays.prepare_input(x, backend, "conv", g), arrays.prepare(weight),
-                        arrays.prepare(bias), g), x)
+                    lambda backend, g: _algorithms.run_conv(
+                        op, backend, arrays.prepare_input(x, backend, "conv", g),
+                        arrays.prepare(weight), arrays.prepare(bias), g), x)
 
 
 def conv(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ... import _kernels
-from . import _conv, _conv_transpose, _convolve, _deform
+from ... import _algorithms, _kernels
+from . import _conv, _conv_algorithms, _conv_transpose, _convolve, _deform
 from ._executor import CupyExecutor, EmulatorExecutor, Executor
 
 
@@ -80,10 +80,17 @@ class DeviceBackend:
         """``numpy.correlate(a, v, mode)`` with the kernels of ``kernels/convolve.cu``."""
         return _convolve.correlate(self, a, v, mode, convolve=False)
 
+    #: The conv-forward algorithms and the default choice among them (see
+    #: :mod:`gpuconv._algorithms` and ``_conv_algorithms``).
+    conv_algorithms = _conv_algorithms.REGISTRY
+    default_conv_algorithm = staticmethod(_conv_algorithms.default_name)
+
     def conv(self, x, weight, bias, geom):
-        """Convolution (1-D to 3-D): a GEMM for 1x1, ``depthwise.cu`` for groups == C_in, else
-        ``conv_tiled`` / ``conv_direct`` of ``kernels/conv.cu`` (see ``_conv``)."""
-        return _conv.conv(self, x, weight, bias, geom)
+        """Convolution (1-D to 3-D) with the selected algorithm (:func:`gpuconv.use_algorithm`,
+        autotune, else the default heuristic of ``_conv_algorithms``): a GEMM for 1x1,
+        ``depthwise.cu`` for groups == C_in, ``conv_tiled`` / ``conv_direct`` of
+        ``kernels/conv.cu`` (see ``_conv``), or the tensor-core ``conv_igemm_fwd``."""
+        return _algorithms.run_conv("conv", self, x, weight, bias, geom)
 
     def depthwise_conv(self, x, weight, bias, geom):
         """Depthwise convolution (1-D to 3-D) with ``depthwise_tiled`` of

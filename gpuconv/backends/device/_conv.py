@@ -331,32 +331,46 @@ def conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = N
     return out
 
 
-def _launch_conv(backend, x, weight, bias, out, geom: ConvGeometry, groups: int, *,
-                 method: str, index):
-    """One ``conv_tiled`` or ``conv_direct`` launch computing ``out``."""
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One kernel launch of a ``conv``-family call, described without running it: the source
+    ``file``, the instantiation's ``name`` expression, ``grid``, ``block``, the dynamic
+    ``shared_mem`` in bytes, and the arguments after the call's common ones (``tail``: the
+    tiled kernels' channel chunk). :func:`gpuconv.plan` shows these."""
+
+    file: str
+    name: str
+    grid: int | tuple
+    block: int | tuple
+    shared_mem: int = 0
+    tail: tuple = ()
+
+
+def conv_launch(geom: ConvGeometry, x, weight, out, groups: int, *, method: str,
+                index=None) -> KernelLaunch:
+    """The ``conv_tiled`` (``method="tiled"``) or ``conv_direct`` launch computing ``out``.
+
+    Reads only the shapes, dtypes and sizes of ``x``, ``weight`` and ``out``: shape-only
+    stand-ins (``numpy.broadcast_to(numpy.empty((), dtype), shape)``) give a call's plan."""
     geom3 = as_3d(geom)
-    batch, c_in = x.shape[:2]
-    c_out = weight.shape[0]
-    mode = PADDING_MODE_CODES[geom.padding_mode]
-    common = (x, weight, bias, out, batch, c_in, c_out, groups, *geom3.args())
     if method == "tiled":
-        plan = conv_tiled_plan(geom3, batch, c_in, c_out, groups, out.dtype.itemsize)
-        _launch_tiled(backend, CONV_FILE, TILED, plan, geom, x, weight, out, common, index)
-        return
+        batch, c_in = x.shape[:2]
+        plan = conv_tiled_plan(geom3, batch, c_in, weight.shape[0], groups, out.dtype.itemsize)
+        return tiled_launch(CONV_FILE, TILED, plan, geom, x, weight, out, index)
     total = out.size
     threads = min(DIRECT_THREADS, 32 * ceil_div(total, 32))
     blocks = max(1, min(ceil_div(total, threads), MAX_BLOCKS))
     if index is None:
         index = _kernels.index_dtype(x, weight, out, max_index=_max_index(geom3, total))
-    kernel = backend.executor.get_function(CONV_FILE,
-                                           DIRECT.name_expression(out.dtype, index, mode))
-    backend.executor.launch(kernel, grid=blocks, block=threads, args=common)
+    mode = PADDING_MODE_CODES[geom.padding_mode]
+    return KernelLaunch(CONV_FILE, DIRECT.name_expression(out.dtype, index, mode), blocks,
+                        threads)
 
 
-def _launch_tiled(backend, file: str, family, plan: TiledPlan | None, geom: ConvGeometry,
-                  x, weight, out, args: tuple, index) -> None:
-    """One launch of a tiled kernel (``conv_tiled``, ``depthwise_tiled``) with ``plan``:
-    ``args`` and then the plan's chunk. ValueError if no tile fits (``plan`` None)."""
+def tiled_launch(file: str, family, plan: TiledPlan | None, geom: ConvGeometry, x, weight, out,
+                 index) -> KernelLaunch:
+    """The launch of a tiled kernel (``conv_tiled``, ``depthwise_tiled``) with ``plan``.
+    ValueError if no tile fits (``plan`` None)."""
     if plan is None:
         raise ValueError(f"method='tiled': no tile of kernel={geom.kernel}, "
                          f"dilation={geom.dilation} fits in shared memory")
@@ -364,9 +378,38 @@ def _launch_tiled(backend, file: str, family, plan: TiledPlan | None, geom: Conv
         index = _kernels.index_dtype(x, weight, out,
                                      max_index=_max_index(as_3d(geom), plan.tasks, out.size))
     mode = PADDING_MODE_CODES[geom.padding_mode]
-    kernel = backend.executor.get_function(file, family.name_expression(out.dtype, index, mode))
-    backend.executor.launch(kernel, grid=plan.grid, block=plan.block, args=(*args, plan.chunk),
-                            shared_mem=plan.shared_mem)
+    return KernelLaunch(file, family.name_expression(out.dtype, index, mode), plan.grid,
+                        plan.block, plan.shared_mem, (plan.chunk,))
+
+
+def depthwise_launch(geom: ConvGeometry, x, weight, out, *, method: str | None = None,
+                     index=None) -> KernelLaunch:
+    """The launch of a depthwise convolution: ``depthwise_tiled`` when a tile fits (or
+    ``method="tiled"``), else (or ``method="direct"``) ``conv_direct`` with ``groups = C``.
+    Reads only shapes, dtypes and sizes (see :func:`conv_launch`)."""
+    batch, channels = x.shape[:2]
+    plan = depthwise_tiled_plan(as_3d(geom), batch, channels, weight.shape[0] // channels,
+                                np.dtype(out.dtype).itemsize)
+    if method is None:
+        method = "direct" if plan is None else "tiled"
+    if method == "direct":
+        return conv_launch(geom, x, weight, out, channels, method="direct", index=index)
+    return tiled_launch(DEPTHWISE_FILE, DEPTHWISE, plan, geom, x, weight, out, index)
+
+
+def _run_launch(backend, launch: KernelLaunch, args: tuple) -> None:
+    kernel = backend.executor.get_function(launch.file, launch.name)
+    backend.executor.launch(kernel, grid=launch.grid, block=launch.block,
+                            args=(*args, *launch.tail), shared_mem=launch.shared_mem)
+
+
+def _launch_conv(backend, x, weight, bias, out, geom: ConvGeometry, groups: int, *,
+                 method: str, index):
+    """One ``conv_tiled`` or ``conv_direct`` launch computing ``out``."""
+    batch, c_in = x.shape[:2]
+    common = (x, weight, bias, out, batch, c_in, weight.shape[0], groups, *as_3d(geom).args())
+    _run_launch(backend, conv_launch(geom, x, weight, out, groups, method=method, index=index),
+                common)
 
 
 def depthwise_conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = None,
@@ -398,20 +441,15 @@ def _depthwise(backend, x, weight, bias, geom: ConvGeometry, *, method: str | No
     dtype = np.dtype(x.dtype)
     batch, channels = x.shape[:2]
     c_out = weight.shape[0]
-    multiplier = c_out // channels
     bias = _bias_or_zeros(xp, bias, c_out, dtype)
     out = xp.empty((batch, c_out, *geom.out_size), dtype=dtype)
-    geom3 = as_3d(geom)
-    plan = depthwise_tiled_plan(geom3, batch, channels, multiplier, dtype.itemsize)
-    if method is None:
-        method = "direct" if plan is None else "tiled"
-    if method == "direct":
+    launch = depthwise_launch(geom, x, weight, out, method=method, index=index)
+    if launch.name.startswith(DIRECT.template + "<"):
         # conv_direct with groups = C computes the same (weight (C*M, 1, *k) is its layout).
-        _launch_conv(backend, x, weight, bias, out, geom, channels, method="direct",
-                     index=index)
-        return out
-    _launch_tiled(backend, DEPTHWISE_FILE, DEPTHWISE, plan, geom, x, weight, out,
-                  (x, weight, bias, out, batch, channels, multiplier, *geom3.args()), index)
+        args = (x, weight, bias, out, batch, channels, c_out, channels)
+    else:
+        args = (x, weight, bias, out, batch, channels, c_out // channels)
+    _run_launch(backend, launch, (*args, *as_3d(geom).args()))
     return out
 
 

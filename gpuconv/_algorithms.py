@@ -1,0 +1,587 @@
+"""Algorithm choice for ``conv`` forward calls: TF32, forcing, autotune and plans (issue 14).
+
+This module owns
+
+* the settings, each a context manager (per thread and per asyncio task, like
+  :func:`gpuconv.use_backend`: innermost wins) with an environment variable under it:
+  :func:`use_tf32` (``GPUCONV_ALLOW_TF32``), :func:`use_algorithm` (``GPUCONV_ALGORITHM``),
+  :func:`use_autotune` (``GPUCONV_AUTOTUNE``);
+* the description of a call that algorithms decide on (:class:`ConvProblem`) and of the
+  launches they would make (:class:`Description`);
+* the selection (:func:`select`): a forced algorithm (raising ``ValueError`` with the reason
+  when it cannot serve the call -- never a silent fallback), else the autotuned one
+  (:class:`Autotuner`, cached per problem), else the backend's default heuristic;
+* :func:`run_conv`, which ``gpuconv.conv`` calls through :meth:`gpuconv._validate.Arrays.run`,
+  and :func:`plan`, which reports what a call would run without running it.
+
+A backend lists its algorithms in a ``conv_algorithms`` attribute and picks with
+``default_conv_algorithm(problem)`` (the device backends:
+:mod:`gpuconv.backends.device._conv_algorithms`); a backend without them (NumPy) has one
+algorithm, named after itself, which is its ``conv`` method. docs/algorithms.md documents the
+algorithms and the heuristic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from ._shapes import ConvGeometry
+
+try:  # channels-last decisions (issue 15), when that module is present
+    from ._layout import layout_plan
+except ImportError:  # pragma: no cover
+    layout_plan = None
+
+TF32_ENV = "GPUCONV_ALLOW_TF32"
+ALGORITHM_ENV = "GPUCONV_ALGORITHM"
+AUTOTUNE_ENV = "GPUCONV_AUTOTUNE"
+
+#: Every algorithm name: the device backends' and the NumPy backend's own.
+ALGORITHMS = ("direct", "tiled", "matmul", "depthwise", "implicit_gemm", "numpy")
+#: The public functions :func:`plan` describes.
+PLAN_OPS = ("conv", "conv1d", "conv2d", "conv3d")
+
+_UNSET = object()
+_tf32: contextvars.ContextVar[Any] = contextvars.ContextVar("gpuconv_tf32", default=_UNSET)
+_algorithm: contextvars.ContextVar[Any] = contextvars.ContextVar("gpuconv_algorithm",
+                                                                  default=_UNSET)
+_autotune: contextvars.ContextVar[Any] = contextvars.ContextVar("gpuconv_autotune",
+                                                                 default=_UNSET)
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def _env_flag(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"{name}={os.environ[name]!r} must be one of {_TRUE + _FALSE[1:]}")
+
+
+def _check_flag(op: str, enabled: Any) -> bool:
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise TypeError(f"{op}: enabled={enabled!r} must be a bool")
+    return bool(enabled)
+
+
+@contextlib.contextmanager
+def _setting(var: contextvars.ContextVar, value: Any) -> Iterator[Any]:
+    token = var.set(value)
+    try:
+        yield value
+    finally:
+        var.reset(token)
+
+
+def use_tf32(enabled: bool = True) -> contextlib.AbstractContextManager[bool]:
+    """Let float32 convolutions use TF32 tensor cores inside a ``with`` block (or forbid it).
+
+    Off by default: float32 is computed exactly in float32, as PyTorch's
+    ``torch.backends.cudnn.allow_tf32 = False`` would. With TF32 on, the ``implicit_gemm``
+    algorithm can serve float32 calls: both operands are rounded to TF32 (10 fraction bits),
+    the products accumulate in float32 (docs/algorithms.md gives the error bound). It is picked
+    by default only on the ``"cuda"`` backend (see docs/algorithms.md), or when forced with
+    :func:`use_algorithm`. The environment variable ``GPUCONV_ALLOW_TF32=1`` turns it on
+    outside any block.
+
+    Parameters
+    ----------
+    enabled : bool
+
+    Examples
+    --------
+    >>> import gpuconv
+    >>> with gpuconv.use_tf32():
+    ...     gpuconv.tf32_enabled()
+    True
+    >>> gpuconv.tf32_enabled()
+    False
+    """
+    return _setting(_tf32, _check_flag("use_tf32", enabled))
+
+
+def tf32_enabled() -> bool:
+    """Whether float32 convolutions may use TF32 now (:func:`use_tf32`, else
+    ``GPUCONV_ALLOW_TF32``, else False)."""
+    value = _tf32.get()
+    return _env_flag(TF32_ENV) if value is _UNSET else value
+
+
+def _check_algorithm(name: Any, source: str) -> str | None:
+    if name is None or (isinstance(name, str) and name in ALGORITHMS):
+        return name
+    shown = repr(name) if isinstance(name, str) else type(name).__name__
+    raise ValueError(f"{source}={shown[:60]} must be one of {ALGORITHMS} (or None)")
+
+
+def use_algorithm(name: str | None) -> contextlib.AbstractContextManager[str | None]:
+    """Force the algorithm of ``conv`` calls inside a ``with`` block.
+
+    A call the algorithm cannot serve raises ``ValueError`` naming the algorithm and the
+    reason; gpuconv never falls back silently. ``None`` restores the default choice inside an
+    outer block. The environment variable ``GPUCONV_ALGORITHM`` forces one outside any block.
+
+    Parameters
+    ----------
+    name : {"direct", "tiled", "matmul", "depthwise", "implicit_gemm", "numpy"} or None
+        The first five run on the device backends (``"emulate"``, ``"cuda"``), ``"numpy"`` on
+        the NumPy backend (docs/algorithms.md).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not an algorithm.
+
+    Examples
+    --------
+    >>> import numpy as np, gpuconv
+    >>> x, w = np.ones((1, 1, 5), np.float32), np.ones((1, 1, 3), np.float32)
+    >>> with gpuconv.use_algorithm("tiled"):
+    ...     gpuconv.conv(x, w)
+    Traceback (most recent call last):
+    ...
+    ValueError: conv: algorithm 'tiled' cannot serve this call on the 'numpy' backend, whose only algorithm is 'numpy'
+    """
+    return _setting(_algorithm, _check_algorithm(name, "use_algorithm: name"))
+
+
+def current_algorithm() -> str | None:
+    """The forced algorithm (:func:`use_algorithm`, else ``GPUCONV_ALGORITHM``), or None."""
+    value = _algorithm.get()
+    if value is not _UNSET:
+        return value
+    return _check_algorithm(os.environ.get(ALGORITHM_ENV) or None, ALGORITHM_ENV)
+
+
+def use_autotune(enabled: bool = True) -> contextlib.AbstractContextManager[bool]:
+    """Autotune ``conv`` calls inside a ``with`` block, as ``torch.backends.cudnn.benchmark``.
+
+    The first call of a problem (op, shapes, strides, dtype, geometry, bias, TF32 setting,
+    backend, device) runs every algorithm that can serve it once to warm up (compiles) and once
+    timed, and returns the fastest one's result; later calls of the problem run the cached
+    choice. With ``deterministic=True`` only deterministic algorithms are candidates (every
+    conv-forward algorithm is). On the emulator the times are CPU times. A forced algorithm
+    (:func:`use_algorithm`) wins over autotune. ``GPUCONV_AUTOTUNE=1`` turns it on outside any
+    block.
+
+    Parameters
+    ----------
+    enabled : bool
+    """
+    return _setting(_autotune, _check_flag("use_autotune", enabled))
+
+
+def autotune_enabled() -> bool:
+    """Whether autotune is on (:func:`use_autotune`, else ``GPUCONV_AUTOTUNE``, else False)."""
+    value = _autotune.get()
+    return _env_flag(AUTOTUNE_ENV) if value is _UNSET else value
+
+
+# ----------------------------------------------------------------------------- problems
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvProblem:
+    """What an algorithm decides on: a ``conv`` call without its data.
+
+    ``geom`` is the backend geometry (:func:`gpuconv._shapes.backend_geometry`); ``strides``
+    the caller's array strides (part of the autotune key); ``device`` the CUDA device, or None.
+    """
+
+    op: str
+    backend: str
+    x_shape: tuple[int, ...]
+    w_shape: tuple[int, ...]
+    dtype: np.dtype
+    geom: ConvGeometry
+    has_bias: bool = False
+    tf32: bool = False
+    deterministic: bool = True
+    strides: tuple = ()
+    device: int | None = None
+
+    @classmethod
+    def of(cls, backend: str, x, weight, bias, geom: ConvGeometry, *, op: str = "conv",
+           strides: tuple = ()) -> ConvProblem:
+        """The problem of arrays ``x``, ``weight``, ``bias`` (or None) on ``backend``, with the
+        current TF32 setting."""
+        device = getattr(getattr(x, "device", None), "id", None)
+        return cls(op, backend, tuple(x.shape), tuple(weight.shape), np.dtype(x.dtype), geom,
+                   bias is not None, tf32_enabled(), True, tuple(strides),
+                   device if isinstance(device, int) else None)
+
+    def key(self) -> tuple:
+        """The autotune cache key (every field; the dtype by its string)."""
+        return dataclasses.astuple(dataclasses.replace(self, dtype=self.dtype.str))
+
+
+@dataclasses.dataclass(frozen=True)
+class Description:
+    """The launches an algorithm would make: kernel name expressions (or what runs in their
+    place, e.g. a cuBLAS GEMM), the grid, block and dynamic-or-static shared memory (bytes) of
+    the main kernel, and the temporary device memory (bytes)."""
+
+    kernels: tuple[str, ...] = ()
+    grid: Any = None
+    block: Any = None
+    shared_mem: int = 0
+    workspace_bytes: int = 0
+
+
+class Algorithm(Protocol):
+    """One way to compute a ``conv`` forward call on a backend."""
+
+    name: str
+    summary: str
+    deterministic: bool
+
+    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
+        """``(True, "")``, or ``(False, reason)``."""
+
+    def describe(self, problem: ConvProblem) -> Description:
+        """The launches it would make (nothing runs)."""
+
+    def run(self, backend, x, weight, bias, geom: ConvGeometry):
+        """The result, from prepared arrays (C-contiguous, of one dtype, on the backend)."""
+
+
+class _BackendOwn:
+    """The one algorithm of a backend that lists none: its ``conv`` method."""
+
+    deterministic = True
+
+    def __init__(self, name: str):
+        self.name = name
+        self.summary = f"the {name!r} backend's conv"
+
+    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
+        return True, ""
+
+    def describe(self, problem: ConvProblem) -> Description:
+        what = "NumPy: one matmul per kernel tap" if self.name == "numpy" else self.summary
+        return Description(kernels=(what,))
+
+    def run(self, backend, x, weight, bias, geom):
+        return backend.conv(x, weight, bias, geom)
+
+
+def algorithms_of(backend) -> tuple[tuple, Callable[[ConvProblem], str]]:
+    """``(algorithms, default)``: a backend's conv-forward algorithms and its default choice."""
+    found = getattr(backend, "conv_algorithms", None)
+    if found is None:
+        own = _BackendOwn(backend.name)
+        return (own,), lambda problem: own.name
+    return tuple(found), backend.default_conv_algorithm
+
+
+# ----------------------------------------------------------------------------- autotune
+
+
+def timer() -> float:
+    """The clock autotune reads (``time.perf_counter``; tests replace it)."""
+    return time.perf_counter()
+
+
+class Autotuner:
+    """Times candidate algorithms once per problem and caches the fastest.
+
+    ``choose(key, candidates, run, deterministic=...)`` returns ``(name, result)``: on a cache
+    miss every candidate (only the deterministic ones with ``deterministic=True``) runs once
+    to warm up (compiling its kernels) and once between two :func:`timer` readings; the
+    fastest is cached under ``(key, deterministic)`` and its timed run's result returned (ties
+    go to the earlier candidate). On a hit, ``(name, None)``: the caller runs it.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.cache: dict[tuple, str] = {}
+        self.timings: dict[tuple, dict[str, float]] = {}
+
+    def lookup(self, key: tuple, deterministic: bool) -> str | None:
+        """The cached choice for ``key``, or None."""
+        with self._lock:
+            return self.cache.get((key, deterministic))
+
+    def choose(self, key: tuple, candidates: Sequence, run: Callable[[Any], Any], *,
+               deterministic: bool) -> tuple[str, Any]:
+        cached = self.lookup(key, deterministic)
+        if cached is not None:
+            return cached, None
+        pool = [c for c in candidates if c.deterministic or not deterministic]
+        if not pool:
+            raise ValueError("autotune: no deterministic algorithm can serve this call")
+        times, results = {}, {}
+        for candidate in pool:
+            run(candidate)  # warm-up: compiles, fills caches
+            start = timer()
+            results[candidate.name] = run(candidate)
+            times[candidate.name] = timer() - start
+        best = min(pool, key=lambda c: times[c.name]).name
+        with self._lock:
+            self.cache[(key, deterministic)] = best
+            self.timings[(key, deterministic)] = times
+        return best, results[best]
+
+    def clear(self) -> None:
+        """Forget every choice."""
+        with self._lock:
+            self.cache.clear()
+            self.timings.clear()
+
+
+#: The process-wide autotune cache.
+AUTOTUNER = Autotuner()
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """The chosen algorithm, why (``"forced"``, ``"autotuned"``, ``"autotune cache"``,
+    ``"default heuristic"``), and the result when choosing ran it (autotune), else None."""
+
+    algorithm: Any
+    why: str
+    result: Any = None
+
+
+def candidates(problem: ConvProblem, algorithms: Sequence) -> dict[str, str]:
+    """Each algorithm's name mapped to ``""`` if it can serve ``problem``, else the reason."""
+    report = {}
+    for algorithm in algorithms:
+        ok, reason = algorithm.can_serve(problem)
+        report[algorithm.name] = "" if ok else reason
+    return report
+
+
+def select(op: str, problem: ConvProblem, algorithms: Sequence,
+           default: Callable[[ConvProblem], str],
+           run: Callable[[Any], Any] | None = None) -> Selection:
+    """The algorithm for ``problem`` among ``algorithms``: the forced one, else the autotuned
+    one (``run(algorithm)`` computes the call; without ``run``, as for :func:`plan`, only the
+    cache is consulted), else ``default(problem)``.
+
+    Raises
+    ------
+    ValueError
+        If the forced algorithm is not one of ``algorithms`` or cannot serve ``problem``
+        (the message names it and gives the reason).
+    """
+    by_name = {a.name: a for a in algorithms}
+    forced = current_algorithm()
+    if forced is not None:
+        algorithm = by_name.get(forced)
+        if algorithm is None:
+            names = ", ".join(repr(n) for n in by_name)
+            only = "only algorithm is" if len(by_name) == 1 else "algorithms are"
+            raise ValueError(f"{op}: algorithm {forced!r} cannot serve this call on the "
+                             f"{problem.backend!r} backend, whose {only} {names}")
+        ok, reason = algorithm.can_serve(problem)
+        if not ok:
+            raise ValueError(f"{op}: algorithm {forced!r} cannot serve this call: {reason}")
+        return Selection(algorithm, "forced")
+    if autotune_enabled():
+        servable = [a for a in algorithms if a.can_serve(problem)[0]]
+        if len(servable) > 1:
+            key = problem.key()
+            if run is None:
+                cached = AUTOTUNER.lookup(key, problem.deterministic)
+                if cached is not None:
+                    return Selection(by_name[cached], "autotune cache")
+            else:
+                name, result = AUTOTUNER.choose(key, servable, run,
+                                                deterministic=problem.deterministic)
+                return Selection(by_name[name], "autotuned" if result is not None
+                                 else "autotune cache", result)
+    return Selection(by_name[default(problem)], "default heuristic")
+
+
+def run_conv(op: str, backend, x, weight, bias, geom: ConvGeometry, *,
+             strides: tuple = ()):
+    """``conv`` of prepared arrays on ``backend`` with the selected algorithm (:func:`select`).
+    ``strides`` (part of the autotune key) default to those of ``x`` and ``weight``."""
+    algorithms, default = algorithms_of(backend)
+    if len(algorithms) == 1 and current_algorithm() is None:  # the NumPy backend
+        return algorithms[0].run(backend, x, weight, bias, geom)
+    problem = ConvProblem.of(backend.name, x, weight, bias, geom,
+                             strides=strides or (tuple(x.strides), tuple(weight.strides)))
+    selection = select(op, problem, algorithms, default,
+                       run=lambda a: a.run(backend, x, weight, bias, geom))
+    if selection.result is not None:
+        return selection.result
+    return selection.algorithm.run(backend, x, weight, bias, geom)
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a call would run (:func:`plan`): nothing here was computed by running it.
+
+    Attributes
+    ----------
+    op, backend : str
+        The public function and the backend the call runs on.
+    algorithm : str
+        The algorithm (``"none"`` when there is nothing to compute).
+    reason : str
+        Why it was chosen: ``"default heuristic"``, ``"forced"``, ``"autotune cache"``, or
+        ``"autotune pending (...)"`` when the first call will time the candidates.
+    kernels : tuple of str
+        Kernel name expressions (or what runs in their place, e.g. cuBLAS).
+    grid, block, shared_mem
+        The main kernel's launch (shared memory in bytes); None when there is no kernel.
+    workspace_bytes : int
+        Temporary device memory besides the output.
+    layout_copy : str or None
+        Copies made before the computation (a non-contiguous or differently typed input, a
+        host-to-device transfer), or None.
+    candidates : dict
+        Every algorithm of the backend: ``""`` if it can serve the call, else the reason.
+    """
+
+    op: str
+    backend: str
+    algorithm: str
+    reason: str
+    kernels: tuple[str, ...]
+    grid: Any
+    block: Any
+    shared_mem: int
+    workspace_bytes: int
+    layout_copy: str | None
+    candidates: dict
+
+    def __repr__(self):
+        served = ", ".join(n for n, r in self.candidates.items() if not r) or "none"
+        lines = [
+            f"Plan({self.op} on {self.backend!r}: algorithm {self.algorithm!r} "
+            f"({self.reason})",
+            f"  kernels:     {'; '.join(self.kernels) or 'none'}",
+            f"  grid, block: {self.grid}, {self.block}",
+            f"  shared mem:  {self.shared_mem} B, workspace: {self.workspace_bytes} B",
+            f"  layout copy: {self.layout_copy or 'none'}",
+            f"  can serve:   {served}",
+        ]
+        lines += [f"  not {n}: {r}" for n, r in self.candidates.items() if r]
+        return "\n".join(lines) + ")"
+
+
+def _layout_copy(arrays, named: dict, backend, geom) -> str | None:
+    """The copies :meth:`gpuconv._validate.Arrays.prepare` would make, and why: the layout
+    decision of :func:`gpuconv._layout.layout_plan` for a ``x`` that is not C-contiguous,
+    dtype conversions, and host-device transfers."""
+    notes = []
+    for name, a in named.items():
+        if a is None:
+            continue
+        if not a.flags.c_contiguous:
+            if name == "x" and layout_plan is not None:
+                notes.append(layout_plan(backend, "conv", a, geom).note)
+            else:
+                notes.append(f"{name}: copied to C-contiguous")
+        if np.dtype(a.dtype) != arrays.dtype:
+            notes.append(f"{name}: {a.dtype} -> {arrays.dtype}")
+    if arrays.call.name == "cuda" and not arrays.call.on_device_arrays:
+        notes.append("host-to-device copies of the inputs, device-to-host of the result")
+    return "; ".join(notes) or None
+
+
+def _c_strides(shape, dtype) -> tuple[int, ...]:
+    """The strides of a C-contiguous array (what the device backends receive)."""
+    strides, step = [], np.dtype(dtype).itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(int(n), 1)
+    return tuple(reversed(strides))
+
+
+def plan(op: str | Callable, *arrays: Any, **kwargs: Any) -> Plan:
+    """What ``op(*arrays, **kwargs)`` would run, without running it.
+
+    Validates the call exactly as ``op`` does, then reports the backend, the algorithm and
+    why, the kernel(s), grid, block, shared memory, workspace and any layout copy, and which
+    algorithms could serve the call (the reason for each that could not). Honours
+    :func:`use_backend`, :func:`use_algorithm` (raising as the call would), :func:`use_tf32`
+    and :func:`use_autotune` (a choice not cached yet shows as pending).
+
+    Parameters
+    ----------
+    op : {"conv", "conv1d", "conv2d", "conv3d"} or one of those functions
+    *arrays
+        ``x``, ``weight`` and optionally ``bias``, as for ``op``.
+    **kwargs
+        ``op``'s keyword arguments (``bias``, ``stride``, ``padding``, ``dilation``,
+        ``groups``, ``padding_mode``).
+
+    Returns
+    -------
+    Plan
+
+    Examples
+    --------
+    >>> import numpy as np, gpuconv
+    >>> x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((4, 2, 3, 3), np.float32)
+    >>> p = gpuconv.plan("conv2d", x, w, padding=1)
+    >>> p.backend, p.algorithm, p.reason
+    ('numpy', 'numpy', 'default heuristic')
+    """
+    from . import _shapes, _validate
+
+    name = getattr(op, "__name__", op)
+    if name not in PLAN_OPS:
+        raise ValueError(f"plan: op={name!r} must be one of {PLAN_OPS}")
+    if not 2 <= len(arrays) <= 3:
+        raise TypeError(f"plan: {name} takes x, weight and optionally bias, got "
+                        f"{len(arrays)} arrays")
+    x, weight, *rest = arrays
+    bias = rest[0] if rest else kwargs.pop("bias", None)
+    options = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "padding_mode": "zeros"}
+    unknown = set(kwargs) - set(options)
+    if unknown:
+        raise TypeError(f"plan: {name} has no argument(s) {sorted(unknown)}")
+    options.update(kwargs)
+    checked = _validate.Arrays(name, optional=("bias",), x=x, weight=weight, bias=bias)
+    spatial = None if name == "conv" else int(name[-2])
+    geom = _validate.conv_setup(name, x.shape, weight.shape, spatial_ndim=spatial, **options)
+    _validate.check_bias(name, bias, weight.shape[0])
+    backend = checked.call.backend
+    algorithms, default = algorithms_of(backend)
+    if x.shape[0] == 0 or 0 in geom.in_size:
+        return Plan(name, checked.call.name, "none", "nothing to compute: the result is the "
+                    "bias (or zeros)", (), None, None, 0, 0, None, {})
+    bgeom = _shapes.backend_geometry(geom, op=name)
+    copies = _layout_copy(checked, {"x": x, "weight": weight, "bias": bias}, backend, bgeom)
+    problem = ConvProblem(name, checked.call.name, tuple(x.shape), tuple(weight.shape),
+                          checked.dtype, bgeom, bias is not None, tf32_enabled(), True,
+                          (_c_strides(x.shape, checked.dtype), _c_strides(weight.shape,
+                                                                          checked.dtype)),
+                          getattr(getattr(x, "device", None), "id", None))
+    selection = select(name, problem, algorithms, default)
+    reason = selection.why
+    if autotune_enabled() and reason == "default heuristic":
+        served = [a.name for a in algorithms if a.can_serve(problem)[0]]
+        if len(served) > 1:
+            reason = (f"autotune pending: the first call times {', '.join(served)}; until "
+                      f"then the default heuristic's choice is shown")
+    described = selection.algorithm.describe(problem)
+    return Plan(name, checked.call.name, selection.algorithm.name, reason, described.kernels,
+                described.grid, described.block, described.shared_mem,
+                described.workspace_bytes, copies, candidates(problem, algorithms))

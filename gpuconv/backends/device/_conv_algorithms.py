@@ -1,0 +1,286 @@
+"""The algorithms that can compute a ``conv`` forward call on the device backends, and the
+default choice among them (issue 14).
+
+Each algorithm (:class:`gpuconv._algorithms.Algorithm`) says whether it can serve a call
+(``can_serve``, with the reason when it cannot), describes the launches it would make without
+running them (``describe``: what :func:`gpuconv.plan` shows) and runs it (``run``, on prepared
+arrays). :data:`REGISTRY` lists them; :func:`default_name` is the documented heuristic
+(docs/algorithms.md):
+
+* ``matmul``: a 1x1 kernel, stride 1, no padding (a GEMM per group: cuBLAS on ``cuda``);
+* ``depthwise``: ``groups == C_in`` (``depthwise_tiled``, or ``conv_direct`` if no tile fits);
+* ``implicit_gemm`` -- on ``"cuda"`` only, never by default on ``"emulate"`` (its outputs stay
+  those of the CUDA-core kernels, and tests stay fast) -- for a tensor-core dtype (float16;
+  float32 only with TF32 on, :func:`gpuconv.use_tf32`) when ``C_out / groups >=``
+  :data:`IGEMM_MIN_N` and ``K = C_in / groups * taps >=`` :data:`IGEMM_MIN_K`;
+* ``tiled``: ``conv_tiled`` when ``C_out / groups >= 4`` and a tile fits in shared memory;
+* ``direct``: ``conv_direct`` otherwise.
+
+Without ``implicit_gemm`` this is exactly :func:`._conv.choose_conv_method`, so the default
+choice on ``"emulate"`` (and on ``"cuda"`` for float64, and float32 without TF32) is the one
+gpuconv made before algorithms were selectable.
+
+``implicit_gemm`` runs ``conv_igemm_fwd`` of ``kernels/conv_igemm.cu`` through
+:mod:`._igemm` (its launch configuration); its module is compiled here (:func:`igemm_module`),
+not through the kernel registry, with the instantiations :func:`igemm_names` lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+
+import numpy as np
+
+from ... import _dtypes, _kernels
+from ..._algorithms import ConvProblem, Description
+from ..._shapes import as_3d, is_pointwise
+from . import _conv, _igemm
+
+#: implicit_gemm is the default on ``"cuda"`` from this many output channels per group (a
+#: block computes 64; fewer than 16 leaves most of its tensor-core work on padding) ...
+IGEMM_MIN_N = 16
+#: ... and this reduction length ``C_in / groups * taps`` (one pipeline stage holds 32 fp16).
+IGEMM_MIN_K = 32
+
+
+def _shape_only(shape, dtype) -> np.ndarray:
+    """A read-only array of ``shape`` and ``dtype`` that occupies no memory: the launch
+    descriptions read only shapes, dtypes and sizes."""
+    return np.broadcast_to(np.empty((), dtype), tuple(shape))
+
+
+def _stand_ins(problem: ConvProblem):
+    x = _shape_only(problem.x_shape, problem.dtype)
+    w = _shape_only(problem.w_shape, problem.dtype)
+    out = _shape_only((problem.x_shape[0], problem.w_shape[0], *problem.geom.out_size),
+                      problem.dtype)
+    return x, w, out
+
+
+def _kernel_description(launch: _conv.KernelLaunch) -> Description:
+    return Description(kernels=(launch.name,), grid=launch.grid, block=launch.block,
+                       shared_mem=launch.shared_mem)
+
+
+def _synchronize(backend) -> None:
+    """Wait for the GPU (``"cuda"``), so that a timing covers the kernels; a no-op on the
+    emulator, which runs synchronously."""
+    if backend.name == "cuda":
+        backend.xp.cuda.get_current_stream().synchronize()
+
+
+class _CudaCoreAlgorithm:
+    """An algorithm of :mod:`._conv` (``method=`` of :func:`._conv.conv`)."""
+
+    deterministic = True
+
+    def __init__(self, name: str, summary: str):
+        self.name = name
+        self.summary = summary
+
+    def __repr__(self):
+        return f"<algorithm {self.name!r}>"
+
+    def run(self, backend, x, weight, bias, geom):
+        out = _conv.conv(backend, x, weight, bias, geom, method=self.name)
+        _synchronize(backend)
+        return out
+
+
+class _Direct(_CudaCoreAlgorithm):
+    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
+        if problem.dtype not in _conv.DIRECT.dtypes:
+            return False, f"conv_direct has no {problem.dtype} instantiation"
+        return True, ""
+
+    def describe(self, problem: ConvProblem) -> Description:
+        x, w, out = _stand_ins(problem)
+        return _kernel_description(
+            _conv.conv_launch(problem.geom, x, w, out, problem.geom.groups, method="direct"))
+
+
+class _Tiled(_CudaCoreAlgorithm):
+    def _plan(self, problem: ConvProblem):
+        return _conv.conv_tiled_plan(as_3d(problem.geom), problem.x_shape[0], problem.x_shape[1],
+                                     problem.w_shape[0], problem.geom.groups,
+                                     problem.dtype.itemsize)
+
+    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
+        if problem.dtype not in _conv.TILED.dtypes:
+            return False, f"conv_tiled has no {problem.dtype} instantiation"
+        if self._plan(problem) is None:
+            return False, (f"no tile of kernel={problem.geom.kernel}, dilation="
+                           f"{problem.geom.dilation} fits in shared memory")
+        return True, ""
+
+    def describe(self, problem: ConvProblem) -> Description:
+        x, w, out = _stand_ins(problem)
+        return _kernel_description(
+            _conv.conv_launch(problem.geom, x, w, out, problem.geom.groups, method="tiled"))
+
+
+class _Matmul(_CudaCoreAlgorithm):
+    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
+        geom = problem.geom
+        if not is_pointwise(geom):
+            return False, (f"needs a 1x1 kernel, stride 1 and no padding; got kernel="
+                           f"{geom.kernel}, stride={geom.stride}, padding={geom.pad_lo}/"
+                           f"{geom.pad_hi}")
+        return True, ""
+
+    def describe(self, problem: ConvProblem) -> Description:
+        groups = problem.geom.groups
+        og, cg = problem.w_shape[0] // groups, problem.x_shape[1] // groups
+        p = math.prod(problem.geom.out_size)
+        blas = "cuBLAS (cupy.matmul)" if problem.backend == "cuda" else "numpy.matmul"
+        return Description(kernels=(f"{blas}: ({groups}, {og}, {cg}) @ "
+                                    f"({problem.x_shape[0]}, {groups}, {cg}, {p})",))
+
+
+class _Depthwise(_CudaCoreAlgorithm):
+    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
+        c_in, groups = problem.x_shape[1], problem.geom.groups
+        if groups != c_in:
+            return False, f"needs groups == C_in, got groups={groups}, C_in={c_in}"
+        if problem.dtype not in _conv.DEPTHWISE.dtypes:
+            return False, f"depthwise_tiled has no {problem.dtype} instantiation"
+        return True, ""
+
+    def describe(self, problem: ConvProblem) -> Description:
+        x, w, out = _stand_ins(problem)
+        return _kernel_description(_conv.depthwise_launch(problem.geom, x, w, out))
+
+
+# ----------------------------------------------------------------------------- implicit GEMM
+
+_modules: dict[tuple, object] = {}
+_modules_lock = threading.Lock()
+
+
+def igemm_names() -> list[str]:
+    """The instantiations compiled together: every (kind, padding mode) with an ``int``
+    index, and the float16 zeros one with ``long long`` (the list of C's kernel tests, so the
+    emulator's disk cache is shared). Other ``long long`` ones are compiled one at a time."""
+    return _igemm.all_name_expressions() + [_igemm.name_expression("float16", "zeros",
+                                                                   "long long")]
+
+
+def igemm_module(backend, name: str):
+    """A module holding instantiation ``name`` of ``conv_igemm_fwd`` for ``backend`` (memoized
+    per backend, device and name list): an emulator module, or a ``cupy.RawModule`` compiled
+    from the inlined source with the backend's NVRTC options."""
+    names = igemm_names()
+    if name not in names:
+        names = [name]
+    scope = backend.xp.cuda.runtime.getDevice() if backend.name == "cuda" else None
+    key = (backend.name, scope, tuple(names))
+    with _modules_lock:
+        module = _modules.get(key)
+        if module is None:
+            if backend.name == "cuda":
+                from ._executor import cuda_options, kernel_source
+
+                cupy = backend.xp
+                module = cupy.RawModule(code=kernel_source(_igemm.IGEMM_FILE)[0],
+                                        options=cuda_options(cupy), name_expressions=names)
+            else:
+                from ... import _emulator
+
+                module = _emulator.load_module(_kernels.source_path(_igemm.IGEMM_FILE), names)
+            _modules[key] = module
+    return module
+
+
+def _igemm_kind(problem: ConvProblem) -> tuple[str | None, str]:
+    """``(kind, "")`` of ``conv_igemm_fwd`` for the call's dtype, or ``(None, reason)``."""
+    dtype = problem.dtype
+    if dtype == np.float16:
+        return "float16", ""
+    if _dtypes.is_bfloat16(dtype):
+        if problem.backend == "cuda":
+            return None, "bfloat16 arrays do not exist on the cuda backend (CuPy has no bfloat16)"
+        return "bfloat16", ""
+    if dtype == np.float32:
+        if problem.tf32:
+            return "tf32", ""
+        return None, ("float32 runs on tensor cores only as TF32, which is off (exact float32 "
+                      "is the default); enable it with gpuconv.use_tf32(True) or "
+                      "GPUCONV_ALLOW_TF32=1")
+    return None, f"tensor cores compute float16, bfloat16 or TF32, not {dtype}"
+
+
+class _ImplicitGemm:
+    """``conv_igemm_fwd``: tensor-core implicit GEMM (mma.sync), fp32 accumulation."""
+
+    name = "implicit_gemm"
+    summary = "conv_igemm_fwd (kernels/conv_igemm.cu): tensor-core implicit GEMM"
+    deterministic = True  # one block per output tile, a fixed summation order
+
+    def __repr__(self):
+        return f"<algorithm {self.name!r}>"
+
+    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
+        kind, reason = _igemm_kind(problem)
+        return kind is not None, reason
+
+    def _config(self, problem: ConvProblem, weight_pointer: int = 0):
+        kind, reason = _igemm_kind(problem)
+        if kind is None:
+            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        return kind, _igemm.igemm_config(
+            kind, problem.x_shape, problem.w_shape, as_3d(problem.geom),
+            groups=problem.geom.groups, padding_mode=problem.geom.padding_mode,
+            has_bias=problem.has_bias, weight_pointer=weight_pointer)
+
+    def describe(self, problem: ConvProblem) -> Description:
+        _, cfg = self._config(problem)
+        return Description(kernels=(cfg.name,), grid=cfg.grid, block=cfg.block,
+                           shared_mem=_igemm.shared_bytes())
+
+    def run(self, backend, x, weight, bias, geom):
+        from ..._launch import data_pointer
+
+        problem = ConvProblem.of(backend.name, x, weight, bias, geom)
+        kind, cfg = self._config(problem, data_pointer(weight))
+        out_dtype = np.dtype(x.dtype)
+        if kind == "bfloat16":  # the kernel takes the bits (uint16)
+            x, weight = x.view(np.uint16), weight.view(np.uint16)
+            bias = None if bias is None else bias.view(np.uint16)
+        out = backend.xp.empty((x.shape[0], weight.shape[0], *geom.out_size), x.dtype)
+        _igemm.launch(igemm_module(backend, cfg.name), cfg, x, weight,
+                      out if bias is None else bias, out)
+        _synchronize(backend)
+        return out.view(out_dtype)
+
+
+DIRECT = _Direct("direct", "conv_direct (kernels/conv.cu): one output per thread")
+TILED = _Tiled("tiled", "conv_tiled (kernels/conv.cu): shared-memory input tile, "
+                        "register blocking over 8 output channels x 4 columns")
+MATMUL = _Matmul("matmul", "a GEMM per group for 1x1 convolutions (cuBLAS on cuda)")
+DEPTHWISE = _Depthwise("depthwise", "depthwise_tiled (kernels/depthwise.cu), groups == C_in")
+IMPLICIT_GEMM = _ImplicitGemm()
+
+#: Every conv-forward algorithm of the device backends, in the order autotune times them.
+REGISTRY = (MATMUL, DEPTHWISE, IMPLICIT_GEMM, TILED, DIRECT)
+
+
+def default_name(problem: ConvProblem) -> str:
+    """The default algorithm of a call (see the module docstring).
+
+    >>> from gpuconv._shapes import conv_geometry
+    >>> g = conv_geometry((56, 56), (3, 3), stride=1, padding=1, dilation=1)
+    >>> p = ConvProblem("conv", "cuda", (32, 64, 56, 56), (64, 64, 3, 3), np.dtype("float16"), g)
+    >>> default_name(p), default_name(dataclasses.replace(p, backend="emulate"))
+    ('implicit_gemm', 'tiled')
+    """
+    geom = problem.geom
+    og = problem.w_shape[0] // geom.groups
+    k = problem.x_shape[1] // geom.groups * math.prod(geom.kernel)
+    if (problem.backend == "cuda" and not is_pointwise(geom)
+            and geom.groups != problem.x_shape[1] and og >= IGEMM_MIN_N and k >= IGEMM_MIN_K
+            and IMPLICIT_GEMM.can_serve(problem)[0]):
+        return IMPLICIT_GEMM.name
+    return _conv.choose_conv_method(problem.x_shape, problem.w_shape, geom,
+                                    problem.dtype.itemsize)
