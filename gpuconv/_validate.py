@@ -17,7 +17,11 @@ setup of a call from them:
 * the checks of ``bias``, ``out``, the separable pointwise weight, the gradients' shape and
   flag arguments and ``grad_output``, and the signal arguments of ``convolve``/``correlate``;
 * the results of calls with nothing to compute (:func:`empty_result`) and the delivery of a
-  backend's result into ``out=`` (:func:`finish`).
+  backend's result into ``out=`` (:func:`finish`);
+* the layout decisions (docs/layouts.md): a channels-last ``x`` is passed as it is where the
+  backend reads it so (:meth:`Arrays.prepare_input`), else copied once to NCHW
+  (:meth:`Arrays.prepare`), and :func:`finish` returns channels-last results for it
+  (:mod:`gpuconv._layout` has the rules and the copy counter).
 
 Every message starts with the public function's name (``op``), then names the parameter, the
 value received and what was expected.

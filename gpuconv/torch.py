@@ -4,6 +4,8 @@ Import it explicitly, ``import gpuconv.torch`` (``import gpuconv`` never imports
 
 * CPU tensors are shared with NumPy without copies (``tensor.detach().numpy()`` in,
   ``torch.from_numpy`` out); gpuconv copies only inputs that are not C-contiguous.
+  ``torch.channels_last``/``channels_last_3d`` tensors are accepted and give outputs and input
+  gradients in the same format (docs/layouts.md says which paths copy them to NCHW).
   ``torch.bfloat16`` tensors, which ``Tensor.numpy()`` refuses, are shared the same way
   through their bits: ``t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)`` in and
   ``torch.from_numpy(a.view(numpy.int16)).view(torch.bfloat16)`` out, still without copies

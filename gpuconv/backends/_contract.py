@@ -8,10 +8,16 @@ has every method with the Protocol's parameter names.
 
 What a backend receives: arrays already validated by :mod:`gpuconv._validate`, C-contiguous,
 aligned, in the result dtype and native byte order, as the backend's own array type (``xp``'s);
+one exception: a backend with an (optional) ``reads_channels_last(method, geom) -> bool``
+method receives a dense channels-last ``x`` (NHWC strides, docs/layouts.md) as it is when that
+says True for the call (:func:`gpuconv._layout.reads_in_place`; the NumPy backend's 1x1
+``conv`` and ``depthwise_conv``), and may return a channels-last result then.
 ``geom`` is a :class:`gpuconv._shapes.ConvGeometry` as
 :func:`gpuconv._shapes.backend_geometry` made it. Never an empty call (N = 0 or an empty
 spatial dim): the caller answers those without a backend. Each method returns a new
-C-contiguous array of the result dtype (``deform_conv2d_grad``: a tuple of them). float16 and
+C-contiguous array of the result dtype (``deform_conv2d_grad``: a tuple of them), or a
+channels-last one for a channels-last ``x`` (the caller puts results in the promised format,
+:func:`gpuconv._validate.finish`). float16 and
 bfloat16 are accumulated in float32 (:func:`gpuconv._dtypes.accumulation_dtype`).
 
 Which dtypes a backend computes: its ``dtypes`` attribute (a tuple of ``numpy.dtype``), or
