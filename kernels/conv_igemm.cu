@@ -47,8 +47,10 @@
 //     bank 8t + g). sB rows are 64 bytes with the 16-byte chunk c of row r stored at chunk
 //     c ^ ((r / 2) % 4) (an XOR swizzle): the 8 rows of an ldmatrix phase, and the rows r, r + 1
 //     that one 8-lane cp.async phase writes, land on 8 distinct bank quads.
-//   * Epilogue: acc + bias (fp32) converted once to T, stored straight from the fragments.
-// Shared memory: STAGES * 8704 bytes (26112 for 3 stages), static.
+//   * Epilogue: the accumulators go to an fp32 tile sC[BN][BM + 4] in the (then idle) ring
+//     (lane (g, t) writes bank 8t + g + const: conflict-free); thread t then stores m0 + t % 64
+//     for every other n: T(c + bias), converted once, coalesced along m (contiguous in NCDHW).
+// Shared memory: STAGES * 8704 bytes (26112 for 3 stages), static; sC needs 17408.
 // Speed: per stage a warp issues 16 mma.m16n8k16 against 8 ldmatrix.x4 (2 mma per ldmatrix;
 // TF32: 16 mma.m16n8k8 against 4 ldmatrix.x4 and 16 32-bit loads); global traffic per block
 // is (BM + BN) * 64 bytes per stage. In this first version the A gather's per-element address
@@ -149,8 +151,12 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
     constexpr bool kTf32 = sizeof(W) == 4;
     constexpr int APITCH = BM + 8;                          // 144 or 288 bytes
     constexpr int V = 16 / int(sizeof(W));                  // elements per 16-byte chunk
-    __shared__ __align__(16) W sA[S][BK][APITCH];           // (stage, k, m)
-    __shared__ __align__(16) W sB[S][BN][BK];               // (stage, n, k), chunks swizzled
+    constexpr int A_BYTES = S * BK * APITCH * int(sizeof(W)), B_BYTES = S * BN * BK * int(sizeof(W));
+    constexpr int CPITCH = BM + 4;  // the epilogue's fp32 tile, (BN, BM + 4), reuses the ring
+    static_assert(BN * CPITCH * 4 <= A_BYTES + B_BYTES, "the output tile must fit the ring");
+    __shared__ __align__(16) unsigned char smem[A_BYTES + B_BYTES];
+    W(*sA)[BK][APITCH] = reinterpret_cast<W(*)[BK][APITCH]>(smem);        // (stage, k, m)
+    W(*sB)[BN][BK] = reinterpret_cast<W(*)[BN][BK]>(smem + A_BYTES);      // (stage, n, k), swizzled
     // Element k of weight-tile row r: its 16-byte chunk k / V sits at chunk (k / V) ^ ((r / 2)
     // % 4) of the 64-byte row, so that the 8 rows of an ldmatrix phase, and the 8 chunks of a
     // cp.async phase (rows r, r + 1), fall on 8 distinct bank quads.
@@ -334,25 +340,31 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
         }
     }
 
-    // ---- epilogue: out[nb, g * og + n, sp] = T(acc + bias), from the C fragments
+    // ---- epilogue: the fp32 tile goes through shared memory, sC (n, m) with m contiguous, so
+    // that the stores run along m (contiguous in the output for one co). Every real cp.async
+    // group has landed (the groups after stage nk - 1 are empty); the barrier ends the ring.
+    __syncthreads();
+    float* sC = reinterpret_cast<float*>(smem);  // (BN, BM + 4)
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {  // the lane's rows g and g + 8 of the 16 x 8 tiles
-            const Index m = m0 + wm + 16 * i + (lane >> 2) + 8 * h;
-            if (m >= M) continue;
-            const Index nb = m / out_vol, sp = m - nb * out_vol;
-            T* out_m = out + nb * c_out * out_vol + sp;  // (C_out,) with stride out_vol
+        for (int j = 0; j < 4; ++j)
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const Index n = n0 + wn + 8 * j + 2 * (lane & 3) + e;
-                    if (n >= og) continue;
-                    const Index co = g * og + n;
-                    float v = acc[i][j].x[2 * h + e];
-                    if (has_bias) v += E::to_float(reinterpret_cast<const W*>(bias)[co]);
-                    reinterpret_cast<W*>(out_m)[co * out_vol] = E::from_float(v);
-                }
+            for (int e = 0; e < 4; ++e)  // lane (g, t): bank 4 (2t + e % 2) + g + const
+                sC[(wn + 8 * j + tile_c16x8::get_j(lane, e)) * CPITCH + wm + 16 * i +
+                   tile_c16x8::get_i(lane, e)] = acc[i][j].x[e];
+    __syncthreads();
+    // thread t stores m = m0 + t % 64 for n = t / 64 + 2 r: out[nb, g * og + n, sp] = T(c + bias)
+    const Index m = m0 + tid % BM;
+    if (m < M) {
+        const Index nb = m / out_vol, sp = m - nb * out_vol;
+        W* out_m = reinterpret_cast<W*>(out) + (nb * c_out + g * og) * out_vol + sp;  // (og,) stride out_vol
+        for (int nl = tid / BM; nl < BN; nl += gpuconv::igemm::kThreads / BM) {
+            const Index n = n0 + nl;
+            if (n >= og) break;
+            float v = sC[nl * CPITCH + tid % BM];
+            if (has_bias) v += E::to_float(reinterpret_cast<const W*>(bias)[g * og + n]);
+            out_m[n * out_vol] = E::from_float(v);
         }
+    }
 }

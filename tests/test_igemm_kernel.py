@@ -294,8 +294,9 @@ def test_counters_no_bank_conflicts_in_the_main_loop(mod, kind):
 def test_counters_aligned_stride1_layer(mod, kind):
     """1x1 stride-1 layer (spatial 16 x 16, C_in = 32, no padding): the input gather and the
     weight copies use every byte of every 32-byte sector they touch (efficiency 100%), all of
-    them by cp.async (16-bit pairs included), and no shared access (ldmatrix, fragment loads,
-    cp.async writes) has a bank conflict.
+    them by cp.async (16-bit pairs included), so do the output stores (staged through shared
+    memory so that they run along m), and no shared access (ldmatrix, fragment loads, cp.async
+    writes, the epilogue's tile) has a bank conflict.
 
     Under NCDHW this is what the layout permits: a warp gathers 32 consecutive m (output
     positions) of one k; they are contiguous in memory only for stride 1 within an output row,
@@ -307,6 +308,8 @@ def test_counters_aligned_stride1_layer(mod, kind):
              if s.space == "global" and s.kind in ("load", "cp.async.load")]
     assert loads and all(s.units == s.ideal for s in loads), loads
     assert all(s.kind == "cp.async.load" for s in loads), loads
+    stores = [s for s in k.sites.values() if s.space == "global" and s.kind == "store"]
+    assert stores and all(s.units == s.ideal for s in stores), stores  # along m via sC
     shared = [s for s in k.sites.values() if s.space == "shared"]
     assert shared and all(s.units == s.ideal for s in shared), shared
 
