@@ -199,7 +199,7 @@ def autotune_enabled() -> bool:
 class ConvProblem:
     """What an algorithm decides on: a ``conv`` call without its data.
 
-    ``geom`` is the backend geometry (:func:`gpuconv._shapes.backend_geometry`); ``strides``
+    ``op`` is the public function's name (for messages); ``geom`` is the backend geometry (:func:`gpuconv._shapes.backend_geometry`); ``strides``
     the caller's array strides (part of the autotune key); ``device`` the CUDA device, or None.
     """
 
@@ -226,8 +226,9 @@ class ConvProblem:
                    device if isinstance(device, int) else None)
 
     def key(self) -> tuple:
-        """The autotune cache key (every field; the dtype by its string)."""
-        return dataclasses.astuple(dataclasses.replace(self, dtype=self.dtype.str))
+        """The autotune cache key: every field, the dtype by its string, and ``op`` as the
+        operation (``conv1d`` and ``conv`` of the same arrays are one problem)."""
+        return dataclasses.astuple(dataclasses.replace(self, op="conv", dtype=self.dtype.str))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -513,8 +514,10 @@ def _c_strides(shape, dtype) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def plan(op: str | Callable, *arrays: Any, **kwargs: Any) -> Plan:
-    """What ``op(*arrays, **kwargs)`` would run, without running it.
+def plan(op: str | Callable, x: Any, weight: Any, bias: Any = None, *,
+         stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: Any = 1,
+         padding_mode: str = "zeros") -> Plan:
+    """What ``op(x, weight, bias, ...)`` would run, without running it.
 
     Validates the call exactly as ``op`` does, then reports the backend, the algorithm and
     why, the kernel(s), grid, block, shared memory, workspace and any layout copy, and which
@@ -525,11 +528,8 @@ def plan(op: str | Callable, *arrays: Any, **kwargs: Any) -> Plan:
     Parameters
     ----------
     op : {"conv", "conv1d", "conv2d", "conv3d"} or one of those functions
-    *arrays
-        ``x``, ``weight`` and optionally ``bias``, as for ``op``.
-    **kwargs
-        ``op``'s keyword arguments (``bias``, ``stride``, ``padding``, ``dilation``,
-        ``groups``, ``padding_mode``).
+    x, weight, bias, stride, padding, dilation, groups, padding_mode
+        As for ``op``.
 
     Returns
     -------
@@ -548,16 +548,8 @@ def plan(op: str | Callable, *arrays: Any, **kwargs: Any) -> Plan:
     name = getattr(op, "__name__", op)
     if name not in PLAN_OPS:
         raise ValueError(f"plan: op={name!r} must be one of {PLAN_OPS}")
-    if not 2 <= len(arrays) <= 3:
-        raise TypeError(f"plan: {name} takes x, weight and optionally bias, got "
-                        f"{len(arrays)} arrays")
-    x, weight, *rest = arrays
-    bias = rest[0] if rest else kwargs.pop("bias", None)
-    options = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "padding_mode": "zeros"}
-    unknown = set(kwargs) - set(options)
-    if unknown:
-        raise TypeError(f"plan: {name} has no argument(s) {sorted(unknown)}")
-    options.update(kwargs)
+    options = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups,
+               "padding_mode": padding_mode}
     checked = _validate.Arrays(name, optional=("bias",), x=x, weight=weight, bias=bias)
     spatial = None if name == "conv" else int(name[-2])
     geom = _validate.conv_setup(name, x.shape, weight.shape, spatial_ndim=spatial, **options)

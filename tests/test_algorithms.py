@@ -302,7 +302,7 @@ def test_plan_float16_implicit_gemm_and_checks(emu, no_launches):
         gpuconv.plan("deform_conv2d", x, w)
     with pytest.raises(ValueError, match=r"conv2d: x must have 4 dims"):
         gpuconv.plan("conv2d", x, w)
-    with pytest.raises(TypeError, match=r"plan: conv has no argument\(s\) \['output_padding'\]"):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'output_padding'"):
         gpuconv.plan("conv", x, w, output_padding=1)
 
 
@@ -432,3 +432,23 @@ def test_autotune_on_the_emulator(emu, monkeypatch):
     np.testing.assert_array_equal(got, again)
     np.testing.assert_allclose(got, REFERENCE.conv(x, w, b, conv_geometry(
         (7, 6), (3, 3), stride=1, padding=1, dilation=1)), rtol=1e-5, atol=1e-5)
+
+
+def test_forced_implicit_gemm_bfloat16_within_the_bound(emu):
+    from gpuconv import _dtypes
+
+    if _dtypes.BFLOAT16 is None:
+        pytest.skip("ml_dtypes is not installed")
+    if _dtypes.BFLOAT16 not in getattr(gpuconv._dispatch.get_backend("emulate"), "dtypes", ()):
+        pytest.skip("the emulate backend takes no bfloat16 arrays yet")
+    rng = np.random.default_rng(8)
+    x, w, b = (a.astype(_dtypes.BFLOAT16) for a in _case(rng, np.float32, c_in=6))
+    with gpuconv.use_algorithm("implicit_gemm"):
+        assert gpuconv.plan("conv", x, w, b).kernels == ("conv_igemm_fwd<unsigned short, int, 0>",)
+        got = gpuconv.conv(x, w, b, stride=(1, 2), padding=(2, 1))
+    ref, mag = _reference(x, w, b, stride=(1, 2), padding=(2, 1))
+    n = 6 * 9 + 1
+    gamma = n * U_ACC / (1 - n * U_ACC)
+    assert got.dtype == _dtypes.BFLOAT16
+    assert np.all(np.abs(got.astype(np.float64) - ref)
+                  <= gamma * mag + 2.0**-8 * (np.abs(ref) + gamma * mag))
