@@ -452,3 +452,27 @@ def test_forced_implicit_gemm_bfloat16_within_the_bound(emu):
     assert got.dtype == _dtypes.BFLOAT16
     assert np.all(np.abs(got.astype(np.float64) - ref)
                   <= gamma * mag + 2.0**-8 * (np.abs(ref) + gamma * mag))
+
+
+def test_implicit_gemm_through_the_cuda_flow_with_a_stand_in_cupy(emu, monkeypatch):
+    """The ``cuda`` backend's path without a GPU: the executor compiles conv_igemm_fwd's
+    (__half, int) group through (stand-in) NVRTC and its disk cache, and the default heuristic
+    picks implicit_gemm on cuda for a float16 3x3 layer with 16 output channels."""
+    import types
+
+    from kernel_helpers import stand_in_cupy
+
+    backend, compiled = stand_in_cupy(monkeypatch, ("ndarray", "ascontiguousarray", "empty",
+                                                    "zeros", "matmul"))
+    backend.xp.cuda.get_current_stream = lambda: types.SimpleNamespace(synchronize=lambda: None)
+    x, w, b = _case(np.random.default_rng(9), np.float16, c_in=4, c_out=16)
+    geom = conv_geometry((7, 6), (3, 3), stride=1, padding=1, dilation=1)
+    problem = ConvProblem.of("cuda", x, w, b, geom)
+    assert _conv_algorithms.default_name(problem) == "implicit_gemm"
+    got = backend.conv(x, w, b, geom)
+    assert [c.name_expressions for c in compiled] == [tuple(
+        n for n in _conv_algorithms.igemm_names() if n.startswith("conv_igemm_fwd<__half, int"))]
+    emulated = _conv_algorithms.igemm_module(gpuconv._dispatch.get_backend("emulate"),
+                                             _igemm.name_expression("float16", "zeros"))
+    np.testing.assert_array_equal(
+        got, _igemm.conv_igemm_forward(emulated, x, w, b, kind="float16", padding=1))

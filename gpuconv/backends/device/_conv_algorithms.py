@@ -167,24 +167,33 @@ def igemm_names() -> list[str]:
                                                                    "long long")]
 
 
+class _CudaModule:
+    """A ``cupy.RawModule`` and its name map, fetched by name expression."""
+
+    def __init__(self, raw_module, mapping: dict):
+        self._raw, self._mapping = raw_module, mapping
+
+    def get_function(self, name: str):
+        return self._raw.get_function(self._mapping[name])
+
+
 def igemm_module(backend, name: str):
     """A module holding instantiation ``name`` of ``conv_igemm_fwd`` for ``backend`` (memoized
-    per backend, device and name list): an emulator module, or a ``cupy.RawModule`` compiled
-    from the inlined source with the backend's NVRTC options."""
+    per backend, device and name list): an emulator module, or on ``cuda`` the cubin the
+    executor compiles and caches like the registry's kernels
+    (:meth:`._executor.CupyExecutor.load_names`: the same NVRTC options, ``-ftz=false``)."""
     names = igemm_names()
     if name not in names:
         names = [name]
+    elif backend.name == "cuda":  # NVRTC compiles one (T, Index) group at a time
+        names = [n for n in names if _kernels.compile_group(n) == _kernels.compile_group(name)]
     scope = backend.xp.cuda.runtime.getDevice() if backend.name == "cuda" else None
     key = (backend.name, scope, tuple(names))
     with _modules_lock:
         module = _modules.get(key)
         if module is None:
             if backend.name == "cuda":
-                from ._executor import cuda_options, kernel_source
-
-                cupy = backend.xp
-                module = cupy.RawModule(code=kernel_source(_igemm.IGEMM_FILE)[0],
-                                        options=cuda_options(cupy), name_expressions=names)
+                module = _CudaModule(*backend.executor.load_names(_igemm.IGEMM_FILE, names))
             else:
                 from ... import _emulator
 
@@ -199,8 +208,6 @@ def _igemm_kind(problem: ConvProblem) -> tuple[str | None, str]:
     if dtype == np.float16:
         return "float16", ""
     if _dtypes.is_bfloat16(dtype):
-        if problem.backend == "cuda":
-            return None, "bfloat16 arrays do not exist on the cuda backend (CuPy has no bfloat16)"
         return "bfloat16", ""
     if dtype == np.float32:
         if problem.tf32:

@@ -197,8 +197,15 @@ class CupyExecutor(Executor):
     def _load_module(self, file: str, group):
         """Compile (or fetch from the disk cache) the instantiations of ``file`` in compile
         group ``group`` for the current device; returns ``(RawModule, {name: mangled})``."""
+        return self.load_names(file, _kernels.group_name_expressions(file, group))
+
+    def load_names(self, file: str, names) -> tuple:
+        """Compile (or fetch from the disk cache) instantiations ``names`` of ``file`` for the
+        current device; returns ``(RawModule, {name: mangled})``. The registry's compile
+        groups come here, and so do kernels launched outside the registry (the tensor-core
+        ``conv_igemm_fwd``, :mod:`._conv_algorithms`)."""
         compiler = self._cupy.cuda.compiler
-        names = _kernels.group_name_expressions(file, group)
+        names = list(names)
         source, source_hash = kernel_source(file)
         options = cuda_options(self._cupy)
         arch = compiler._get_arch()  # the device's compute capability, capped at NVRTC's
