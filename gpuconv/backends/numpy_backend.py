@@ -347,32 +347,50 @@ def _pointwise_channels_last(x, weight, bias, geom: ConvGeometry):
 
 def _depthwise_channels_last(x, weight, bias, geom: ConvGeometry):
     """depthwise_conv of a dense channels-last ``x``, read in place (per-channel windows are
-    strided views of the NHWC layout; the padding, if any, is one NHWC copy as the NCHW path
-    pads too): per kernel tap, ``acc += window * w[:, :, tap]`` over (N, *out, C, mult), for
-    chunks of the batch; the result is channels-last."""
+    strided views of the NHWC layout; the padding, if any, is one NHWC copy per chunk of
+    images, as the NCHW path pads too): per kernel tap, ``acc += window * w[:, :, tap]`` over
+    (n, rows, *out[1:], mult, C) blocks of output rows that stay in cache
+    (``DEPTHWISE_BLOCK_BYTES``; C innermost, so every product runs along contiguous
+    channels); the result is channels-last."""
     cdt = weight.dtype
     n, c = x.shape[:2]
     mult = weight.shape[0] // c
     nd = x.ndim - 2
     w = weight.reshape(c, mult, -1)
-    result, _ = _empty_channels_last(n, c * mult, geom.out_size, x.dtype)
-    per_image = (c * mult * 2 * math.prod(geom.out_size)
-                 + c * math.prod(geom.padded_size)) * cdt.itemsize
-    step = max(1, min(WORKSPACE_BYTES, CHUNK_BYTES) // max(per_image, 1))
+    result, result_nhwc = _empty_channels_last(n, c * mult, geom.out_size, x.dtype)
+    result_split = result_nhwc.reshape(*result_nhwc.shape[:-1], c, mult)  # a view
+    bias = None if bias is None else bias.reshape(c, mult)
     pads = [(0, 0)] + list(zip(geom.pad_lo, geom.pad_hi)) + [(0, 0)]
+    padded_image = c * math.prod(geom.padded_size) * cdt.itemsize
+    row_bytes = 2 * c * mult * math.prod(geom.out_size[1:]) * cdt.itemsize  # acc + product
+    step = max(1, min(WORKSPACE_BYTES, CHUNK_BYTES) // max(padded_image, 1))
     for n0 in range(0, n, step):
         bs = slice(n0, min(n, n0 + step))
+        nb = bs.stop - bs.start
         xv = x[bs].transpose(0, *range(2, x.ndim), 1).astype(cdt, copy=False)  # (n, *in, C)
         if any(geom.pad_lo + geom.pad_hi):
             xv = np.pad(xv, pads, mode=_NP_PAD_MODE[geom.padding_mode])
-        acc = np.zeros((bs.stop - bs.start, *geom.out_size, c, mult), dtype=cdt)
-        for t, tap in enumerate(np.ndindex(*geom.kernel)):
-            window = xv[(slice(None),) + tuple(
-                slice(k * d, k * d + (o - 1) * s + 1, s)
-                for k, d, s, o in zip(tap, geom.dilation, geom.stride, geom.out_size))]
-            acc += window[..., None] * w[:, :, t]
-        acc = acc.reshape(bs.stop - bs.start, *geom.out_size, c * mult)
-        _write(result[bs], acc.transpose(0, nd + 1, *range(1, nd + 1)), bias)
+        rows_step = max(1, DEPTHWISE_BLOCK_BYTES // max(nb * row_bytes, 1))
+        out0, s0, d0 = geom.out_size[0], geom.stride[0], geom.dilation[0]
+        for r0 in range(0, out0, rows_step):
+            rows = min(rows_step, out0 - r0)
+            shape = (nb, rows, *geom.out_size[1:], mult, c)
+            acc = np.empty(shape, dtype=cdt)
+            product = np.empty(shape, dtype=cdt)
+            for t, tap in enumerate(np.ndindex(*geom.kernel)):
+                first = tap[0] * d0 + r0 * s0
+                window = xv[(slice(None), slice(first, first + (rows - 1) * s0 + 1, s0)) + tuple(
+                    slice(k * d, k * d + (o - 1) * s + 1, s) for k, d, s, o in zip(
+                        tap[1:], geom.dilation[1:], geom.stride[1:], geom.out_size[1:]))]
+                for m in range(mult):
+                    np.multiply(window, w[:, m, t], out=(acc if t == 0 else product)[..., m, :])
+                if t:
+                    acc += product
+            dst = result_split[bs, r0:r0 + rows]  # (nb, rows, *out[1:], C, mult)
+            if bias is None:
+                np.copyto(dst, acc.swapaxes(-1, -2), casting="same_kind")
+            else:
+                np.add(acc.swapaxes(-1, -2), bias, out=dst, casting="same_kind")
     return result
 
 
