@@ -202,6 +202,22 @@ def test_forward_channels_last_low_precision(name, dtype):
                                atol=tol)
 
 
+@pytest.mark.parametrize("name", ["conv2d_1x1", "depthwise2d", "conv2d_3x3", "separable2d"])
+def test_forward_channels_last_bfloat16(name):
+    """bfloat16 (computed in float32, rounded once) gives the NCHW result bit for bit."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    fn, shape, build, in_place = CASES[name]
+    rng = np.random.default_rng(4)
+    bf16 = ml_dtypes.bfloat16
+    x = rand(rng, *shape).astype(bf16)
+    args = {k: v.astype(bf16) for k, v in build(rng).items()}
+    with _layout.count_copies() as copies:
+        got = fn(nhwc_of(x), args)
+    assert got.dtype == bf16 and _layout.is_dense_channels_last(got)
+    assert copies["input_to_nchw"] == (0 if in_place else 1)
+    np.testing.assert_array_equal(got.astype(np.float32), fn(x, args).astype(np.float32))
+
+
 def test_layout_plan_reports_the_copy():
     numpy_backend = get_backend("numpy")
     from gpuconv import _shapes

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .. import _shapes
+from .. import _layout, _shapes
 from .._dtypes import CONV_DTYPES, accumulation_dtype, is_bfloat16
 # WORKSPACE_BYTES bounds the temporaries of one chunk (im2col columns, wide output, input
 # phases, deformable sampling buffers).
@@ -418,7 +418,10 @@ class NumpyBackend(GradMixin):
     # ------------------------------------------------------------------ conv
     def conv(self, x, weight, bias, geom: ConvGeometry):
         cdt = accumulation_dtype(x.dtype)
-        if not x.flags.c_contiguous:  # dense channels-last (reads_channels_last said so)
+        if not x.flags.c_contiguous:
+            if not (self.reads_channels_last("conv", geom) and _layout.is_dense_channels_last(x)):
+                x = np.ascontiguousarray(x)  # (callers send only the arrays above)
+        if not x.flags.c_contiguous:  # dense channels-last: read in place
             return _pointwise_channels_last(x, weight.astype(cdt, copy=False),
                                             None if bias is None else bias.astype(cdt, copy=False),
                                             geom)
@@ -529,7 +532,9 @@ class NumpyBackend(GradMixin):
     def depthwise_conv(self, x, weight, bias, geom: ConvGeometry):
         dtype = x.dtype
         cdt = accumulation_dtype(dtype)
-        if not x.flags.c_contiguous:  # dense channels-last (reads_channels_last said so)
+        if not x.flags.c_contiguous and not _layout.is_dense_channels_last(x):
+            x = np.ascontiguousarray(x)  # (callers send only dense channels-last arrays)
+        if not x.flags.c_contiguous:  # dense channels-last: read in place
             return _depthwise_channels_last(x, weight.astype(cdt, copy=False),
                                             None if bias is None else bias.astype(cdt, copy=False),
                                             geom)
