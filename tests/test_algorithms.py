@@ -458,13 +458,10 @@ def test_implicit_gemm_through_the_cuda_flow_with_a_stand_in_cupy(emu, monkeypat
     """The ``cuda`` backend's path without a GPU: the executor compiles conv_igemm_fwd's
     (__half, int) group through (stand-in) NVRTC and its disk cache, and the default heuristic
     picks implicit_gemm on cuda for a float16 3x3 layer with 16 output channels."""
-    import types
-
     from kernel_helpers import stand_in_cupy
 
     backend, compiled = stand_in_cupy(monkeypatch, ("ndarray", "ascontiguousarray", "empty",
                                                     "zeros", "matmul"))
-    backend.xp.cuda.get_current_stream = lambda: types.SimpleNamespace(synchronize=lambda: None)
     x, w, b = _case(np.random.default_rng(9), np.float16, c_in=4, c_out=16)
     geom = conv_geometry((7, 6), (3, 3), stride=1, padding=1, dilation=1)
     problem = ConvProblem.of("cuda", x, w, b, geom)

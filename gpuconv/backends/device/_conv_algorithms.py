@@ -64,13 +64,6 @@ def _kernel_description(launch: _conv.KernelLaunch) -> Description:
                        shared_mem=launch.shared_mem)
 
 
-def _synchronize(backend) -> None:
-    """Wait for the GPU (``"cuda"``), so that a timing covers the kernels; a no-op on the
-    emulator, which runs synchronously."""
-    if backend.name == "cuda":
-        backend.xp.cuda.get_current_stream().synchronize()
-
-
 class _CudaCoreAlgorithm:
     """An algorithm of :mod:`._conv` (``method=`` of :func:`._conv.conv`)."""
 
@@ -84,9 +77,7 @@ class _CudaCoreAlgorithm:
         return f"<algorithm {self.name!r}>"
 
     def run(self, backend, x, weight, bias, geom):
-        out = _conv.conv(backend, x, weight, bias, geom, method=self.name)
-        _synchronize(backend)
-        return out
+        return _conv.conv(backend, x, weight, bias, geom, method=self.name)
 
 
 class _Direct(_CudaCoreAlgorithm):
@@ -258,7 +249,6 @@ class _ImplicitGemm:
         out = backend.xp.empty((x.shape[0], weight.shape[0], *geom.out_size), x.dtype)
         _igemm.launch(igemm_module(backend, cfg.name), cfg, x, weight,
                       out if bias is None else bias, out)
-        _synchronize(backend)
         return out.view(out_dtype)
 
 
