@@ -409,14 +409,13 @@ def test_autotune_on_the_emulator(emu, monkeypatch):
     clock = FakeClock(costs)
     monkeypatch.setattr(_algorithms, "timer", clock)
     for algorithm in (_conv_algorithms.TILED, _conv_algorithms.DIRECT):
-        real = type(algorithm).run
 
-        def spy(self, backend, *args, _real=real):
-            ran.append(self.name)
-            clock.now += costs[self.name]
-            return _real(self, backend, *args)
+        def spy(backend, *args, _real=algorithm.run, _name=algorithm.name):
+            ran.append(_name)
+            clock.now += costs[_name]
+            return _real(backend, *args)
 
-        monkeypatch.setattr(type(algorithm), "run", spy)
+        monkeypatch.setattr(algorithm, "run", spy)
     x, w, b = _case(np.random.default_rng(7), np.float32)
     with gpuconv.use_autotune():
         assert "autotune pending" in gpuconv.plan("conv", x, w, b, padding=1).reason

@@ -80,36 +80,29 @@ class _CudaCoreAlgorithm:
         return _conv.conv(backend, x, weight, bias, geom, method=self.name)
 
 
-class _Direct(_CudaCoreAlgorithm):
+class _ConvKernel(_CudaCoreAlgorithm):
+    """``conv_direct`` or ``conv_tiled`` of ``kernels/conv.cu`` (``family``); ``tiled`` also
+    needs a tile that fits in shared memory."""
+
+    def __init__(self, name: str, summary: str, family):
+        super().__init__(name, summary)
+        self.family = family
+
     def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
-        if problem.dtype not in _conv.DIRECT.dtypes:
-            return False, f"conv_direct has no {problem.dtype} instantiation"
+        if problem.dtype not in self.family.dtypes:
+            return False, f"{self.family.template} has no {problem.dtype} instantiation"
+        geom = problem.geom
+        if self.name == "tiled" and _conv.conv_tiled_plan(
+                as_3d(geom), problem.x_shape[0], problem.x_shape[1], problem.w_shape[0],
+                geom.groups, problem.dtype.itemsize) is None:
+            return False, (f"no tile of kernel={geom.kernel}, dilation={geom.dilation} fits "
+                           f"in shared memory")
         return True, ""
 
     def describe(self, problem: ConvProblem) -> Description:
         x, w, out = _stand_ins(problem)
         return _kernel_description(
-            _conv.conv_launch(problem.geom, x, w, out, problem.geom.groups, method="direct"))
-
-
-class _Tiled(_CudaCoreAlgorithm):
-    def _plan(self, problem: ConvProblem):
-        return _conv.conv_tiled_plan(as_3d(problem.geom), problem.x_shape[0], problem.x_shape[1],
-                                     problem.w_shape[0], problem.geom.groups,
-                                     problem.dtype.itemsize)
-
-    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
-        if problem.dtype not in _conv.TILED.dtypes:
-            return False, f"conv_tiled has no {problem.dtype} instantiation"
-        if self._plan(problem) is None:
-            return False, (f"no tile of kernel={problem.geom.kernel}, dilation="
-                           f"{problem.geom.dilation} fits in shared memory")
-        return True, ""
-
-    def describe(self, problem: ConvProblem) -> Description:
-        x, w, out = _stand_ins(problem)
-        return _kernel_description(
-            _conv.conv_launch(problem.geom, x, w, out, problem.geom.groups, method="tiled"))
+            _conv.conv_launch(problem.geom, x, w, out, problem.geom.groups, method=self.name))
 
 
 class _Matmul(_CudaCoreAlgorithm):
@@ -252,9 +245,10 @@ class _ImplicitGemm:
         return out.view(out_dtype)
 
 
-DIRECT = _Direct("direct", "conv_direct (kernels/conv.cu): one output per thread")
-TILED = _Tiled("tiled", "conv_tiled (kernels/conv.cu): shared-memory input tile, "
-                        "register blocking over 8 output channels x 4 columns")
+DIRECT = _ConvKernel("direct", "conv_direct (kernels/conv.cu): one output per thread",
+                     _conv.DIRECT)
+TILED = _ConvKernel("tiled", "conv_tiled (kernels/conv.cu): shared-memory input tile, register "
+                             "blocking over 8 output channels x 4 columns", _conv.TILED)
 MATMUL = _Matmul("matmul", "a GEMM per group for 1x1 convolutions (cuBLAS on cuda)")
 DEPTHWISE = _Depthwise("depthwise", "depthwise_tiled (kernels/depthwise.cu), groups == C_in")
 IMPLICIT_GEMM = _ImplicitGemm()
