@@ -32,6 +32,7 @@ NAMES = [
     "ldmatrix_rows<32>",
     "ldmatrix_rows<48>",
     "async_copy",
+    "async_copy_half_zero",
 ]
 
 
@@ -183,6 +184,22 @@ def test_cp_async_bytes_and_requests(mod):
     assert k.total("global", "cp.async.load") == (2, 32, 32, 1024)
     # the shared side: 16-byte accesses are served 8 lanes per phase, 4 phases per request
     assert k.total("shared", "cp.async.store") == (2, 8, 8, 1024)
+
+
+def test_cp_async_zero_fill_lanes_stay_in_one_request(mod):
+    # lanes that zero-fill (no global read) and lanes that copy meet in one warp request
+    x = np.arange(256, dtype=np.float32)
+    y = np.zeros(256, np.float32)
+    with emu.counters() as c:
+        mod.get_function("async_copy_half_zero")((1,), (64,), (x, y))
+    want = x.copy().reshape(64, 4)
+    want[1::2] = 0
+    np.testing.assert_array_equal(y, want.reshape(-1))
+    k = c["async_copy_half_zero"]
+    assert k.total("shared", "cp.async.store")[:2] == (2, 8)  # one request per warp
+    requests, sectors, _, nbytes = k.total("global", "cp.async.load")
+    assert (requests, nbytes) == (2, 512)  # even lanes only: 16 x 16 bytes per warp
+    assert sectors == 2 * 16  # each 16-byte read in its own half of a 32-byte sector pair
 
 
 def test_counters_accumulate_launches_and_tabulate(mod):

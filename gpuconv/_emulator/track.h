@@ -79,7 +79,9 @@ struct Tracker {
     std::string message;
     // counting: per thread of the block, its collective count and per-site occurrences since
     std::vector<unsigned> segment;
-    std::vector<std::map<TrackSite, unsigned>> occurrence;
+    // (occurrences count per site AND kind: a cp.async with a source reads and writes, a
+    // zero-filling one only writes, and both must still line up with the other lanes)
+    std::vector<std::map<std::pair<TrackSite, int>, unsigned>> occurrence;
     // (warp, segment, site, occurrence, space, kind) -> the lanes' accesses
     std::map<std::tuple<unsigned, unsigned, TrackSite, unsigned, int, int>,
              std::vector<TrackAccess>>
@@ -180,7 +182,7 @@ __attribute__((no_sanitize_thread)) static void track_record(Tracker& t, Fiber* 
     const unsigned tid = f->thread_idx.x + f->thread_idx.y * t.block_dim.x +
                          f->thread_idx.z * t.block_dim.x * t.block_dim.y;
     if (site.pc) site.pc -= t.lib_base;  // an offset into the library, for addr2line
-    const unsigned occ = t.occurrence[tid][site]++;
+    const unsigned occ = t.occurrence[tid][std::make_pair(site, kind)]++;
     t.pending[std::make_tuple(tid / 32, t.segment[tid], site, occ, space, kind)].push_back(
         TrackAccess{tid & 31u, a, size});
 }
@@ -316,7 +318,7 @@ __attribute__((no_sanitize_thread)) static void track_begin_block(Tracker& t,
     t.self_hi = t.self_lo + sizeof(ThreadState);
     if (t.mode & TRACK_COUNT) {
         t.segment.assign(nthreads, 0);
-        t.occurrence.assign(nthreads, std::map<TrackSite, unsigned>());
+        t.occurrence.assign(nthreads, std::map<std::pair<TrackSite, int>, unsigned>());
     }
 }
 

@@ -89,3 +89,16 @@ __global__ void async_copy(const float* __restrict__ x,  // 4 * blockDim.x
     __syncthreads();
     for (int j = 0; j < 4; ++j) y[4 * t + j] = buf[4 * t + j];
 }
+
+// Counters: as async_copy, but odd threads zero-fill (src-size 0: no global read). Each warp's
+// copy is still ONE shared request (16 lanes with a source, 16 without).
+__global__ void async_copy_half_zero(const float* __restrict__ x,  // 4 * blockDim.x
+                                     float* __restrict__ y) {      // 4 * blockDim.x
+    __shared__ __align__(16) float buf[4 * 64];
+    const int t = threadIdx.x;  // blockDim.x <= 64
+    gpuconv::mma::cp_async_cg(&buf[4 * t], &x[4 * t], (t & 1) ? 0 : 16);
+    gpuconv::mma::cp_async_commit();
+    gpuconv::mma::cp_async_wait<0>();
+    __syncthreads();
+    for (int j = 0; j < 4; ++j) y[4 * t + j] = buf[4 * t + j];
+}
