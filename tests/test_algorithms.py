@@ -105,6 +105,17 @@ def test_settings_are_per_thread(monkeypatch):
     assert seen == {"tf32": False, "algorithm": None}
 
 
+def test_autotune_setting(monkeypatch):
+    monkeypatch.delenv("GPUCONV_AUTOTUNE", raising=False)
+    assert gpuconv.autotune_enabled() is False
+    with gpuconv.use_autotune():
+        assert gpuconv.autotune_enabled() is True
+    monkeypatch.setenv("GPUCONV_AUTOTUNE", "on")
+    assert gpuconv.autotune_enabled() is True
+    with gpuconv.use_autotune(False):
+        assert gpuconv.autotune_enabled() is False
+
+
 def test_algorithm_names_are_checked(monkeypatch):
     with pytest.raises(ValueError, match=r"use_algorithm: name='fft' must be one of"):
         gpuconv.use_algorithm("fft")
@@ -472,3 +483,41 @@ def test_implicit_gemm_through_the_cuda_flow_with_a_stand_in_cupy(emu, monkeypat
                                              _igemm.name_expression("float16", "zeros"))
     np.testing.assert_array_equal(
         got, _igemm.conv_igemm_forward(emulated, x, w, b, kind="float16", padding=1))
+
+
+def _golden_conv_cases():
+    import json
+    import pathlib
+
+    meta = json.loads((pathlib.Path(__file__).parent / "data" / "cases.json").read_text())
+    return [c for c in meta["cases"] if c["op"] == "conv"]
+
+
+@pytest.mark.parametrize("kind", ["float16", "tf32"])
+def test_golden_conv_cases_forced_to_implicit_gemm(emu, golden, kind):
+    """Every golden conv case (1-D to 3-D, stride, dilation, groups, every padding mode and
+    asymmetric pads) through implicit_gemm, within the bound of the module docstring."""
+    from test_golden import _kwargs
+
+    _, arrays = golden
+    dtype = np.float16 if kind == "float16" else np.float32
+    for case in _golden_conv_cases():
+        args = [arrays[k].astype(dtype) for k in case["args"]]
+        kwargs = _kwargs(case, arrays, lambda a: a.astype(dtype))
+        with gpuconv.use_algorithm("implicit_gemm"), gpuconv.use_tf32(kind == "tf32"):
+            got = gpuconv.conv(*args, **kwargs)
+        f64 = {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v
+               for k, v in kwargs.items()}
+        ref = gpuconv.conv(*[a.astype(np.float64) for a in args], **f64)
+        mag = gpuconv.conv(*[np.abs(a.astype(np.float64)) for a in args],
+                           **{k: np.abs(v) if isinstance(v, np.ndarray) else v
+                              for k, v in f64.items()})
+        w = args[1]
+        n = int(np.prod(w.shape[1:])) + 1
+        gamma = n * U_ACC / (1 - n * U_ACC)
+        if kind == "float16":
+            bound = gamma * mag + 2.0**-11 * (np.abs(ref) + gamma * mag) + 2.0**-25
+        else:
+            bound = (gamma + 2 * 2.0**-11) * mag
+        assert got.dtype == dtype
+        assert np.all(np.abs(got - ref) <= bound), case["id"]
