@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._dtypes import TYPE_CODES
+from ._dtypes import BFLOAT16, TYPE_CODES
 
 # ----------------------------------------------------------------------------- type table
 
@@ -43,6 +43,8 @@ CXX_TYPES: dict[np.dtype, str] = {
     np.dtype(np.int32): "int",
     np.dtype(np.int64): "long long",
 }
+if BFLOAT16 is not None:  # ml_dtypes.bfloat16: cuda_bf16.h's type (the emulator's cuda_shim.h)
+    CXX_TYPES[BFLOAT16] = "__nv_bfloat16"
 
 # C++ spelling (whitespace-normalised) -> type code. The CXX_TYPES names plus the aliases a
 # kernel may write for a scalar parameter.
@@ -68,12 +70,16 @@ _CXX_CODES: dict[str, str] = {
     "uint32_t": "u32",
     "__half": "f16",
     "half": "f16",
+    "__nv_bfloat16": "bf16",
+    "nv_bfloat16": "bf16",
     "float": "f32",
     "double": "f64",
     "gpuconv::complex<float>": "c64",
     "gpuconv::complex<double>": "c128",
-    # accumulator types (common.cuh's gpuconv::acc_t<T>: float for __half, else T)
+    # accumulator types (common.cuh's gpuconv::acc_t<T>: float for __half and
+    # __nv_bfloat16, else T)
     "gpuconv::acc_t<__half>": "f32",
+    "gpuconv::acc_t<__nv_bfloat16>": "f32",
     "gpuconv::acc_t<float>": "f32",
     "gpuconv::acc_t<double>": "f64",
 }
@@ -274,6 +280,9 @@ def _literal(value) -> str:
 
 
 _FLOAT_AND_COMPLEX = ("float32", "float64", "complex64", "complex128")
+#: The real float dtypes of the conv family's kernels: float16/32/64, and bfloat16 when
+#: ml_dtypes is installed (without it NumPy has no bfloat16, so nothing could launch one).
+_FLOATS = ("float16", "float32", "float64") + (() if BFLOAT16 is None else ("bfloat16",))
 
 #: Every kernel family, by template name.
 FAMILIES: dict[str, KernelFamily] = {
@@ -284,30 +293,33 @@ FAMILIES: dict[str, KernelFamily] = {
         KernelFamily("correlate1d_reduce", "convolve.cu", _FLOAT_AND_COMPLEX,
                      flags=(("false", "true"),), critical=True),
         # conv_transpose3d<T, Index, CoutPerThread, StageWeights>
-        KernelFamily("conv_transpose3d", "conv_transpose.cu", ("float16", "float32", "float64"),
+        KernelFamily("conv_transpose3d", "conv_transpose.cu", _FLOATS,
                      flags=(("1", "4"), ("false", "true")), critical=True),
-        # deform_im2col<T, Index, HasMask>
+        # deform_im2col<T, Index, HasMask>; bfloat16 runs in float32 (backends/device/_deform.py:
+        # bfloat16 columns would round each sampled term)
         KernelFamily("deform_im2col", "deform.cu", ("float16", "float32", "float64"),
                      flags=(("false", "true"),), critical=True),
         # conv_tiled / conv_direct / depthwise_tiled<T, Index, PaddingMode>; the padding mode
         # codes (0 zeros, 1 reflect, 2 replicate, 3 circular) are kernels/padding.cuh's.
-        KernelFamily("conv_tiled", "conv.cu", ("float16", "float32", "float64"),
+        KernelFamily("conv_tiled", "conv.cu", _FLOATS,
                      flags=(("0", "1", "2", "3"),), critical=True),
-        KernelFamily("conv_direct", "conv.cu", ("float16", "float32", "float64"),
+        KernelFamily("conv_direct", "conv.cu", _FLOATS,
                      flags=(("0", "1", "2", "3"),), critical=True),
-        KernelFamily("depthwise_tiled", "depthwise.cu", ("float16", "float32", "float64"),
+        KernelFamily("depthwise_tiled", "depthwise.cu", _FLOATS,
                      flags=(("0", "1", "2", "3"),), critical=True),
         # Gradients (gpuconv/backends/device/_conv.py). conv_weight_grad /
         # depthwise_weight_grad<T, Index, PaddingMode, Deterministic>.
-        KernelFamily("conv_weight_grad", "conv_grad.cu", ("float16", "float32", "float64"),
+        KernelFamily("conv_weight_grad", "conv_grad.cu", _FLOATS,
                      flags=(("0", "1", "2", "3"), ("false", "true")), critical=True),
-        KernelFamily("depthwise_weight_grad", "conv_grad.cu", ("float16", "float32", "float64"),
+        KernelFamily("depthwise_weight_grad", "conv_grad.cu", _FLOATS,
                      flags=(("0", "1", "2", "3"), ("false", "true")), critical=True),
-        KernelFamily("weight_grad_reduce", "conv_grad.cu", ("float16", "float32", "float64")),
-        # pad_fold<T, Index, PaddingMode> (reflect, replicate, circular; zeros is a crop)
+        KernelFamily("weight_grad_reduce", "conv_grad.cu", _FLOATS),
+        # pad_fold<T, Index, PaddingMode> (reflect, replicate, circular; zeros is a crop);
+        # bfloat16 folds in float32 (backends/device/_conv.py: conv_input_grad)
         KernelFamily("pad_fold", "pad_fold.cu", ("float16", "float32", "float64"),
                      flags=(("1", "2", "3"),), critical=True),
-        # deform_col2im / deform_col2im_coord<T, Index, HasMask>; float16 runs in float32
+        # deform_col2im / deform_col2im_coord<T, Index, HasMask>; float16 and bfloat16 run in
+        # float32
         KernelFamily("deform_col2im", "deform_grad.cu", ("float32", "float64"),
                      flags=(("false", "true"),), critical=True),
         KernelFamily("deform_col2im_coord", "deform_grad.cu", ("float32", "float64"),

@@ -5,12 +5,15 @@
 //    __CUDACC__: real CUDA. cuda_fp16.h comes from the CUDA runtime headers, which CuPy puts on
 //    NVRTC's include path itself (CUDA_PATH/include or the nvidia-cuda-runtime wheel; CuPy needs
 //    them for its own kernels since CUDA 12.2). The offline check passes the same directory.
+//    cuda_bf16.h (__nv_bfloat16) comes from the same place; gpuconv uses only its conversions
+//    (and __ldg), which every architecture has, and no bfloat16 arithmetic or atomics.
 //  * g++ (the CPU emulator, gpuconv/_emulator): "cuda_shim.h" stands in for CUDA.
 //
 // What it defines, usable on the device and on the host (the emulator):
 //  * GPUCONV_DYNAMIC_SHARED(T, name): `T* name` pointing at the launch's dynamic shared memory.
 //  * gpuconv::complex<T>: {re, im} with + - * conj; same layout as numpy complex64/complex128.
-//  * gpuconv::acc_t<T>: the accumulator type (float for __half, else T) and load/store helpers.
+//  * gpuconv::acc_t<T>: the accumulator type (float for __half and __nv_bfloat16, else T) and
+//    load/store helpers.
 //  * small index helpers (ceil_div, imin, imax).
 //
 // Nothing here may include a C++ standard header: NVRTC has none.
@@ -19,6 +22,7 @@
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #include <cuda_fp16.h>
+#include <cuda_bf16.h>
 
 // Dynamic shared memory. One untyped extern array for the whole module (a typed
 // `extern __shared__ T name[]` would clash between template instantiations), 16-byte aligned
@@ -85,7 +89,9 @@ GPUCONV_HD complex<T> conj(const complex<T>& x) { return complex<T>{x.re, -x.im}
 // ------------------------------------------------------------------ accumulators
 
 // accumulator<T>: what sums of T are carried in, and how values enter and leave it.
-// __half accumulates in float (load widens, store rounds to nearest even); the others in T.
+// __half and __nv_bfloat16 accumulate in float (load widens exactly, store rounds to nearest
+// even, once); the others in T. Atomics and partial sums of the 16-bit types are float too, so
+// no kernel needs a 16-bit atomicAdd (bfloat16's needs sm_80; gpuconv's bf16 runs on sm_75).
 template <class T>
 struct accumulator {
     using type = T;
@@ -98,6 +104,13 @@ struct accumulator<__half> {
     using type = float;
     static GPUCONV_HD type load(const __half& x) { return __half2float(x); }
     static GPUCONV_HD __half store(const type& x) { return __float2half_rn(x); }
+};
+
+template <>
+struct accumulator<__nv_bfloat16> {
+    using type = float;
+    static GPUCONV_HD type load(const __nv_bfloat16& x) { return __bfloat162float(x); }
+    static GPUCONV_HD __nv_bfloat16 store(const type& x) { return __float2bfloat16_rn(x); }
 };
 
 template <class T>

@@ -89,9 +89,12 @@ def test_compile_groups_partition_each_file_by_element_and_index_type():
         for group in groups:
             for name in _kernels.group_name_expressions(file, group):
                 assert _kernels.parse_name_expression(name)[1][:2] == list(group)
-    # conv_grad.cu: 102 instantiations, 6 groups of 17 (float16/32/64 x int/long long)
+    # conv_grad.cu: 17 instantiations per group, 6 groups (float16/32/64 x int/long long),
+    # 8 with ml_dtypes (bfloat16: __nv_bfloat16)
     groups = _kernels.compile_groups("conv_grad.cu")
-    assert len(groups) == 6 and ("float", "long long") in groups
+    bf16 = _kernels.BFLOAT16 is not None
+    assert len(groups) == 6 + 2 * bf16 and ("float", "long long") in groups
+    assert (("__nv_bfloat16", "int") in groups) == bf16
     assert len(_kernels.group_name_expressions("conv_grad.cu", ("float", "int"))) == 17
     with pytest.raises(LookupError, match="no instantiation in compile group"):
         _kernels.group_name_expressions("conv_grad.cu", ("int", "int"))
