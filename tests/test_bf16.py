@@ -1,4 +1,5 @@
-"""bfloat16 (``ml_dtypes.bfloat16``) on the NumPy backend, and the dtype rules around it.
+"""bfloat16 (``ml_dtypes.bfloat16``) on the NumPy and emulate backends, and the dtype rules
+around it.
 
 * Every golden case (``tests/data/cases.*``) and the gradients of its forward, in bfloat16,
   against float64 computed on the bfloat16-ROUNDED inputs, element by element within the
@@ -6,8 +7,12 @@
   to bfloat16 ("computed in float32, rounded once").
 * Identities in bfloat16 (depthwise == grouped conv, separable == depthwise then 1x1).
 * The result dtype of mixed float16/bfloat16/float32/float64 inputs (hypothesis).
-* The ``emulate`` backend (and so ``cuda``) refuses bfloat16 with a TypeError that says what
-  to do; the ``bf16`` extra is named when ml_dtypes is missing.
+* The ``emulate`` backend (the CUDA kernels' ``__nv_bfloat16`` instantiations on the CPU): a
+  subset of the golden cases (:data:`EMULATE_CASES`) and their gradients within the same bound
+  (not bitwise: the kernels and GEMMs sum in their own order), and every bfloat16 kernel
+  instantiation once, under race_check() too, and every kernel template under checked().
+* A backend without bfloat16 in its ``dtypes`` refuses it with a TypeError that says what to
+  do; the ``bf16`` extra is named when ml_dtypes is missing.
 
 The bound (also in docs/dtypes.md)
 ----------------------------------
@@ -157,6 +162,23 @@ def _separable_bound(args, other):
     return ref, U_BF16 * np.abs(ref) + (1 + U_BF16) * (gamma(k2) * s_out + carried)
 
 
+def _forward_reference(op, args, arrays, other):
+    """(ref, magnitude): the forward in float64 on the bfloat16-rounded inputs, and on their
+    absolute values (``S`` of the bound), on the NumPy backend."""
+    with gpuconv.use_backend("numpy"):
+        ref = _call(op, args, arrays, other, lambda a: as64(rounded(a)))
+        if op == "deform_conv2d":
+            # the offsets stay signed: they are positions, not terms of the sum
+            offset = as64(rounded(args[1]))
+            magnitude = gpuconv.deform_conv2d(
+                as64(rounded(args[0]), True), offset,
+                *[as64(rounded(a), True) for a in args[2:]],
+                **{k: as64(rounded(v), True) for k, v in arrays.items()}, **other)
+        else:
+            magnitude = _call(op, args, arrays, other, lambda a: as64(rounded(a), True))
+    return ref, magnitude
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
 def test_golden_forward_bf16(case):
     """Every golden case in bfloat16: within the bound of float64 on the rounded inputs, and
@@ -176,16 +198,7 @@ def test_golden_forward_bf16(case):
             composed = gpuconv.conv(mid, pw, rounded(args[3]) if len(args) > 3 else None)
             np.testing.assert_array_equal(got.view(np.uint16), composed.view(np.uint16))
             return
-        ref = _call(op, args, arrays, other, lambda a: as64(rounded(a)))
-        if op == "deform_conv2d":
-            # the offsets stay signed: they are positions, not terms of the sum
-            offset = as64(rounded(args[1]))
-            magnitude = gpuconv.deform_conv2d(
-                as64(rounded(args[0]), True), offset,
-                *[as64(rounded(a), True) for a in args[2:]],
-                **{k: as64(rounded(v), True) for k, v in arrays.items()}, **other)
-        else:
-            magnitude = _call(op, args, arrays, other, lambda a: as64(rounded(a), True))
+        ref, magnitude = _forward_reference(op, args, arrays, other)
         check_bound(case["id"], got, ref, magnitude, _reduction_length(op, args))
         once = _call(op, args, arrays, other, lambda a: as32(rounded(a))).astype(BF16)
         np.testing.assert_array_equal(got.view(np.uint16), once.view(np.uint16))
@@ -497,22 +510,210 @@ def _emulate_available():
     return gpuconv.available_backends()["emulate"] == "available"
 
 
-@pytest.mark.skipif(not _emulate_available(), reason="emulate backend unavailable")
-@pytest.mark.parametrize("call", [
-    lambda x, w: gpuconv.conv(x, w),
-    lambda x, w: gpuconv.depthwise_conv(x, w[:2, :1]),
-    lambda x, w: grad.conv_input(x.shape, w, rounded(np.ones((1, 3, 3, 3)))),
-    lambda x, w: grad.conv_bias(rounded(np.ones((1, 3, 3, 3)))),
-    lambda x, w: gpuconv.convolve(x.ravel(), w.ravel()),
-], ids=["conv", "depthwise", "conv_input", "conv_bias", "convolve"])
-def test_emulate_refuses_bf16(call):
-    """No bfloat16 kernels yet: a TypeError naming the dtype, the backend and what to do,
-    raised before anything is compiled."""
-    rng = np.random.default_rng(6)
-    x, w = rounded(rng.standard_normal((1, 2, 5, 5))), rounded(rng.standard_normal((3, 2, 3, 3)))
-    with gpuconv.use_backend("emulate"), pytest.raises(
-            TypeError, match=r"the 'emulate' backend has no bfloat16 kernels .*NumPy backend"):
-        call(x, w)
+needs_emulate = pytest.mark.skipif(not _emulate_available(),
+                                   reason="emulate backend unavailable")
+
+#: The golden cases run on emulate (the CUDA kernels' bfloat16 instantiations on the CPU): one
+#: per operation and code path, to keep the emulate time small -- 1-D/2-D/3-D conv through
+#: conv_tiled and conv_direct, the 1x1 GEMM and a grouped case, every padding mode, depthwise,
+#: separable, transposed (1-D, 3-D), deformable with and without a mask, convolve/correlate.
+#: Every bfloat16 instantiation is also launched by test_every_bf16_instantiation_on_emulate.
+EMULATE_CASES = ["conv3d-000", "conv2d-004", "conv1d-005", "conv2d-006", "conv2d-009",
+                 "conv3d-025", "conv1d-032", "depthwise3d-010", "depthwise1d-035",
+                 "separable2d-012", "conv_transpose1d-013", "conv_transpose3d-016",
+                 "deform_conv2d-018", "deform_conv2d-019", "convolve-022", "correlate-023"]
+
+
+def _by_id(ids):
+    found = [c for c in CASES if c["id"] in ids]
+    assert len(found) == len(ids), set(ids) - {c["id"] for c in found}
+    return found
+
+
+@needs_emulate
+@pytest.mark.parametrize("case", _by_id(EMULATE_CASES), ids=EMULATE_CASES)
+def test_golden_forward_bf16_emulate(case):
+    """Golden cases in bfloat16 on emulate: within the same bound of float64 on the rounded
+    inputs (the kernels and GEMMs sum in float32, in their own order, and round once)."""
+    op = case["op"]
+    args, arrays, other = _split(case)
+    with gpuconv.use_backend("emulate"):
+        got = _call(op, args, arrays, other, rounded)
+    assert got.dtype == BF16 and got.shape == ARRAYS[case["expected"]].shape
+    name = f"emulate-{case['id']}"
+    if op == "separable_conv":
+        ref, bound = _separable_bound(args, other)
+        err = np.abs(got.astype(np.float64) - ref)
+        assert np.all(err <= bound)
+        RATIOS[name] = float(np.max(err / np.where(bound > 0, bound, 1)))
+        return
+    ref, magnitude = _forward_reference(op, args, arrays, other)
+    check_bound(name, got, ref, magnitude, _reduction_length(op, args))
+
+
+EMULATE_GRAD_CASES = [c for c in EMULATE_CASES
+                      if c.split("-")[0].rstrip("123d") in ("conv", "conv_transpose",
+                                                             "depthwise", "deform_conv")]
+
+
+@needs_emulate
+@pytest.mark.parametrize("case", _by_id(EMULATE_GRAD_CASES), ids=EMULATE_GRAD_CASES)
+def test_golden_gradients_bf16_emulate(case):
+    """The gradients of those cases in bfloat16 on emulate, within the bound (the offset
+    gradient of deform_conv2d: in norm)."""
+    op = case["op"]
+    args, arrays, other = _split(case)
+    arrays = {k: v for k, v in arrays.items() if k != "bias"}
+    out_shape = ARRAYS[case["expected"]].shape
+    g = _grad_output(case, out_shape)
+    with gpuconv.use_backend("emulate"):
+        got = _gradients(op, args, arrays, other, g, rounded)
+    with gpuconv.use_backend("numpy"):
+        ref = _gradients(op, args, arrays, other, g, lambda a: as64(rounded(a)))
+        magnitude = _gradients(op, args, arrays, other, g,
+                               lambda a: as64(rounded(a), True), absolute=True)
+    lengths = _grad_lengths(op, args, out_shape)
+    assert set(got) == set(ref)
+    for name, value in got.items():
+        assert value.dtype == BF16, name
+        if name == "offset":
+            scale = np.linalg.norm(ref[name]) or 1.0
+            assert np.linalg.norm(value.astype(np.float64) - ref[name]) / scale <= U_BF16
+            continue
+        check_bound(f"emulate-{case['id']}-{name}", value, ref[name], magnitude[name],
+                    lengths[name])
+
+
+ALL_MODES = ("zeros", "reflect", "replicate", "circular")
+TRANSPOSE_PLANS = [(1, False), (1, True), (4, False), (4, True)]
+
+
+def _every_bf16_kernel(emulate, modes=ALL_MODES, indexes=(np.int32, np.int64),
+                       plans=TRANSPOSE_PLANS):
+    """Launch the bfloat16 kernels through the device modules' test hooks (method, index type,
+    splits, transposed-conv plan), each result within the bound of float64 on the rounded
+    inputs; returns the name expressions launched. With the defaults: every instantiation."""
+    from gpuconv._shapes import conv_geometry, conv_transpose_geometry
+    from gpuconv.backends.device import _conv, _conv_transpose
+    from gpuconv.backends.numpy_backend import NumpyBackend
+
+    numpy_backend = NumpyBackend()
+    launched = []
+    launch = emulate.executor.launch
+
+    def record(kernel, **kwargs):
+        launched.append(kernel.name)
+        return launch(kernel, **kwargs)
+
+    emulate.executor.launch = record
+    rng = np.random.default_rng(15)
+
+    def arrays(*shapes):
+        return [rounded(rng.standard_normal(s)) for s in shapes]
+
+    def check(name, got, method, *inputs, k):
+        *values, geom = inputs
+        wide = [as64(a) for a in values]
+        ref = getattr(numpy_backend, method)(*wide, geom)
+        mag = getattr(numpy_backend, method)(*[None if a is None else np.abs(a) for a in wide],
+                                             geom)
+        check_bound(name, got, ref, mag, k)
+
+    try:
+        for mode in modes:
+            geom = conv_geometry((6, 5), (3, 2), stride=1, padding=((1, 1), (1, 0)),
+                                 dilation=(1, 2), groups=2, padding_mode=mode)
+            x, w, b = arrays((2, 4, 6, 5), (6, 2, 3, 2), (6,))
+            g = arrays((2, 6, *geom.out_size))[0]
+            dgeom = conv_geometry((6, 5), (3, 2), stride=1, padding=((1, 1), (1, 0)),
+                                  dilation=1, groups=4, padding_mode=mode)
+            dw = arrays((8, 1, 3, 2))[0]
+            dg = arrays((2, 8, *dgeom.out_size))[0]
+            for index in indexes:
+                for method in ("tiled", "direct"):
+                    got = _conv.conv(emulate, x, w, b, geom, method=method, index=index)
+                    check(f"kernels-conv-{mode}", got, "conv", x, w, b, geom, k=2 * 6 + 1)
+                got = _conv.depthwise_conv(emulate, x, dw, None, dgeom, method="tiled",
+                                           index=index)
+                check(f"kernels-depthwise-{mode}", got, "depthwise_conv", x, dw, None, dgeom,
+                      k=6)
+                for deterministic in (False, True):
+                    got = _conv.conv_weight_grad(emulate, x, g, geom, deterministic,
+                                                 method="gemm", splits=2, index=index)
+                    check(f"kernels-wgrad-{mode}", got, "conv_weight_grad", x, g, geom,
+                          k=g[0, 0].size * 2)
+                    got = _conv.conv_weight_grad(emulate, x, dg, dgeom, deterministic,
+                                                 method="depthwise", splits=2, index=index)
+                    check(f"kernels-dwgrad-{mode}", got, "conv_weight_grad", x, dg, dgeom,
+                          k=dg[0, 0].size * 2)
+        tgeom = conv_transpose_geometry((3, 4, 2), (2, 3, 2), stride=(2, 1, 2),
+                                        padding=((1, 0), (0, 1), (0, 0)),
+                                        output_padding=(1, 0, 0), dilation=1, groups=2)
+        x, w, b = arrays((2, 4, 3, 4, 2), (4, 3, 2, 3, 2), (6,))
+        for index in indexes:
+            for cout_per_thread, stage_weights in plans:
+                got = _conv_transpose.conv_transpose(
+                    emulate, x, w, b, tgeom, index=index, cout_per_thread=cout_per_thread,
+                    stage_weights=stage_weights)
+                check("kernels-transpose", got, "conv_transpose", x, w, b, tgeom,
+                      k=2 * 12 + 1)
+    finally:
+        emulate.executor.launch = launch
+    return launched
+
+
+def _bf16_instantiations():
+    from gpuconv import _kernels
+
+    return {name for family in _kernels.FAMILIES.values() if "bfloat16" in family.dtypes
+            for name in family.instantiations() if "__nv_bfloat16" in name}
+
+
+@needs_emulate
+def test_every_bf16_instantiation_on_emulate(emulate):
+    """Every registered bfloat16 instantiation runs (each padding mode, index type,
+    deterministic or atomic weight gradient, transposed-conv plan), within the bound."""
+    launched = set(_every_bf16_kernel(emulate))
+    missing = _bf16_instantiations() - launched
+    assert not missing, sorted(missing)
+
+
+@needs_emulate
+def test_bf16_kernels_under_emulator_check(emulate, emulator_check):
+    """race_check() (thread/block orders permuted, stale shared memory, the weight gradients'
+    float atomics reordered): every bfloat16 instantiation, within the bound. checked() (guard
+    pages: no access outside an array; a subprocess per launch, about 0.8 s each): every
+    kernel template once -- one padding mode, the int index, two transposed-conv plans -- as
+    the other instantiations differ only in index arithmetic and pad lookups."""
+    with emulator_check():
+        if emulator_check.name == "race_check":
+            launched = set(_every_bf16_kernel(emulate))
+            assert launched >= _bf16_instantiations()
+            return
+        launched = set(_every_bf16_kernel(emulate, modes=("reflect",), indexes=(np.int32,),
+                                          plans=[(1, False), (4, True)]))
+    templates = {name.split("<")[0] for name in launched}
+    assert templates == {name.split("<")[0] for name in _bf16_instantiations()}
+
+
+def test_bf16_instantiations_are_the_float16_ones_less_the_float32_paths():
+    """bfloat16 has a kernel wherever float16 has one, except deform_im2col and pad_fold:
+    bfloat16 deformable convolution and the padded input gradient's fold run in float32
+    (rounding bfloat16 columns or padded cells would leave the documented bound)."""
+    from gpuconv import _kernels
+
+    f16 = {t for t, f in _kernels.FAMILIES.items() if "float16" in f.dtypes}
+    bf16 = {t for t, f in _kernels.FAMILIES.items() if "bfloat16" in f.dtypes}
+    assert f16 - bf16 == {"deform_im2col", "pad_fold"}
+    assert bf16 <= f16
+    assert _kernels.signature("conv_grad.cu", "conv_weight_grad<__nv_bfloat16, int, 0, true>")[
+        :3] == ("const ptr:bf16", "const ptr:bf16", "ptr:f32")
+
+
+@needs_emulate
+def test_emulate_backend_computes_bf16(emulate):
+    """The device backend lists bfloat16 among its dtypes, so _validate lets it through."""
+    assert BF16 in emulate.dtypes and np.dtype(np.float16) in emulate.dtypes
 
 
 def test_bf16_mixed_with_float32_is_float32_on_every_backend_check():
@@ -565,3 +766,8 @@ def test_bound_ratios_report(capsys):
     if RATIOS:
         worst = sorted(RATIOS.items(), key=lambda kv: -kv[1])[:5]
         print("bf16 error / bound, largest:", ", ".join(f"{k} {v:.3f}" for k, v in worst))
+        device = {k: v for k, v in RATIOS.items() if k.startswith(("emulate-", "kernels-"))}
+        if device:
+            name = max(device, key=device.get)
+            print(f"bf16 error / bound on emulate, largest: {name} {device[name]:.3f} "
+                  f"({len(device)} results)")

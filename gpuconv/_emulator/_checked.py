@@ -75,7 +75,9 @@ def run(fn, grid3, block3, shared_mem, args, nthreads):
             fn._raise(result["rc"], result["message"])
         for i, code in enumerate(fn.params):
             if split_code(code)[0] and spec_args[i]["kind"] == "array" and args[i].size:
-                np.copyto(args[i], np.load(tmp / f"out{i}.npy", allow_pickle=False))
+                out = np.load(tmp / f"out{i}.npy", allow_pickle=False)
+                # np.save writes ml_dtypes' bfloat16 as raw 2-byte records ('V2'): its bits
+                np.copyto(args[i], out.view(args[i].dtype) if out.dtype.kind == "V" else out)
 
 def fault_error(fn, report: str, args) -> EmulatorError:
     """The exception for a checked-mode fault report."""

@@ -68,6 +68,9 @@ class DeviceBackend:
         self.executor = executor
         self.name = executor.name
         self.xp = executor.xp
+        #: The conv-family dtypes it computes (gpuconv._validate.check_backend_dtype): float16/
+        #: 32/64, and bfloat16 with ml_dtypes (on ``cuda`` only with a CuPy that has bfloat16).
+        self.dtypes = executor.dtypes
 
     def __repr__(self):
         return f"DeviceBackend({self.name!r})"

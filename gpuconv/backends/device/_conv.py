@@ -23,9 +23,10 @@ Method per ``conv`` call (:func:`choose_conv_method`):
 ``depthwise_conv`` uses ``depthwise_tiled`` (one staged input tile per (n, c) serves all
 multiplier outputs), or ``conv_direct`` with ``groups = C`` if not even a one-thread tile fits.
 
-float16 is computed by the kernels with float32 accumulation (``gpuconv::acc_t``) and rounded
-once; on the matmul path by the executor's ``matmul`` (float32 accumulation too), after which
-the bias is added in float16.
+float16 and bfloat16 are computed by the kernels with float32 accumulation (``gpuconv::acc_t``)
+and rounded once; on the matmul path by the executor's ``matmul`` (float32 accumulation too),
+after which float16 adds the bias in float16 (bfloat16 adds it in float32, before its one
+rounding).
 
 Gradients (called by :mod:`gpuconv.grad` through the backend; the reference is
 :class:`gpuconv.backends.numpy_grad.GradMixin`):
@@ -50,7 +51,10 @@ Gradients (called by :mod:`gpuconv.grad` through the backend; the reference is
 float16 gradients: the weight-gradient kernels accumulate in float32 (partial sums and atomics
 in float32, rounded once); the input gradients are the forward kernels' (float32
 accumulation, one rounding per padded cell, and the fold adds the few padded cells of a border
-cell in float32 and rounds again).
+cell in float32 and rounds again). bfloat16 gradients likewise, except that under
+reflect/replicate/circular padding the padded gradient and the fold run in float32 and the
+result is rounded once (bfloat16's 8-bit significand would make the second rounding the
+largest error term).
 
 Tuning constants that the kernels also use are read from the ``.cu`` files
 (:func:`gpuconv._kernels.source_define`); the rest are below. None is tuned on hardware yet.
@@ -66,7 +70,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ... import _kernels
-from ..._dtypes import accumulation_dtype
+from ..._dtypes import accumulation_dtype, is_bfloat16
 from ..._limits import MAX_BLOCKS, MAX_DYNAMIC_SHARED_BYTES, MAX_GRID_Y, THREADS, WORKSPACE_BYTES
 from ..._shapes import ConvGeometry, Geometry3d, as_3d, conv_as_transpose, is_pointwise, span
 from ._common import PADDING_MODE_CODES, ceil_div, pow2_at_least, prepare
@@ -267,6 +271,24 @@ def choose_conv_method(x_shape, weight_shape, geom: ConvGeometry, itemsize: int)
 # ----------------------------------------------------------------------------- operations
 
 
+def _pointwise_bf16(backend, x, weight, bias, geom: ConvGeometry, groups: int):
+    """The 1x1 ``conv`` of bfloat16 arrays: the GEMM on the float32 operands (exact
+    widening) and the bias added in float32, then ONE rounding to bfloat16 (float16's path
+    rounds the GEMM, then adds the bias in float16)."""
+    xp = backend.xp
+    acc = accumulation_dtype(x.dtype)
+    batch, c_in = x.shape[:2]
+    c_out = weight.shape[0]
+    og, cg = c_out // groups, c_in // groups
+    result = backend.executor.matmul(
+        weight.reshape(groups, og, cg).astype(acc),
+        x.reshape(batch, groups, cg, math.prod(geom.out_size)).astype(acc))
+    result = result.reshape(batch, c_out, *geom.out_size)
+    if bias is not None:
+        result = result + bias.astype(acc).reshape((1, c_out) + (1,) * geom.ndim)
+    return xp.ascontiguousarray(result, dtype=x.dtype)
+
+
 def _bias_or_zeros(xp, bias, channels: int, dtype):
     return xp.zeros(channels, dtype=dtype) if bias is None else prepare(xp, bias, dtype)
 
@@ -316,6 +338,8 @@ def conv(backend, x, weight, bias, geom: ConvGeometry, *, method: str | None = N
         og, cg = c_out // groups, c_in // groups
         positions = math.prod(geom.out_size)
         # (G, og, cg) @ (N, G, cg, P) -> (N, G, og, P)
+        if is_bfloat16(dtype):  # the GEMM and the bias in float32, rounded once
+            return _pointwise_bf16(backend, x, weight, bias, geom, groups)
         result = backend.executor.matmul(weight.reshape(groups, og, cg),
                                          x.reshape(batch, groups, cg, positions))
         result = xp.ascontiguousarray(result.reshape(batch, c_out, *geom.out_size), dtype=dtype)
@@ -533,6 +557,11 @@ def conv_input_grad(backend, weight, grad_output, geom: ConvGeometry, *, index=N
     if geom.padding_mode == "zeros" or not (any(geom.pad_lo) or any(geom.pad_hi)):
         return backend.conv_transpose(grad_output, weight, None,
                                       conv_as_transpose(geom, geom.pad_lo, geom.in_size))
+    if is_bfloat16(grad_output.dtype):  # padded gradient and fold in float32, rounded once
+        acc = accumulation_dtype(grad_output.dtype)
+        wide = conv_input_grad(backend, weight.astype(acc), grad_output.astype(acc), geom,
+                               index=index)
+        return wide.astype(grad_output.dtype)
     padded = backend.conv_transpose(grad_output, weight, None,
                                     conv_as_transpose(geom, (0,) * geom.ndim,
                                                       geom.padded_size))

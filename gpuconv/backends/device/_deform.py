@@ -13,7 +13,10 @@ Memory: the column buffer is at most :data:`WORKSPACE_BYTES` (or one output posi
 column, C_in * K elements, if that alone is larger).
 
 float16: the columns are float16 (as in torchvision), the GEMM accumulates in float32 and rounds
-once; the bias is added to the rounded product (a second rounding).
+once; the bias is added to the rounded product (a second rounding). bfloat16 is computed
+entirely in float32 (inputs widened exactly, float32 columns, GEMM and bias) and rounded once at
+the end: bfloat16 columns would round every sampled term by up to 2**-8, outside the bound of
+docs/dtypes.md, and the float32 GEMM is what cuBLAS would run for bfloat16 anyway.
 
 Gradient (:func:`deform_conv2d_grad`): per chunk of images (and positions), ``deform_im2col``
 (the forward's sampling) rebuilds the columns; the weight gradient is ``grad_output @
@@ -21,8 +24,8 @@ columns^T`` and the columns' gradient ``weight^T @ grad_output`` (two GEMMs per 
 ``executor.matmul``); ``deform_col2im`` (``kernels/deform_grad.cu``) scatters the columns'
 gradient onto the input through the bilinear weights with ``atomicAdd`` (so the input
 gradient's last bits vary run to run on a GPU), and ``deform_col2im_coord`` gathers the offset
-and mask gradients (deterministic). float16 is computed entirely in float32 and rounded at the
-end (the gradient kernels are instantiated for float32 and float64 only).
+and mask gradients (deterministic). float16 and bfloat16 are computed entirely in float32 and
+rounded at the end (the gradient kernels are instantiated for float32 and float64 only).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ... import _kernels
-from ..._dtypes import accumulation_dtype
+from ..._dtypes import accumulation_dtype, is_bfloat16
 from ..._limits import MAX_GRID_X, MAX_GRID_Y, THREADS, WORKSPACE_BYTES
 from ..._shapes import ConvGeometry
 from ._common import ceil_div
@@ -196,6 +199,14 @@ def deform_conv2d(backend, x, offset, weight, bias, mask, geom: ConvGeometry,
     """
     xp = backend.xp
     dtype = np.dtype(x.dtype)
+    if is_bfloat16(dtype):  # in float32 throughout, rounded once (module docstring)
+        wide = accumulation_dtype(dtype)
+        result = deform_conv2d(
+            backend, *(None if a is None else a.astype(wide) for a in (x, offset, weight, bias,
+                                                                        mask)),
+            geom, offset_groups, workspace_bytes=workspace_bytes, channel_slice=channel_slice,
+            max_grid_x=max_grid_x, index=index)
+        return result.astype(dtype)
     FAMILY.check_dtype(dtype, "deform_conv2d")
     batch, c_in, height, width = x.shape
     c_out, cg, kh, kw = weight.shape

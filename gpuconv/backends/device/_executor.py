@@ -29,7 +29,7 @@ import threading
 import numpy as np
 
 from ... import _cache, _kernels
-from ..._dtypes import accumulation_dtype
+from ..._dtypes import CONV_DTYPES, FLOAT_DTYPES, BFLOAT16, accumulation_dtype, is_bfloat16
 from ..._launch import Kernel, launch
 
 
@@ -39,6 +39,9 @@ class Executor:
     name: str
     xp = np
     array_type: type = np.ndarray
+    #: The conv-family dtypes its kernels compute (the backend's ``dtypes``): float16/32/64,
+    #: and bfloat16 with ml_dtypes.
+    dtypes: tuple[np.dtype, ...] = CONV_DTYPES
 
     def __init__(self):
         self._lock = threading.Lock()
@@ -92,8 +95,14 @@ class Executor:
 
         float16 products accumulate in float32 and are rounded to float16 once, on both
         (cuBLAS computes float16 GEMMs with CUBLAS_COMPUTE_32F; NumPy's own float16 matmul
-        would accumulate in float16, so the emulator widens the operands).
+        would accumulate in float16, so the emulator widens the operands). bfloat16 operands
+        are widened to float32 (exactly) and the product rounded once, on both.
         """
+        if is_bfloat16(a.dtype) or is_bfloat16(b.dtype):
+            compute = np.dtype(np.float32)
+            wide = self.xp.matmul(a.astype(compute), b.astype(compute))
+            return wide.astype(BFLOAT16 if is_bfloat16(a.dtype) and is_bfloat16(b.dtype)
+                               else wide.dtype)
         return self.xp.matmul(a, b)
 
 
@@ -122,6 +131,18 @@ class EmulatorExecutor(Executor):
             wide = np.matmul(a.astype(compute), b.astype(compute))
             return wide.astype(dtype, copy=False)
         return np.matmul(a, b)
+
+
+def _cupy_has_bfloat16(cupy) -> bool:
+    """Whether CuPy makes arrays of ``ml_dtypes.bfloat16`` (CuPy 14 and later; earlier
+    versions refuse the dtype, and then the ``cuda`` backend refuses bfloat16 calls up front)."""
+    if BFLOAT16 is None:
+        return False
+    try:
+        cupy.empty(0, dtype=BFLOAT16)
+    except Exception:  # TypeError / ValueError: "Unsupported dtype bfloat16"
+        return False
+    return True
 
 
 def cuda_options(cupy) -> tuple[str, ...]:
@@ -187,6 +208,7 @@ class CupyExecutor(Executor):
         self._cupy = cupy
         self.xp = cupy
         self.array_type = cupy.ndarray
+        self.dtypes = CONV_DTYPES if _cupy_has_bfloat16(cupy) else FLOAT_DTYPES
 
     def _scope(self):
         return self._cupy.cuda.runtime.getDevice()
