@@ -9,9 +9,10 @@ Import it explicitly, ``import gpuconv.torch`` (``import gpuconv`` never imports
   ``torch.bfloat16`` tensors, which ``Tensor.numpy()`` refuses, are shared the same way
   through their bits: ``t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)`` in and
   ``torch.from_numpy(a.view(numpy.int16)).view(torch.bfloat16)`` out, still without copies
-  (this needs ml_dtypes, the ``bf16`` extra). They run on the NumPy backend, computed in
-  float32 and rounded once; the CUDA kernels have no bfloat16 instantiation yet, so bfloat16
-  CUDA tensors and the ``emulate`` backend raise a TypeError that says so.
+  (this needs ml_dtypes, the ``bf16`` extra). They run on the NumPy and ``emulate``
+  backends, computed in float32 and rounded once. bfloat16 CUDA tensors raise a TypeError
+  that says so: the CUDA kernels have bfloat16 instantiations (checked on the emulator and
+  with NVRTC), but the bfloat16 path through CuPy has not run on a GPU yet.
 * CUDA tensors are shared with CuPy through DLPack (``cupy.from_dlpack``, ``torch.from_dlpack``,
   zero-copy), and gpuconv's kernels run on PyTorch's current CUDA stream of the tensors'
   device, so they are ordered with the surrounding PyTorch work. CuPy allocates the results
@@ -132,14 +133,15 @@ def _check_tensors(op: str, **named):
 
 def _check_bfloat16(op: str, name: str, t):
     """A bfloat16 tensor needs ml_dtypes (ImportError naming the ``bf16`` extra) and, until
-    the CUDA kernels have bfloat16 instantiations, the CPU (TypeError for CUDA tensors)."""
+    the bfloat16 CUDA path has run on a GPU, the CPU (TypeError for CUDA tensors)."""
     if t.device.type == "meta":
         return
     _dtypes.require_bfloat16(op)
     if t.device.type == "cuda":
         raise TypeError(
-            f"{op}: {name} is a torch.bfloat16 tensor on {t.device}; gpuconv's CUDA kernels "
-            f"have no bfloat16 instantiation yet. Compute in float32 on the GPU "
+            f"{op}: {name} is a torch.bfloat16 tensor on {t.device}; gpuconv's bfloat16 CUDA "
+            f"path is not enabled yet (its kernels have not run on a GPU). Compute in float32 "
+            f"on the GPU "
             f"(.float(), then .bfloat16() on the result), or pass CPU tensors"
         )
 

@@ -179,9 +179,9 @@ def test_missing_ml_dtypes_names_the_extra(monkeypatch):
 
 
 def test_cuda_bf16_tensors_are_refused_clearly():
-    """Until the CUDA kernels have bfloat16 instantiations (checked without a GPU)."""
+    """Until the bfloat16 CUDA path has run on a GPU (checked without a GPU)."""
     t = torch.empty(1, 2, 5, dtype=BF16, device="meta")
     fake = type("FakeCudaTensor", (), {"device": torch.device("cuda", 0)})()
     gt._check_bfloat16("conv", "x", t)  # meta: shapes only, nothing to refuse
-    with pytest.raises(TypeError, match="no bfloat16 instantiation yet"):
+    with pytest.raises(TypeError, match="bfloat16 CUDA path is not enabled yet"):
         gt._check_bfloat16("conv", "x", fake)
