@@ -89,6 +89,29 @@ __global__ void half_sum(const T* __restrict__ x, T* __restrict__ out, int n)
     assert "half_sum<__half>" in result.resources
 
 
+def test_cuda_bf16_is_found_and_bfloat16_accumulates_in_float_on_sm_75():
+    """common.cuh includes cuda_bf16.h under NVRTC; acc_t<__nv_bfloat16> is float. bfloat16 is
+    served on sm_75 too: gpuconv's bfloat16 kernels use only cuda_bf16.h's conversions (and
+    __ldg), never bfloat16 arithmetic or atomics (their atomics and partial sums are acc_t,
+    float), so every bfloat16 instantiation compiles for sm_75
+    (test_every_instantiation_compiles)."""
+    source = (_kernels.source_path("common.cuh").read_text() + """
+template <class T>
+__global__ void bf16_sum(const T* __restrict__ x, T* __restrict__ out, int n)
+{
+    static_assert(sizeof(gpuconv::acc_t<T>) == 4, "__nv_bfloat16 accumulates in float");
+    gpuconv::acc_t<T> acc = gpuconv::zero<gpuconv::acc_t<T>>();
+    for (int i = 0; i < n; ++i) acc += gpuconv::load_acc(__ldg(x + i));
+    out[0] = gpuconv::store_acc<T>(acc);
+}
+""")
+    result = _nvrtc.compile_source(source, ["bf16_sum<__nv_bfloat16>"], "sm_75", filename="bf.cu")
+    assert "bf16_sum<__nv_bfloat16>" in result.resources
+    bf16 = [name for f in _kernels.FAMILIES.values() for name in f.instantiations()
+            if "__nv_bfloat16" in name]
+    assert bf16 or _kernels.BFLOAT16 is None
+
+
 def test_ptxas_log_parser():
     log = """\
 ptxas info    : 0 bytes gmem
