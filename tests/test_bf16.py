@@ -266,27 +266,39 @@ def test_golden_gradients_bf16(case):
     """The gradients of every conv/conv_transpose/depthwise/deform golden case in bfloat16,
     for a random bfloat16 grad_output: within the bound of float64 on the rounded inputs (the
     deformable offset gradient: in norm), and equal to float32 rounded once."""
+    _check_golden_gradients(case, "numpy")
+
+
+def _check_golden_gradients(case, backend: str):
+    """The gradients of golden ``case`` on ``backend`` against the NumPy backend's float64 on
+    the rounded inputs, within the bound (offset: in norm); on ``numpy`` also bit for bit
+    float32 rounded once."""
     op = case["op"]
     args, arrays, other = _split(case)
     arrays = {k: v for k, v in arrays.items() if k != "bias"}
     out_shape = ARRAYS[case["expected"]].shape
     g = _grad_output(case, out_shape)
-    with gpuconv.use_backend("numpy"):
+    with gpuconv.use_backend(backend):
         got = _gradients(op, args, arrays, other, g, rounded)
+    with gpuconv.use_backend("numpy"):
         ref = _gradients(op, args, arrays, other, g, lambda a: as64(rounded(a)))
         magnitude = _gradients(op, args, arrays, other, g,
                                lambda a: as64(rounded(a), True), absolute=True)
         once = _gradients(op, args, arrays, other, g, lambda a: as32(rounded(a)))
     lengths = _grad_lengths(op, args, out_shape)
+    assert set(got) == set(ref)
+    prefix = "" if backend == "numpy" else f"{backend}-"
     for name, value in got.items():
         assert value.dtype == BF16, name
-        np.testing.assert_array_equal(value.view(np.uint16), once[name].astype(BF16).view(
-            np.uint16), err_msg=f"{case['id']} {name}: not float32 rounded once")
+        if backend == "numpy":
+            np.testing.assert_array_equal(value.view(np.uint16), once[name].astype(BF16).view(
+                np.uint16), err_msg=f"{case['id']} {name}: not float32 rounded once")
         if name == "offset":
             scale = np.linalg.norm(ref[name]) or 1.0
             assert np.linalg.norm(value.astype(np.float64) - ref[name]) / scale <= U_BF16
             continue
-        check_bound(f"{case['id']}-{name}", value, ref[name], magnitude[name], lengths[name])
+        check_bound(f"{prefix}{case['id']}-{name}", value, ref[name], magnitude[name],
+                    lengths[name])
 
 
 def test_separable_gradients_bf16():
@@ -561,27 +573,7 @@ EMULATE_GRAD_CASES = [c for c in EMULATE_CASES
 def test_golden_gradients_bf16_emulate(case):
     """The gradients of those cases in bfloat16 on emulate, within the bound (the offset
     gradient of deform_conv2d: in norm)."""
-    op = case["op"]
-    args, arrays, other = _split(case)
-    arrays = {k: v for k, v in arrays.items() if k != "bias"}
-    out_shape = ARRAYS[case["expected"]].shape
-    g = _grad_output(case, out_shape)
-    with gpuconv.use_backend("emulate"):
-        got = _gradients(op, args, arrays, other, g, rounded)
-    with gpuconv.use_backend("numpy"):
-        ref = _gradients(op, args, arrays, other, g, lambda a: as64(rounded(a)))
-        magnitude = _gradients(op, args, arrays, other, g,
-                               lambda a: as64(rounded(a), True), absolute=True)
-    lengths = _grad_lengths(op, args, out_shape)
-    assert set(got) == set(ref)
-    for name, value in got.items():
-        assert value.dtype == BF16, name
-        if name == "offset":
-            scale = np.linalg.norm(ref[name]) or 1.0
-            assert np.linalg.norm(value.astype(np.float64) - ref[name]) / scale <= U_BF16
-            continue
-        check_bound(f"emulate-{case['id']}-{name}", value, ref[name], magnitude[name],
-                    lengths[name])
+    _check_golden_gradients(case, "emulate")
 
 
 ALL_MODES = ("zeros", "reflect", "replicate", "circular")
