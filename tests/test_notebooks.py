@@ -4,7 +4,8 @@ The notebooks check their own results (each section asserts against an independe
 so a notebook that runs through is a passing test. The tour runs twice: on the NumPy backend,
 and with ``GPUCONV_BACKEND=emulate`` so that the CUDA kernels (on the CPU emulator) face the same
 checks. The training notebook also writes its test
-accuracy to ``$GPUCONV_NOTEBOOK_OUT/03-train-a-cnn.json``, and this test asserts it is >= 0.95.
+accuracy to ``$GPUCONV_NOTEBOOK_OUT/03-train-a-cnn.json``, and this test asserts it is >= 0.95
+and that the bfloat16 run's is within two points of it.
 
 The kernel is the interpreter running pytest: a temporary kernelspec whose ``argv`` starts with
 ``sys.executable`` is put first on ``JUPYTER_PATH``, so a ``python3`` kernelspec elsewhere on the
@@ -164,3 +165,5 @@ def test_training_notebook_reaches_95_percent(kernel_env):
     assert report["test_accuracy"] >= 0.95, report
     # the finite-difference check of one gradient, as the notebook reports it
     assert report["gradient_check_rel_error"] < 1e-6, report
+    # the same CNN trained in bfloat16 (issue 15): within two points of float32
+    assert abs(report["bf16_test_accuracy"] - report["test_accuracy"]) <= 0.02, report
