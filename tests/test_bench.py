@@ -671,3 +671,109 @@ def test_compare_runs_script_on_the_committed_results(capsys):
     assert rows["conv_transpose2d"][1].startswith("~")
     assert "Haswell" in out
 
+
+
+# ------------------------------------------------- bfloat16 and channels-last (issue 15)
+
+
+def test_bfloat16_arrays_and_ceiling_dtype():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    torch = pytest.importorskip("torch")
+    bf16 = np.dtype(ml_dtypes.bfloat16)
+    assert workloads.bench_dtype("bfloat16") == bf16
+    # the torch peers get bfloat16 tensors sharing the array's bits (the bridge's int16 path)
+    a = np.arange(6, dtype=np.float32).reshape(2, 3).astype(bf16)
+    t = workloads._to_torch(a)
+    assert t.dtype == torch.bfloat16 and t.data_ptr() == a.ctypes.data
+    back = workloads._to_numpy(t * 2)
+    assert back.dtype == np.float32 and np.array_equal(back, 2 * a.astype(np.float32))
+    # bfloat16, like float16, is computed in float32 on the CPU: the ceiling's dtype
+    w = bench.WORKLOADS["conv2d_resnet"]
+    assert cli._compute_dtype(w, "bfloat16", on_gpu=False) == np.float32
+    assert cli._compute_dtype(w, "bfloat16", on_gpu=True) == bf16
+
+
+def test_channels_last_arrays_are_nhwc_views_and_torch_channels_last():
+    torch = pytest.importorskip("torch")
+    from gpuconv import _layout
+
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.standard_normal((2, 3, 4, 5)), "weight": rng.standard_normal((6, 3, 3, 3)),
+              "grad_output": rng.standard_normal((2, 6, 2, 3, 4)),
+              "a": rng.standard_normal((2, 3, 7))}
+    cl = workloads.with_layout(arrays, "channels_last")
+    assert _layout.memory_format(cl["x"]) == _layout.memory_format(cl["grad_output"]) \
+        == "channels_last"
+    assert _layout.is_dense_channels_last(cl["x"])
+    for key in arrays:
+        assert np.array_equal(cl[key], arrays[key])
+    assert cl["weight"] is arrays["weight"] and cl["a"] is arrays["a"]  # only inputs, 4-D/5-D
+    assert workloads._to_torch(cl["x"]).is_contiguous(memory_format=torch.channels_last)
+    assert workloads._to_torch(cl["grad_output"]).is_contiguous(
+        memory_format=torch.channels_last_3d)
+    assert workloads.with_layout(arrays, "contiguous") == arrays
+
+
+def test_quick_bfloat16_run(tmp_path, capsys):
+    pytest.importorskip("ml_dtypes")
+    json_path = tmp_path / "bench.json"
+    ops = "conv2d_resnet,depthwise,conv2d_resnet_backward"
+    assert bench.main(["--quick", "--dtype", "bfloat16", "--ops", ops, "--repeat", "2",
+                       "--no-progress", "--settle", "0", "--json", str(json_path)]) == 0
+    out = capsys.readouterr().out
+    assert "dtype bfloat16" in out.splitlines()[0]
+    assert "results differ" not in out
+    doc = json.loads(json_path.read_text())
+    assert doc["config"]["dtype"] == "bfloat16" and list(doc["peaks"]) == ["float32"]
+    for r in doc["results"]:
+        assert r["dtype"] == "bfloat16" and r["median_s"] > 0
+        assert r["bytes"] == bench.traffic_bytes(
+            r["kind"], r["params"], bench.KINDS[r["kind"]].make(
+                r["params"], np.float32, np.random.default_rng(0)), 2)
+        result = r["peers"]["torch"]
+        if result is None:  # torch not installed: the run says so in a note
+            assert any("torch" in note for note in r["notes"])
+        else:  # torch's bfloat16 CPU convs computed what gpuconv did, to bfloat16 rounding
+            assert result["median_s"] > 0
+            assert result["rel_diff"] <= cli._CHECK_TOL["bfloat16"]
+
+
+def test_quick_channels_last_run(tmp_path, capsys):
+    json_path = tmp_path / "bench.json"
+    md_path = tmp_path / "bench.md"
+    ops = "conv2d_resnet,conv1d,conv3d,depthwise_backward"
+    assert bench.main(["--quick", "--layout", "channels_last", "--ops", ops, "--repeat", "2",
+                       "--no-progress", "--settle", "0", "--json", str(json_path),
+                       "--markdown", str(md_path)]) == 0
+    out = capsys.readouterr().out
+    assert "layout channels_last" in out.splitlines()[0]
+    assert "gpuconv NHWC/NCHW" in out and "differs from its NCHW result" not in out
+    doc = json.loads(json_path.read_text())
+    assert doc["config"]["layout"] == "channels_last"
+    records = {r["workload"]: r for r in doc["results"]}
+    # 1-D has no channels-last form: an NCHW row, no twin
+    assert records["conv1d"]["layout"] == "contiguous" and "nchw" not in records["conv1d"]
+    row = next(line for line in out.splitlines() if line.startswith("conv1d"))
+    assert " NCHW " in row
+    for name in ("conv2d_resnet", "conv3d", "depthwise_backward"):
+        r = records[name]
+        assert r["layout"] == r["out_layout"] == "channels_last", r
+        gpuconv_twin = r["nchw"]["gpuconv"]
+        assert gpuconv_twin["median_s"] > 0 and len(gpuconv_twin["times_s"]) == 2
+        assert gpuconv_twin["nhwc_over_nchw"] == pytest.approx(
+            r["median_s"] / gpuconv_twin["median_s"])
+        assert gpuconv_twin["rel_diff"] < 1e-5
+        torch_result = r["peers"]["torch"]
+        if torch_result is not None:  # torch on channels_last tensors, and on NCHW beside it
+            assert torch_result["rel_diff"] < 1e-4
+            assert r["nchw"]["torch"]["rel_diff"] < 1e-5
+        assert any(f"{name}: channels-last time / NCHW time" in n for n in doc["notes"])
+        row = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert " NHWC " in row
+    assert "NHWC/NCHW" in md_path.read_text()
+
+
+def test_bad_layout_and_dtype_arguments(capsys):
+    assert bench.main(["--quick", "--layout", "nhwc"]) == 2
+    assert "--layout" in capsys.readouterr().err
+    assert bench.main(["--quick", "--dtype", "int8"]) == 2

@@ -14,7 +14,7 @@ from .machine import _version, describe_blas, machine_info
 from .report import TABLE_LEGEND, THRESHOLDS, assess, flag_notes, format_table, write_plot
 from .runner import run_workload
 from .timing import COPIES, MIN_SAMPLE_S, QUICK_SETTLE_S, SETTLE_S, Ceilings, _loadavg
-from .workloads import KINDS, WORKLOADS, Workload
+from .workloads import KINDS, LAYOUTS, WORKLOADS, Workload, bench_dtype
 
 DEFAULT_REPEAT = {"quick": 3, "full": 10}
 SIZE_SETS = ("quick", "cpu", "gpu")
@@ -69,7 +69,15 @@ def _parser() -> argparse.ArgumentParser:
                                  "of the size set; see --list)")
     p.add_argument("--backend", choices=("numpy", "emulate", "cuda"),
                    help="gpuconv backend (default: cuda when CuPy sees a GPU, else numpy)")
-    p.add_argument("--dtype", default="float32", choices=("float16", "float32", "float64"))
+    p.add_argument("--dtype", default="float32",
+                   choices=("float16", "bfloat16", "float32", "float64"),
+                   help="bfloat16 needs ml_dtypes (the bf16 extra); like float16 it is "
+                        "computed in float32 and rounded once")
+    p.add_argument("--layout", default="contiguous", choices=LAYOUTS,
+                   help="'channels_last': the 2-D/3-D inputs are NHWC (NDHWC) views, "
+                        "torch.channels_last tensors for the peers, and each such row also "
+                        "times the NCHW arrays in the same rounds (NHWC/NCHW columns); "
+                        "1-D and 'convolve' inputs have no channels-last form")
     p.add_argument("--quick", action="store_true",
                    help="small sizes and few repeats (well under a minute on 2 CPU cores)")
     p.add_argument("--repeat", type=int, help="timing samples per implementation "
@@ -114,9 +122,11 @@ def _cuda_available() -> bool:
 
 
 def _compute_dtype(workload: Workload, dtype: str, on_gpu: bool) -> np.dtype:
-    """The dtype of a workload's matmul ceiling (float16 computes in float32 on the CPU)."""
-    dt = np.dtype(workload.dtype or dtype)
-    return np.dtype(np.float32) if dt == np.float16 and not on_gpu else dt
+    """The dtype of a workload's matmul ceiling (float16 and bfloat16 compute in float32 on
+    the CPU)."""
+    dt = bench_dtype(workload.dtype or dtype)
+    sixteen = dt == np.float16 or dt.name == "bfloat16"
+    return np.dtype(np.float32) if sixteen and not on_gpu else dt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.settle is not None and not args.settle >= 0:
         print(f"error: --settle={args.settle} must be at least 0 (seconds)", file=sys.stderr)
         return 2
+    if args.dtype == "bfloat16":
+        try:
+            bench_dtype(args.dtype)
+        except ImportError as exc:
+            print(f"error: --dtype: {exc}", file=sys.stderr)
+            return 2
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -204,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             records.append(run_workload(workload, size_set=size_set, backend=backend,
                                         dtype=args.dtype, repeat=repeat,
                                         ceilings=ceilings[compute.name], clock=args.clock,
-                                        settle_s=settle))
+                                        settle_s=settle, layout=args.layout))
             progress.advance()
     finally:
         progress.close()
@@ -221,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
             peaks_by_dtype[dt_name] = ceiling.rates(
                 {"ceiling:matmul": [t for c in rows for t in c["matmul_times_s"]],
                  "ceiling:copy": [t for c in rows for t in c["copy_times_s"]]})
-    headline = (f"gpuconv bench: backend {backend}, sizes {size_set!r}, {repeat} interleaved "
+    headline = (f"gpuconv bench: backend {backend}, dtype {args.dtype}, layout {args.layout}, "
+                f"sizes {size_set!r}, {repeat} interleaved "
                 f"samples, median per call, {args.clock} clock"
                 + (f", {args.threads} thread(s)" if args.threads else "")
                 + f"; {machine['cpu_model']} ({machine['cpu_count']} cores)"
@@ -250,11 +267,22 @@ def main(argv: list[str] | None = None) -> int:
             if v and v.get("rel_diff") is not None and not v["rel_diff"] <= _CHECK_TOL[r["dtype"]]:
                 notes.append(f"{r['workload']}: results differ from {peer} "
                              f"(max rel diff {v['rel_diff']:.2g})")
+        nchw = r.get("nchw") or {}
+        for name, v in nchw.items():
+            if not v["rel_diff"] <= _CHECK_TOL[r["dtype"]]:
+                notes.append(f"{r['workload']}: {name}'s channels-last result differs from "
+                             f"its NCHW result (max rel diff {v['rel_diff']:.2g})")
+        if nchw:
+            notes.append(f"{r['workload']}: channels-last time / NCHW time (same rounds): "
+                         + ", ".join(f"{name} {v['nhwc_over_nchw']:.2f}"
+                                     for name, v in nchw.items())
+                         + f"; gpuconv's result is {r.get('out_layout', '?')}")
     for note in notes:
         print(f"note: {note}")
     if args.json:
         doc = {"schema": JSON_SCHEMA, "machine": machine,
-               "config": {"backend": backend, "dtype": args.dtype, "size_set": size_set,
+               "config": {"backend": backend, "dtype": args.dtype, "layout": args.layout,
+                          "size_set": size_set,
                           "repeat": repeat, "copies": COPIES, "min_sample_s": MIN_SAMPLE_S,
                           "settle_s": settle, "threads": args.threads, "clock": args.clock,
                           "thresholds": THRESHOLDS},
@@ -268,10 +296,12 @@ def main(argv: list[str] | None = None) -> int:
             f.write("".join(f"- {note}\n" for note in notes))
     if args.plot:
         write_plot(args.plot, records,
-                   f"gpuconv {backend} ({args.dtype}, {size_set}) - {machine['cpu_model']}"
+                   f"gpuconv {backend} ({args.dtype}, {args.layout}, {size_set}) - "
+                   f"{machine['cpu_model']}"
                    + (f" / {machine['gpu']}" if "gpu" in machine else ""))
     return 0
 
 
 #: max relative difference to a peer's result before the run notes a mismatch
-_CHECK_TOL = {"float16": 2e-2, "float32": 1e-3, "float64": 1e-9}
+#: (bfloat16: 8 significant bits, so one rounding of the result is up to 2**-8 = 0.4% of it)
+_CHECK_TOL = {"float16": 2e-2, "bfloat16": 3e-2, "float32": 1e-3, "float64": 1e-9}

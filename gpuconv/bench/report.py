@@ -153,8 +153,16 @@ def format_table(records: list[dict], markdown: bool = False) -> str:
         for name in r["peers"]:
             if name not in peer_names and any(x["peers"].get(name) for x in records):
                 peer_names.append(name)
+    # a channels-last run (records with NCHW twins): the layout and each NHWC/NCHW ratio
+    twin_names = []
+    for r in records:
+        for name in r.get("nchw") or {}:
+            if name not in twin_names:
+                twin_names.append(name)
+    layout_head = ["layout"] + [f"{n} NHWC/NCHW" for n in twin_names] if twin_names else []
     head = ["workload", "backend", "dtype", "time ms", "min-max ms", "spread", "ratio", "vs",
-            "GFLOP/s", "GB/s", "% roof"] + [f"{n} ms (spread)" for n in peer_names] + ["flags"]
+            "GFLOP/s", "GB/s", "% roof"] + [f"{n} ms (spread)" for n in peer_names] \
+        + layout_head + ["flags"]
     rows = [head]
     for r in records:
         r = _verdict(r)
@@ -189,6 +197,11 @@ def format_table(records: list[dict], markdown: bool = False) -> str:
             row.append("-" if s is None else
                        f"{_ms(s['median_s']) if ok else _approx(s['median_s'] * 1e3)} "
                        f"({s['spread']:.0%})")
+        if twin_names:
+            nchw = r.get("nchw") or {}
+            row.append("NHWC" if r.get("layout") == "channels_last" else "NCHW")
+            row += ["-" if name not in nchw else f"{nchw[name]['nhwc_over_nchw']:.2f}"
+                    if ok else _approx(nchw[name]["nhwc_over_nchw"]) for name in twin_names]
         codes = list(dict.fromkeys(f["code"] for f in r["flags"]))
         row.append(", ".join(codes) if codes else "-")
         rows.append(row)
@@ -209,7 +222,9 @@ TABLE_LEGEND = (
     "time / fastest peer time (< 1: gpuconv faster); % roof = 100 * max(F/peak_flops, "
     "B/peak_bw) / time, with the ceilings timed in the same rounds. '~': an unreliable row "
     "(flags spread/load/busy), the ratio shows its range; 'ERR': above the roofline, a "
-    "measurement error.")
+    "measurement error. With --layout channels_last: layout = the input's (NHWC: a "
+    "channels-last view; 1-D inputs stay NCHW), X NHWC/NCHW = X's time on the channels-last "
+    "input / its time on the NCHW input, timed in the same rounds (< 1: NHWC faster).")
 
 
 def flag_notes(records: list[dict], machine: Mapping | None = None) -> list[str]:

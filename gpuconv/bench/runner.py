@@ -7,12 +7,16 @@ from collections.abc import Mapping
 import numpy as np
 
 import gpuconv
+from gpuconv import _layout
 
 from .report import _fastest_peer, assess
 from .timing import (COPIES, SETTLE_S, Ceilings, CpuTimer, CudaTimer, LoadProbe,
                      roofline_pct, spread_of, time_side_by_side)
 from .workloads import KINDS, Kind, Workload, _NotApplicable, _rel_diff, _Unavailable, \
-    traffic_bytes
+    bench_dtype, traffic_bytes, with_layout
+
+#: Suffix of the NCHW twins timed beside a ``layout="channels_last"`` run's implementations.
+NCHW = "@nchw"
 
 # ------------------------------------------------------------------------------- runs
 
@@ -34,7 +38,7 @@ def _gpuconv_call(kind: Kind, arrays, params, backend: str):
 def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str, repeat: int,
                  ceilings: Ceilings | None = None, peaks: Mapping | None = None, seed: int = 0,
                  clock: str = "wall", timer=None, settle_s: float = SETTLE_S,
-                 load_probe: LoadProbe | None = None) -> dict:
+                 load_probe: LoadProbe | None = None, layout: str = "contiguous") -> dict:
     """Time one workload on gpuconv and every peer, interleaved; returns its JSON record.
 
     With ``ceilings``, the matrix product and the copy are timed in the same rounds and the
@@ -43,22 +47,34 @@ def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str,
     ``load_probe`` (default a :class:`LoadProbe`) measures the other processes' CPU use
     during the timing. The record carries :func:`assess`'s flags for what it knows itself
     (the run-level load average is judged by :func:`main`).
+
+    ``layout="channels_last"`` makes the 4-D/5-D input (and a backward's ``grad_output``)
+    channels-last (:func:`~gpuconv.bench.workloads.with_layout`) for gpuconv and every
+    peer, and times the same calls on the NCHW arrays in the same rounds:
+    ``record["nchw"][name]`` holds those samples, ``nhwc_over_nchw`` (the channels-last
+    median over the NCHW one) and the ``rel_diff`` between the two results.
+    ``record["layout"]`` is the input's memory format (1-D inputs have no channels-last
+    form and stay contiguous) and ``record["out_layout"]`` gpuconv's result's.
     """
     kind = KINDS[workload.kind]
     params = dict(workload.sizes[size_set])
-    dtype = np.dtype(workload.dtype or dtype)
+    dtype = bench_dtype(workload.dtype or dtype)
     device = "cuda" if backend == "cuda" else "cpu"
     rng = np.random.default_rng(seed)
     host_sets = [kind.make(params, dtype, rng) for _ in range(COPIES)]
+    xp = np
+    sets = host_sets
     if device == "cuda":
-        import cupy
+        import cupy as xp
 
-        sets = [{k: cupy.asarray(v) for k, v in s.items()} for s in host_sets]
-    else:
-        sets = host_sets
+        sets = [{k: xp.asarray(v) for k, v in s.items()} for s in host_sets]
+    nchw_sets = sets
+    sets = [with_layout(s, layout, xp) for s in sets]
+    in_layout = _layout.memory_format(sets[0]["x"]) if "x" in sets[0] else _layout.CONTIGUOUS
+    twins = in_layout == _layout.CHANNELS_LAST  # time the NCHW arrays beside them
     record = {
         "workload": workload.name, "kind": workload.kind, "backend": backend,
-        "dtype": dtype.name, "params": {k: list(v) if isinstance(v, tuple) else v
+        "dtype": dtype.name, "layout": in_layout, "params": {k: list(v) if isinstance(v, tuple) else v
                                         for k, v in params.items()},
         "description": kind.describe(params), "note": workload.note,
         "flops": int(kind.flops(params)),
@@ -69,14 +85,25 @@ def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str,
     results = {}
     try:
         results["gpuconv"] = impls["gpuconv"][0]()
+        out = results["gpuconv"]
+        record["out_layout"] = _layout.memory_format(out[0] if isinstance(out, tuple) else out)
+        if twins:
+            impls["gpuconv" + NCHW] = [_gpuconv_call(kind, s, params, backend)
+                                       for s in nchw_sets]
+            results["gpuconv" + NCHW] = impls["gpuconv" + NCHW][0]()
     except Exception as exc:  # reported in the table's notes; the other workloads go on
         record["notes"].append(f"gpuconv ({backend}) cannot run it: {type(exc).__name__}: {exc}")
         impls.pop("gpuconv")
+        impls.pop("gpuconv" + NCHW, None)
     for name, make_peer in kind.peers.items():
         try:
             fns = [make_peer(device, s, params) for s in sets]
             results[name] = fns[0]()
             impls[name] = fns
+            if twins:
+                fns = [make_peer(device, s, params) for s in nchw_sets]
+                results[name + NCHW] = fns[0]()
+                impls[name + NCHW] = fns
         except _NotApplicable:
             continue
         except _Unavailable as exc:
@@ -102,6 +129,12 @@ def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str,
                 "rel_diff": _rel_diff(results["gpuconv"], results[name])
                 if "gpuconv" in results else None,
             }
+    if twins:
+        record["nchw"] = {
+            name: {**stats[name + NCHW], "times_s": times[name + NCHW],
+                   "nhwc_over_nchw": stats[name]["median_s"] / stats[name + NCHW]["median_s"],
+                   "rel_diff": _rel_diff(results[name], results[name + NCHW])}
+            for name in ["gpuconv", *kind.peers] if name + NCHW in stats}
     if "gpuconv" not in stats:
         record.update(median_s=None, times_s=None)
         record.update(assess(record))

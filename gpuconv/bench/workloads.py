@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import gpuconv
-from gpuconv import _shapes
+from gpuconv import _dtypes, _layout, _shapes
 
 # ----------------------------------------------------------------------- workloads
 
@@ -536,6 +536,40 @@ for _name in BACKWARD_OF:
 # ------------------------------------------------------------------- array helpers
 
 
+#: ``--layout`` values: gpuconv's memory formats (:mod:`gpuconv._layout`).
+LAYOUTS = (_layout.CONTIGUOUS, _layout.CHANNELS_LAST)
+#: The arrays that ``--layout channels_last`` makes channels-last (when 4-D or 5-D): the
+#: input, and a backward's ``grad_output`` (the layout the forward's result would have).
+LAYOUT_KEYS = ("x", "grad_output")
+
+
+def bench_dtype(name) -> np.dtype:
+    """The NumPy dtype of a ``--dtype`` name; ``"bfloat16"`` is ``ml_dtypes.bfloat16``
+    (ImportError naming the ``bf16`` extra without ml_dtypes)."""
+    if name == "bfloat16":
+        return _dtypes.require_bfloat16("gpuconv bench --dtype bfloat16")
+    return np.dtype(name)
+
+
+def with_layout(arrays: Mapping, layout: str, xp=np) -> dict:
+    """``arrays`` with the 4-D and 5-D :data:`LAYOUT_KEYS` arrays in ``layout``.
+
+    ``"channels_last"``: (N, C, *spatial)-shaped views of NHWC (NDHWC) buffers, as
+    ``docs/layouts.md`` defines them, made by one transposing copy outside the timing; torch
+    sees them as ``channels_last`` tensors. ``"contiguous"``: the arrays as they are.
+    """
+    if layout == _layout.CONTIGUOUS:
+        return dict(arrays)
+    out = dict(arrays)
+    for key in LAYOUT_KEYS:
+        a = out.get(key)
+        if a is not None and a.ndim in (4, 5):
+            nhwc = xp.ascontiguousarray(_layout.channels_last_view(a))
+            out[key] = nhwc.transpose(0, a.ndim - 1, *range(1, a.ndim - 1))
+    return out
+
+
+
 def _import(module: str, package: str):
     try:
         return importlib.import_module(module)
@@ -553,13 +587,17 @@ def _torch(device):
 
 
 def _to_torch(a):
-    """A torch tensor sharing ``a``'s memory (NumPy: CPU; CuPy: the GPU, via DLPack); a
-    tensor passes through."""
+    """A torch tensor sharing ``a``'s memory and strides (NumPy: CPU; CuPy: the GPU, via
+    DLPack); a tensor passes through. A bfloat16 NumPy array goes through its bits, as the
+    torch bridge does (``Tensor.numpy()`` and ``torch.from_numpy`` refuse bfloat16); a
+    channels-last view stays a ``torch.channels_last`` tensor (the strides are kept)."""
     import torch
 
     if isinstance(a, torch.Tensor):
         return a
     if isinstance(a, np.ndarray):
+        if _dtypes.is_bfloat16(a.dtype):
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
         return torch.from_numpy(a)
     return torch.from_dlpack(a)
 
@@ -568,6 +606,10 @@ def _to_numpy(a):
     if isinstance(a, np.ndarray):
         return a
     if hasattr(a, "detach"):  # torch.Tensor
+        import torch
+
+        if a.dtype == torch.bfloat16:  # exact: every bfloat16 is a float32
+            a = a.float()
         return a.detach().cpu().numpy()
     if hasattr(a, "get"):  # cupy.ndarray
         return a.get()
