@@ -705,8 +705,8 @@ def test_channels_last_arrays_are_nhwc_views_and_torch_channels_last():
     assert _layout.memory_format(cl["x"]) == _layout.memory_format(cl["grad_output"]) \
         == "channels_last"
     assert _layout.is_dense_channels_last(cl["x"])
-    for key in arrays:
-        assert np.array_equal(cl[key], arrays[key])
+    for key, a in arrays.items():
+        assert np.array_equal(cl[key], a)
     assert cl["weight"] is arrays["weight"] and cl["a"] is arrays["a"]  # only inputs, 4-D/5-D
     assert workloads._to_torch(cl["x"]).is_contiguous(memory_format=torch.channels_last)
     assert workloads._to_torch(cl["grad_output"]).is_contiguous(
