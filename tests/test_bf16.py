@@ -708,6 +708,23 @@ def test_emulate_backend_computes_bf16(emulate):
     assert BF16 in emulate.dtypes and np.dtype(np.float16) in emulate.dtypes
 
 
+def test_cuda_lists_bf16_only_with_a_cupy_that_has_it():
+    """The cuda backend's ``dtypes`` has bfloat16 only where CuPy makes bfloat16 arrays (CuPy
+    14); an older CuPy refuses the dtype, and then _validate refuses bfloat16 calls up front."""
+    from gpuconv.backends.device import _executor
+
+    class OldCupy:
+        @staticmethod
+        def empty(shape, dtype):
+            raise TypeError("Unsupported dtype bfloat16")
+
+    class NewCupy:
+        empty = staticmethod(np.empty)
+
+    assert not _executor._cupy_has_bfloat16(OldCupy)
+    assert _executor._cupy_has_bfloat16(NewCupy)
+
+
 def test_bf16_mixed_with_float32_is_float32_on_every_backend_check():
     """A bfloat16 array mixed with float32 computes as float32, so the backend check (which
     sees the result dtype) lets it through; only an all-bfloat16 call needs bfloat16."""
