@@ -777,3 +777,126 @@ def test_bad_layout_and_dtype_arguments(capsys):
     assert bench.main(["--quick", "--layout", "nhwc"]) == 2
     assert "--layout" in capsys.readouterr().err
     assert bench.main(["--quick", "--dtype", "int8"]) == 2
+
+
+# ---------------------------------------------------------- tensor-core workloads (issue 14)
+
+_TC_LAYERS = ("resnet_3x3_c64", "resnet_3x3_c128", "resnet_3x3_c256", "resnet_3x3_c512",
+              "stem_7x7", "1x1_256to64", "conv3d_3x3x3_c64")
+
+
+def _tc_names():
+    return [f"tc_{layer}_{prec}{bwd}" for layer in _TC_LAYERS for prec in ("fp16", "tf32")
+            for bwd in ("", "_backward")]
+
+
+def test_tensor_core_workloads_are_registered():
+    for name in _tc_names():
+        w = bench.WORKLOADS[name]
+        assert list(w.sizes) == ["gpu"]  # GPU only: no --quick or CPU run picks them up
+        assert w.kind == ("backward" if name.endswith("_backward") else "conv")
+        assert "tensor cores" in w.note
+        assert (w.dtype, w.tf32) == (("float32", True) if "_tf32" in name else ("float16", False))
+    # ResNet-50's 3x3 layers, batch 32, C_in = C_out, padding 1
+    for c, s in ((64, 56), (128, 28), (256, 14), (512, 7)):
+        p = bench.WORKLOADS[f"tc_resnet_3x3_c{c}_fp16"].sizes["gpu"]
+        assert p == dict(n=32, c_in=c, c_out=c, size=(s, s), kernel=3, padding=1)
+        assert bench.WORKLOADS[f"tc_resnet_3x3_c{c}_tf32_backward"].sizes["gpu"] == \
+            {**p, "op": "conv"}
+    stem = bench.WORKLOADS["tc_stem_7x7_tf32"].sizes["gpu"]
+    assert stem == dict(n=32, c_in=3, c_out=64, size=(224, 224), kernel=7, stride=2, padding=3)
+    assert workloads._forward_out_shape("conv", stem) == (32, 64, 112, 112)
+    conv3d = bench.WORKLOADS["tc_conv3d_3x3x3_c64_fp16"].sizes["gpu"]
+    assert workloads._forward_out_shape("conv", conv3d) == (8, 64, 16, 56, 56)
+    # construction: the arrays of a scaled-down copy (the GPU sizes are too big for a test)
+    small = {**bench.WORKLOADS["tc_conv3d_3x3x3_c64_fp16_backward"].sizes["gpu"],
+             "n": 1, "c_in": 4, "c_out": 2, "size": (3, 4, 5)}
+    arrays = bench.KINDS["backward"].make(small, np.float16, np.random.default_rng(0))
+    assert {k: a.shape for k, a in arrays.items()} == {
+        "x": (1, 4, 3, 4, 5), "weight": (2, 4, 3, 3, 3), "grad_output": (1, 2, 3, 4, 5)}
+    assert all(a.dtype == np.float16 for a in arrays.values())
+
+
+def test_tensor_core_flops_hand_computed():
+    # 3x3, C=64 at 56x56, pad 1: 32 * 56 * 56 outputs per channel, 64 * 9 multiply-adds each
+    p = bench.WORKLOADS["tc_resnet_3x3_c64_fp16"].sizes["gpu"]
+    assert bench.flops("conv", p) == 2 * 32 * 64 * (56 * 56) * (64 * 9) == 7_398_752_256
+    # the stem: out (224 + 6 - 7) // 2 + 1 = 112 per dim, 3 * 49 multiply-adds per output
+    p = bench.WORKLOADS["tc_stem_7x7_fp16"].sizes["gpu"]
+    assert bench.flops("conv", p) == 2 * 32 * 64 * (112 * 112) * (3 * 49) == 7_552_892_928
+    # 1x1, 256 -> 64 at 56x56
+    p = bench.WORKLOADS["tc_1x1_256to64_tf32"].sizes["gpu"]
+    assert bench.flops("conv", p) == 2 * 32 * 64 * (56 * 56) * 256
+    # 3-D: 8 * 16 * 56 * 56 outputs per channel, 64 * 27 multiply-adds each
+    p = bench.WORKLOADS["tc_conv3d_3x3x3_c64_tf32"].sizes["gpu"]
+    assert bench.flops("conv", p) == 2 * 8 * 64 * (16 * 56 * 56) * (64 * 27)
+    # backward: input gradient + weight gradient, each the forward's FLOPs
+    p = bench.WORKLOADS["tc_resnet_3x3_c512_tf32_backward"].sizes["gpu"]
+    assert bench.flops("backward", p) == 2 * (2 * 32 * 512 * 49 * (512 * 9))
+
+
+def test_tensor_core_forwards_get_implicit_gemm_by_default_on_cuda():
+    """The library's heuristic on cuda picks implicit_gemm for every forward (TF32 ones with
+    TF32 on, as the runner sets it), except the 1x1 layer (matmul: cuBLAS)."""
+    from gpuconv._algorithms import ConvProblem
+    from gpuconv._shapes import conv_geometry
+    from gpuconv.backends.device._conv_algorithms import default_name
+
+    for layer in _TC_LAYERS:
+        for prec in ("fp16", "tf32"):
+            w = bench.WORKLOADS[f"tc_{layer}_{prec}"]
+            p = w.sizes["gpu"]
+            kernel, stride, padding, dilation = workloads._spatial(p)
+            geom = conv_geometry(p["size"], kernel, stride=stride, padding=padding,
+                                 dilation=dilation)
+            problem = ConvProblem("conv", "cuda", (p["n"], p["c_in"], *p["size"]),
+                                  (p["c_out"], p["c_in"], *kernel), np.dtype(w.dtype), geom,
+                                  tf32=w.tf32)
+            expected = "matmul" if layer.startswith("1x1") else "implicit_gemm"
+            assert default_name(problem) == expected, w.name
+
+
+def test_tf32_flag_reaches_gpuconv_and_torch(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import gpuconv
+
+    seen = []
+    result = np.ones(4, np.float32)
+
+    def switches(side):
+        seen.append((side, gpuconv.tf32_enabled(), torch.backends.cuda.matmul.allow_tf32,
+                     torch.backends.cudnn.allow_tf32))
+        return result
+
+    kind = bench.Kind(make=lambda p, dtype, rng: {"x": np.zeros(4, dtype)},
+                      run=lambda a, p: switches("gpuconv"),
+                      flops=lambda p: 1, out_elements=lambda p: 0,
+                      peers={"torch": lambda device, a, p: lambda: switches("torch")})
+    monkeypatch.setitem(bench.KINDS, "tf32_probe", kind)
+    monkeypatch.delenv("GPUCONV_ALLOW_TF32", raising=False)
+    # (torch's switches are properties of module stand-ins: monkeypatch cannot restore them)
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    try:
+        for tf32 in (True, False):
+            seen.clear()
+            w = bench.Workload("probe", "tf32_probe", {"quick": {}}, "float32", tf32=tf32)
+            r = bench.run_workload(w, size_set="quick", backend="numpy", dtype="float32",
+                                   repeat=1, settle_s=0, load_probe=_FixedLoad(0.0))
+            assert r["tf32"] is tf32
+            assert {s[0] for s in seen} == {"gpuconv", "torch"}
+            assert all(s[1:] == (tf32, tf32, tf32) for s in seen), seen
+            # restored afterwards (torch's defaults: matmul off, cuDNN on)
+            assert not gpuconv.tf32_enabled()
+            assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) \
+                == (False, True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_backend_cuda_lists_tensor_core_workloads(capsys):
+    assert bench.main(["--backend", "cuda", "--list"]) == 0
+    listed = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for name in _tc_names():
+        assert "[gpu]" in listed[name]
+        assert ("(float32, TF32)" if "_tf32" in name else "(float16)") in listed[name]

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         for w in WORKLOADS.values():
             sets = ", ".join(s for s in SIZE_SETS if s in w.sizes)
             desc = KINDS[w.kind].describe(w.sizes[sets.split(", ")[0]]) if w.kind in KINDS else ""
-            print(f"{w.name:{width}s} {w.kind:15s} [{sets}] {desc}")
+            fixed = f" ({w.dtype}{', TF32' if w.tf32 else ''})" if w.dtype else ""
+            print(f"{w.name:{width}s} {w.kind:15s} [{sets}] {desc}{fixed}")
         return 0
     if backend == "emulate" and not args.quick:
         print("error: --backend emulate runs the CUDA kernels on a CPU emulator, far too slowly "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -35,6 +36,27 @@ def _gpuconv_call(kind: Kind, arrays, params, backend: str):
     return lambda: kind.run(arrays, params)  # CuPy arrays run on the cuda backend
 
 
+@contextlib.contextmanager
+def tf32_mode(enabled: bool) -> Iterator[None]:
+    """Inside the block, gpuconv (:func:`gpuconv.use_tf32`) and, where torch imports,
+    ``torch.backends.cuda.matmul.allow_tf32`` and ``torch.backends.cudnn.allow_tf32`` all
+    allow TF32 (``enabled``) or all forbid it; torch's switches are restored on exit."""
+    try:
+        import torch
+    except Exception:  # no torch (or a broken one): gpuconv's switch only
+        torch = None
+    saved = None
+    if torch is not None:
+        saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        with gpuconv.use_tf32(enabled):
+            yield
+    finally:
+        if saved is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str, repeat: int,
                  ceilings: Ceilings | None = None, peaks: Mapping | None = None, seed: int = 0,
                  clock: str = "wall", timer=None, settle_s: float = SETTLE_S,
@@ -55,7 +77,24 @@ def run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str,
     median over the NCHW one) and the ``rel_diff`` between the two results.
     ``record["layout"]`` is the input's memory format (1-D inputs have no channels-last
     form and stay contiguous) and ``record["out_layout"]`` gpuconv's result's.
+
+    TF32 is on for gpuconv and torch alike when ``workload.tf32``, else off for both
+    (:func:`tf32_mode`); ``record["tf32"]`` says which.
     """
+    with tf32_mode(workload.tf32):
+        record = _run_workload(workload, size_set=size_set, backend=backend, dtype=dtype,
+                               repeat=repeat, ceilings=ceilings, peaks=peaks, seed=seed,
+                               clock=clock, timer=timer, settle_s=settle_s,
+                               load_probe=load_probe, layout=layout)
+    record["tf32"] = workload.tf32
+    return record
+
+
+def _run_workload(workload: Workload, *, size_set: str, backend: str, dtype: str, repeat: int,
+                  ceilings: Ceilings | None, peaks: Mapping | None, seed: int, clock: str,
+                  timer, settle_s: float, load_probe: LoadProbe | None,
+                  layout: str) -> dict:
+    """:func:`run_workload` without the TF32 switches."""
     kind = KINDS[workload.kind]
     params = dict(workload.sizes[size_set])
     dtype = bench_dtype(workload.dtype or dtype)

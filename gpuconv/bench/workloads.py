@@ -22,6 +22,10 @@ class Workload:
 
     ``sizes`` maps a size set (``"quick"``, ``"cpu"``, ``"gpu"``) to the kind's parameters;
     a workload without a set is not run there. ``dtype`` fixes the dtype (else ``--dtype``).
+    ``tf32``: float32 products may use TF32 tensor cores, on both sides: the runner enables
+    :func:`gpuconv.use_tf32` for gpuconv and ``torch.backends.cuda.matmul.allow_tf32`` and
+    ``torch.backends.cudnn.allow_tf32`` for the torch peers; a workload without it runs both
+    in full float32 (all three switches off), whatever ``GPUCONV_ALLOW_TF32`` says.
     """
 
     name: str
@@ -29,6 +33,7 @@ class Workload:
     sizes: Mapping[str, Mapping]
     dtype: str | None = None
     note: str = ""
+    tf32: bool = False
 
 
 @dataclass
@@ -531,6 +536,38 @@ for _name in BACKWARD_OF:
     register_workload(Workload(
         f"{_name}_backward", "backward",
         {s: {**params, "op": _fw.kind} for s, params in _fw.sizes.items()}, _fw.dtype))
+
+
+# --- tensor cores (issue 14) --------------------------------------------------------------
+#
+# The layers the implicit-GEMM (``mma.sync``) kernels are measured on, forward and backward,
+# in float16 and in TF32 (float32 with ``tf32=True``), against cuDNN through PyTorch. GPU
+# only ("gpu" size set). On cuda, gpuconv's default heuristic picks ``implicit_gemm`` for
+# every forward here (float16 or TF32, ``C_out / groups >= 16``, ``K >= 32``; the stem's K
+# is 3 * 49 = 147) except the 1x1 layer, which stride 1 and no padding send to ``matmul``
+# (cuBLAS, itself on tensor cores). The backward workloads time whatever gpuconv's gradient
+# functions run (docs/algorithms.md).
+
+#: Layer name -> conv parameters: ResNet-50's 3x3 layers of each stage (batch 32), its
+#: 7x7 stride-2 stem, a bottleneck's 1x1 reduction (256 -> 64 at 56x56), and a 3-D 3x3x3
+#: layer (a 3-D ResNet/I3D first stage: 64 channels, 16 frames of 56x56, batch 8).
+TC_LAYERS: dict[str, dict] = {
+    **{f"resnet_3x3_c{c}": dict(n=32, c_in=c, c_out=c, size=(s, s), kernel=3, padding=1)
+       for c, s in ((64, 56), (128, 28), (256, 14), (512, 7))},
+    "stem_7x7": {**_STEM, "n": 32},
+    "1x1_256to64": dict(n=32, c_in=256, c_out=64, size=(56, 56), kernel=1, padding=0),
+    "conv3d_3x3x3_c64": dict(n=8, c_in=64, c_out=64, size=(16, 56, 56), kernel=3, padding=1),
+}
+#: Precision suffix -> (dtype, tf32).
+TC_PRECISIONS = {"fp16": ("float16", False), "tf32": ("float32", True)}
+
+for _layer, _p in TC_LAYERS.items():
+    for _suffix, (_dtype, _tf32) in TC_PRECISIONS.items():
+        _note = f"tensor cores ({'TF32' if _tf32 else 'fp16'})"
+        register_workload(Workload(f"tc_{_layer}_{_suffix}", "conv", {"gpu": _p}, _dtype,
+                                   _note, _tf32))
+        register_workload(Workload(f"tc_{_layer}_{_suffix}_backward", "backward",
+                                   {"gpu": {**_p, "op": "conv"}}, _dtype, _note, _tf32))
 
 
 # ------------------------------------------------------------------- array helpers
