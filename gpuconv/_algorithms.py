@@ -91,8 +91,9 @@ def _setting(var: contextvars.ContextVar, value: Any) -> Iterator[Any]:
 def use_tf32(enabled: bool = True) -> contextlib.AbstractContextManager[bool]:
     """Let float32 convolutions use TF32 tensor cores inside a ``with`` block (or forbid it).
 
-    Off by default: float32 is computed exactly in float32, as PyTorch's
-    ``torch.backends.cudnn.allow_tf32 = False`` would. With TF32 on, the ``implicit_gemm``
+    Off by default: float32 is computed exactly in float32 (as PyTorch's matrix products by
+    default; its cuDNN convolutions default to TF32, ``torch.backends.cudnn.allow_tf32``). With
+    TF32 on, the ``implicit_gemm``
     algorithm can serve float32 calls: both operands are rounded to TF32 (10 fraction bits),
     the products accumulate in float32 (docs/algorithms.md gives the error bound). It is picked
     by default only on the ``"cuda"`` backend (see docs/algorithms.md), or when forced with
