@@ -124,7 +124,12 @@ def as_channels_last(a: Any, xp: Any) -> Any:
     if a.ndim not in (4, 5) or is_dense_channels_last(a):
         return a
     COPIES["output_to_channels_last"] += 1
-    nhwc = xp.ascontiguousarray(channels_last_view(a))
+    # A fresh buffer, not ascontiguousarray: that returns an already C-contiguous view as it
+    # is, and the strides NumPy leaves on its size-1 dims can fail PyTorch's channels-last rule
+    # (e.g. (1, 3, 1, 1, 1) with every stride 8 bytes is contiguous but not channels-last).
+    view = channels_last_view(a)
+    nhwc = xp.empty(view.shape, dtype=a.dtype)
+    nhwc[...] = view
     return nhwc.transpose(0, a.ndim - 1, *range(1, a.ndim - 1))
 
 

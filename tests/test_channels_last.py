@@ -453,3 +453,27 @@ def test_torch_meta_and_weight_grads_channels_last():
     x = torch.randn(2, 4, 6, 5).contiguous(memory_format=torch.channels_last)
     conv(x).sum().backward()
     assert conv.weight.grad.is_contiguous()
+
+
+def test_degenerate_channels_last_output_has_channels_last_strides():
+    # Found by test_any_strides in CI: a (1, 1, 1, 1, 1) channels-last x through a 1x1 conv
+    # to 3 channels. The C-contiguous result with NumPy's strides on its size-1 dims (every
+    # stride 8 bytes) is not channels-last by PyTorch's rule; as_channels_last must allocate a
+    # fresh NDHWC buffer rather than trust ascontiguousarray to return one.
+    import itertools
+
+    from numpy.lib.stride_tricks import as_strided
+
+    buf = np.array([0.125])
+    w = np.arange(1.0, 4.0).reshape(3, 1, 1, 1, 1)
+    tried = 0
+    for strides in itertools.product([8, 16, 24], repeat=5):
+        x = as_strided(buf, shape=(1, 1, 1, 1, 1), strides=strides)
+        if _layout.memory_format(x) != CL:
+            continue
+        tried += 1
+        for stride in (1, 2):
+            got = gpuconv.conv(x, w, stride=stride)
+            np.testing.assert_array_equal(got.reshape(-1), 0.125 * np.arange(1.0, 4.0))
+            assert _layout.is_dense_channels_last(got), (strides, got.strides)
+    assert tried > 0

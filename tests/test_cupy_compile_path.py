@@ -8,8 +8,8 @@ the cubin, each compile group must be compiled once and only when asked for, wit
 the executor passes plus CuPy's (``-ftz=false`` last: float32 subnormals are kept).
 
 Matrix: files x sm_75/sm_80/sm_90 x CUDA 13 (this environment) and CUDA 12 (another one, given
-by ``$GPUCONV_CUDA12_PYTHON``: a Python with ``cupy-cuda12x``, ``nvidia-cuda-nvrtc-cu12`` and
-``nvidia-cuda-runtime-cu12``). The default run checks one architecture per file; the rest is
+by ``$GPUCONV_CUDA12_PYTHON``: a Python with ``cupy-cuda12x``, ``nvidia-cuda-nvrtc-cu12``,
+``nvidia-cuda-runtime-cu12`` and ``ml_dtypes``). The default run checks one architecture per file; the rest is
 ``slow``. Needs ``cupy-cuda13x`` with ``nvidia-cuda-nvrtc`` and ``nvidia-cuda-runtime`` (CuPy's
 ``ctk`` extra or the test extra); without them the CuPy tests skip with the reason.
 """
@@ -288,7 +288,7 @@ def test_cuda12_leg():
     tests above)."""
     if not _cuda12_python():
         pytest.skip("GPUCONV_CUDA12_PYTHON is not set (a Python with cupy-cuda12x, "
-                    "nvidia-cuda-nvrtc-cu12 and nvidia-cuda-runtime-cu12)")
+                    "nvidia-cuda-nvrtc-cu12, nvidia-cuda-runtime-cu12 and ml_dtypes)")
     _start_cuda12_leg()
     process = _CUDA12["process"]
     stdout, stderr = process.communicate(timeout=1800)
@@ -300,7 +300,9 @@ def test_cuda12_leg():
     problems = [f"{r['file']} {r['arch']}: {p}" for r in reports for p in r["problems"]]
     assert not problems, "\n".join(problems)
     for r in reports:
-        assert sorted(r["names"]) == sorted(_kernels.name_expressions(r["file"]))
+        assert sorted(r["names"]) == sorted(_kernels.name_expressions(r["file"])), (
+            f"{r['file']}: the CUDA 12 environment compiled other instantiations than this one "
+            f"lists (the bfloat16 ones need ml_dtypes in both environments)")
     assert process.returncode == 0, stderr[-4000:]
     print(f"CUDA 12 leg: {len(reports)} (file, arch) pairs, NVRTC "
           f"{sum(r['cpu_s'] for r in reports):.1f} s CPU", file=sys.stderr)
