@@ -39,6 +39,7 @@ bfloat16 (as for float16); its bound composes the two stages (:func:`_separable_
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -208,7 +209,7 @@ def test_golden_forward_bf16(case):
 
 
 def _grad_output(case, shape):
-    rng = np.random.default_rng(abs(hash(case["id"])) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(case["id"].encode()))  # the same every process
     return rng.standard_normal(shape)
 
 

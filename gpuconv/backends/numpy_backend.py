@@ -355,7 +355,6 @@ def _depthwise_channels_last(x, weight, bias, geom: ConvGeometry):
     cdt = weight.dtype
     n, c = x.shape[:2]
     mult = weight.shape[0] // c
-    nd = x.ndim - 2
     w = weight.reshape(c, mult, -1)
     result, result_nhwc = _empty_channels_last(n, c * mult, geom.out_size, x.dtype)
     result_split = result_nhwc.reshape(*result_nhwc.shape[:-1], c, mult)  # a view

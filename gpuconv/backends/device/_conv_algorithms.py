@@ -27,7 +27,6 @@ not through the kernel registry, with the instantiations :func:`igemm_names` lis
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 
