@@ -120,26 +120,45 @@ static __device__ __forceinline__ unsigned to_tf32(float v) {
 #endif
 }
 
+// The transposed gather's source index along one dim: t = o + pad - k * dil lands on input
+// position t / stride when t >= 0 is a multiple of the stride and t / stride < n; else -1.
+template <class Index>
+static GPUCONV_HD Index strided_source(Index t, Index stride, Index n) {
+    if (t < 0) return Index(-1);
+    const Index q = t / stride;
+    return (q * stride == t && q < n) ? q : Index(-1);
+}
+
 }  // namespace igemm
 }  // namespace gpuconv
 
-// conv_igemm_fwd: see the file comment. Launch: grid (ceil(M / 64), ceil(C_out/groups / 64),
-// groups), block 128, no dynamic shared memory.
-template <class T, class Index, int Mode>
-__global__ void __launch_bounds__(128) conv_igemm_fwd(
-    const T* __restrict__ x,       // (N, C_in, D, H, W)
-    const T* __restrict__ weight,  // (C_out, C_in / groups, KD, KH, KW): row co is K elements
-    const T* __restrict__ bias,    // (C_out,); not read when has_bias == 0
-    T* __restrict__ out,           // (N, C_out, OD, OH, OW)
-    Index batch, Index c_in, Index c_out, Index groups,
+// conv_igemm: see the file comment. Launch: grid (ceil(M / 64), ceil(N / 64), groups *
+// splits), block 128, no dynamic shared memory.
+template <class T, class Index, int Mode, int Gather>
+__global__ void __launch_bounds__(128) conv_igemm(
+    const T* __restrict__ x,       // the gathered operand (A): element (g, b, c, d, h, w) at
+                                   //   g * x_sg + b * x_sb + c * x_sc + (d * in_h + h) * in_w + w
+    const T* __restrict__ weight,  // B: element (g, n, k = (c, tap)) at g * w_sg + n * w_sn +
+                                   //   c * w_sc + tap (a run of `taps` contiguous elements)
+    const T* __restrict__ bias,    // (groups * og,); not read when has_bias == 0
+    T* __restrict__ out,           // epilogue 0: element (g, b, n, sp) at g * o_sg + b * o_sb +
+                                   //   n * o_sn + sp (sp: the flat output position)
+    float* __restrict__ ws,        // epilogue 1: fp32, out's layout; 2: (splits, ws_split)
+    Index batch, Index cg, Index og, Index groups,  // M = batch * out_vol, N = og, K = cg * taps
     Index in_d, Index in_h, Index in_w,
     Index out_d, Index out_h, Index out_w,
     Index k_d, Index k_h, Index k_w,
     Index stride_d, Index stride_h, Index stride_w,
     Index dil_d, Index dil_h, Index dil_w,
     Index pad_d, Index pad_h, Index pad_w,
+    Index x_sg, Index x_sb, Index x_sc,
+    Index w_sg, Index w_sn, Index w_sc,
+    Index o_sg, Index o_sb, Index o_sn,
+    Index k_tiles,                 // BK-wide K tiles per split (split s: tiles s * k_tiles ..)
+    Index ws_split,                // epilogue 2: elements per split of ws
     int has_bias,
-    int w_vec)                     // bytes per weight copy: 16, 4, or sizeof(T) (16-bit only)
+    int w_vec,                     // bytes per weight copy: 16, 4, or sizeof(T) (16-bit only)
+    int epilogue)                  // 0: out = T(acc + bias); 1: atomicAdd(ws, acc); 2: ws[split] = acc
 {
     using namespace gpuconv::mma;
     using E = gpuconv::igemm::elem<T>;
@@ -154,6 +173,7 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
     constexpr int A_BYTES = S * BK * APITCH * int(sizeof(W)), B_BYTES = S * BN * BK * int(sizeof(W));
     constexpr int CPITCH = BM + 4;  // the epilogue's fp32 tile, (BN, BM + 4), reuses the ring
     static_assert(BN * CPITCH * 4 <= A_BYTES + B_BYTES, "the output tile must fit the ring");
+    static_assert(Gather == 0 || Mode == 0, "the transposed gather reads zeros outside");
     __shared__ __align__(16) unsigned char smem[A_BYTES + B_BYTES];
     W(*sA)[BK][APITCH] = reinterpret_cast<W(*)[BK][APITCH]>(smem);        // (stage, k, m)
     W(*sB)[BN][BK] = reinterpret_cast<W(*)[BN][BK]>(smem + A_BYTES);      // (stage, n, k), swizzled
@@ -165,15 +185,17 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
     };
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const Index cg = c_in / groups, og = c_out / groups;
     const Index taps_hw = k_h * k_w, taps = k_d * taps_hw;
     const Index K = cg * taps;
     const Index out_plane = out_h * out_w, out_vol = out_d * out_plane;
-    const Index in_plane = in_h * in_w, in_vol = in_d * in_plane;
     const Index M = batch * out_vol;
-    const Index m0 = Index(blockIdx.x) * BM, n0 = Index(blockIdx.y) * BN, g = blockIdx.z;
+    const Index m0 = Index(blockIdx.x) * BM, n0 = Index(blockIdx.y) * BN;
+    const Index g = Index(blockIdx.z) % groups, split = Index(blockIdx.z) / groups;
     const W* x_bits = reinterpret_cast<const W*>(x);
-    const W* w_group = reinterpret_cast<const W*>(weight) + g * og * K;  // (og, K)
+    const W* w_group = reinterpret_cast<const W*>(weight) + g * w_sg;  // (og, K) through w_sn, w_sc
+    const Index nk_all = gpuconv::ceil_div(K, Index(BK));
+    const Index kt_begin = split * k_tiles;
+    const Index kt_end = kt_begin + k_tiles < nk_all ? kt_begin + k_tiles : nk_all;
 
     // ---- this thread's A columns: P = 4 / sizeof(W) consecutive m (one 32-bit shared word),
     // decoded once; its k position advances by RSTEP per stage row
@@ -182,7 +204,9 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
     constexpr int RSTEP = gpuconv::igemm::kThreads / COLS;  // 2 (float) or 4 (16-bit)
     const int a_col = (tid % COLS) * P, a_row0 = tid / COLS;  // rows a_row0 + RSTEP j
     bool am_ok[P];
-    Index pd0[P], ph0[P], pw0[P], x_m[P];  // x_m: offset of (nb, g * cg) in x, (cg, D, H, W)
+    // p*0: the tap-0 position in x of each m: forward o * stride - pad (tap k adds k * dil);
+    // transposed o + pad (tap k subtracts k * dil, then divides by the stride)
+    Index pd0[P], ph0[P], pw0[P], x_m[P];  // x_m: offset of (g, b, c = 0) in x
 #pragma unroll
     for (int q = 0; q < P; ++q) {
         const Index am = m0 + a_col + q;
@@ -190,14 +214,28 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
         const Index nb = am / out_vol, sp = am - nb * out_vol;
         const Index od = sp / out_plane, r = sp - od * out_plane;
         const Index oh = r / out_w, ow = r - oh * out_w;
-        pd0[q] = od * stride_d - pad_d;
-        ph0[q] = oh * stride_h - pad_h;
-        pw0[q] = ow * stride_w - pad_w;
-        x_m[q] = (nb * c_in + g * cg) * in_vol;
+        if constexpr (Gather == 0) {
+            pd0[q] = od * stride_d - pad_d;
+            ph0[q] = oh * stride_h - pad_h;
+            pw0[q] = ow * stride_w - pad_w;
+        } else {
+            pd0[q] = od + pad_d;
+            ph0[q] = oh + pad_h;
+            pw0[q] = ow + pad_w;
+        }
+        x_m[q] = g * x_sg + nb * x_sb;
     }
-    // (ci, kd, kh, kw) of k = a_row0 (the next row this thread loads); advance(step) moves it
-    // on by step < 2^31 rows without a division (k_w may be 1: the loop then runs step times)
-    Index a_ci = 0, a_kd = 0, a_kh = 0, a_kw = 0;
+    // (ci, kd, kh, kw) of k = the first row this thread loads; advance(step) moves it on by
+    // step < 2^31 rows without a division (k_w may be 1: the loop then runs step times)
+    Index a_ci, a_kd, a_kh, a_kw;
+    {
+        const Index k = kt_begin * BK + a_row0;
+        a_ci = k / taps;
+        const Index t = k - a_ci * taps;
+        a_kd = t / taps_hw;
+        a_kh = (t - a_kd * taps_hw) / k_w;
+        a_kw = t - a_kd * taps_hw - a_kh * k_w;
+    }
     auto advance = [&](int step) {
         a_kw += step;
         while (a_kw >= k_w) {
@@ -208,7 +246,6 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
             }
         }
     };
-    advance(a_row0);
 
     auto load_stage = [&](int s, Index kt) {
         // A: BK / RSTEP rows of P elements each (k rows past K read as zero: a_ci >= cg)
@@ -220,10 +257,19 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
             for (int q = 0; q < P; ++q) {
                 off[q] = -1;
                 if (am_ok[q] && a_ci < cg) {
-                    off[q] = gpuconv::source_offset<Mode>(pd0[q] + a_kd * dil_d,
-                                                          ph0[q] + a_kh * dil_h,
-                                                          pw0[q] + a_kw * dil_w, in_d, in_h, in_w);
-                    if (off[q] >= 0) off[q] += x_m[q] + a_ci * in_vol;
+                    if constexpr (Gather == 0) {
+                        off[q] = gpuconv::source_offset<Mode>(pd0[q] + a_kd * dil_d,
+                                                              ph0[q] + a_kh * dil_h,
+                                                              pw0[q] + a_kw * dil_w, in_d, in_h,
+                                                              in_w);
+                    } else {
+                        using gpuconv::igemm::strided_source;
+                        const Index id = strided_source(pd0[q] - a_kd * dil_d, stride_d, in_d);
+                        const Index ih = strided_source(ph0[q] - a_kh * dil_h, stride_h, in_h);
+                        const Index iw = strided_source(pw0[q] - a_kw * dil_w, stride_w, in_w);
+                        if (id >= 0 && ih >= 0 && iw >= 0) off[q] = (id * in_h + ih) * in_w + iw;
+                    }
+                    if (off[q] >= 0) off[q] += x_m[q] + a_ci * x_sc;
                 }
             }
             if constexpr (P == 1) {
@@ -239,7 +285,9 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
             }
             advance(RSTEP);
         }
-        // B: BN rows of BK elements (64 bytes) from the weight rows, w_vec bytes per copy
+        // B: BN rows of BK elements (64 bytes), w_vec bytes per copy; a copy never crosses a
+        // run of `taps` contiguous elements unless the runs are adjacent (w_sc == taps: the
+        // host picks w_vec so)
         const Index k0 = kt * BK;
         const int vec = w_vec / int(sizeof(W));  // elements per copy
         const int per_row = BK / vec;
@@ -248,7 +296,15 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
             const Index n = n0 + row, k = k0 + kc;
             const Index left = K - k;
             const int valid = n < og && left > 0 ? int(left < vec ? left : Index(vec)) : 0;
-            const W* src = valid ? w_group + n * K + k : reinterpret_cast<const W*>(weight);
+            const W* src = reinterpret_cast<const W*>(weight);
+            if (valid) {
+                if (w_sc == taps) {
+                    src = w_group + n * w_sn + k;
+                } else {
+                    const Index ci = k / taps;
+                    src = w_group + n * w_sn + ci * w_sc + (k - ci * taps);
+                }
+            }
             W* dst = b_at(s, row, kc);
             const int bytes = valid * int(sizeof(W));
             if (w_vec == 16) {
@@ -270,17 +326,19 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[i][j].x[e] = 0.0f;
 
-    const Index nk = gpuconv::ceil_div(K, Index(BK));
+    // this block's K tiles: kt_begin .. kt_end - 1 (all of K unless split; stage i of the
+    // ring holds the tiles kt with (kt - kt_begin) % S == i)
+    const Index nk = kt_end > kt_begin ? kt_end - kt_begin : Index(0);
 #pragma unroll
     for (int s = 0; s < S - 1; ++s) {
-        if (s < nk) load_stage(s, s);
+        if (s < nk) load_stage(s, kt_begin + s);
         cp_async_commit();  // group s (maybe empty)
     }
     for (Index kt = 0; kt < nk; ++kt) {
         cp_async_wait<S - 2>();  // this thread's copies of stage kt have landed ...
         __syncthreads();         // ... everyone's, and everyone is done with stage kt - 1
         const Index next = kt + S - 1;
-        if (next < nk) load_stage(int(next % S), next);  // into the buffer of stage kt - 1
+        if (next < nk) load_stage(int(next % S), kt_begin + next);  // into stage kt - 1's buffer
         cp_async_commit();
         const int s = int(kt % S);
 #pragma unroll
@@ -357,17 +415,26 @@ __global__ void __launch_bounds__(128) conv_igemm_fwd(
                 sC[(wn + 8 * j + tile_c16x8::get_j(lane, e)) * CPITCH + wm + 16 * i +
                    tile_c16x8::get_i(lane, e)] = acc[i][j].x[e];
     __syncthreads();
-    // thread t stores m = m0 + t % 64 for n = t / 64 + 2 r: out[nb, g * og + n, sp] = T(c + bias)
+    // thread t stores m = m0 + t % 64 for n = t / 64 + 2 r, at (g, nb, n, sp):
+    // epilogue 0: out = T(c + bias), converted once; 1: atomicAdd(ws, c) (split-K, any order);
+    // 2: ws[split * ws_split + ...] = c (split-K partial sums, reduced in a fixed order)
     const Index m = m0 + tid % BM;
     if (m < M) {
         const Index nb = m / out_vol, sp = m - nb * out_vol;
-        W* out_m = reinterpret_cast<W*>(out) + (nb * c_out + g * og) * out_vol + sp;  // (og,) stride out_vol
+        const Index at_m = g * o_sg + nb * o_sb + sp;  // + n * o_sn
         for (int nl = tid / BM; nl < BN; nl += gpuconv::igemm::kThreads / BM) {
             const Index n = n0 + nl;
             if (n >= og) break;
             float v = sC[nl * CPITCH + tid % BM];
-            if (has_bias) v += E::to_float(reinterpret_cast<const W*>(bias)[g * og + n]);
-            out_m[n * out_vol] = E::from_float(v);
+            const Index at = at_m + n * o_sn;
+            if (epilogue == 0) {
+                if (has_bias) v += E::to_float(reinterpret_cast<const W*>(bias)[g * og + n]);
+                reinterpret_cast<W*>(out)[at] = E::from_float(v);
+            } else if (epilogue == 1) {
+                atomicAdd(ws + at, v);
+            } else {
+                ws[split * ws_split + at] = v;
+            }
         }
     }
 }

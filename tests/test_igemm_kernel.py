@@ -202,7 +202,7 @@ def test_weight_copy_widths_are_exercised():
         nd = len(case["spatial"])
         k = case["c_in"] // case.get("groups", 1) * int(np.prod(tup(case["k"], nd)))
         for kind in KINDS:
-            widths.add((kind, ig.weight_copy_bytes(k, ig.KINDS[kind][1].itemsize, 0)))
+            widths.add((kind, ig.weight_copy_bytes(ig.KINDS[kind][1].itemsize, 0, k)))
     assert {("float16", 16), ("float16", 4), ("float16", 2), ("tf32", 16), ("tf32", 4)} <= widths
 
 
@@ -363,3 +363,248 @@ def test_nvrtc_compiles_without_spills_and_two_blocks_fit(arch):
         occ = blocks_per_sm(arch, r.registers, r.shared_bytes)
         print(f"{r.name_expression} {arch}: {r.registers} registers -> {occ}")
         assert occ["blocks"] >= 2
+
+
+# ================================================================== the transposed gather
+# conv_transpose forward (and so conv's input gradient) on the same kernel: Gather = 1 reads
+# x at (o + crop - k * dil) / stride when that is a whole in-range position, zeros elsewhere;
+# the weight goes in as rows of K (ig.transposed_weight). Same bound, n = C_in/g * taps + 1.
+
+
+def reference_transpose(x, w, b, *, stride, padding, output_padding, dilation, groups):
+    """Transposed convolution in float64 by its definition (a scatter): every input position
+    q and tap t add x[q] * w[t] at q * stride + t * dilation of the full output, which is then
+    cropped by ``padding`` at the start."""
+    nd = x.ndim - 2
+    ks = w.shape[2:]
+    cg, og = x.shape[1] // groups, w.shape[1]
+    full = [(i - 1) * s + d * (k - 1) + 1 + op
+            for i, s, d, k, op in zip(x.shape[2:], stride, dilation, ks, output_padding)]
+    outs = [f - 2 * p for f, p in zip(full, padding)]
+    y = np.zeros((x.shape[0], og * groups, *full))
+    for tap in np.ndindex(*ks):
+        sl = tuple(slice(t * d, t * d + s * (i - 1) + 1, s)
+                   for t, d, s, i in zip(tap, dilation, stride, x.shape[2:]))
+        for g in range(groups):
+            y[(slice(None), slice(g * og, (g + 1) * og), *sl)] += np.einsum(
+                "nc...,co->no...", x[:, g * cg:(g + 1) * cg], w[(slice(g * cg, (g + 1) * cg),
+                                                                 slice(None), *tap)])
+    y = y[(slice(None), slice(None), *(slice(p, p + o) for p, o in zip(padding, outs)))]
+    if b is not None:
+        y = y + b.reshape(1, -1, *([1] * nd))
+    return y
+
+
+def run_transpose_case(mod, kind, case, seed=0):
+    rng = np.random.default_rng(seed)
+    n, c_in, c_out, spatial, kernel = (case[k] for k in ("n", "c_in", "c_out", "spatial", "k"))
+    nd = len(spatial)
+    groups = case.get("groups", 1)
+    kw = {"stride": tup(case.get("stride", 1), nd), "padding": tup(case.get("padding", 0), nd),
+          "output_padding": tup(case.get("output_padding", 0), nd),
+          "dilation": tup(case.get("dilation", 1), nd), "groups": groups}
+    x, xv = make(kind, (n, c_in, *spatial), rng)
+    w, wv = make(kind, (c_in, c_out // groups, *tup(kernel, nd)), rng, 1 / np.sqrt(c_in))
+    b, bv = make(kind, (c_out,), rng, operand=False) if case.get("bias", True) else (None, None)
+    out = ig.conv_igemm_transpose(mod, x, w, b, kind=kind, **kw)
+    ref = reference_transpose(xv, wv, bv, **kw)
+    mag = reference_transpose(np.abs(xv), np.abs(wv), None if bv is None else np.abs(bv), **kw)
+    terms = (c_in // groups) * int(np.prod(tup(kernel, nd))) + 1
+    gamma = terms * U_ACC / (1 - terms * U_ACC)
+    bound = gamma * mag + U_OUT[kind] * (np.abs(ref) + gamma * mag) + ETA_OUT[kind]
+    got = out_value(kind, out)
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    return _ratio(np.abs(got - ref), bound), float(np.abs(got - ref).max()), out
+
+
+def _ratio(err, bound) -> float:
+    """max err / bound, where a zero bound (no term reaches the position, no bias) demands a
+    zero error."""
+    safe = np.where(bound > 0, bound, 1.0)
+    return float(np.where(bound > 0, err / safe, np.where(err > 0, np.inf, 0.0)).max())
+
+
+TRANSPOSE_CASES = {
+    # stride 2 + output_padding 1 (half the (position, tap) pairs miss), padding 1, C odd
+    "2d_s2_op1": {"n": 2, "c_in": 5, "c_out": 7, "spatial": (6, 5), "k": 3, "stride": 2,
+                  "padding": 1, "output_padding": 1},
+    # dilation 2, stride 3, no padding, groups 2, no bias
+    "2d_groups_dil": {"n": 1, "c_in": 8, "c_out": 6, "spatial": (5, 4), "k": (3, 2),
+                      "stride": (3, 2), "dilation": (2, 1), "groups": 2, "bias": False},
+    # 1-D, stride 1 (the contiguous path), long K over several stages, several N tiles
+    "1d_longk": {"n": 2, "c_in": 24, "c_out": 70, "spatial": (33,), "k": 5, "padding": 2},
+    # 3-D, stride (1, 2, 2)
+    "3d_s122": {"n": 1, "c_in": 4, "c_out": 5, "spatial": (3, 4, 5), "k": 3,
+                "stride": (1, 2, 2), "padding": 1, "output_padding": (0, 1, 0)},
+    # conv's input gradient of the stem (7x7 stride 2 pad 3, C_in = 3: here C_out = 3)
+    "stem_input_grad": {"n": 1, "c_in": 16, "c_out": 3, "spatial": (7, 6), "k": 7,
+                        "stride": 2, "padding": 3, "output_padding": 1, "bias": False},
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", list(TRANSPOSE_CASES))
+def test_transpose_within_bound(mod, kind, case):
+    ratio, err, _ = run_transpose_case(mod, kind, TRANSPOSE_CASES[case],
+                                       seed=list(TRANSPOSE_CASES).index(case))
+    assert ratio <= 1.0, f"max error {err:.3g} is {ratio:.3g} x the bound"
+
+
+def test_transposed_weight_layout():
+    w = np.arange(2 * 3 * 2 * 2.0).reshape(4, 3, 2)  # C_in 4, og 3, groups 2 (cg 2), k 2
+    rows = ig.transposed_weight(np, w, 2)
+    assert rows.shape == (6, 2, 2) and rows.flags.c_contiguous
+    for g, n, c, t in np.ndindex(2, 3, 2, 2):
+        assert rows[g * 3 + n, c, t] == w[g * 2 + c, n, t]
+
+
+def test_transposed_gather_rejects_other_padding_modes():
+    with pytest.raises(ValueError, match="zeros"):
+        ig.name_expression("float16", "reflect", gather="transposed")
+
+
+# ================================================================== the weight gradient
+# The forward kernel with the roles exchanged (x's channels as the batch, the batch as the
+# channels; stride and dilation swapped) and K = N * OD * OH * OW split over grid.z.
+
+
+def reference_weight_grad(x, go, w_shape, *, stride, padding, dilation, groups, mode):
+    """dW[co, c, tap] = sum over (n, o) of go[n, co, o] * xpad[n, c, o * stride + tap * dil]."""
+    xp = np.pad(x, [(0, 0), (0, 0), *padding], mode=NP_PAD[mode])
+    og, cg = w_shape[0] // groups, w_shape[1]
+    outs = go.shape[2:]
+    dw = np.zeros(w_shape)
+    for tap in np.ndindex(*w_shape[2:]):
+        sl = tuple(slice(t * d, t * d + s * (o - 1) + 1, s)
+                   for t, d, s, o in zip(tap, dilation, stride, outs))
+        patch = xp[(slice(None), slice(None), *sl)]
+        for g in range(groups):
+            axes = [0, *range(2, go.ndim)]  # n and the output positions
+            dw[(slice(g * og, (g + 1) * og), slice(None), *tap)] = np.tensordot(
+                go[:, g * og:(g + 1) * og], patch[:, g * cg:(g + 1) * cg], (axes, axes))
+    return dw
+
+
+def run_wgrad_case(mod, kind, case, seed=0, deterministic=False, splits=None):
+    rng = np.random.default_rng(seed)
+    n, c_in, c_out, spatial, kernel = (case[k] for k in ("n", "c_in", "c_out", "spatial", "k"))
+    nd = len(spatial)
+    groups = case.get("groups", 1)
+    stride, dilation = tup(case.get("stride", 1), nd), tup(case.get("dilation", 1), nd)
+    pad = tup(case.get("padding", 0), nd)
+    mode = case.get("mode", "zeros")
+    w_shape = (c_out, c_in // groups, *tup(kernel, nd))
+    x, xv = make(kind, (n, c_in, *spatial), rng)
+    pairs = [(p, p) for p in pad]
+    outs = [(s + 2 * p - d * (k - 1) - 1) // st + 1
+            for s, p, d, k, st in zip(spatial, pad, dilation, w_shape[2:], stride)]
+    go, gov = make(kind, (n, c_out, *outs), rng)
+    out = ig.conv_igemm_weight_grad(mod, x, go, w_shape, kind=kind, stride=stride, padding=pad,
+                                    dilation=dilation, groups=groups, padding_mode=mode,
+                                    deterministic=deterministic, splits=splits)
+    kw = {"stride": stride, "padding": pairs, "dilation": dilation, "groups": groups,
+          "mode": mode}
+    ref = reference_weight_grad(xv, gov, w_shape, **kw)
+    mag = reference_weight_grad(np.abs(xv), np.abs(gov), w_shape, **kw)
+    terms = n * int(np.prod(outs))
+    gamma = terms * U_ACC / (1 - terms * U_ACC)
+    bound = gamma * mag + U_OUT[kind] * (np.abs(ref) + gamma * mag) + ETA_OUT[kind]
+    got = out_value(kind, out)
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    return _ratio(np.abs(got - ref), bound), float(np.abs(got - ref).max()), out
+
+
+WGRAD_CASES = {
+    # 3x3 pad 1, C odd, several M tiles (M = 5 * 9 = 45 < 64: one), K = 2 * 80 over stages
+    "2d_cin5": {"n": 2, "c_in": 5, "c_out": 7, "spatial": (8, 10), "k": 3, "padding": 1},
+    # stride 2 (becomes the B-side dilation), reflect, 2 M tiles (M = 8 * 9 = 72)
+    "2d_s2_reflect": {"n": 3, "c_in": 8, "c_out": 6, "spatial": (9, 11), "k": 3, "stride": 2,
+                      "padding": 1, "mode": "reflect"},
+    # dilation 2 (becomes the gather's stride), groups 3, circular
+    "groups3_dil2_circular": {"n": 2, "c_in": 6, "c_out": 9, "spatial": (7, 8), "k": 3,
+                              "dilation": 2, "padding": 2, "groups": 3, "mode": "circular"},
+    # 1-D replicate, out_vol = 37 (odd: a 2-byte grad_output copy for 16-bit), N = 70
+    "1d_replicate": {"n": 3, "c_in": 4, "c_out": 70, "spatial": (37,), "k": 5, "padding": 2,
+                     "mode": "replicate"},
+    # 3-D, stride (1, 2, 1)
+    "3d": {"n": 1, "c_in": 3, "c_out": 5, "spatial": (4, 6, 5), "k": 3, "stride": (1, 2, 1),
+           "padding": 1},
+    # 1x1 on 8 x 8 (out_vol 64: 16-byte grad_output copies), a long K = 4 * 64
+    "pointwise": {"n": 4, "c_in": 16, "c_out": 32, "spatial": (8, 8), "k": 1},
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", list(WGRAD_CASES))
+@pytest.mark.parametrize("variant", ["one split", "atomic", "deterministic"])
+def test_weight_grad_within_bound(mod, kind, case, variant):
+    splits = 1 if variant == "one split" else 3
+    ratio, err, _ = run_wgrad_case(mod, kind, WGRAD_CASES[case],
+                                   seed=list(WGRAD_CASES).index(case),
+                                   deterministic=variant == "deterministic", splits=splits)
+    assert ratio <= 1.0, f"max error {err:.3g} is {ratio:.3g} x the bound"
+
+
+def test_weight_grad_split_plan():
+    g3 = lambda spatial, k: __import__("gpuconv._shapes", fromlist=["x"]).as_3d(  # noqa: E731
+        __import__("gpuconv._shapes", fromlist=["x"]).conv_geometry(
+            spatial, k, stride=1, padding=1, dilation=1))
+    # ResNet 3x3, C = 64 at 56^2, N = 32: K = 100352 -> 3136 fp16 tiles; 9 x 1 output tiles
+    cfg = ig.weight_grad_config("float16", (32, 64, 56, 56), (32, 64, 56, 56),
+                                g3((56, 56), (3, 3)), groups=1, padding_mode="zeros",
+                                deterministic=True)
+    assert cfg.gemm == (576, 64, 100352)
+    assert cfg.grid[:2] == (9, 1) and cfg.splits == cfg.grid[2] > 1
+    assert cfg.epilogue == ig.EPILOGUE_PARTIAL and cfg.workspace == (cfg.splits, 64 * 576)
+    assert 0.9 * ig.TARGET_BLOCKS <= cfg.splits * 9 <= ig.TARGET_BLOCKS + 9  # 112 splits of 28 tiles
+    atomic = ig.weight_grad_config("float16", (32, 64, 56, 56), (32, 64, 56, 56),
+                                   g3((56, 56), (3, 3)), groups=1, padding_mode="zeros",
+                                   deterministic=False)
+    assert atomic.epilogue == ig.EPILOGUE_ATOMIC and atomic.workspace == (64 * 576,)
+    # a tiny problem is not split
+    small = ig.weight_grad_config("tf32", (1, 2, 5, 5), (1, 3, 5, 5), g3((5, 5), (3, 3)),
+                                  groups=1, padding_mode="zeros", deterministic=True)
+    assert small.splits == 1 and small.epilogue == ig.EPILOGUE_STORE and not small.workspace
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_weight_grad_deterministic_is_bitwise_reproducible(mod, kind):
+    """Partial sums in a fixed order: two runs (emulator worker threads finish blocks in any
+    order) give the same bits; 7 splits."""
+    case = WGRAD_CASES["2d_s2_reflect"]
+    a = run_wgrad_case(mod, kind, case, seed=3, deterministic=True, splits=7)[2]
+    b = run_wgrad_case(mod, kind, case, seed=3, deterministic=True, splits=7)[2]
+    np.testing.assert_array_equal(a.view(np.uint8), b.view(np.uint8))
+
+
+GRAD_SMALL = {"n": 2, "c_in": 5, "c_out": 6, "spatial": (5, 6), "k": 3, "padding": 1,
+              "stride": (1, 2)}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_transpose_and_weight_grad_checked_and_race(mod, kind):
+    """The transposed gather and the three weight-gradient epilogues (one split, atomic,
+    partial) under checked() (bounds) and race_check() (barriers; cross-block lost updates:
+    the atomic epilogue's adds are atomic, the partial epilogue's splits write apart)."""
+    case = GRAD_SMALL | {"output_padding": (0, 1)}
+    for mode in (emu.checked, emu.race_check):
+        with mode():
+            ratio, _, _ = run_transpose_case(mod, kind, case, seed=5)
+            assert ratio <= 1.0
+            for det, splits in ((False, 1), (False, 2), (True, 2)):
+                wcase = GRAD_SMALL | {"mode": "reflect"}
+                ratio, _, _ = run_wgrad_case(mod, kind, wcase, seed=5, deterministic=det,
+                                             splits=splits)
+                assert ratio <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["float16", "tf32"])
+def test_gradient_gemms_have_no_bank_conflicts(mod, kind):
+    """The main loop's ldmatrix phases of the transposed and weight-gradient GEMMs take one
+    wavefront each (the shared-memory layout is the forward's)."""
+    with emu.counters() as c:
+        run_transpose_case(mod, kind, TRANSPOSE_CASES["1d_longk"])
+        run_wgrad_case(mod, kind, WGRAD_CASES["pointwise"], splits=2)
+    for kernel in c.kernels.values():
+        ldm = [s for s in kernel.sites.values() if s.kind == "ldmatrix"]
+        assert ldm and all(s.units == s.ideal for s in ldm), ldm

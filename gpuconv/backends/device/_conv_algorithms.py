@@ -240,7 +240,7 @@ class _ImplicitGemm:
             bias = None if bias is None else bias.view(np.uint16)
         out = backend.xp.empty((x.shape[0], weight.shape[0], *geom.out_size), x.dtype)
         _igemm.launch(igemm_module(backend, cfg.name), cfg, x, weight,
-                      out if bias is None else bias, out)
+                      out if bias is None else bias, out, backend.xp.empty(1, np.float32))
         return out.view(out_dtype)
 
 
