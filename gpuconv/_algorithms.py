@@ -47,6 +47,9 @@ AUTOTUNE_ENV = "GPUCONV_AUTOTUNE"
 
 #: Every algorithm name: the device backends' and the NumPy backend's own.
 ALGORITHMS = ("direct", "tiled", "matmul", "depthwise", "implicit_gemm", "numpy")
+#: What an algorithm computes: a convolution, a transposed convolution (also a convolution's
+#: input gradient) or a convolution's weight gradient (also a transposed convolution's).
+OPERATIONS = ("conv", "conv_transpose", "conv_weight")
 #: The public functions :func:`plan` describes.
 PLAN_OPS = ("conv", "conv1d", "conv2d", "conv3d")
 
@@ -215,16 +218,20 @@ class ConvProblem:
     deterministic: bool = True
     strides: tuple = ()
     device: int | None = None
+    operation: str = "conv"
 
     @classmethod
     def of(cls, backend: str, x, weight, bias, geom: ConvGeometry, *, op: str = "conv",
-           strides: tuple = ()) -> ConvProblem:
+           strides: tuple = (), operation: str = "conv",
+           deterministic: bool = True) -> ConvProblem:
         """The problem of arrays ``x``, ``weight``, ``bias`` (or None) on ``backend``, with the
-        current TF32 setting."""
+        current TF32 setting. ``operation`` is what is computed (:data:`OPERATIONS`); for
+        ``"conv_weight"``, ``weight`` is the weight's shape and ``deterministic`` the call's."""
         device = getattr(getattr(x, "device", None), "id", None)
-        return cls(op, backend, tuple(x.shape), tuple(weight.shape), np.dtype(x.dtype), geom,
-                   bias is not None, tf32_enabled(), True, tuple(strides),
-                   device if isinstance(device, int) else None)
+        w_shape = tuple(weight) if isinstance(weight, tuple) else tuple(weight.shape)
+        return cls(op, backend, tuple(x.shape), w_shape, np.dtype(x.dtype), geom,
+                   bias is not None, tf32_enabled(), deterministic, tuple(strides),
+                   device if isinstance(device, int) else None, operation)
 
     def key(self) -> tuple:
         """The autotune cache key: every field, the dtype by its string, and ``op`` as the
@@ -282,13 +289,20 @@ class _BackendOwn:
         return backend.conv(x, weight, bias, geom)
 
 
-def algorithms_of(backend) -> tuple[tuple, Callable[[ConvProblem], str]]:
-    """``(algorithms, default)``: a backend's conv-forward algorithms and its default choice."""
-    found = getattr(backend, "conv_algorithms", None)
-    if found is None:
-        own = _BackendOwn(backend.name)
-        return (own,), lambda problem: own.name
-    return tuple(found), backend.default_conv_algorithm
+def algorithms_of(backend, operation: str = "conv") -> tuple[tuple, Callable[[ConvProblem], str]]:
+    """``(algorithms, default)``: a backend's algorithms for ``operation`` (:data:`OPERATIONS`)
+    and its default choice. A backend lists its conv-forward ones in ``conv_algorithms`` and
+    the others through ``algorithms_for(operation)``."""
+    if operation == "conv":
+        found = getattr(backend, "conv_algorithms", None)
+        if found is not None:
+            return tuple(found), backend.default_conv_algorithm
+    else:
+        lookup = getattr(backend, "algorithms_for", None)
+        if lookup is not None:
+            return lookup(operation)
+    own = _BackendOwn(backend.name)
+    return (own,), lambda problem: own.name
 
 
 # ----------------------------------------------------------------------------- autotune
@@ -414,18 +428,12 @@ def select(op: str, problem: ConvProblem, algorithms: Sequence,
     return Selection(by_name[default(problem)], "default heuristic")
 
 
-def run_conv(op: str, backend, x, weight, bias, geom: ConvGeometry, *,
-             strides: tuple = ()):
-    """``conv`` of prepared arrays on ``backend`` with the selected algorithm (:func:`select`).
-    ``strides`` (part of the autotune key) default to those of ``x`` and ``weight``."""
-    algorithms, default = algorithms_of(backend)
-    if len(algorithms) == 1 and current_algorithm() is None:  # the NumPy backend
-        return algorithms[0].run(backend, x, weight, bias, geom)
-    problem = ConvProblem.of(backend.name, x, weight, bias, geom,
-                             strides=strides or (tuple(x.strides), tuple(weight.strides)))
+def _run_selected(op: str, backend, problem: ConvProblem, algorithms, default,
+                  call: Callable[[Any], Any]):
+    """``call(algorithm)`` for the algorithm :func:`select` picks (which may have run it)."""
 
     def timed(algorithm):  # autotune: the GPU's work must end before the clock is read
-        result = algorithm.run(backend, x, weight, bias, geom)
+        result = call(algorithm)
         if backend.name == "cuda":
             backend.xp.cuda.get_current_stream().synchronize()
         return result
@@ -433,7 +441,36 @@ def run_conv(op: str, backend, x, weight, bias, geom: ConvGeometry, *,
     selection = select(op, problem, algorithms, default, run=timed)
     if selection.result is not None:
         return selection.result
-    return selection.algorithm.run(backend, x, weight, bias, geom)
+    return call(selection.algorithm)
+
+
+def run_conv(op: str, backend, x, weight, bias, geom: ConvGeometry, *,
+             strides: tuple = (), operation: str = "conv"):
+    """``conv`` (or ``operation="conv_transpose"``) of prepared arrays on ``backend`` with the
+    selected algorithm (:func:`select`). ``strides`` (part of the autotune key) default to
+    those of ``x`` and ``weight``."""
+    algorithms, default = algorithms_of(backend, operation)
+    if len(algorithms) == 1 and current_algorithm() is None:  # the NumPy backend
+        return algorithms[0].run(backend, x, weight, bias, geom)
+    problem = ConvProblem.of(backend.name, x, weight, bias, geom, op=op, operation=operation,
+                             strides=strides or (tuple(x.strides), tuple(weight.strides)))
+    return _run_selected(op, backend, problem, algorithms, default,
+                         lambda a: a.run(backend, x, weight, bias, geom))
+
+
+def run_weight_grad(op: str, backend, x, grad_output, geom: ConvGeometry,
+                    deterministic: bool):
+    """A convolution's weight gradient (C_out, C_in / groups, *kernel) on a backend with
+    ``algorithms_for("conv_weight")`` (the device backends), with the selected algorithm:
+    ``algorithm.run(backend, x, grad_output, geom, deterministic)``. Autotune keeps
+    ``deterministic=True`` calls among the algorithms that honour it."""
+    algorithms, default = algorithms_of(backend, "conv_weight")
+    w_shape = (grad_output.shape[1], x.shape[1] // geom.groups, *geom.kernel)
+    problem = ConvProblem.of(backend.name, x, w_shape, None, geom, op=op,
+                             operation="conv_weight", deterministic=deterministic,
+                             strides=(tuple(x.strides), tuple(grad_output.strides)))
+    return _run_selected(op, backend, problem, algorithms, default,
+                         lambda a: a.run(backend, x, grad_output, geom, deterministic))
 
 
 # ----------------------------------------------------------------------------- plan

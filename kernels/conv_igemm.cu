@@ -1,15 +1,31 @@
-// conv_igemm.cu: forward convolution as an implicit GEMM on tensor cores (mma.sync).
+// conv_igemm.cu: convolutions as implicit GEMMs on tensor cores (mma.sync).
 //
-// The convolution of conv.cu (cross-correlation, groups, stride, dilation, every padding mode;
-// 1-D/2-D calls lifted to 3-D with unit leading dims) seen as one GEMM per group g:
+// One kernel, conv_igemm<T, Index, Mode, Gather>, computes per group g (blockIdx.z % groups)
 //
-//     out[m, n] = bias[co] + sum_k A[m, k] * B[k, n]        (then one rounding to T)
-//     m = (nb, od, oh, ow)       M = N * OD * OH * OW        (row of A, of the output)
-//     n = co - g * C_out/groups  N = C_out / groups          (co = g * N + n)
-//     k = (ci, kd, kh, kw)       K = C_in/groups * KD * KH * KW
-//     A[m, k] = xpad[nb, g * C_in/groups + ci, od*sd - pd + kd*dd, oh*sh - ph + kh*dh,
-//                    ow*sw - pw + kw*dw]           (the implicit im2col matrix, never stored)
-//     B[k, n] = weight[co, ci, kd, kh, kw]         (a weight row is K contiguous elements)
+//     out[m, n] = bias[g * N + n] + sum_k A[m, k] * B[k, n]        (then one rounding to T)
+//     m = (b, od, oh, ow)        M = batch * OD * OH * OW   (b: the "batch" of the gathered x)
+//     n                          N = og
+//     k = (c, kd, kh, kw)        K = cg * KD * KH * KW      (c: the "channel" of the gathered x)
+//     A[m, k] = x[g, b, c, position(o, k)]   (the implicit im2col matrix, never stored)
+//     B[k, n] = weight[g, n, c, tap]         (runs of `taps` contiguous elements)
+//
+// with every operand read through strides (x_s*, w_s*, o_s*), so that three GEMMs share it:
+//   * the forward convolution (Gather = 0): b = image, c = input channel, position = o *
+//     stride - pad + k * dil through source_offset<Mode> (every padding mode); B = the weight
+//     rows (C_out, C_in / groups * taps), each K contiguous elements;
+//   * the transposed convolution (Gather = 1, zeros padding), also conv's input gradient:
+//     position = (o + crop - k * dil) / stride where that is a whole, in-range position (else
+//     zero); B = the weight copied on the host into rows of K (gpuconv/backends/device/_igemm.py);
+//   * the weight gradient (Gather = 0, roles exchanged, nothing copied): b = the input channel
+//     in the group, c = the image, o = the tap (kernel dims as the output dims), k = the output
+//     position (output dims as the kernel dims), stride and dilation swapped; B = grad_output,
+//     rows co of runs of OD * OH * OW. K = N * OD * OH * OW is long, so it is split over
+//     grid.z (blockIdx.z / groups = the split, k_tiles K tiles each) and the epilogue (a runtime
+//     argument) adds the splits: atomicAdd into an fp32 array, or fp32 partials per split that
+//     weight_grad_reduce (conv_grad.cu) sums in ascending split order (deterministic).
+//
+// The forward view in the names below: M = N * OD * OH * OW output positions, N = C_out/groups
+// output channels, K = C_in/groups * KD * KH * KW.
 //
 // xpad reads through gpuconv::source_index<Mode> (padding.cuh): zeros, reflect, replicate,
 // circular. T is the storage type and picks the tensor-core instruction:
@@ -20,7 +36,7 @@
 //                     (cvt.rna: to nearest, ties away from zero) as they leave shared memory.
 //
 // Block: 128 threads (4 warps) compute a BM x BN = 64 x 64 tile of one group's output
-// (grid = (ceil(M / 64), ceil(N / 64), groups)); warp w computes the 32 x 32 sub-tile at
+// (grid = (ceil(M / 64), ceil(N / 64), groups * splits)); warp w computes the 32 x 32 sub-tile at
 // m + 32 (w % 2), n + 32 (w / 2): 2 x 4 mma tiles of 16 x 8, 32 fp32 accumulators per lane.
 // K advances by BK = 64 bytes of elements per stage (32 f16/bf16, 16 f32) through a STAGES-deep
 // ring of shared-memory buffers (cp.async commit/wait_group; one __syncthreads per stage):
@@ -49,7 +65,8 @@
 //     that one 8-lane cp.async phase writes, land on 8 distinct bank quads.
 //   * Epilogue: the accumulators go to an fp32 tile sC[BN][BM + 4] in the (then idle) ring
 //     (lane (g, t) writes bank 8t + g + const: conflict-free); thread t then stores m0 + t % 64
-//     for every other n: T(c + bias), converted once, coalesced along m (contiguous in NCDHW).
+//     for every other n: T(c + bias), converted once, coalesced along m (contiguous in NCDHW);
+//     or, split, c to the fp32 workspace (atomicAdd, or the split's own partial array).
 // Shared memory: STAGES * 8704 bytes (26112 for 3 stages), static; sC needs 17408.
 // Speed: per stage a warp issues 16 mma.m16n8k16 against 8 ldmatrix.x4 (2 mma per ldmatrix;
 // TF32: 16 mma.m16n8k8 against 4 ldmatrix.x4 and 16 32-bit loads); global traffic per block

@@ -287,7 +287,7 @@ def test_plan_fields_without_computing(emu, no_launches):
     h = x.astype(np.float16)[:, :, ::2]  # not contiguous
     with gpuconv.use_algorithm("implicit_gemm"):
         i = gpuconv.plan("conv", h, w.astype(np.float16), padding=1, padding_mode="replicate")
-    assert i.kernels == ("conv_igemm_fwd<__half, int, 2>",)
+    assert i.kernels == ("conv_igemm<__half, int, 2, 0>",)
     assert i.grid == (ceil(2 * 16 * 32, 64), ceil(32, 64), 1) and i.block == (128, 1, 1)
     assert i.shared_mem == _igemm.shared_bytes()
     assert "x other: copied" in i.layout_copy, i.layout_copy
@@ -307,7 +307,7 @@ def test_plan_float16_implicit_gemm_and_checks(emu, no_launches):
     w = np.zeros((64, 8, 3), np.float16)
     with gpuconv.use_algorithm("implicit_gemm"):
         p = gpuconv.plan("conv1d", x, w, np.zeros(64, np.float16), stride=2)
-    assert p.kernels == ("conv_igemm_fwd<__half, int, 0>",)
+    assert p.kernels == ("conv_igemm<__half, int, 0, 0>",)
     assert p.grid == (1, 1, 1)
     with pytest.raises(ValueError, match=r"plan: op='deform_conv2d' must be one of"):
         gpuconv.plan("deform_conv2d", x, w)
@@ -454,7 +454,7 @@ def test_forced_implicit_gemm_bfloat16_within_the_bound(emu):
     rng = np.random.default_rng(8)
     x, w, b = (a.astype(_dtypes.BFLOAT16) for a in _case(rng, np.float32, c_in=6))
     with gpuconv.use_algorithm("implicit_gemm"):
-        assert gpuconv.plan("conv", x, w, b).kernels == ("conv_igemm_fwd<unsigned short, int, 0>",)
+        assert gpuconv.plan("conv", x, w, b).kernels == ("conv_igemm<unsigned short, int, 0, 0>",)
         got = gpuconv.conv(x, w, b, stride=(1, 2), padding=(2, 1))
     ref, mag = _reference(x, w, b, stride=(1, 2), padding=(2, 1))
     n = 6 * 9 + 1
@@ -465,7 +465,7 @@ def test_forced_implicit_gemm_bfloat16_within_the_bound(emu):
 
 
 def test_implicit_gemm_through_the_cuda_flow_with_a_stand_in_cupy(emu, monkeypatch):
-    """The ``cuda`` backend's path without a GPU: the executor compiles conv_igemm_fwd's
+    """The ``cuda`` backend's path without a GPU: the executor compiles conv_igemm
     (__half, int) group through (stand-in) NVRTC and its disk cache, and the default heuristic
     picks implicit_gemm on cuda for a float16 3x3 layer with 16 output channels."""
     from kernel_helpers import stand_in_cupy
@@ -478,7 +478,7 @@ def test_implicit_gemm_through_the_cuda_flow_with_a_stand_in_cupy(emu, monkeypat
     assert _conv_algorithms.default_name(problem) == "implicit_gemm"
     got = backend.conv(x, w, b, geom)
     assert [c.name_expressions for c in compiled] == [tuple(
-        n for n in _conv_algorithms.igemm_names() if n.startswith("conv_igemm_fwd<__half, int"))]
+        n for n in _conv_algorithms.igemm_names() if n.startswith("conv_igemm<__half, int"))]
     emulated = _conv_algorithms.igemm_module(gpuconv._dispatch.get_backend("emulate"),
                                              _igemm.name_expression("float16", "zeros"))
     np.testing.assert_array_equal(

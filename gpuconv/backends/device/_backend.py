@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ... import _algorithms, _kernels
+from ..._shapes import transpose_as_conv
 from . import _conv, _conv_algorithms, _conv_transpose, _convolve, _deform
 from ._executor import CupyExecutor, EmulatorExecutor, Executor
 
@@ -87,12 +88,14 @@ class DeviceBackend:
     #: :mod:`gpuconv._algorithms` and ``_conv_algorithms``).
     conv_algorithms = _conv_algorithms.REGISTRY
     default_conv_algorithm = staticmethod(_conv_algorithms.default_name)
+    #: ... and those of conv_transpose (and conv's input gradient) and the weight gradients.
+    algorithms_for = staticmethod(_conv_algorithms.algorithms_for)
 
     def conv(self, x, weight, bias, geom):
         """Convolution (1-D to 3-D) with the selected algorithm (:func:`gpuconv.use_algorithm`,
         autotune, else the default heuristic of ``_conv_algorithms``): a GEMM for 1x1,
         ``depthwise.cu`` for groups == C_in, ``conv_tiled`` / ``conv_direct`` of
-        ``kernels/conv.cu`` (see ``_conv``), or the tensor-core ``conv_igemm_fwd``."""
+        ``kernels/conv.cu`` (see ``_conv``), or the tensor-core ``conv_igemm``."""
         return _algorithms.run_conv("conv", self, x, weight, bias, geom)
 
     def depthwise_conv(self, x, weight, bias, geom):
@@ -101,9 +104,11 @@ class DeviceBackend:
         return _conv.depthwise_conv(self, x, weight, bias, geom)
 
     def conv_transpose(self, x, weight, bias, geom):
-        """Transposed convolution (1-D to 3-D) with ``conv_transpose3d`` of
-        ``kernels/conv_transpose.cu`` (gather form, see ``_conv_transpose``)."""
-        return _conv_transpose.conv_transpose(self, x, weight, bias, geom)
+        """Transposed convolution (1-D to 3-D) with the selected algorithm: ``conv_transpose3d``
+        of ``kernels/conv_transpose.cu`` (gather form, see ``_conv_transpose``) or the
+        tensor-core ``conv_igemm`` (transposed gather)."""
+        return _algorithms.run_conv("conv_transpose (or conv's input gradient)", self, x,
+                                    weight, bias, geom, operation="conv_transpose")
 
     def deform_conv2d(self, x, offset, weight, bias, mask, geom, offset_groups):
         """Deformable convolution v1/v2: ``deform_im2col`` of ``kernels/deform.cu`` and a
@@ -119,9 +124,11 @@ class DeviceBackend:
         return _conv.conv_input_grad(self, weight, grad_output, geom)
 
     def conv_weight_grad(self, x, grad_output, geom, deterministic=False):
-        """Gradient of ``conv`` with respect to its weight: ``conv_weight_grad`` (or, for one
-        input channel per group, ``depthwise_weight_grad``) of ``kernels/conv_grad.cu``."""
-        return _conv.conv_weight_grad(self, x, grad_output, geom, deterministic)
+        """Gradient of ``conv`` with respect to its weight, with the selected algorithm:
+        ``conv_weight_grad`` (or, for one input channel per group, ``depthwise_weight_grad``)
+        of ``kernels/conv_grad.cu``, or the tensor-core ``conv_igemm`` (split-K)."""
+        return _algorithms.run_weight_grad("conv_weight_grad", self, x, grad_output, geom,
+                                           deterministic)
 
     def conv_transpose_input_grad(self, weight, grad_output, geom):
         """Gradient of ``conv_transpose`` with respect to its input: ``conv`` of grad_output."""
@@ -130,8 +137,8 @@ class DeviceBackend:
     def conv_transpose_weight_grad(self, x, grad_output, geom, deterministic=False):
         """Gradient of ``conv_transpose`` with respect to its weight (``conv_weight_grad`` with
         the roles of x and grad_output exchanged)."""
-        return _conv_transpose.conv_transpose_weight_grad(self, x, grad_output, geom,
-                                                          deterministic)
+        return _algorithms.run_weight_grad("conv_transpose_weight_grad", self, grad_output, x,
+                                           transpose_as_conv(geom), deterministic)
 
     def depthwise_conv_input_grad(self, weight, grad_output, geom):
         """Gradient of ``depthwise_conv`` with respect to its input (a grouped
@@ -140,8 +147,9 @@ class DeviceBackend:
 
     def depthwise_conv_weight_grad(self, x, grad_output, geom, deterministic=False):
         """Gradient of ``depthwise_conv`` with respect to its weight: ``depthwise_weight_grad``
-        of ``kernels/conv_grad.cu``."""
-        return _conv.conv_weight_grad(self, x, grad_output, geom, deterministic)
+        of ``kernels/conv_grad.cu`` (or a forced algorithm)."""
+        return _algorithms.run_weight_grad("depthwise_conv_weight_grad", self, x, grad_output,
+                                           geom, deterministic)
 
     def deform_conv2d_grad(self, x, offset, weight, mask, grad_output, geom, offset_groups):
         """Gradients (input, offset, weight, mask) of ``deform_conv2d``: the forward's sampling,

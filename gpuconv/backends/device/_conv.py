@@ -558,9 +558,14 @@ def conv_input_grad(backend, weight, grad_output, geom: ConvGeometry, *, index=N
         return backend.conv_transpose(grad_output, weight, None,
                                       conv_as_transpose(geom, geom.pad_lo, geom.in_size))
     if is_bfloat16(grad_output.dtype):  # padded gradient and fold in float32, rounded once
+        from ..._algorithms import use_tf32
+
         acc = accumulation_dtype(grad_output.dtype)
-        wide = conv_input_grad(backend, weight.astype(acc), grad_output.astype(acc), geom,
-                               index=index)
+        # bfloat16 values are exact in TF32 (8 significant bits of 11), so the float32 call
+        # may run on tensor cores (implicit_gemm) without changing a bit of its operands
+        with use_tf32(True):
+            wide = conv_input_grad(backend, weight.astype(acc), grad_output.astype(acc), geom,
+                                   index=index)
         return wide.astype(grad_output.dtype)
     padded = backend.conv_transpose(grad_output, weight, None,
                                     conv_as_transpose(geom, (0,) * geom.ndim,

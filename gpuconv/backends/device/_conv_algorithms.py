@@ -20,7 +20,12 @@ Without ``implicit_gemm`` this is exactly :func:`._conv.choose_conv_method`, so 
 choice on ``"emulate"`` (and on ``"cuda"`` for float64, and float32 without TF32) is the one
 gpuconv made before algorithms were selectable.
 
-``implicit_gemm`` runs ``conv_igemm_fwd`` of ``kernels/conv_igemm.cu`` through
+Transposed convolutions (so conv's input gradients) and weight gradients have their own
+registries (:data:`TRANSPOSE_REGISTRY`, :data:`WEIGHT_GRAD_REGISTRY`, through
+:func:`algorithms_for`): ``implicit_gemm`` and ``direct`` (the CUDA-core kernels), with
+:func:`default_transpose_name` and :func:`default_weight_grad_name`.
+
+``implicit_gemm`` runs ``conv_igemm`` of ``kernels/conv_igemm.cu`` through
 :mod:`._igemm` (its launch configuration); its module is compiled here (:func:`igemm_module`),
 not through the kernel registry, with the instantiations :func:`igemm_names` lists.
 """
@@ -35,7 +40,7 @@ import numpy as np
 from ... import _dtypes, _kernels
 from ..._algorithms import ConvProblem, Description
 from ..._shapes import as_3d, is_pointwise
-from . import _conv, _igemm
+from . import _conv, _conv_transpose, _igemm
 
 #: implicit_gemm is the default on ``"cuda"`` from this many output channels per group (a
 #: block computes 64; fewer than 16 leaves most of its tensor-core work on padding) ...
@@ -161,7 +166,7 @@ class _CudaModule:
 
 
 def igemm_module(backend, name: str):
-    """A module holding instantiation ``name`` of ``conv_igemm_fwd`` for ``backend`` (memoized
+    """A module holding instantiation ``name`` of ``conv_igemm`` for ``backend`` (memoized
     per backend, device and name list): an emulator module, or on ``cuda`` the cubin the
     executor compiles and caches like the registry's kernels
     (:meth:`._executor.CupyExecutor.load_names`: the same NVRTC options, ``-ftz=false``)."""
@@ -186,7 +191,7 @@ def igemm_module(backend, name: str):
 
 
 def _igemm_kind(problem: ConvProblem) -> tuple[str | None, str]:
-    """``(kind, "")`` of ``conv_igemm_fwd`` for the call's dtype, or ``(None, reason)``."""
+    """``(kind, "")`` of ``conv_igemm`` for the call's dtype, or ``(None, reason)``."""
     dtype = problem.dtype
     if dtype == np.float16:
         return "float16", ""
@@ -202,10 +207,11 @@ def _igemm_kind(problem: ConvProblem) -> tuple[str | None, str]:
 
 
 class _ImplicitGemm:
-    """``conv_igemm_fwd``: tensor-core implicit GEMM (mma.sync), fp32 accumulation."""
+    """``conv_igemm`` (forward gather): tensor-core implicit GEMM (mma.sync), fp32
+    accumulation."""
 
     name = "implicit_gemm"
-    summary = "conv_igemm_fwd (kernels/conv_igemm.cu): tensor-core implicit GEMM"
+    summary = "conv_igemm (kernels/conv_igemm.cu): tensor-core implicit GEMM"
     deterministic = True  # one block per output tile, a fixed summation order
 
     def __repr__(self):
@@ -244,6 +250,144 @@ class _ImplicitGemm:
         return out.view(out_dtype)
 
 
+class _TransposeDirect(_CudaCoreAlgorithm):
+    """``conv_transpose3d`` of ``kernels/conv_transpose.cu`` (:mod:`._conv_transpose`)."""
+
+    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
+        if problem.dtype not in _conv_transpose.FAMILY.dtypes:
+            return False, f"conv_transpose3d has no {problem.dtype} instantiation"
+        return True, ""
+
+    def describe(self, problem: ConvProblem) -> Description:
+        p = _conv_transpose.plan(problem.x_shape, problem.w_shape, problem.geom,
+                                 problem.dtype.itemsize)
+        return Description(kernels=(f"conv_transpose3d ({p.cout_per_thread} output channels "
+                                    f"per thread)",), grid=p.grid, block=(p.threads, 1, 1),
+                           shared_mem=p.shared_mem)
+
+    def run(self, backend, x, weight, bias, geom):
+        return _conv_transpose.conv_transpose(backend, x, weight, bias, geom)
+
+
+class _ImplicitGemmTranspose(_ImplicitGemm):
+    """``conv_igemm`` with the transposed gather: a transposed convolution (and so a
+    convolution's input gradient) on tensor cores; the weight is copied once into rows of K."""
+
+    summary = ("conv_igemm, transposed gather (kernels/conv_igemm.cu): tensor-core implicit "
+               "GEMM")
+
+    def _config(self, problem: ConvProblem, weight_pointer: int = 0):
+        kind, reason = _igemm_kind(problem)
+        if kind is None:
+            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        return kind, _igemm.transpose_config(
+            kind, problem.x_shape, problem.w_shape, as_3d(problem.geom),
+            groups=problem.geom.groups, has_bias=problem.has_bias,
+            weight_pointer=weight_pointer)
+
+    def describe(self, problem: ConvProblem) -> Description:
+        _, cfg = self._config(problem)
+        return Description(kernels=("weight -> rows of K (one copy)", cfg.name), grid=cfg.grid,
+                           block=cfg.block, shared_mem=_igemm.shared_bytes(),
+                           workspace_bytes=math.prod(problem.w_shape) * problem.dtype.itemsize)
+
+    def run(self, backend, x, weight, bias, geom):
+        from ..._launch import data_pointer
+
+        xp = backend.xp
+        out_dtype = np.dtype(x.dtype)
+        problem = ConvProblem.of(backend.name, x, weight, bias, geom, operation="conv_transpose")
+        if _dtypes.is_bfloat16(out_dtype):  # the kernel takes the bits (uint16)
+            x, weight = x.view(np.uint16), weight.view(np.uint16)
+            bias = None if bias is None else bias.view(np.uint16)
+        rows = _igemm.transposed_weight(xp, weight, geom.groups)
+        kind, cfg = self._config(problem, data_pointer(rows))
+        out = xp.empty((x.shape[0], rows.shape[0], *geom.out_size), x.dtype)
+        _igemm.launch(igemm_module(backend, cfg.name), cfg, x, rows,
+                      out if bias is None else bias, out, xp.empty(1, np.float32))
+        return out.view(out_dtype)
+
+
+class _WeightGradDirect(_CudaCoreAlgorithm):
+    """``conv_weight_grad`` / ``depthwise_weight_grad`` of ``kernels/conv_grad.cu``."""
+
+    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
+        if problem.dtype not in _conv.WEIGHT_GRAD.dtypes:
+            return False, f"conv_weight_grad has no {problem.dtype} instantiation"
+        return True, ""
+
+    def describe(self, problem: ConvProblem) -> Description:
+        method = _conv.choose_weight_grad_method(problem.x_shape[1], problem.geom.groups)
+        name = "depthwise_weight_grad" if method == "depthwise" else "conv_weight_grad"
+        return Description(kernels=(name, "weight_grad_reduce"))
+
+    def run(self, backend, x, grad_output, geom, deterministic):
+        return _conv.conv_weight_grad(backend, x, grad_output, geom, deterministic)
+
+
+class _ImplicitGemmWeight(_ImplicitGemm):
+    """``conv_igemm`` with the roles exchanged: a convolution's weight gradient on tensor cores,
+    K = N * output positions split over the grid (atomic, or deterministic partials)."""
+
+    summary = ("conv_igemm, weight-gradient roles (kernels/conv_igemm.cu): tensor-core "
+               "implicit GEMM, split-K")
+
+    def _config(self, problem: ConvProblem, weight_pointer: int = 0):
+        kind, reason = _igemm_kind(problem)
+        if kind is None:
+            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        go_shape = (problem.x_shape[0], problem.w_shape[0], *problem.geom.out_size)
+        return kind, _igemm.weight_grad_config(
+            kind, problem.x_shape, _lift(go_shape), as_3d(problem.geom),
+            groups=problem.geom.groups, padding_mode=problem.geom.padding_mode,
+            deterministic=problem.deterministic, go_pointer=weight_pointer)
+
+    def describe(self, problem: ConvProblem) -> Description:
+        _, cfg = self._config(problem)
+        kernels = (cfg.name,) if cfg.splits == 1 else (cfg.name, "weight_grad_reduce")
+        return Description(kernels=kernels, grid=cfg.grid, block=cfg.block,
+                           shared_mem=_igemm.shared_bytes(),
+                           workspace_bytes=cfg.workspace_bytes)
+
+    def run(self, backend, x, grad_output, geom, deterministic):
+        from ..._launch import data_pointer
+
+        xp = backend.xp
+        dtype = np.dtype(x.dtype)
+        w_shape = (grad_output.shape[1], x.shape[1] // geom.groups, *geom.kernel)
+        problem = ConvProblem.of(backend.name, x, w_shape, None, geom,
+                                 operation="conv_weight", deterministic=deterministic)
+        kind, cfg = self._config(problem, data_pointer(grad_output))
+        if kind == "bfloat16":
+            x, grad_output = x.view(np.uint16), grad_output.view(np.uint16)
+        out = xp.empty(w_shape, x.dtype)
+        if cfg.epilogue == _igemm.EPILOGUE_ATOMIC:
+            ws = xp.zeros(cfg.workspace, np.float32)
+        else:
+            ws = xp.empty(cfg.workspace or (1,), np.float32)
+        _igemm.launch(igemm_module(backend, cfg.name), cfg, x, grad_output, out, out, ws)
+        if cfg.epilogue == _igemm.EPILOGUE_STORE:
+            return out.view(dtype)
+        if cfg.epilogue == _igemm.EPILOGUE_ATOMIC and kind == "tf32":
+            return ws.reshape(w_shape)
+        # the fixed-order sum of the splits (one for atomics) and the one rounding
+        result = xp.empty(w_shape, dtype)
+        splits = cfg.splits if cfg.epilogue == _igemm.EPILOGUE_PARTIAL else 1
+        size = math.prod(w_shape)
+        index = _kernels.index_dtype(ws, result, max_index=2 * ws.size + 2 * _conv.THREADS)
+        reduce = backend.executor.get_function(_conv.GRAD_FILE,
+                                               _conv.REDUCE.name_expression(dtype, index))
+        backend.executor.launch(reduce, grid=max(1, min(_igemm.ceil_div(size, _conv.THREADS),
+                                                        _conv.MAX_BLOCKS)),
+                                block=_conv.THREADS, args=(ws, result, size, splits))
+        return result
+
+
+def _lift(shape) -> tuple:
+    """``(N, C, *spatial)`` with the spatial dims lifted to 3 (leading 1s)."""
+    return (*shape[:2], *([1] * (5 - len(shape))), *shape[2:])
+
+
 DIRECT = _ConvKernel("direct", "conv_direct (kernels/conv.cu): one output per thread",
                      _conv.DIRECT)
 TILED = _ConvKernel("tiled", "conv_tiled (kernels/conv.cu): shared-memory input tile, register "
@@ -254,6 +398,13 @@ IMPLICIT_GEMM = _ImplicitGemm()
 
 #: Every conv-forward algorithm of the device backends, in the order autotune times them.
 REGISTRY = (MATMUL, DEPTHWISE, IMPLICIT_GEMM, TILED, DIRECT)
+#: ... of a transposed convolution (and of a convolution's input gradient, which is one) ...
+TRANSPOSE_REGISTRY = (_ImplicitGemmTranspose(), _TransposeDirect(
+    "direct", "conv_transpose3d (kernels/conv_transpose.cu): a gather, one output per thread"))
+#: ... and of a weight gradient.
+WEIGHT_GRAD_REGISTRY = (_ImplicitGemmWeight(), _WeightGradDirect(
+    "direct", "conv_weight_grad / depthwise_weight_grad (kernels/conv_grad.cu): CUDA cores, "
+              "split reduction"))
 
 
 def default_name(problem: ConvProblem) -> str:
@@ -274,3 +425,40 @@ def default_name(problem: ConvProblem) -> str:
         return IMPLICIT_GEMM.name
     return _conv.choose_conv_method(problem.x_shape, problem.w_shape, geom,
                                     problem.dtype.itemsize)
+
+
+def _tensor_core_default(problem: ConvProblem, og: int, k: int) -> bool:
+    """The shared rule: ``implicit_gemm`` by default on ``"cuda"`` for a tensor-core dtype
+    when ``N >= IGEMM_MIN_N`` and ``K >= IGEMM_MIN_K`` of the GEMM it would run."""
+    return (problem.backend == "cuda" and og >= IGEMM_MIN_N and k >= IGEMM_MIN_K
+            and _igemm_kind(problem)[0] is not None)
+
+
+def default_transpose_name(problem: ConvProblem) -> str:
+    """A transposed convolution's default: ``implicit_gemm`` on ``"cuda"`` when its GEMM has
+    ``C_out / groups >= 16`` and ``C_in / groups * taps >= 32`` (a tensor-core dtype), else
+    ``direct``."""
+    geom = problem.geom
+    og = problem.w_shape[1]
+    k = problem.x_shape[1] // geom.groups * math.prod(geom.kernel)
+    return "implicit_gemm" if _tensor_core_default(problem, og, k) else "direct"
+
+
+def default_weight_grad_name(problem: ConvProblem) -> str:
+    """A weight gradient's default: ``implicit_gemm`` on ``"cuda"`` when more than one input
+    channel per group, ``C_out / groups >= 16`` and ``C_in / groups * taps >= 32`` (the GEMM's
+    N and M), a tensor-core dtype; else ``direct``."""
+    geom = problem.geom
+    cg, og = problem.w_shape[1], problem.w_shape[0] // geom.groups
+    return ("implicit_gemm" if cg > 1 and _tensor_core_default(
+        problem, og, cg * math.prod(geom.kernel)) else "direct")
+
+
+def algorithms_for(operation: str):
+    """``(algorithms, default)`` of ``"conv_transpose"`` or ``"conv_weight"``."""
+    if operation == "conv_transpose":
+        return TRANSPOSE_REGISTRY, default_transpose_name
+    if operation == "conv_weight":
+        return WEIGHT_GRAD_REGISTRY, default_weight_grad_name
+    raise ValueError(f"operation={operation!r}: the device backends' conv algorithms are "
+                     f"conv_algorithms")

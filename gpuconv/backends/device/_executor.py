@@ -225,7 +225,7 @@ class CupyExecutor(Executor):
         """Compile (or fetch from the disk cache) instantiations ``names`` of ``file`` for the
         current device; returns ``(RawModule, {name: mangled})``. The registry's compile
         groups come here, and so do kernels launched outside the registry (the tensor-core
-        ``conv_igemm_fwd``, :mod:`._conv_algorithms`)."""
+        ``conv_igemm``, :mod:`._conv_algorithms`)."""
         compiler = self._cupy.cuda.compiler
         names = list(names)
         source, source_hash = kernel_source(file)
