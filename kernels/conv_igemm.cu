@@ -154,12 +154,12 @@ static GPUCONV_HD Index strided_source(Index t, Index stride, Index n) {
 template <class T, class Index, int Mode, int Gather>
 __global__ void __launch_bounds__(128) conv_igemm(
     const T* __restrict__ x,       // the gathered operand (A): element (g, b, c, d, h, w) at
-                                   //   g * x_sg + b * x_sb + c * x_sc + (d * in_h + h) * in_w + w
+                                   //   g * x_sg + b * x_sb + c * x_sc + d * x_sd + h * x_sh + w * x_sw
     const T* __restrict__ weight,  // B: element (g, n, k = (c, tap)) at g * w_sg + n * w_sn +
                                    //   c * w_sc + tap (a run of `taps` contiguous elements)
     const T* __restrict__ bias,    // (groups * og,); not read when has_bias == 0
-    T* __restrict__ out,           // epilogue 0: element (g, b, n, sp) at g * o_sg + b * o_sb +
-                                   //   n * o_sn + sp (sp: the flat output position)
+    T* __restrict__ out,           // epilogue 0: element (g, b, n, d, h, w) at g * o_sg + b * o_sb
+                                   //   + n * o_sn + d * o_sd + h * o_sh + w * o_sw
     float* __restrict__ ws,        // epilogue 1: fp32, out's layout; 2: (splits, ws_split)
     Index batch, Index cg, Index og, Index groups,  // M = batch * out_vol, N = og, K = cg * taps
     Index in_d, Index in_h, Index in_w,
@@ -168,9 +168,9 @@ __global__ void __launch_bounds__(128) conv_igemm(
     Index stride_d, Index stride_h, Index stride_w,
     Index dil_d, Index dil_h, Index dil_w,
     Index pad_d, Index pad_h, Index pad_w,
-    Index x_sg, Index x_sb, Index x_sc,
+    Index x_sg, Index x_sb, Index x_sc, Index x_sd, Index x_sh, Index x_sw,
     Index w_sg, Index w_sn, Index w_sc,
-    Index o_sg, Index o_sb, Index o_sn,
+    Index o_sg, Index o_sb, Index o_sn, Index o_sd, Index o_sh, Index o_sw,
     Index k_tiles,                 // BK-wide K tiles per split (split s: tiles s * k_tiles ..)
     Index ws_split,                // epilogue 2: elements per split of ws
     int has_bias,
@@ -274,18 +274,18 @@ __global__ void __launch_bounds__(128) conv_igemm(
             for (int q = 0; q < P; ++q) {
                 off[q] = -1;
                 if (am_ok[q] && a_ci < cg) {
+                    Index id, ih, iw;  // the source position, -1 for zero
                     if constexpr (Gather == 0) {
-                        off[q] = gpuconv::source_offset<Mode>(pd0[q] + a_kd * dil_d,
-                                                              ph0[q] + a_kh * dil_h,
-                                                              pw0[q] + a_kw * dil_w, in_d, in_h,
-                                                              in_w);
+                        id = gpuconv::source_index<Mode>(pd0[q] + a_kd * dil_d, in_d);
+                        ih = gpuconv::source_index<Mode>(ph0[q] + a_kh * dil_h, in_h);
+                        iw = gpuconv::source_index<Mode>(pw0[q] + a_kw * dil_w, in_w);
                     } else {
                         using gpuconv::igemm::strided_source;
-                        const Index id = strided_source(pd0[q] - a_kd * dil_d, stride_d, in_d);
-                        const Index ih = strided_source(ph0[q] - a_kh * dil_h, stride_h, in_h);
-                        const Index iw = strided_source(pw0[q] - a_kw * dil_w, stride_w, in_w);
-                        if (id >= 0 && ih >= 0 && iw >= 0) off[q] = (id * in_h + ih) * in_w + iw;
+                        id = strided_source(pd0[q] - a_kd * dil_d, stride_d, in_d);
+                        ih = strided_source(ph0[q] - a_kh * dil_h, stride_h, in_h);
+                        iw = strided_source(pw0[q] - a_kw * dil_w, stride_w, in_w);
                     }
+                    if (id >= 0 && ih >= 0 && iw >= 0) off[q] = id * x_sd + ih * x_sh + iw * x_sw;
                     if (off[q] >= 0) off[q] += x_m[q] + a_ci * x_sc;
                 }
             }
@@ -438,7 +438,9 @@ __global__ void __launch_bounds__(128) conv_igemm(
     const Index m = m0 + tid % BM;
     if (m < M) {
         const Index nb = m / out_vol, sp = m - nb * out_vol;
-        const Index at_m = g * o_sg + nb * o_sb + sp;  // + n * o_sn
+        const Index od = sp / out_plane, r = sp - od * out_plane;
+        const Index oh = r / out_w, ow = r - oh * out_w;
+        const Index at_m = g * o_sg + nb * o_sb + od * o_sd + oh * o_sh + ow * o_sw;  // + n * o_sn
         for (int nl = tid / BM; nl < BN; nl += gpuconv::igemm::kThreads / BM) {
             const Index n = n0 + nl;
             if (n >= og) break;

@@ -608,3 +608,52 @@ def test_gradient_gemms_have_no_bank_conflicts(mod, kind):
     for kernel in c.kernels.values():
         ldm = [s for s in kernel.sites.values() if s.kind == "ldmatrix"]
         assert ldm and all(s.units == s.ideal for s in ldm), ldm
+
+
+# ================================================================== strided operands (NDHWC)
+# The kernel reads x and writes the output through element strides (N, C, D, H, W), so a
+# channels-last (NHWC / NDHWC) layout is served without a rewrite and without a copy: the
+# summation order is the layout's business not at all, so the result is the NCHW one bit for
+# bit. (The fast NHWC gather -- channels innermost in k, 16-byte cp.async -- is not built: here
+# a 16-bit pair of neighbouring output positions is C elements apart, so it goes by two plain
+# loads.)
+
+
+def _channels_last(a):
+    """The same values in an NDHWC buffer, viewed as (N, C, *spatial)."""
+    buf = np.ascontiguousarray(np.moveaxis(a, 1, -1))
+    return np.moveaxis(buf, -1, 1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", ["2d_cin5", "3d_replicate", "groups3_circular",
+                                  "2d_cin6_reflect"])
+def test_channels_last_strides_give_the_same_bits(mod, kind, case):
+    c = CASES[case]
+    rng = np.random.default_rng(21)
+    nd = len(c["spatial"])
+    groups = c.get("groups", 1)
+    x, _ = make(kind, (c["n"], c["c_in"], *c["spatial"]), rng)
+    w, _ = make(kind, (c["c_out"], c["c_in"] // groups, *tup(c["k"], nd)), rng, 0.3)
+    kw = dict(stride=tup(c.get("stride", 1), nd), padding=tup(c.get("padding", 0), nd),
+              dilation=tup(c.get("dilation", 1), nd), groups=groups,
+              padding_mode=c.get("mode", "zeros"))
+    ref = ig.conv_igemm_forward(mod, x, w, kind=kind, **kw)
+    x_cl = _channels_last(x)
+    out_cl = _channels_last(np.zeros_like(ref))
+    from gpuconv._shapes import as_3d, conv_geometry
+
+    g3 = as_3d(conv_geometry(x.shape[2:], w.shape[2:], stride=kw["stride"],
+                             padding=kw["padding"], dilation=kw["dilation"], groups=groups,
+                             padding_mode=kw["padding_mode"]))
+    lift = lambda a: tuple(s // a.itemsize for s in (*a.strides[:2], *([0] * (3 - nd)),  # noqa: E731
+                                                      *a.strides[2:]))
+    cfg = ig.forward_config(kind, x.shape, w.shape, g3, groups=groups,
+                            padding_mode=kw["padding_mode"], has_bias=False,
+                            x_strides=lift(x_cl), out_strides=lift(out_cl))
+    # the kernel gets the buffers' base pointers: the NDHWC arrays themselves
+    ig.launch(mod, cfg, np.moveaxis(x_cl, 1, -1), w, w, np.moveaxis(out_cl, 1, -1),
+              np.empty(1, np.float32))
+    bits = np.uint16 if ref.itemsize == 2 else np.uint32
+    np.testing.assert_array_equal(np.ascontiguousarray(out_cl).view(bits), ref.view(bits))
+    assert not np.array_equal(out_cl, 0)

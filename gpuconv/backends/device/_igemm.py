@@ -182,9 +182,29 @@ def _config(kind: str, gather: str, padding_mode: str, *, batch, cg, og, groups,
         epilogue=epilogue, workspace=workspace, args=args)
 
 
+def contiguous_strides(shape) -> tuple[int, ...]:
+    """Element strides of a C-contiguous array of ``shape``.
+
+    >>> contiguous_strides((2, 3, 4, 5, 6))
+    (360, 120, 30, 6, 1)
+    """
+    strides, step = [], 1
+    for n in reversed(shape):
+        strides.append(step)
+        step *= int(n)
+    return tuple(reversed(strides))
+
+
+def _span(shape, strides) -> int:
+    """One past the largest element offset of an array of ``shape`` and ``strides``."""
+    return 1 + sum((int(n) - 1) * abs(int(st)) for n, st in zip(shape, strides) if n > 0)
+
+
 def forward_config(kind: str, x_shape, w_shape, geom: Geometry3d, *, groups: int,
                    padding_mode: str, has_bias: bool, weight_pointer: int = 0,
-                   index: np.dtype | None = None, gather: str = "conv") -> IgemmConfig:
+                   index: np.dtype | None = None, gather: str = "conv",
+                   x_strides: tuple | None = None,
+                   out_strides: tuple | None = None) -> IgemmConfig:
     """The launch of a forward (``gather="conv"``) or transposed (``"transposed"``, the
     weight already in rows of K, see :func:`transpose_config`) convolution, 3-D-lifted.
 
@@ -202,6 +222,10 @@ def forward_config(kind: str, x_shape, w_shape, geom: Geometry3d, *, groups: int
         The weight's address (its alignment picks the weight-copy width).
     index : numpy dtype, optional
         int32 or int64; default int32 unless an extent reaches 2**31.
+    x_strides, out_strides : tuple of 5 int, optional
+        Element strides (N, C, D, H, W) of ``x`` and of the output, e.g. channels-last
+        (NDHWC) ones; default C-contiguous. The kernel reads and writes through them (with
+        the same summation order: the result is the same bit for bit).
     """
     batch, c_in = int(x_shape[0]), int(x_shape[1])
     c_out = int(w_shape[0])
@@ -211,12 +235,16 @@ def forward_config(kind: str, x_shape, w_shape, geom: Geometry3d, *, groups: int
     k = cg * taps
     itemsize = KINDS[kind][1].itemsize
     reach = (geom.reach(geom.in_size) if gather == "transposed" else geom.reach())
+    xs = x_strides or contiguous_strides((batch, c_in, *geom.in_size))
+    os_ = out_strides or contiguous_strides((batch, c_out, *geom.out_size))
     return _config(
         kind, gather, padding_mode, batch=batch, cg=cg, og=og, groups=groups,
-        dims=geom.args(), x_strides=(cg * in_vol, c_in * in_vol, in_vol),
-        w_strides=(og * k, k, taps), o_strides=(og * out_vol, c_out * out_vol, out_vol),
+        dims=geom.args(), x_strides=(cg * xs[1], xs[0], xs[1], *xs[2:]),
+        w_strides=(og * k, k, taps), o_strides=(og * os_[1], os_[0], os_[1], *os_[2:]),
         taps=taps, has_bias=has_bias, w_vec=weight_copy_bytes(itemsize, weight_pointer, k),
-        extents=(batch * c_in * in_vol, batch * c_out * out_vol, c_out * k, reach + 1),
+        extents=(batch * c_in * in_vol, batch * c_out * out_vol, c_out * k, reach + 1,
+                 _span((batch, c_in, *geom.in_size), xs),
+                 _span((batch, c_out, *geom.out_size), os_)),
         index=index)
 
 
@@ -286,10 +314,13 @@ def weight_grad_config(kind: str, x_shape, go_shape, geom: Geometry3d, *, groups
     dims = (*geom.in_size, *geom.kernel, *geom.out_size, *geom.dilation, *geom.stride,
             *geom.pad_lo)
     w_strides = (og * out_vol, out_vol, c_out * out_vol)
+    in_h, in_w = geom.in_size[1:]
+    k_h, k_w = geom.kernel[1:]
     return _config(
         kind, "conv", padding_mode, batch=cg, cg=batch, og=og, groups=groups, dims=dims,
-        x_strides=(cg * in_vol, in_vol, c_in * in_vol), w_strides=w_strides,
-        o_strides=(og * cg * taps, taps, cg * taps), taps=out_vol, has_bias=False,
+        x_strides=(cg * in_vol, in_vol, c_in * in_vol, in_h * in_w, in_w, 1),
+        w_strides=w_strides, o_strides=(og * cg * taps, taps, cg * taps, k_h * k_w, k_w, 1),
+        taps=out_vol, has_bias=False,
         w_vec=weight_copy_bytes(itemsize, go_pointer, *w_strides), splits=splits,
         k_tiles=k_tiles, epilogue=epilogue, out_elems=out_elems,
         extents=(batch * c_in * in_vol, batch * c_out * out_vol, out_elems, geom.reach() + 1),
