@@ -50,8 +50,12 @@ ALGORITHMS = ("direct", "tiled", "matmul", "depthwise", "implicit_gemm", "numpy"
 #: What an algorithm computes: a convolution, a transposed convolution (also a convolution's
 #: input gradient) or a convolution's weight gradient (also a transposed convolution's).
 OPERATIONS = ("conv", "conv_transpose", "conv_weight")
-#: The public functions :func:`plan` describes.
-PLAN_OPS = ("conv", "conv1d", "conv2d", "conv3d")
+#: The public functions :func:`plan` describes: the convolutions, the transposed convolutions
+#: and the convolution gradients of :mod:`gpuconv.grad` (named with their ``grad.`` prefix).
+PLAN_OPS = ("conv", "conv1d", "conv2d", "conv3d", "conv_transpose", "conv_transpose1d",
+            "conv_transpose2d", "conv_transpose3d", "grad.conv_input", "grad.conv_weight",
+            "grad.conv_transpose_input", "grad.conv_transpose_weight",
+            "grad.depthwise_conv_input", "grad.depthwise_conv_weight")
 
 _UNSET = object()
 _tf32: contextvars.ContextVar[Any] = contextvars.ContextVar("gpuconv_tf32", default=_UNSET)
@@ -529,23 +533,27 @@ class Plan:
         return "\n".join(lines) + ")"
 
 
-def _layout_copy(arrays, named: dict, backend, geom) -> str | None:
+def _layout_copy(arrays, named: dict, backend, geom, input_method: str | None = "conv",
+                 extra: str | None = None) -> str | None:
     """The copies :meth:`gpuconv._validate.Arrays.prepare` would make, and why: the layout
-    decision of :func:`gpuconv._layout.layout_plan` for a ``x`` that is not C-contiguous,
-    dtype conversions, and host-device transfers."""
+    decision of :func:`gpuconv._layout.layout_plan` for a ``x`` that is not C-contiguous
+    when the call reads it through ``prepare_input(x, backend, input_method)`` (``conv``),
+    dtype conversions, host-device transfers, and ``extra`` (conversions of a backend path)."""
     notes = []
     for name, a in named.items():
         if a is None:
             continue
         if not a.flags.c_contiguous:
-            if name == "x" and layout_plan is not None:
-                notes.append(layout_plan(backend, "conv", a, geom).note)
+            if name == "x" and input_method is not None and layout_plan is not None:
+                notes.append(layout_plan(backend, input_method, a, geom).note)
             else:
                 notes.append(f"{name}: copied to C-contiguous")
         if np.dtype(a.dtype) != arrays.dtype:
             notes.append(f"{name}: {a.dtype} -> {arrays.dtype}")
     if arrays.call.name == "cuda" and not arrays.call.on_device_arrays:
         notes.append("host-to-device copies of the inputs, device-to-host of the result")
+    if extra:
+        notes.append(extra)
     return "; ".join(notes) or None
 
 
@@ -558,40 +566,120 @@ def _c_strides(shape, dtype) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def plan(op: str | Callable, x: Any, weight: Any, bias: Any = None, *,
-         stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: Any = 1,
-         padding_mode: str = "zeros") -> Plan:
-    """What ``op(x, weight, bias, ...)`` would run, without running it.
+def _device_of(a) -> int | None:
+    device = getattr(getattr(a, "device", None), "id", None)
+    return device if isinstance(device, int) else None
 
-    Validates the call exactly as ``op`` does, then reports the backend, the algorithm and
-    why, the kernel(s), grid, block, shared memory, workspace and any layout copy, and which
-    algorithms could serve the call (the reason for each that could not). Honours
-    :func:`use_backend`, :func:`use_algorithm` (raising as the call would), :func:`use_tf32`
-    and :func:`use_autotune` (a choice not cached yet shows as pending).
 
-    Parameters
-    ----------
-    op : {"conv", "conv1d", "conv2d", "conv3d"} or one of those functions
-    x, weight, bias, stride, padding, dilation, groups, padding_mode
-        As for ``op``.
+#: The ``op`` that selection messages of a transposed convolution name: the device backends'
+#: ``conv_transpose`` serves ``gpuconv.conv_transpose`` and conv's input gradient alike.
+TRANSPOSE_SELECTION_OP = "conv_transpose (or conv's input gradient)"
+#: ... and those of the weight gradients (the device backends' method names).
+WEIGHT_GRAD_SELECTION_OPS = {"grad.conv_weight": "conv_weight_grad",
+                             "grad.conv_transpose_weight": "conv_transpose_weight_grad",
+                             "grad.depthwise_conv_weight": "depthwise_conv_weight_grad"}
+#: The backend method each gradient calls (what a backend without algorithms runs).
+_GRAD_METHODS = {"grad.conv_input": "conv_input_grad", "grad.conv_weight": "conv_weight_grad",
+                 "grad.conv_transpose_input": "conv_transpose_input_grad",
+                 "grad.conv_transpose_weight": "conv_transpose_weight_grad",
+                 "grad.depthwise_conv_input": "depthwise_conv_input_grad",
+                 "grad.depthwise_conv_weight": "depthwise_conv_weight_grad"}
 
-    Returns
-    -------
-    Plan
 
-    Examples
-    --------
-    >>> import numpy as np, gpuconv
-    >>> x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((4, 2, 3, 3), np.float32)
-    >>> p = gpuconv.plan("conv2d", x, w, padding=1)
-    >>> p.backend, p.algorithm, p.reason
-    ('numpy', 'numpy', 'default heuristic')
-    """
+def _op_name(op: Any) -> Any:
+    """``op``'s name in :data:`PLAN_OPS`: a string as given, a function by its ``__name__``
+    (``"grad."`` prepended for those of :mod:`gpuconv.grad`)."""
+    if isinstance(op, str):
+        return op
+    name = getattr(op, "__name__", op)
+    if getattr(op, "__module__", None) == "gpuconv.grad" and isinstance(name, str):
+        return f"grad.{name}"
+    return name
+
+
+def _public_function(name: str) -> Callable:
+    from . import _api, grad
+
+    return getattr(grad, name[5:]) if name.startswith("grad.") else getattr(_api, name)
+
+
+def _bind(name: str, args: tuple, kwargs: dict) -> dict:
+    """The arguments of ``name``'s public function (without ``out``) bound to ``args`` and
+    ``kwargs``, defaults applied; TypeError as a call with them would raise."""
+    import inspect
+
+    signature = inspect.signature(_public_function(name))
+    signature = signature.replace(parameters=[p for p in signature.parameters.values()
+                                              if p.name != "out"])
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"plan: {name}: {exc}") from None
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def _nothing(name: str, call_name: str, result: str) -> Plan:
+    return Plan(name, call_name, "none", f"nothing to compute: the result is {result}", (),
+                None, None, 0, 0, None, {})
+
+
+def _selected_plan(name: str, call_name: str, op: str, problem: ConvProblem, algorithms,
+                   default, copies: str | None, *, after: tuple = (),
+                   workspace: int = 0) -> Plan:
+    """The plan of a call whose main computation selects among ``algorithms`` (as
+    :func:`select` with ``op`` in its messages); ``after`` names the kernels that follow it
+    and ``workspace`` the temporary memory the call adds to the algorithm's."""
+    selection = select(op, problem, algorithms, default)
+    reason = selection.why
+    if autotune_enabled() and reason == "default heuristic":
+        served = [a.name for a in algorithms if a.can_serve(problem)[0]
+                  and (a.deterministic or not problem.deterministic)]
+        if len(served) > 1:
+            reason = (f"autotune pending: the first call times {', '.join(served)}; until "
+                      f"then the default heuristic's choice is shown")
+    described = selection.algorithm.describe(problem)
+    return Plan(name, call_name, selection.algorithm.name, reason,
+                tuple(described.kernels) + tuple(after), described.grid, described.block,
+                described.shared_mem, described.workspace_bytes + workspace, copies,
+                candidates(problem, algorithms))
+
+
+def _unselected_plan(name: str, call_name: str, algorithm: str, why: str,
+                     description: Description, copies: str | None,
+                     forced_why: str | None = None) -> Plan:
+    """The plan of a call that runs one fixed path (no selection: :func:`use_algorithm` is
+    not consulted, which the reason says -- after ``forced_why``, else ``why`` -- when another
+    algorithm is forced)."""
+    forced = current_algorithm()
+    if forced == algorithm:
+        why = "forced"
+    elif forced is not None:
+        why = f"{forced_why or why}; use_algorithm({forced!r}) is not consulted by this call"
+    return Plan(name, call_name, algorithm, why, tuple(description.kernels), description.grid,
+                description.block, description.shared_mem, description.workspace_bytes,
+                copies, {algorithm: ""})
+
+
+def _own_plan(name: str, call_name: str, copies: str | None) -> Plan:
+    """A backend without algorithms for this operation (NumPy) runs its own method."""
+    method = _GRAD_METHODS.get(name, "conv_transpose")
+    what = (f"NumPy: {method} (matrix products on the CPU)" if call_name == "numpy"
+            else f"the {call_name!r} backend's {method}")
+    return _unselected_plan(name, call_name, call_name, "default heuristic",
+                            Description(kernels=(what,)), copies,
+                            forced_why=f"the {call_name!r} backend's only algorithm")
+
+
+def _has_registries(backend) -> bool:
+    """Whether ``backend`` selects algorithms for transposed convolutions and gradients."""
+    return getattr(backend, "algorithms_for", None) is not None
+
+
+def _plan_conv(name: str, x, weight, bias, *, stride, padding, dilation, groups,
+               padding_mode) -> Plan:
     from . import _shapes, _validate
 
-    name = getattr(op, "__name__", op)
-    if name not in PLAN_OPS:
-        raise ValueError(f"plan: op={name!r} must be one of {PLAN_OPS}")
     options = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups,
                "padding_mode": padding_mode}
     checked = _validate.Arrays(name, optional=("bias",), x=x, weight=weight, bias=bias)
@@ -601,23 +689,199 @@ def plan(op: str | Callable, x: Any, weight: Any, bias: Any = None, *,
     backend = checked.call.backend
     algorithms, default = algorithms_of(backend)
     if x.shape[0] == 0 or 0 in geom.in_size:
-        return Plan(name, checked.call.name, "none", "nothing to compute: the result is the "
-                    "bias (or zeros)", (), None, None, 0, 0, None, {})
+        return _nothing(name, checked.call.name, "the bias (or zeros)")
     bgeom = _shapes.backend_geometry(geom, op=name)
     copies = _layout_copy(checked, {"x": x, "weight": weight, "bias": bias}, backend, bgeom)
     problem = ConvProblem(name, checked.call.name, tuple(x.shape), tuple(weight.shape),
                           checked.dtype, bgeom, bias is not None, tf32_enabled(), True,
                           (_c_strides(x.shape, checked.dtype), _c_strides(weight.shape,
                                                                           checked.dtype)),
-                          getattr(getattr(x, "device", None), "id", None))
-    selection = select(name, problem, algorithms, default)
-    reason = selection.why
-    if autotune_enabled() and reason == "default heuristic":
-        served = [a.name for a in algorithms if a.can_serve(problem)[0]]
-        if len(served) > 1:
-            reason = (f"autotune pending: the first call times {', '.join(served)}; until "
-                      f"then the default heuristic's choice is shown")
-    described = selection.algorithm.describe(problem)
-    return Plan(name, checked.call.name, selection.algorithm.name, reason, described.kernels,
-                described.grid, described.block, described.shared_mem,
-                described.workspace_bytes, copies, candidates(problem, algorithms))
+                          _device_of(x))
+    return _selected_plan(name, checked.call.name, name, problem, algorithms, default, copies)
+
+
+def _plan_conv_transpose(name: str, x, weight, bias, *, stride, padding, output_padding,
+                         dilation, groups) -> Plan:
+    from . import _shapes, _validate
+
+    checked = _validate.Arrays(name, optional=("bias",), x=x, weight=weight, bias=bias)
+    spatial = None if name == "conv_transpose" else int(name[-2])
+    geom = _validate.conv_transpose_setup(name, x.shape, weight.shape, spatial_ndim=spatial,
+                                          stride=stride, padding=padding,
+                                          output_padding=output_padding, dilation=dilation,
+                                          groups=groups)
+    _validate.check_bias(name, bias, weight.shape[1] * geom.groups)
+    call, backend, dtype = checked.call.name, checked.call.backend, checked.dtype
+    if x.shape[0] == 0 or 0 in geom.in_size:
+        return _nothing(name, call, "the bias (or zeros)")
+    bgeom = _shapes.backend_geometry(geom, op=name)
+    copies = _layout_copy(checked, {"x": x, "weight": weight, "bias": bias}, backend, bgeom,
+                          input_method=None)
+    if not _has_registries(backend):
+        return _own_plan(name, call, copies)
+    algorithms, default = algorithms_of(backend, "conv_transpose")
+    problem = ConvProblem(TRANSPOSE_SELECTION_OP, call, tuple(x.shape), tuple(weight.shape),
+                          dtype, bgeom, bias is not None, tf32_enabled(), True,
+                          (_c_strides(x.shape, dtype), _c_strides(weight.shape, dtype)),
+                          _device_of(x), "conv_transpose")
+    return _selected_plan(name, call, TRANSPOSE_SELECTION_OP, problem, algorithms, default,
+                          copies)
+
+
+def _gradient_setup(name: str):
+    """``(setup, out_channels)`` of a gradient: the forward's ``gpuconv._validate`` setup
+    function and the forward output's channel count from the weight shape and geometry."""
+    from . import _validate
+
+    if "conv_transpose" in name:
+        return _validate.conv_transpose_setup, lambda w_shape, geom: w_shape[1] * geom.groups
+    if "depthwise" in name:
+        return _validate.depthwise_setup, lambda w_shape, geom: w_shape[0]
+    return _validate.conv_setup, lambda w_shape, geom: w_shape[0]
+
+
+def _plan_input_grad(name: str, input_shape, weight, grad_output, **forward) -> Plan:
+    from . import _shapes, _validate
+
+    setup, out_channels = _gradient_setup(name)
+    checked = _validate.Arrays(name, weight=weight, grad_output=grad_output)
+    input_shape = _validate.check_shape(name, "input_shape", input_shape)
+    geom = setup(name, input_shape, weight.shape, x_name="input_shape", **forward)
+    expected = (input_shape[0], out_channels(weight.shape, geom), *geom.out_size)
+    _validate.check_grad_output(
+        name, grad_output, expected,
+        f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
+    call, backend, dtype = checked.call.name, checked.call.backend, checked.dtype
+    if input_shape[0] == 0 or 0 in geom.in_size:
+        return _nothing(name, call, "zeros")
+    bgeom = _shapes.backend_geometry(geom, op=name)
+    named = {"weight": weight, "grad_output": grad_output}
+    if not _has_registries(backend):
+        return _own_plan(name, call,
+                         _layout_copy(checked, named, backend, bgeom, input_method=None))
+    go_shape, w_shape = tuple(grad_output.shape), tuple(weight.shape)
+    if name == "grad.conv_transpose_input":  # backend.conv of grad_output
+        algorithms, default = algorithms_of(backend)
+        problem = ConvProblem("conv", call, go_shape, w_shape, dtype,
+                              _shapes.transpose_as_conv(bgeom), False, tf32_enabled(), True,
+                              (_c_strides(go_shape, dtype), _c_strides(w_shape, dtype)),
+                              _device_of(grad_output))
+        return _selected_plan(name, call, "conv", problem, algorithms, default,
+                              _layout_copy(checked, named, backend, bgeom, input_method=None))
+    from .backends.device import _grad_plan
+
+    steps = _grad_plan.input_grad_steps(call, w_shape, go_shape, bgeom, dtype)
+    copies = _layout_copy(checked, named, backend, bgeom, input_method=None, extra=steps.note)
+    if steps.path == "matmul":
+        description = dataclasses.replace(steps.matmul, workspace_bytes=steps.workspace_bytes)
+        return _unselected_plan(name, call, "matmul", "a 1x1, stride-1, unpadded "
+                                "convolution's input gradient is one GEMM per group",
+                                description, copies)
+    algorithms, default = algorithms_of(backend, "conv_transpose")
+    problem = ConvProblem(TRANSPOSE_SELECTION_OP, call, go_shape, w_shape, steps.dtype,
+                          steps.geom, False,
+                          tf32_enabled() if steps.tf32 is None else steps.tf32, True,
+                          (_c_strides(go_shape, steps.dtype), _c_strides(w_shape, steps.dtype)),
+                          _device_of(grad_output), "conv_transpose")
+    return _selected_plan(name, call, TRANSPOSE_SELECTION_OP, problem, algorithms, default,
+                          copies, after=steps.after, workspace=steps.workspace_bytes)
+
+
+def _plan_weight_grad(name: str, x, weight_shape, grad_output, *, deterministic,
+                      **forward) -> Plan:
+    from . import _shapes, _validate
+
+    setup, out_channels = _gradient_setup(name)
+    checked = _validate.Arrays(name, x=x, grad_output=grad_output)
+    weight_shape = _validate.check_shape(name, "weight_shape", weight_shape)
+    deterministic = _validate.check_flag(name, "deterministic", deterministic)
+    geom = setup(name, x.shape, weight_shape, w_name="weight_shape", **forward)
+    expected = (x.shape[0], out_channels(weight_shape, geom), *geom.out_size)
+    _validate.check_grad_output(name, grad_output, expected,
+                                f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
+    call, backend, dtype = checked.call.name, checked.call.backend, checked.dtype
+    if x.shape[0] == 0 or 0 in geom.in_size:
+        return _nothing(name, call, "zeros")
+    bgeom = _shapes.backend_geometry(geom, op=name)
+    copies = _layout_copy(checked, {"x": x, "grad_output": grad_output}, backend, bgeom,
+                          input_method=None)
+    if not _has_registries(backend):
+        return _own_plan(name, call, copies)
+    a_shape, go_shape, cgeom = tuple(x.shape), tuple(grad_output.shape), bgeom
+    if name == "grad.conv_transpose_weight":  # the conv it transposes, roles exchanged
+        a_shape, go_shape, cgeom = go_shape, a_shape, _shapes.transpose_as_conv(bgeom)
+    w_shape = (go_shape[1], a_shape[1] // cgeom.groups, *cgeom.kernel)
+    op = WEIGHT_GRAD_SELECTION_OPS[name]
+    algorithms, default = algorithms_of(backend, "conv_weight")
+    problem = ConvProblem(op, call, a_shape, w_shape, dtype, cgeom, False, tf32_enabled(),
+                          deterministic, (_c_strides(a_shape, dtype), _c_strides(go_shape, dtype)),
+                          _device_of(x), "conv_weight")
+    return _selected_plan(name, call, op, problem, algorithms, default, copies)
+
+
+def plan(op: str | Callable, *args: Any, **kwargs: Any) -> Plan:
+    """What ``op(*args, **kwargs)`` would run, without running it.
+
+    Validates the call exactly as ``op`` does (raising what it would raise), then reports the
+    backend, the algorithm and why, the kernel(s), grid, block, shared memory, workspace and
+    any layout copy, and which algorithms could serve the call (the reason for each that
+    could not). Honours :func:`use_backend`, :func:`use_algorithm` (raising as the call
+    would), :func:`use_tf32` and :func:`use_autotune` (a choice not cached yet shows as
+    pending).
+
+    For a gradient, the algorithm is that of its main computation: the transposed
+    convolution of ``grad.conv_input`` (and ``grad.depthwise_conv_input``; the kernels then
+    list the ``pad_fold`` that follows for reflect/replicate/circular padding, and the
+    workspace holds the padded gradient; a 1x1, stride-1, unpadded convolution's input
+    gradient is one GEMM, ``"matmul"``, whatever is forced), the convolution of
+    ``grad.conv_transpose_input``, the weight-gradient GEMM of the ``*_weight`` gradients
+    (with ``weight_grad_reduce`` after it where split-K partials are summed: the workspace).
+    The NumPy backend has one algorithm, ``"numpy"``; its transposed convolutions and
+    gradients do not consult :func:`use_algorithm` (the reason says so when one is forced).
+
+    Parameters
+    ----------
+    op : str or function
+        One of :data:`PLAN_OPS` -- ``"conv"``, ``"conv1d"``, ``"conv2d"``, ``"conv3d"``,
+        ``"conv_transpose"`` (and its ``1d``/``2d``/``3d``), ``"grad.conv_input"``,
+        ``"grad.conv_weight"``, ``"grad.conv_transpose_input"``,
+        ``"grad.conv_transpose_weight"``, ``"grad.depthwise_conv_input"``,
+        ``"grad.depthwise_conv_weight"`` -- or one of those functions (``gpuconv.conv2d``,
+        ``gpuconv.grad.conv_weight``).
+    *args, **kwargs
+        As for ``op`` (without ``out``).
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    ValueError
+        An ``op`` not in :data:`PLAN_OPS`; arguments ``op`` would reject; a forced algorithm
+        that cannot serve the call (the call's message).
+    TypeError
+        Arguments ``op`` does not take, or that it would reject.
+
+    Examples
+    --------
+    >>> import numpy as np, gpuconv
+    >>> x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((4, 2, 3, 3), np.float32)
+    >>> p = gpuconv.plan("conv2d", x, w, padding=1)
+    >>> p.backend, p.algorithm, p.reason
+    ('numpy', 'numpy', 'default heuristic')
+    >>> g = np.ones((1, 4, 5, 5), np.float32)
+    >>> gpuconv.plan(gpuconv.grad.conv_weight, x, w.shape, g, padding=1).op
+    'grad.conv_weight'
+    """
+    name = _op_name(op)
+    if not isinstance(name, str) or name not in PLAN_OPS:
+        raise ValueError(f"plan: op={name!r} must be one of {PLAN_OPS}")
+    arguments = _bind(name, args, kwargs)
+    if name.startswith("conv_transpose"):
+        return _plan_conv_transpose(name, **arguments)
+    if name.startswith("conv"):
+        return _plan_conv(name, **arguments)
+    if name.endswith("_input"):
+        return _plan_input_grad(name, **arguments)
+    return _plan_weight_grad(name, **arguments)

@@ -40,7 +40,7 @@ import numpy as np
 from ... import _dtypes, _kernels
 from ..._algorithms import ConvProblem, Description
 from ..._shapes import as_3d, is_pointwise
-from . import _conv, _conv_transpose, _igemm
+from . import _conv, _conv_transpose, _grad_plan, _igemm
 
 #: implicit_gemm is the default on ``"cuda"`` from this many output channels per group (a
 #: block computes 64; fewer than 16 leaves most of its tensor-core work on padding) ...
@@ -259,11 +259,7 @@ class _TransposeDirect(_CudaCoreAlgorithm):
         return True, ""
 
     def describe(self, problem: ConvProblem) -> Description:
-        p = _conv_transpose.plan(problem.x_shape, problem.w_shape, problem.geom,
-                                 problem.dtype.itemsize)
-        return Description(kernels=(f"conv_transpose3d ({p.cout_per_thread} output channels "
-                                    f"per thread)",), grid=p.grid, block=(p.threads, 1, 1),
-                           shared_mem=p.shared_mem)
+        return _grad_plan.transpose_direct(problem)
 
     def run(self, backend, x, weight, bias, geom):
         return _conv_transpose.conv_transpose(backend, x, weight, bias, geom)
@@ -317,9 +313,7 @@ class _WeightGradDirect(_CudaCoreAlgorithm):
         return True, ""
 
     def describe(self, problem: ConvProblem) -> Description:
-        method = _conv.choose_weight_grad_method(problem.x_shape[1], problem.geom.groups)
-        name = "depthwise_weight_grad" if method == "depthwise" else "conv_weight_grad"
-        return Description(kernels=(name, "weight_grad_reduce"))
+        return _grad_plan.weight_grad_direct(problem)
 
     def run(self, backend, x, grad_output, geom, deterministic):
         return _conv.conv_weight_grad(backend, x, grad_output, geom, deterministic)
@@ -343,8 +337,14 @@ class _ImplicitGemmWeight(_ImplicitGemm):
             deterministic=problem.deterministic, go_pointer=weight_pointer)
 
     def describe(self, problem: ConvProblem) -> Description:
-        _, cfg = self._config(problem)
-        kernels = (cfg.name,) if cfg.splits == 1 else (cfg.name, "weight_grad_reduce")
+        kind, cfg = self._config(problem)
+        kernels = (cfg.name,)
+        if cfg.epilogue == _igemm.EPILOGUE_PARTIAL or (cfg.epilogue == _igemm.EPILOGUE_ATOMIC
+                                                       and kind != "tf32"):
+            ws = _shape_only(cfg.workspace, np.float32)  # summed (and rounded) by run()
+            index = _kernels.index_dtype(ws, _shape_only(problem.w_shape, problem.dtype),
+                                         max_index=2 * ws.size + 2 * _conv.THREADS)
+            kernels += (_conv.REDUCE.name_expression(problem.dtype, index),)
         return Description(kernels=kernels, grid=cfg.grid, block=cfg.block,
                            shared_mem=_igemm.shared_bytes(),
                            workspace_bytes=cfg.workspace_bytes)
@@ -410,6 +410,7 @@ WEIGHT_GRAD_REGISTRY = (_ImplicitGemmWeight(), _WeightGradDirect(
 def default_name(problem: ConvProblem) -> str:
     """The default algorithm of a call (see the module docstring).
 
+    >>> import dataclasses
     >>> from gpuconv._shapes import conv_geometry
     >>> g = conv_geometry((56, 56), (3, 3), stride=1, padding=1, dilation=1)
     >>> p = ConvProblem("conv", "cuda", (32, 64, 56, 56), (64, 64, 3, 3), np.dtype("float16"), g)
