@@ -190,7 +190,7 @@ __global__ void __launch_bounds__(128) conv_igemm(
     constexpr int A_BYTES = S * BK * APITCH * int(sizeof(W)), B_BYTES = S * BN * BK * int(sizeof(W));
     constexpr int CPITCH = BM + 4;  // the epilogue's fp32 tile, (BN, BM + 4), reuses the ring
     static_assert(BN * CPITCH * 4 <= A_BYTES + B_BYTES, "the output tile must fit the ring");
-    static_assert(Gather == 0 || Mode == 0, "the transposed gather reads zeros outside");
+    static_assert(Gather != 1 || Mode == 0, "the transposed gather reads zeros outside");
     __shared__ __align__(16) unsigned char smem[A_BYTES + B_BYTES];
     W(*sA)[BK][APITCH] = reinterpret_cast<W(*)[BK][APITCH]>(smem);        // (stage, k, m)
     W(*sB)[BN][BK] = reinterpret_cast<W(*)[BN][BK]>(smem + A_BYTES);      // (stage, n, k), swizzled
@@ -199,6 +199,13 @@ __global__ void __launch_bounds__(128) conv_igemm(
     // cp.async phase (rows r, r + 1), fall on 8 distinct bank quads.
     auto b_at = [&](int s, int r, int k) -> W* {
         return &sB[s][r][(((k / V) ^ ((r >> 1) & 3)) * V) + k % V];
+    };
+    // Gather 2 (channels innermost in k): the input tile is (stage, m, k) with k contiguous,
+    // swizzled as the weight tile (the ring's A part is larger than BM x BK: it fits)
+    static_assert(BM * BK <= BK * APITCH, "the (m, k) input tile must fit the A ring");
+    W(*sAk)[BM][BK] = reinterpret_cast<W(*)[BM][BK]>(smem);
+    auto a_at = [&](int s, int r, int k) -> W* {
+        return &sAk[s][r][(((k / V) ^ ((r >> 1) & 3)) * V) + k % V];
     };
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -213,6 +220,36 @@ __global__ void __launch_bounds__(128) conv_igemm(
     const Index nk_all = gpuconv::ceil_div(K, Index(BK));
     const Index kt_begin = split * k_tiles;
     const Index kt_end = kt_begin + k_tiles < nk_all ? kt_begin + k_tiles : nk_all;
+
+    // ---- Gather 2: this thread's two A rows m = m0 + tid / 4 + 32 j and 16-byte chunk
+    // tid % 4 of each stage's BK: k = (kd, kh, kw, c) with c innermost and C_in / groups a
+    // multiple of V (the host's rule), so a chunk is V consecutive channels of one tap: one
+    // 16-byte cp.async from x (x_sc = 1), zero-filled for padding and the M and K tails
+    constexpr int CROWS = 2, CCH = BK / V;  // rows per thread, chunks per row (4)
+    static_assert(CROWS * (gpuconv::igemm::kThreads / CCH) == BM, "two rows per thread");
+    const int c_row0 = tid / CCH, c_k = (tid % CCH) * V;
+    bool cm_ok[CROWS];
+    Index cd0[CROWS], ch0[CROWS], cw0[CROWS], cx[CROWS];
+    Index c_c = 0, c_kd = 0, c_kh = 0, c_kw = 0;  // (c, kd, kh, kw) of this stage's chunk
+    if constexpr (Gather == 2) {
+#pragma unroll
+        for (int j = 0; j < CROWS; ++j) {
+            const Index am = m0 + c_row0 + 32 * j;
+            cm_ok[j] = am < M;
+            const Index nb = am / out_vol, sp = am - nb * out_vol;
+            const Index od = sp / out_plane, r = sp - od * out_plane;
+            const Index oh = r / out_w, ow = r - oh * out_w;
+            cd0[j] = od * stride_d - pad_d;
+            ch0[j] = oh * stride_h - pad_h;
+            cw0[j] = ow * stride_w - pad_w;
+            cx[j] = g * x_sg + nb * x_sb;
+        }
+        const Index k = kt_begin * BK + c_k, t = k / cg;
+        c_c = k - t * cg;
+        c_kd = t / taps_hw;
+        c_kh = (t - c_kd * taps_hw) / k_w;
+        c_kw = t - c_kd * taps_hw - c_kh * k_w;
+    }
 
     // ---- this thread's A columns: P = 4 / sizeof(W) consecutive m (one 32-bit shared word),
     // decoded once; its k position advances by RSTEP per stage row
@@ -265,9 +302,32 @@ __global__ void __launch_bounds__(128) conv_igemm(
     };
 
     auto load_stage = [&](int s, Index kt) {
+        if constexpr (Gather == 2) {  // A: two 16-byte chunks (see above)
+#pragma unroll
+            for (int j = 0; j < CROWS; ++j) {
+                Index off = -1;
+                if (cm_ok[j] && c_kd < k_d) {
+                    const Index id = gpuconv::source_index<Mode>(cd0[j] + c_kd * dil_d, in_d);
+                    const Index ih = gpuconv::source_index<Mode>(ch0[j] + c_kh * dil_h, in_h);
+                    const Index iw = gpuconv::source_index<Mode>(cw0[j] + c_kw * dil_w, in_w);
+                    if (id >= 0 && ih >= 0 && iw >= 0)
+                        off = cx[j] + id * x_sd + ih * x_sh + iw * x_sw + c_c;
+                }
+                cp_async_cg(a_at(s, c_row0 + 32 * j, c_k), off >= 0 ? x_bits + off : x_bits,
+                            off >= 0 ? 16 : 0);
+            }
+            c_c += BK;  // the next stage's chunk: BK channels on, across taps
+            while (c_c >= cg && c_kd < k_d) {
+                c_c -= cg;
+                if (++c_kw == k_w) {
+                    c_kw = 0;
+                    if (++c_kh == k_h) c_kh = 0, ++c_kd;
+                }
+            }
+        }
         // A: BK / RSTEP rows of P elements each (k rows past K read as zero: a_ci >= cg)
 #pragma unroll 4
-        for (int j = 0; j < BK / RSTEP; ++j) {
+        for (int j = 0; j < (Gather == 2 ? 0 : BK / RSTEP); ++j) {
             W* dst = &sA[s][a_row0 + RSTEP * j][a_col];
             Index off[P];  // element offsets in x, -1 for zero
 #pragma unroll
@@ -365,9 +425,15 @@ __global__ void __launch_bounds__(128) conv_igemm(
                 tile_b16x8 b[4];
                 // A, matrix j = lane / 8: k rows 8 (j / 2) .. +7, m columns 8 (j % 2) .. +7
 #pragma unroll
-                for (int i = 0; i < 2; ++i)
-                    ldmatrix_x4<true>(a[i].reg, &sA[s][ks + (lane & 7) + 8 * (lane >> 4)]
-                                                   [wm + 16 * i + 8 * ((lane >> 3) & 1)]);
+                for (int i = 0; i < 2; ++i) {
+                    if constexpr (Gather == 2)  // (m, k) tile: matrix j: m 8 (j % 2), k 8 (j / 2)
+                        ldmatrix_x4(a[i].reg, a_at(s, wm + 16 * i + (lane & 7) +
+                                                          8 * ((lane >> 3) & 1),
+                                                   ks + 8 * (lane >> 4)));
+                    else
+                        ldmatrix_x4<true>(a[i].reg, &sA[s][ks + (lane & 7) + 8 * (lane >> 4)]
+                                                       [wm + 16 * i + 8 * ((lane >> 3) & 1)]);
+                }
                 // B, matrix j: n rows 8 (j / 2) .. +7, k columns 8 (j % 2) .. +7
 #pragma unroll
                 for (int p = 0; p < 2; ++p) {
@@ -395,7 +461,9 @@ __global__ void __launch_bounds__(128) conv_igemm(
 #pragma unroll
                     for (int e = 0; e < 4; ++e)  // (m, k) = (g + 8 (e & 1), t + 4 (e >> 1))
                         a[i].reg[e] = gpuconv::igemm::to_tf32(
-                            sA[s][ks + tig + 4 * (e >> 1)][wm + 16 * i + gid + 8 * (e & 1)]);
+                            Gather == 2
+                                ? *a_at(s, wm + 16 * i + gid + 8 * (e & 1), ks + tig + 4 * (e >> 1))
+                                : sA[s][ks + tig + 4 * (e >> 1)][wm + 16 * i + gid + 8 * (e & 1)]);
 #pragma unroll
                 for (int p = 0; p < 2; ++p) {  // matrix j: n rows 8 (j / 2) .., k 4 (j % 2) ..
                     unsigned r[4];

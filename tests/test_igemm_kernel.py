@@ -657,3 +657,100 @@ def test_channels_last_strides_give_the_same_bits(mod, kind, case):
     bits = np.uint16 if ref.itemsize == 2 else np.uint32
     np.testing.assert_array_equal(np.ascontiguousarray(out_cl).view(bits), ref.view(bits))
     assert not np.array_equal(out_cl, 0)
+
+
+# ================================================================== the channels-last gather
+# Gather = 2: x channels-last, k = (tap, c) with c innermost, the input tile (m, k) filled by
+# 16-byte cp.async of 16 / itemsize consecutive channels (C_in / groups a multiple of that).
+# The summation order differs from the NCDHW gather's (k is permuted), so the check is the
+# bound, not the bits.
+
+NHWC_CASES = {
+    # 3x3 pad 1, C_in = 16: two 16-bit chunks per tap, 4 float chunks
+    "3x3_c16": {"n": 2, "c_in": 16, "c_out": 20, "spatial": (7, 9), "k": 3, "padding": 1},
+    # stride 2, reflect, C_in = 8 (one 16-bit chunk per tap: a stage spans 4 taps)
+    "s2_reflect_c8": {"n": 1, "c_in": 8, "c_out": 70, "spatial": (9, 8), "k": 3, "stride": 2,
+                      "padding": 1, "mode": "reflect"},
+    # groups 2 (C_in / g = 8), dilation 2, circular, no bias
+    "groups_dil_circular": {"n": 2, "c_in": 16, "c_out": 6, "spatial": (8, 7), "k": 3,
+                            "dilation": 2, "padding": 2, "groups": 2, "mode": "circular",
+                            "bias": False},
+    # 3-D replicate, C_in = 24 (K = 648 over 21 16-bit stages)
+    "3d_replicate": {"n": 1, "c_in": 24, "c_out": 9, "spatial": (4, 5, 3), "k": 3,
+                     "padding": 1, "mode": "replicate"},
+    # 1-D, C_in = 32, a 7-tap kernel, stride 3
+    "1d_s3": {"n": 3, "c_in": 32, "c_out": 16, "spatial": (40,), "k": 7, "stride": 3,
+              "padding": 3},
+}
+
+
+def run_nhwc_case(mod, kind, case, seed=0):
+    rng = np.random.default_rng(seed)
+    n, c_in, c_out, spatial, kernel = (case[k] for k in ("n", "c_in", "c_out", "spatial", "k"))
+    nd = len(spatial)
+    groups = case.get("groups", 1)
+    stride, dilation = tup(case.get("stride", 1), nd), tup(case.get("dilation", 1), nd)
+    pad = tup(case.get("padding", 0), nd)
+    mode = case.get("mode", "zeros")
+    x, xv = make(kind, (n, c_in, *spatial), rng)
+    w, wv = make(kind, (c_out, c_in // groups, *tup(kernel, nd)), rng, 1 / np.sqrt(c_in))
+    b, bv = make(kind, (c_out,), rng, operand=False) if case.get("bias", True) else (None, None)
+    out = ig.conv_igemm_forward(mod, _channels_last(x), w, b, kind=kind, stride=stride,
+                                padding=pad, dilation=dilation, groups=groups,
+                                padding_mode=mode, layout="nhwc")
+    assert np.moveaxis(out, 1, -1).flags.c_contiguous  # a channels-last result
+    kw = {"stride": stride, "padding": [(p, p) for p in pad], "dilation": dilation,
+          "groups": groups, "mode": mode}
+    ref = reference(xv, wv, bv, **kw)
+    mag = reference(np.abs(xv), np.abs(wv), None if bv is None else np.abs(bv), **kw)
+    terms = (c_in // groups) * int(np.prod(tup(kernel, nd))) + 1
+    gamma = terms * U_ACC / (1 - terms * U_ACC)
+    bound = gamma * mag + U_OUT[kind] * (np.abs(ref) + gamma * mag) + ETA_OUT[kind]
+    got = out_value(kind, np.ascontiguousarray(out))
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    return _ratio(np.abs(got - ref), bound), float(np.abs(got - ref).max()), out
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", list(NHWC_CASES))
+def test_nhwc_gather_within_bound(mod, kind, case):
+    ratio, err, _ = run_nhwc_case(mod, kind, NHWC_CASES[case],
+                                  seed=list(NHWC_CASES).index(case))
+    assert ratio <= 1.0, f"max error {err:.3g} is {ratio:.3g} x the bound"
+
+
+def test_nhwc_gather_refuses_what_it_cannot_read(mod):
+    x = _channels_last(np.ones((1, 3, 5, 5), np.float16))
+    with pytest.raises(ValueError, match=r"C_in / groups = 3 is not a multiple of 8"):
+        ig.conv_igemm_forward(mod, x, np.ones((4, 3, 3, 3), np.float16), kind="float16",
+                              layout="nhwc")
+    assert ig.nhwc_reason("tf32", 12, 1, (12 * 25, 1, 0, 60, 12)) == ""
+    assert "innermost" in ig.nhwc_reason("float16", 16, 1, (400, 25, 0, 5, 1))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_nhwc_gather_checked_and_race(mod, kind):
+    case = NHWC_CASES["groups_dil_circular"] | {"n": 1, "spatial": (5, 6)}
+    for mode in (emu.checked, emu.race_check):
+        with mode():
+            ratio, _, _ = run_nhwc_case(mod, kind, case, seed=4)
+            assert ratio <= 1.0
+
+
+@pytest.mark.parametrize("kind", ["float16", "tf32"])
+def test_nhwc_gather_full_sectors_and_no_bank_conflicts(mod, kind):
+    """A 3x3 stride-1 layer with padding, C_in = 32: every input load is a 16-byte cp.async of
+    consecutive channels, 4 lanes covering a position's 64 contiguous bytes (16-bit; float:
+    2 positions' 128), so every touched sector is used in full -- at every tap, unlike the
+    NCDHW gather's 60-80% -- and every shared access (cp.async writes, ldmatrix, TF32's
+    32-bit fragment loads of the (m, k) tile) takes one wavefront."""
+    case = {"n": 1, "c_in": 32, "c_out": 64, "spatial": (8, 8), "k": 3, "padding": 1,
+            "bias": False}
+    with emu.counters() as c:
+        run_nhwc_case(mod, kind, case)
+    (kernel,) = c.kernels.values()
+    loads = [s for s in kernel.sites.values()
+             if s.space == "global" and s.kind == "cp.async.load"]
+    assert loads and all(s.units == s.ideal for s in loads), loads
+    shared = [s for s in kernel.sites.values() if s.space == "shared"]
+    assert shared and all(s.units == s.ideal for s in shared), shared

@@ -62,8 +62,10 @@ KINDS = {
     "tf32": ("float", np.dtype(np.float32)),
 }
 INDEX_TYPES = {np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}
-#: The kernel's Gather parameter: the forward im2col gather, or the transposed one.
-GATHERS = {"conv": 0, "transposed": 1}
+#: The kernel's Gather parameter: the forward im2col gather (k = (c, tap)), the transposed
+#: one, or the forward gather of a channels-last x with channels innermost in k (k = (tap,
+#: c): 16-byte copies of 16 / itemsize channels).
+GATHERS = {"conv": 0, "transposed": 1, "nhwc": 2}
 #: The kernel's epilogue argument.
 EPILOGUE_STORE, EPILOGUE_ATOMIC, EPILOGUE_PARTIAL = 0, 1, 2
 
@@ -98,10 +100,40 @@ def name_expression(kind: str, padding_mode: str, index: str = "int",
 
 
 def all_name_expressions(index: str = "int") -> list[str]:
-    """Every instantiation for one index type: (kind, padding mode) of the forward gather and
-    each kind's transposed gather."""
-    return ([name_expression(k, m, index) for k in KINDS for m in PADDING_MODE_CODES]
+    """Every instantiation for one index type: (kind, padding mode) of the forward gathers
+    (NCDHW and channels-last) and each kind's transposed gather."""
+    return ([name_expression(k, m, index, g) for g in ("conv", "nhwc") for k in KINDS
+             for m in PADDING_MODE_CODES]
             + [name_expression(k, "zeros", index, "transposed") for k in KINDS])
+
+
+def nhwc_reason(kind: str, c_in: int, groups: int, x_strides, pointer: int = 0) -> str:
+    """Why the channels-last gather cannot read an ``x`` of element strides ``x_strides``
+    (N, C, D, H, W), or ``""`` if it can: it copies 16 bytes of consecutive channels, so the
+    channels must be innermost (stride 1), C_in / groups a multiple of 16 / itemsize, and
+    every other stride and the address 16-byte aligned.
+
+    >>> nhwc_reason("float16", 64, 1, (64 * 56 * 56, 1, 0, 56 * 64, 64))
+    ''
+    >>> nhwc_reason("float16", 3, 1, (3 * 49, 1, 0, 21, 3))
+    'C_in / groups = 3 is not a multiple of 8 (16-byte channel copies)'
+    """
+    itemsize = KINDS[kind][1].itemsize
+    vec = 16 // itemsize
+    if int(x_strides[1]) != 1:
+        return "the channels are not innermost (stride 1)"
+    if (c_in // groups) % vec:
+        return (f"C_in / groups = {c_in // groups} is not a multiple of {vec} (16-byte "
+                f"channel copies)")
+    if pointer % 16 or any((int(st) * itemsize) % 16 for st in (x_strides[0], *x_strides[2:])):
+        return "x is not 16-byte aligned at every position"
+    return ""
+
+
+def nhwc_weight(xp, weight):
+    """A weight (C_out, C_in / groups, *k) as rows of K in the channels-last gather's order
+    (tap, c): (C_out, *k, C_in / groups), C-contiguous (one copy of the small weight)."""
+    return xp.ascontiguousarray(xp.moveaxis(weight, 1, -1))
 
 
 def weight_copy_bytes(itemsize: int, pointer: int, *strides: int) -> int:
@@ -344,7 +376,7 @@ def _check(kind: str, **arrays) -> np.dtype:
 
 def conv_igemm_forward(module, x, weight, bias=None, *, kind: str, stride=1, padding=0,
                        dilation=1, groups: int = 1, padding_mode: str = "zeros",
-                       index=None, xp=np):
+                       index=None, xp=np, layout: str = "nchw"):
     """Run the implicit-GEMM forward convolution through ``module``.
 
     Parameters
@@ -365,11 +397,19 @@ def conv_igemm_forward(module, x, weight, bias=None, *, kind: str, stride=1, pad
         Forces the kernel's index type.
     xp : module
         ``numpy`` or ``cupy``: allocates the output.
+    layout : {"nchw", "nhwc"}
+        ``"nhwc"``: ``x`` is a dense channels-last view (an (N, C, *spatial) view of an
+        (N, *spatial, C) C-contiguous buffer) read by the channels-last gather
+        (:func:`nhwc_reason` says when it can), and the result is channels-last too.
 
     Returns
     -------
     array, (N, C_out, *out_spatial), the kind's dtype
     """
+    if layout == "nhwc":
+        return _forward_nhwc(module, x, weight, bias, kind=kind, stride=stride,
+                             padding=padding, dilation=dilation, groups=groups,
+                             padding_mode=padding_mode, index=index, xp=xp)
     dtype = _check(kind, x=x, weight=weight, bias=bias)
     ndim = x.ndim - 2
     geom = conv_geometry(x.shape[2:], weight.shape[2:], stride=stride, padding=padding,
@@ -381,6 +421,39 @@ def conv_igemm_forward(module, x, weight, bias=None, *, kind: str, stride=1, pad
                          weight_pointer=_pointer(weight), index=index)
     out = xp.empty((x.shape[0], weight.shape[0], *g3.out_size[3 - ndim:]), dtype)
     launch(module, cfg, x, weight, bias if bias is not None else out, out,
+           xp.empty(1, np.float32))
+    return out
+
+
+def lifted_strides(a) -> tuple[int, ...]:
+    """Element strides (N, C, D, H, W) of an (N, C, *spatial) array, 1-D/2-D lifted to 3-D."""
+    st = [int(v) // a.itemsize for v in a.strides]
+    return (*st[:2], *([0] * (5 - a.ndim)), *st[2:])
+
+
+def _forward_nhwc(module, x, weight, bias, *, kind, stride, padding, dilation, groups,
+                  padding_mode, index, xp):
+    """:func:`conv_igemm_forward` of a dense channels-last ``x``: channels-last result."""
+    dtype = _check(kind, weight=weight, bias=bias)
+    buf = xp.moveaxis(x, 1, -1)  # the (N, *spatial, C) buffer
+    if x.dtype != dtype or not buf.flags.c_contiguous:
+        raise TypeError(f"x must be a dense channels-last {dtype} array for layout='nhwc'")
+    ndim = x.ndim - 2
+    geom = conv_geometry(x.shape[2:], weight.shape[2:], stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, padding_mode=padding_mode,
+                         op="conv_igemm")
+    g3 = as_3d(geom)
+    reason = nhwc_reason(kind, x.shape[1], groups, lifted_strides(x), _pointer(buf))
+    if reason:
+        raise ValueError(f"conv_igemm_forward(layout='nhwc'): {reason}")
+    rows = nhwc_weight(xp, weight)
+    out_buf = xp.empty((x.shape[0], *g3.out_size[3 - ndim:], weight.shape[0]), dtype)
+    out = xp.moveaxis(out_buf, -1, 1)
+    cfg = forward_config(kind, x.shape, weight.shape, g3, groups=groups,
+                         padding_mode=padding_mode, has_bias=bias is not None,
+                         weight_pointer=_pointer(rows), index=index, gather="nhwc",
+                         x_strides=lifted_strides(x), out_strides=lifted_strides(out))
+    launch(module, cfg, buf, rows, bias if bias is not None else rows, out_buf,
            xp.empty(1, np.float32))
     return out
 
