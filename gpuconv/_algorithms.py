@@ -37,6 +37,7 @@ import numpy as np
 from ._shapes import ConvGeometry
 
 try:  # channels-last decisions (issue 15), when that module is present
+    from . import _layout
     from ._layout import layout_plan
 except ImportError:  # pragma: no cover
     layout_plan = None
@@ -692,12 +693,26 @@ def _plan_conv(name: str, x, weight, bias, *, stride, padding, dilation, groups,
         return _nothing(name, checked.call.name, "the bias (or zeros)")
     bgeom = _shapes.backend_geometry(geom, op=name)
     copies = _layout_copy(checked, {"x": x, "weight": weight, "bias": bias}, backend, bgeom)
+    in_place = layout_plan is not None and _layout.reads_in_place(backend, "conv", x, bgeom)
+    x_strides = (tuple(int(v) // x.itemsize * checked.dtype.itemsize for v in x.strides)
+                 if in_place else _c_strides(x.shape, checked.dtype))
     problem = ConvProblem(name, checked.call.name, tuple(x.shape), tuple(weight.shape),
                           checked.dtype, bgeom, bias is not None, tf32_enabled(), True,
-                          (_c_strides(x.shape, checked.dtype), _c_strides(weight.shape,
-                                                                          checked.dtype)),
+                          (x_strides, _c_strides(weight.shape, checked.dtype)),
                           _device_of(x))
-    return _selected_plan(name, checked.call.name, name, problem, algorithms, default, copies)
+    result = _selected_plan(name, checked.call.name, name, problem, algorithms, default, copies)
+    if in_place and len(algorithms) > 1:
+        # the device backends receive a channels-last x as it is: the selected algorithm
+        # reads it in place (implicit_gemm's channels-last gather) or copies it once
+        chosen = {a.name: a for a in algorithms}.get(result.algorithm)
+        reads = getattr(chosen, "reads_in_place", None)
+        if reads is not None and not reads(problem):
+            note = layout_plan(backend, "conv", x, bgeom).note.replace(
+                "read in place (NHWC)",
+                f"copied once to NCHW (algorithm {result.algorithm!r} reads NCHW here)")
+            result = dataclasses.replace(result, layout_copy=(result.layout_copy or "").replace(
+                layout_plan(backend, "conv", x, bgeom).note, note))
+    return result
 
 
 def _plan_conv_transpose(name: str, x, weight, bias, *, stride, padding, output_padding,

@@ -283,3 +283,66 @@ def test_autotune_keys_the_operation_and_determinism(emulate):
             assert set(_algorithms.AUTOTUNER.timings[k]) == {"implicit_gemm", "direct"}
     finally:
         _algorithms.AUTOTUNER.clear()
+
+
+# ------------------------------------------------------------------ channels-last forwards
+
+
+def _nhwc_of(a):
+    return np.moveaxis(np.ascontiguousarray(np.moveaxis(a, 1, -1)), -1, 1)
+
+
+@pytest.mark.parametrize("kind", DTYPES)
+@pytest.mark.parametrize("kw", [dict(padding=1), dict(stride=2, padding=1, groups=2,
+                                                      padding_mode="reflect"),
+                                dict(dilation=2, padding="same", padding_mode="circular")])
+def test_channels_last_conv_is_read_in_place(emulate, kind, kw):
+    """A dense channels-last x (C_in / groups a multiple of 16 bytes of channels) is read in
+    place by implicit_gemm's channels-last gather: no transposing copy in or out, a
+    channels-last result within the bound of the float64 reference."""
+    from gpuconv import _layout
+
+    dtype = _dtype(kind)
+    rng = np.random.default_rng(12)
+    x = _rand(rng, (2, 16, 9, 8), dtype)
+    w = _rand(rng, (24, 16 // kw.get("groups", 1), 3, 3), dtype, 0.25)
+    b = _rand(rng, (24,), dtype)
+    with _forced(kind), _layout.count_copies() as copies:
+        got = gpuconv.conv2d(_nhwc_of(x), w, b, **kw)
+    assert dict(copies) == {}
+    assert _layout.is_dense_channels_last(got) and got.dtype == dtype
+    with gpuconv.use_backend("numpy"):
+        ref = gpuconv.conv2d(_value(kind, x), _value(kind, w), b.astype(np.float64), **kw)
+        mag = gpuconv.conv2d(np.abs(_value(kind, x)), np.abs(_value(kind, w)),
+                             np.abs(b.astype(np.float64)), **kw)
+    _check(kind, got, ref, mag, 16 // kw.get("groups", 1) * 9 + 1)
+
+
+def test_channels_last_that_the_gather_cannot_read_is_copied_once(emulate):
+    """C_in = 3 (not a multiple of 8 fp16 channels): copied to NCDHW once and computed by the
+    NCDHW gather -- the same bits as a C-contiguous x -- and the result made channels-last
+    once."""
+    from gpuconv import _layout
+
+    rng = np.random.default_rng(13)
+    x, w = _rand(rng, (1, 3, 9, 9), np.float16), _rand(rng, (16, 3, 3, 3), np.float16)
+    with gpuconv.use_algorithm("implicit_gemm"):
+        ref = gpuconv.conv2d(x, w, padding=1)
+        with _layout.count_copies() as copies:
+            got = gpuconv.conv2d(_nhwc_of(x), w, padding=1)
+    assert dict(copies) == {"input_to_nchw": 1, "output_to_channels_last": 1}
+    np.testing.assert_array_equal(got, ref)
+    assert _layout.is_dense_channels_last(got)
+
+
+def test_plan_reports_the_channels_last_decision(emulate):
+    rng = np.random.default_rng(14)
+    x = _nhwc_of(_rand(rng, (2, 16, 9, 8), np.float16))
+    w = _rand(rng, (24, 16, 3, 3), np.float16)
+    p = gpuconv.plan("conv2d", x, w, padding=1)  # the emulator's default: tiled
+    assert p.algorithm == "tiled"
+    assert "copied once to NCHW (algorithm 'tiled' reads NCHW here)" in p.layout_copy
+    with gpuconv.use_algorithm("implicit_gemm"):
+        p = gpuconv.plan("conv2d", x, w, padding=1)
+    assert p.kernels[-1] == ig.name_expression("float16", "zeros", gather="nhwc")
+    assert "read in place (NHWC)" in p.layout_copy

@@ -91,6 +91,15 @@ class DeviceBackend:
     #: ... and those of conv_transpose (and conv's input gradient) and the weight gradients.
     algorithms_for = staticmethod(_conv_algorithms.algorithms_for)
 
+    def reads_channels_last(self, method: str, geom) -> bool:
+        """Whether ``method`` receives a dense channels-last ``x`` as it is
+        (:func:`gpuconv._layout.reads_in_place`): ``conv``, whose ``implicit_gemm`` reads it
+        in place with its channels-last gather where it can (C_in / groups a multiple of 16
+        bytes of channels) and returns a channels-last result; every other conv algorithm
+        copies it to NCDHW once (``_conv_algorithms.nchw``), as the copy before the backend
+        would have."""
+        return method == "conv"
+
     def conv(self, x, weight, bias, geom):
         """Convolution (1-D to 3-D) with the selected algorithm (:func:`gpuconv.use_algorithm`,
         autotune, else the default heuristic of ``_conv_algorithms``): a GEMM for 1x1,

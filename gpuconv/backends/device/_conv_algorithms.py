@@ -37,7 +37,7 @@ import threading
 
 import numpy as np
 
-from ... import _dtypes, _kernels
+from ... import _dtypes, _kernels, _layout
 from ..._algorithms import ConvProblem, Description
 from ..._shapes import as_3d, is_pointwise
 from . import _conv, _conv_transpose, _grad_plan, _igemm
@@ -80,8 +80,63 @@ class _CudaCoreAlgorithm:
     def __repr__(self):
         return f"<algorithm {self.name!r}>"
 
+    def reads_in_place(self, problem: ConvProblem) -> bool:
+        """Whether a channels-last ``x`` is read without a copy: never (NCDHW kernels)."""
+        return False
+
     def run(self, backend, x, weight, bias, geom):
-        return _conv.conv(backend, x, weight, bias, geom, method=self.name)
+        return _conv.conv(backend, nchw(backend, x), weight, bias, geom, method=self.name)
+
+
+def nchw(backend, x):
+    """``x`` as the NCDHW kernels read it. The device backends receive a dense channels-last
+    ``x`` for ``conv`` as it is (:meth:`DeviceBackend.reads_channels_last`), since
+    ``implicit_gemm`` reads it in place; every other algorithm copies it here, once (counted
+    as ``gpuconv._layout.COPIES["input_to_nchw"]``, as the copy before the backend would be)."""
+    if x.flags.c_contiguous:
+        return x
+    _layout.COPIES["input_to_nchw"] += 1
+    return backend.xp.ascontiguousarray(x)
+
+
+def _dense_channels_last_strides(shape, itemsize: int) -> tuple[int, ...]:
+    """Byte strides of a dense channels-last (N, C, *spatial) array of ``shape``."""
+    n, c, *spatial = (int(v) for v in shape)
+    strides = [0] * len(shape)
+    step = itemsize
+    strides[1] = step
+    step *= max(c, 1)
+    for i in range(len(spatial) - 1, -1, -1):
+        strides[2 + i] = step
+        step *= max(spatial[i], 1)
+    strides[0] = step
+    return tuple(strides)
+
+
+def igemm_nhwc_reason(problem: ConvProblem) -> str | None:
+    """None when ``problem``'s ``x`` is C-contiguous; else ``""`` when ``implicit_gemm``'s
+    channels-last gather reads it in place, or why it copies it to NCDHW first."""
+    if not problem.strides:
+        return None
+    x_strides = tuple(problem.strides[0])
+    itemsize = problem.dtype.itemsize
+    if x_strides == _conv_c_strides(problem.x_shape, itemsize):
+        return None
+    kind, reason = _igemm_kind(problem)
+    if kind is None:
+        return reason
+    shape = problem.x_shape
+    lifted = (*(st // itemsize for st in x_strides[:2]), *([0] * (5 - len(shape))),
+              *(st // itemsize for st in x_strides[2:]))
+    return _igemm.nhwc_reason(kind, shape[1], problem.geom.groups, lifted)
+
+
+def _conv_c_strides(shape, itemsize: int) -> tuple[int, ...]:
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(int(n), 1)
+    return tuple(reversed(strides))
 
 
 class _ConvKernel(_CudaCoreAlgorithm):
@@ -230,7 +285,22 @@ class _ImplicitGemm:
             groups=problem.geom.groups, padding_mode=problem.geom.padding_mode,
             has_bias=problem.has_bias, weight_pointer=weight_pointer)
 
+    def reads_in_place(self, problem: ConvProblem) -> bool:
+        """Whether ``problem``'s channels-last ``x`` is read without a copy: by the
+        channels-last gather when :func:`igemm_nhwc_reason` allows it."""
+        return igemm_nhwc_reason(problem) == ""
+
     def describe(self, problem: ConvProblem) -> Description:
+        if igemm_nhwc_reason(problem) == "":
+            kind, _ = _igemm_kind(problem)
+            cfg = _igemm.forward_config(
+                kind, problem.x_shape, problem.w_shape, as_3d(problem.geom),
+                groups=problem.geom.groups, padding_mode=problem.geom.padding_mode,
+                has_bias=problem.has_bias, gather="nhwc")
+            return Description(kernels=("weight -> (C_out, *k, C_in / groups) rows (one copy)",
+                                        cfg.name), grid=cfg.grid, block=cfg.block,
+                               shared_mem=_igemm.shared_bytes(),
+                               workspace_bytes=math.prod(problem.w_shape) * problem.dtype.itemsize)
         _, cfg = self._config(problem)
         return Description(kernels=(cfg.name,), grid=cfg.grid, block=cfg.block,
                            shared_mem=_igemm.shared_bytes())
@@ -238,15 +308,34 @@ class _ImplicitGemm:
     def run(self, backend, x, weight, bias, geom):
         from ..._launch import data_pointer
 
-        problem = ConvProblem.of(backend.name, x, weight, bias, geom)
-        kind, cfg = self._config(problem, data_pointer(weight))
+        xp = backend.xp
+        problem = ConvProblem.of(backend.name, x, weight, bias, geom,
+                                 strides=(tuple(x.strides), tuple(weight.strides)))
+        kind, _ = _igemm_kind(problem)
+        if kind is None:
+            raise ValueError(f"algorithm 'implicit_gemm': {_igemm_kind(problem)[1]}")
         out_dtype = np.dtype(x.dtype)
+        if igemm_nhwc_reason(problem) != "":
+            x = nchw(backend, x)
         if kind == "bfloat16":  # the kernel takes the bits (uint16)
             x, weight = x.view(np.uint16), weight.view(np.uint16)
             bias = None if bias is None else bias.view(np.uint16)
-        out = backend.xp.empty((x.shape[0], weight.shape[0], *geom.out_size), x.dtype)
+        if not x.flags.c_contiguous:  # channels-last, read in place: a channels-last result
+            rows = _igemm.nhwc_weight(xp, weight)
+            out_buf = xp.empty((x.shape[0], *geom.out_size, weight.shape[0]), x.dtype)
+            out = xp.moveaxis(out_buf, -1, 1)
+            cfg = _igemm.forward_config(
+                kind, x.shape, weight.shape, as_3d(geom), groups=geom.groups,
+                padding_mode=geom.padding_mode, has_bias=bias is not None,
+                weight_pointer=data_pointer(rows), gather="nhwc",
+                x_strides=_igemm.lifted_strides(x), out_strides=_igemm.lifted_strides(out))
+            _igemm.launch(igemm_module(backend, cfg.name), cfg, xp.moveaxis(x, 1, -1), rows,
+                          rows if bias is None else bias, out_buf, xp.empty(1, np.float32))
+            return out.view(out_dtype)
+        _, cfg = self._config(problem, data_pointer(weight))
+        out = xp.empty((x.shape[0], weight.shape[0], *geom.out_size), x.dtype)
         _igemm.launch(igemm_module(backend, cfg.name), cfg, x, weight,
-                      out if bias is None else bias, out, backend.xp.empty(1, np.float32))
+                      out if bias is None else bias, out, xp.empty(1, np.float32))
         return out.view(out_dtype)
 
 
