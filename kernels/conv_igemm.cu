@@ -16,6 +16,10 @@
 //   * the transposed convolution (Gather = 1, zeros padding), also conv's input gradient:
 //     position = (o + crop - k * dil) / stride where that is a whole, in-range position (else
 //     zero); B = the weight copied on the host into rows of K (gpuconv/backends/device/_igemm.py);
+//   * the forward convolution of a channels-last x (Gather = 2): k = (kd, kh, kw, c) with c
+//     innermost; the input tile is (m, k) with k contiguous (swizzled as the weight tile), filled
+//     by 16-byte cp.async of V consecutive channels (C_in / groups a multiple of V: the host's
+//     rule); B = the weight copied on the host into rows of K in (tap, c) order;
 //   * the weight gradient (Gather = 0, roles exchanged, nothing copied): b = the input channel
 //     in the group, c = the image, o = the tap (kernel dims as the output dims), k = the output
 //     position (output dims as the kernel dims), stride and dilation swapped; B = grad_output,
