@@ -395,7 +395,7 @@ def reference_transpose(x, w, b, *, stride, padding, output_padding, dilation, g
     return y
 
 
-def run_transpose_case(mod, kind, case, seed=0):
+def run_transpose_case(mod, kind, case, seed=0, index=None):
     rng = np.random.default_rng(seed)
     n, c_in, c_out, spatial, kernel = (case[k] for k in ("n", "c_in", "c_out", "spatial", "k"))
     nd = len(spatial)
@@ -406,7 +406,7 @@ def run_transpose_case(mod, kind, case, seed=0):
     x, xv = make(kind, (n, c_in, *spatial), rng)
     w, wv = make(kind, (c_in, c_out // groups, *tup(kernel, nd)), rng, 1 / np.sqrt(c_in))
     b, bv = make(kind, (c_out,), rng, operand=False) if case.get("bias", True) else (None, None)
-    out = ig.conv_igemm_transpose(mod, x, w, b, kind=kind, **kw)
+    out = ig.conv_igemm_transpose(mod, x, w, b, kind=kind, index=index, **kw)
     ref = reference_transpose(xv, wv, bv, **kw)
     mag = reference_transpose(np.abs(xv), np.abs(wv), None if bv is None else np.abs(bv), **kw)
     terms = (c_in // groups) * int(np.prod(tup(kernel, nd))) + 1
@@ -485,7 +485,7 @@ def reference_weight_grad(x, go, w_shape, *, stride, padding, dilation, groups, 
     return dw
 
 
-def run_wgrad_case(mod, kind, case, seed=0, deterministic=False, splits=None):
+def run_wgrad_case(mod, kind, case, seed=0, deterministic=False, splits=None, index=None):
     rng = np.random.default_rng(seed)
     n, c_in, c_out, spatial, kernel = (case[k] for k in ("n", "c_in", "c_out", "spatial", "k"))
     nd = len(spatial)
@@ -501,7 +501,7 @@ def run_wgrad_case(mod, kind, case, seed=0, deterministic=False, splits=None):
     go, gov = make(kind, (n, c_out, *outs), rng)
     out = ig.conv_igemm_weight_grad(mod, x, go, w_shape, kind=kind, stride=stride, padding=pad,
                                     dilation=dilation, groups=groups, padding_mode=mode,
-                                    deterministic=deterministic, splits=splits)
+                                    deterministic=deterministic, splits=splits, index=index)
     kw = {"stride": stride, "padding": pairs, "dilation": dilation, "groups": groups,
           "mode": mode}
     ref = reference_weight_grad(xv, gov, w_shape, **kw)
@@ -754,3 +754,19 @@ def test_nhwc_gather_full_sectors_and_no_bank_conflicts(mod, kind):
     assert loads and all(s.units == s.ideal for s in loads), loads
     shared = [s for s in kernel.sites.values() if s.space == "shared"]
     assert shared and all(s.units == s.ideal for s in shared), shared
+
+
+def test_int64_index_of_the_gradient_gemms(mod):
+    """The 64-bit index instantiations of the transposed gather and of the weight gradient
+    (the forward gather's) give the 32-bit ones' bits (the same arithmetic)."""
+    name = ig.name_expression("float16", "zeros", "long long", "transposed")
+    mod64 = emu.load_module(_kernels.source_path(ig.IGEMM_FILE), [name])
+    case = TRANSPOSE_CASES["2d_s2_op1"]
+    a = run_transpose_case(mod, "float16", case, seed=2)[2]
+    b = run_transpose_case(mod64, "float16", case, seed=2, index=np.int64)[2]
+    np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))
+    case = WGRAD_CASES["2d_cin5"]
+    a = run_wgrad_case(mod, "float16", case, seed=2, deterministic=True, splits=3)[2]
+    b = run_wgrad_case(mod, "float16", case, seed=2, deterministic=True, splits=3,
+                       index=np.int64)[2]
+    np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))
