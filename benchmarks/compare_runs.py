@@ -50,6 +50,12 @@ def _roof(r) -> str:
     return f"{pct:.0f} ERR" if pct > 100 else f"{pct:.0f}" if r["roofline_ok"] else f"~{_two(pct)}"
 
 
+def _key(r) -> tuple:
+    """A result's row: (workload, dtype, layout); older runs have neither field."""
+    layout = r.get("layout") or "contiguous"
+    return (r["workload"], r.get("dtype") or "-", "NHWC" if layout == "channels_last" else "NCHW")
+
+
 def main(paths: list[str]) -> int:
     markdown = "--markdown" in paths
     paths = [p for p in paths if p != "--markdown"]
@@ -67,12 +73,16 @@ def main(paths: list[str]) -> int:
         blas = _blas(machine)
         print(f"{name}: {machine.get('date')}, load {machine.get('loadavg_start')} -> "
               f"{machine.get('loadavg_end')}, env {machine.get('env') or '{}'}; {blas}; {peaks}")
-    workloads = list(dict.fromkeys(r["workload"] for doc in docs for r in doc["results"]))
+    keys = list(dict.fromkeys(_key(r) for doc in docs for r in doc["results"]))
+    # a row per (workload, dtype, layout): runs with --dtype or --layout channels_last hold
+    # the same workload more than once; the label names what varies
+    varies = [len({k[i] for k in keys}) > 1 for i in range(3)]
     head = ["workload"] + [f"{n} ratio" for n in names] + [f"{n} % roof" for n in names]
     rows = [head]
-    for w in workloads:
-        found = [next((r for r in doc["results"] if r["workload"] == w), None) for doc in docs]
-        rows.append([w] + [_ratio(r) if r else "-" for r in found]
+    for key in keys:
+        found = [next((r for r in doc["results"] if _key(r) == key), None) for doc in docs]
+        label = " ".join([key[0]] + [str(key[i]) for i in (1, 2) if varies[i]])
+        rows.append([label] + [_ratio(r) if r else "-" for r in found]
                     + [_roof(r) if r else "-" for r in found])
     if markdown:
         print("\n".join("| " + " | ".join(row) + " |" for row in rows[:1])

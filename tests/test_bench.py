@@ -672,6 +672,37 @@ def test_compare_runs_script_on_the_committed_results(capsys):
     assert "Haswell" in out
 
 
+def test_compare_runs_keeps_layouts_and_dtypes_apart(capsys, tmp_path):
+    """A run holding a workload twice (NCHW and channels-last, or two dtypes) gets a row per
+    (workload, dtype, layout), labelled by what varies, not the first match twice."""
+    import copy
+    import importlib.util
+    import json
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("compare_runs",
+                                                  root / "benchmarks" / "compare_runs.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    doc = json.loads((root / "benchmarks" / "results" / "cpu-2026-11-25.json").read_text())
+    row = next(r for r in doc["results"] if r["workload"] == "conv2d_resnet")
+    nhwc = copy.deepcopy(row)
+    nhwc["layout"] = "channels_last"
+    nhwc["times_s"] = [2 * t for t in nhwc["times_s"]]
+    nhwc["median_s"] = 2 * nhwc["median_s"]
+    doc["results"] = [row, nhwc]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    assert compare.main([str(path)]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()
+             if line.startswith("conv2d_resnet")]
+    ratios = {tuple(cells[:2]): float(cells[2]) for cells in lines}
+    assert set(ratios) == {("conv2d_resnet", "NCHW"), ("conv2d_resnet", "NHWC")}
+    assert ratios[("conv2d_resnet", "NHWC")] == pytest.approx(
+        2 * ratios[("conv2d_resnet", "NCHW")], rel=0.02)
+
+
 
 # ------------------------------------------------- bfloat16 and channels-last (issue 15)
 
