@@ -346,3 +346,52 @@ def test_plan_reports_the_channels_last_decision(emulate):
         p = gpuconv.plan("conv2d", x, w, padding=1)
     assert p.kernels[-1] == ig.name_expression("float16", "zeros", gather="nhwc")
     assert "read in place (NHWC)" in p.layout_copy
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_channels_last_conv_property(data):
+    """Random channels-last convolutions that the channels-last gather can read (C_in /
+    groups a multiple of 8 fp16 or 4 float32 channels), forced implicit_gemm on emulate: no
+    transposing copy, a channels-last result, within the bound of float64 on the rounded
+    inputs."""
+    from gpuconv import _layout
+
+    kind = data.draw(st.sampled_from(["float16", "tf32"]))
+    dtype = _dtype(kind)
+    nd = data.draw(st.integers(2, 3))
+    groups = data.draw(st.integers(1, 2))
+    vec = 8 if kind == "float16" else 4
+    cg = vec * data.draw(st.integers(1, 2))
+    c_out = groups * data.draw(st.integers(1, 10))
+    size = tuple(data.draw(st.integers(1, 7)) for _ in range(nd))
+    k = tuple(data.draw(st.integers(1, 3)) for _ in range(nd))
+    stride = data.draw(st.integers(1, 2))
+    dilation = data.draw(st.integers(1, 2))
+    mode = data.draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
+    # reflect needs pad < size; padding 0-2 within what every mode accepts
+    limit = min(size) - 1 if mode == "reflect" else min(size) if mode == "circular" else 2
+    padding = data.draw(st.integers(0, max(0, min(2, limit))))
+    reach = [(s + 2 * padding - dilation * (kk - 1) - 1) for s, kk in zip(size, k)]
+    if min(reach) < 0:
+        return  # no output position: nothing to test
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    x = _rand(rng, (data.draw(st.integers(1, 2)), groups * cg, *size), dtype)
+    w = _rand(rng, (c_out, cg, *k), dtype, 0.3)
+    kw = dict(stride=stride, dilation=dilation, padding=padding, groups=groups,
+              padding_mode=mode)
+    x_cl = _nhwc_of(x)
+    with gpuconv.use_backend("emulate"), _forced(kind), _layout.count_copies() as copies:
+        got = gpuconv.conv(x_cl, w, **kw)
+    assert dict(copies) == {}
+    # (an ambiguous x -- every spatial size 1 -- is C-contiguous by PyTorch's rule: NCHW out)
+    if _layout.memory_format(x_cl) == _layout.CHANNELS_LAST:
+        assert _layout.is_dense_channels_last(got)
+    with gpuconv.use_backend("numpy"):
+        ref = gpuconv.conv(_value(kind, x), _value(kind, w), **kw)
+        mag = gpuconv.conv(np.abs(_value(kind, x)), np.abs(_value(kind, w)), **kw)
+    _check(kind, got, ref, mag, cg * math.prod(k))
