@@ -29,8 +29,8 @@ more rounding: + 2 u_out S + F eta (bfloat16 computes the padded gradient and th
 float32 and rounds once; float32 has no output rounding); n gains F for the fold's adds.
 
 Identities, bit for bit: ``conv_transpose`` of a conv's grad_output is ``grad.conv_input`` of
-that conv (both launch the transposed gather; 1x1 stride-1 unpadded convs excepted, whose input
-gradient is a GEMM), and ``grad.conv_transpose_weight`` is ``grad.conv_weight`` with ``x`` and
+that conv (both launch the transposed gather, 1x1 convs too: a forced algorithm replaces the
+GEMM of a pointwise input gradient), and ``grad.conv_transpose_weight`` is ``grad.conv_weight`` with ``x`` and
 ``grad_output`` exchanged (``deterministic=True``: the split partials summed in a fixed order).
 
 Every device call records its ``conv_igemm`` launches: a call that reached another algorithm
@@ -55,7 +55,7 @@ from hypothesis import strategies as st
 
 import gpuconv
 from gpuconv import _dtypes, grad
-from gpuconv._shapes import backend_geometry, conv_geometry, conv_transpose_geometry, is_pointwise
+from gpuconv._shapes import conv_geometry, conv_transpose_geometry
 from gpuconv.backends.device import _igemm as ig
 
 if gpuconv.available_backends()["emulate"] != "available":
@@ -157,13 +157,6 @@ def _igemm_launches():
         ig.launch = real
 
 
-def _gemm_input_grad(geom) -> bool:
-    """Whether conv's input gradient is a GEMM per group, not ``conv_igemm``: a 1x1 kernel,
-    no padding, and stride 1 where it matters (the backends drop the stride of a dim with one
-    output, :func:`gpuconv._shapes.backend_geometry`)."""
-    return is_pointwise(backend_geometry(geom))
-
-
 def _fold_cells(geom) -> int:
     """F: the most padded cells folded onto one input cell (0 for zeros padding or no pads:
     no fold then)."""
@@ -179,14 +172,13 @@ def _fold_cells(geom) -> int:
 class Operation:
     """One call to check: ``call(convert, convert_bias)`` makes it with its arrays passed
     through the converters (as they are on the device, as float64 values for the reference,
-    as absolute values for S); ``gather`` is the ``conv_igemm`` gather its launches must use,
-    or None for a 1x1 input gradient, a GEMM (``executor.matmul``, docs/algorithms.md) that
-    launches no ``conv_igemm`` and computes float32 exactly, TF32 on or not."""
+    as absolute values for S); ``gather`` is the ``conv_igemm`` gather its launches must use
+    (``"conv"`` or ``"transposed"``)."""
 
     label: str
     call: Callable
     n: int
-    gather: str | None
+    gather: str
     fold_cells: int = 0
 
 
@@ -196,16 +188,11 @@ def _run_operation(kind: str, op: Operation) -> float:
     with _forced(kind), _igemm_launches() as names:
         got = op.call(lambda a: a, lambda a: a)
     assert got.dtype == _dtype(kind), (op.label, got.dtype)
-    if op.gather is None:
-        assert not names, (op.label, names)
-        value = _exact  # float16/bfloat16 as stored; float32 not rounded to TF32
-    else:
-        suffix = f", {ig.GATHERS[op.gather]}>"
-        assert names and all(name.endswith(suffix) for name in names), (op.label, names)
-        value = functools.partial(_value, kind)
+    suffix = f", {ig.GATHERS[op.gather]}>"
+    assert names and all(name.endswith(suffix) for name in names), (op.label, names)
     with gpuconv.use_backend("numpy"):
-        ref = op.call(value, _exact)
-        mag = op.call(lambda a: np.abs(value(a)), lambda a: np.abs(_exact(a)))
+        ref = op.call(lambda a: _value(kind, a), _exact)
+        mag = op.call(lambda a: np.abs(_value(kind, a)), lambda a: np.abs(_exact(a)))
     return _check(kind, op.label, got, ref, mag, op.n, op.fold_cells)
 
 
@@ -222,8 +209,7 @@ def _conv_operations(x, w, b, go, kw, *, forward: bool, deterministic=(False, Tr
             w.shape[1] * taps + (b is not None), "conv"))
     ops.append(Operation("grad.conv_input", lambda c, cb: grad.conv_input(
         x.shape, c(w), c(go), **kw),
-        w.shape[0] // geom.groups * taps + fold, None if _gemm_input_grad(geom) else "transposed",
-        fold))
+        w.shape[0] // geom.groups * taps + fold, "transposed", fold))
     for det in deterministic:
         ops.append(Operation(f"grad.conv_weight(deterministic={det})",
                              lambda c, cb, det=det: grad.conv_weight(
@@ -478,7 +464,6 @@ def test_transposition_identities_bit_for_bit(kind, setup, seed):
     x_shape, w_shape, kw = setup
     dtype = _dtype(kind)
     kw = {k: v for k, v in kw.items() if k != "padding_mode"}  # zeros
-    geom = conv_geometry(x_shape[2:], w_shape[2:], op="conv", **kw)
     go_shape = _output_shape(gpuconv.conv, x_shape, w_shape, kw)
     x, w, go = _arrays(seed, dtype, x_shape, w_shape, go_shape)
     tkw = _transposing(x_shape, w_shape, kw)
@@ -490,10 +475,8 @@ def test_transposition_identities_bit_for_bit(kind, setup, seed):
         weight_grad = grad.conv_weight(x, w_shape, go, deterministic=True, **kw)
         transposed_weight_grad = grad.conv_transpose_weight(go, w_shape, x, deterministic=True,
                                                             **tkw)
-    # 1x1 stride-1 unpadded: conv's input gradient is a GEMM per group, not conv_igemm
-    assert len(names) == (3 if _gemm_input_grad(geom) else 4), names
+    assert [name[-2] for name in names] == ["1", "1", "0", "0"], names  # the gathers
     assert transposed.shape == x_shape and transposed.dtype == dtype
-    if not _gemm_input_grad(geom):
-        np.testing.assert_array_equal(bits(transposed), bits(input_grad))
+    np.testing.assert_array_equal(bits(transposed), bits(input_grad))
     assert weight_grad.shape == w_shape and weight_grad.dtype == dtype
     np.testing.assert_array_equal(bits(transposed_weight_grad), bits(weight_grad))
