@@ -1,4 +1,5 @@
-"""Algorithm choice for ``conv`` forward calls: TF32, forcing, autotune and plans (issue 14).
+"""Algorithm choice for convolutions, transposed convolutions and their gradients: TF32,
+forcing, autotune and plans (issue 14).
 
 This module owns
 
@@ -11,8 +12,11 @@ This module owns
 * the selection (:func:`select`): a forced algorithm (raising ``ValueError`` with the reason
   when it cannot serve the call -- never a silent fallback), else the autotuned one
   (:class:`Autotuner`, cached per problem), else the backend's default heuristic;
-* :func:`run_conv`, which ``gpuconv.conv`` calls through :meth:`gpuconv._validate.Arrays.run`,
-  and :func:`plan`, which reports what a call would run without running it.
+* :func:`run_conv`, which ``gpuconv.conv`` calls through :meth:`gpuconv._validate.Arrays.run`
+  (and the device backends' ``conv_transpose``; :func:`run_weight_grad` for their weight
+  gradients); :func:`check_forced`, with which the other calls refuse a forced algorithm on
+  a backend with no algorithms for them (NumPy); and :func:`plan`, which reports what a call
+  would run without running it.
 
 A backend lists its algorithms in a ``conv_algorithms`` attribute and picks with
 ``default_conv_algorithm(problem)`` (the device backends:
@@ -139,11 +143,23 @@ def _check_algorithm(name: Any, source: str) -> str | None:
 
 
 def use_algorithm(name: str | None) -> contextlib.AbstractContextManager[str | None]:
-    """Force the algorithm of ``conv`` calls inside a ``with`` block.
+    """Force the algorithm of every call with an algorithm choice inside a ``with`` block.
 
     A call the algorithm cannot serve raises ``ValueError`` naming the algorithm and the
     reason; gpuconv never falls back silently. ``None`` restores the default choice inside an
     outer block. The environment variable ``GPUCONV_ALGORITHM`` forces one outside any block.
+
+    The calls with a choice (on the device backends; the NumPy backend has one algorithm,
+    ``"numpy"``, and refuses any other for the same calls): ``conv`` (and ``conv1d``/``2d``/
+    ``3d``), ``conv_transpose`` (and its ranked forms), the pointwise step of
+    ``separable_conv``, and the gradients ``grad.conv_input``, ``grad.conv_weight``,
+    ``grad.conv_transpose_input``, ``grad.conv_transpose_weight``,
+    ``grad.depthwise_conv_input``, ``grad.depthwise_conv_weight`` and ``grad.separable_conv``
+    (made of those). A 1x1, stride-1, unpadded convolution's input gradient is one GEMM
+    (``"matmul"``) unless another algorithm is forced, which then serves it as a transposed
+    convolution. Operations without an algorithm choice ignore this setting:
+    ``depthwise_conv`` (and the depthwise step of ``separable_conv``), ``deform_conv2d`` and
+    ``grad.deform_conv2d``, ``grad.conv_bias``, ``convolve`` and ``correlate``.
 
     Parameters
     ----------
@@ -433,6 +449,34 @@ def select(op: str, problem: ConvProblem, algorithms: Sequence,
     return Selection(by_name[default(problem)], "default heuristic")
 
 
+def check_forced(op: str, backend, operation: str, x_shape, w_shape, dtype,
+                 geom: ConvGeometry) -> None:
+    """Raise as :func:`select` does when the forced algorithm (:func:`use_algorithm`) cannot
+    serve a call of ``operation`` (:data:`OPERATIONS`) on a backend that lists no algorithms
+    for it: the NumPy backend, whose only algorithm, ``"numpy"``, is its own method. A
+    backend that lists algorithms for ``operation`` selects inside its method, so nothing is
+    checked here. ``x_shape``, ``w_shape``, ``dtype`` and ``geom`` (the backend geometry)
+    describe the call (:class:`ConvProblem`).
+
+    ``gpuconv.conv_transpose`` and the gradients of :mod:`gpuconv.grad` call this before
+    their backend method, as :func:`run_conv` selects for ``conv``: no operation that has an
+    algorithm choice on some backend ignores a forced algorithm on another.
+
+    Raises
+    ------
+    ValueError
+        ``"{op}: algorithm 'implicit_gemm' cannot serve this call on the 'numpy' backend,
+        whose only algorithm is 'numpy'"``.
+    """
+    if current_algorithm() is None:
+        return
+    algorithms, default = algorithms_of(backend, operation)
+    if all(isinstance(a, _BackendOwn) for a in algorithms):
+        problem = ConvProblem(op, backend.name, tuple(x_shape), tuple(w_shape),
+                              np.dtype(dtype), geom, tf32=tf32_enabled(), operation=operation)
+        select(op, problem, algorithms, default)
+
+
 def _run_selected(op: str, backend, problem: ConvProblem, algorithms, default,
                   call: Callable[[Any], Any]):
     """``call(algorithm)`` for the algorithm :func:`select` picks (which may have run it)."""
@@ -646,30 +690,16 @@ def _selected_plan(name: str, call_name: str, op: str, problem: ConvProblem, alg
                 candidates(problem, algorithms))
 
 
-def _unselected_plan(name: str, call_name: str, algorithm: str, why: str,
-                     description: Description, copies: str | None,
-                     forced_why: str | None = None) -> Plan:
-    """The plan of a call that runs one fixed path (no selection: :func:`use_algorithm` is
-    not consulted, which the reason says -- after ``forced_why``, else ``why`` -- when another
-    algorithm is forced)."""
-    forced = current_algorithm()
-    if forced == algorithm:
-        why = "forced"
-    elif forced is not None:
-        why = f"{forced_why or why}; use_algorithm({forced!r}) is not consulted by this call"
-    return Plan(name, call_name, algorithm, why, tuple(description.kernels), description.grid,
-                description.block, description.shared_mem, description.workspace_bytes,
-                copies, {algorithm: ""})
-
-
-def _own_plan(name: str, call_name: str, copies: str | None) -> Plan:
-    """A backend without algorithms for this operation (NumPy) runs its own method."""
+def _own_plan(name: str, backend, problem: ConvProblem, copies: str | None) -> Plan:
+    """A backend without algorithms for ``problem.operation`` (NumPy) runs its own method,
+    after :func:`check_forced`'s selection (raising as the call does)."""
+    algorithms, default = algorithms_of(backend, problem.operation)
+    selection = select(name, problem, algorithms, default)
     method = _GRAD_METHODS.get(name, "conv_transpose")
-    what = (f"NumPy: {method} (matrix products on the CPU)" if call_name == "numpy"
-            else f"the {call_name!r} backend's {method}")
-    return _unselected_plan(name, call_name, call_name, "default heuristic",
-                            Description(kernels=(what,)), copies,
-                            forced_why=f"the {call_name!r} backend's only algorithm")
+    what = (f"NumPy: {method} (matrix products on the CPU)" if backend.name == "numpy"
+            else f"the {backend.name!r} backend's {method}")
+    return Plan(name, backend.name, selection.algorithm.name, selection.why, (what,), None,
+                None, 0, 0, copies, candidates(problem, algorithms))
 
 
 def _has_registries(backend) -> bool:
@@ -733,7 +763,9 @@ def _plan_conv_transpose(name: str, x, weight, bias, *, stride, padding, output_
     copies = _layout_copy(checked, {"x": x, "weight": weight, "bias": bias}, backend, bgeom,
                           input_method=None)
     if not _has_registries(backend):
-        return _own_plan(name, call, copies)
+        return _own_plan(name, backend, ConvProblem(
+            name, call, tuple(x.shape), tuple(weight.shape), dtype, bgeom, bias is not None,
+            tf32_enabled(), device=_device_of(x), operation="conv_transpose"), copies)
     algorithms, default = algorithms_of(backend, "conv_transpose")
     problem = ConvProblem(TRANSPOSE_SELECTION_OP, call, tuple(x.shape), tuple(weight.shape),
                           dtype, bgeom, bias is not None, tf32_enabled(), True,
@@ -771,10 +803,13 @@ def _plan_input_grad(name: str, input_shape, weight, grad_output, **forward) -> 
         return _nothing(name, call, "zeros")
     bgeom = _shapes.backend_geometry(geom, op=name)
     named = {"weight": weight, "grad_output": grad_output}
-    if not _has_registries(backend):
-        return _own_plan(name, call,
-                         _layout_copy(checked, named, backend, bgeom, input_method=None))
     go_shape, w_shape = tuple(grad_output.shape), tuple(weight.shape)
+    if not _has_registries(backend):
+        operation = "conv" if name == "grad.conv_transpose_input" else "conv_transpose"
+        return _own_plan(name, backend, ConvProblem(
+            name, call, go_shape, w_shape, dtype, bgeom, tf32=tf32_enabled(),
+            device=_device_of(grad_output), operation=operation),
+            _layout_copy(checked, named, backend, bgeom, input_method=None))
     if name == "grad.conv_transpose_input":  # backend.conv of grad_output
         algorithms, default = algorithms_of(backend)
         problem = ConvProblem("conv", call, go_shape, w_shape, dtype,
@@ -783,23 +818,32 @@ def _plan_input_grad(name: str, input_shape, weight, grad_output, **forward) -> 
                               _device_of(grad_output))
         return _selected_plan(name, call, "conv", problem, algorithms, default,
                               _layout_copy(checked, named, backend, bgeom, input_method=None))
+    from .backends.device import _conv as _device_conv
     from .backends.device import _grad_plan
 
     steps = _grad_plan.input_grad_steps(call, w_shape, go_shape, bgeom, dtype)
     copies = _layout_copy(checked, named, backend, bgeom, input_method=None, extra=steps.note)
-    if steps.path == "matmul":
-        description = dataclasses.replace(steps.matmul, workspace_bytes=steps.workspace_bytes)
-        return _unselected_plan(name, call, "matmul", "a 1x1, stride-1, unpadded "
-                                "convolution's input gradient is one GEMM per group",
-                                description, copies)
     algorithms, default = algorithms_of(backend, "conv_transpose")
     problem = ConvProblem(TRANSPOSE_SELECTION_OP, call, go_shape, w_shape, steps.dtype,
                           steps.geom, False,
                           tf32_enabled() if steps.tf32 is None else steps.tf32, True,
                           (_c_strides(go_shape, steps.dtype), _c_strides(w_shape, steps.dtype)),
                           _device_of(grad_output), "conv_transpose")
-    return _selected_plan(name, call, TRANSPOSE_SELECTION_OP, problem, algorithms, default,
-                          copies, after=steps.after, workspace=steps.workspace_bytes)
+    # matmul first: a pointwise input gradient's GEMM, taken unless another is forced
+    served = {"matmul": _device_conv.matmul_input_grad_reason(bgeom),
+              **candidates(problem, algorithms)}
+    if steps.path == "matmul":
+        described = steps.matmul
+        why = ("forced" if current_algorithm() == "matmul" else "a 1x1, stride-1, unpadded "
+               "convolution's input gradient is one GEMM per group, unless another algorithm "
+               "is forced")
+        return Plan(name, call, "matmul", why, tuple(described.kernels), described.grid,
+                    described.block, described.shared_mem, steps.workspace_bytes, copies,
+                    served)
+    return dataclasses.replace(
+        _selected_plan(name, call, TRANSPOSE_SELECTION_OP, problem, algorithms, default,
+                       copies, after=steps.after, workspace=steps.workspace_bytes),
+        candidates=served)
 
 
 def _plan_weight_grad(name: str, x, weight_shape, grad_output, *, deterministic,
@@ -821,7 +865,10 @@ def _plan_weight_grad(name: str, x, weight_shape, grad_output, *, deterministic,
     copies = _layout_copy(checked, {"x": x, "grad_output": grad_output}, backend, bgeom,
                           input_method=None)
     if not _has_registries(backend):
-        return _own_plan(name, call, copies)
+        return _own_plan(name, backend, ConvProblem(
+            name, call, tuple(x.shape), tuple(weight_shape), dtype, bgeom,
+            tf32=tf32_enabled(), deterministic=deterministic, device=_device_of(x),
+            operation="conv_weight"), copies)
     a_shape, go_shape, cgeom = tuple(x.shape), tuple(grad_output.shape), bgeom
     if name == "grad.conv_transpose_weight":  # the conv it transposes, roles exchanged
         a_shape, go_shape, cgeom = go_shape, a_shape, _shapes.transpose_as_conv(bgeom)
@@ -848,11 +895,11 @@ def plan(op: str | Callable, *args: Any, **kwargs: Any) -> Plan:
     convolution of ``grad.conv_input`` (and ``grad.depthwise_conv_input``; the kernels then
     list the ``pad_fold`` that follows for reflect/replicate/circular padding, and the
     workspace holds the padded gradient; a 1x1, stride-1, unpadded convolution's input
-    gradient is one GEMM, ``"matmul"``, whatever is forced), the convolution of
-    ``grad.conv_transpose_input``, the weight-gradient GEMM of the ``*_weight`` gradients
+    gradient is one GEMM, ``"matmul"``, unless another algorithm is forced), the convolution
+    of ``grad.conv_transpose_input``, the weight-gradient GEMM of the ``*_weight`` gradients
     (with ``weight_grad_reduce`` after it where split-K partials are summed: the workspace).
-    The NumPy backend has one algorithm, ``"numpy"``; its transposed convolutions and
-    gradients do not consult :func:`use_algorithm` (the reason says so when one is forced).
+    The NumPy backend has one algorithm, ``"numpy"``, for every op; forcing another raises
+    as the call does.
 
     Parameters
     ----------

@@ -188,15 +188,23 @@ def conv3d(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrT
 
 def _conv_transpose(op, spatial_ndim, x, weight, bias, stride, padding, output_padding,
                     dilation, groups, out):
-    """The body of :func:`conv_transpose` and its ranked forms (see :func:`_conv`)."""
+    """The body of :func:`conv_transpose` and its ranked forms (see :func:`_conv`): the
+    device backends select the algorithm in their method; on a backend with no algorithms for
+    it (NumPy), :func:`gpuconv._algorithms.check_forced` refuses a forced one it lacks."""
     arrays = Arrays(op, optional=("bias",), x=x, weight=weight, bias=bias)
     geom = _validate.conv_transpose_setup(op, x.shape, weight.shape, spatial_ndim=spatial_ndim,
                                           stride=stride, padding=padding,
                                           output_padding=output_padding, dilation=dilation,
                                           groups=groups)
+
+    def compute(backend, g):
+        _algorithms.check_forced(op, backend, "conv_transpose", x.shape, weight.shape,
+                                 arrays.dtype, g)
+        return backend.conv_transpose(arrays.prepare(x), arrays.prepare(weight),
+                                      arrays.prepare(bias), g)
+
     return _forward(arrays, geom, x.shape[0], weight.shape[1] * geom.groups, bias, out,
-                    lambda backend, g: backend.conv_transpose(
-                        arrays.prepare(x), arrays.prepare(weight), arrays.prepare(bias), g), x)
+                    compute, x)
 
 
 def conv_transpose(x: Array, weight: Array, bias: Array | None = None, *, stride: IntOrTuple = 1,
@@ -420,9 +428,11 @@ def separable_conv(x: Array, depthwise_weight: Array, pointwise_weight: Array,
             geom.out_size, (1,) * spatial, stride=1, padding=0, dilation=1, groups=1
         )
         # a channels-last mid_result (the NumPy backend's, from a channels-last x) goes on
-        # in place when the backend reads it so, else as a C-contiguous copy
-        return backend.conv(
-            arrays.prepare_input(mid_result, backend, "conv", pointwise_geom),
+        # in place when the backend reads it so, else as a C-contiguous copy; the pointwise
+        # step selects its algorithm as conv does (use_algorithm: the depthwise step has
+        # no choice)
+        return _algorithms.run_conv(
+            op, backend, arrays.prepare_input(mid_result, backend, "conv", pointwise_geom),
             arrays.prepare(pointwise_weight), arrays.prepare(bias), pointwise_geom
         )
 

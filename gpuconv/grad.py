@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-from . import _api, _layout, _validate
+from . import _algorithms, _api, _layout, _validate
 from ._dispatch import caller_xp
 from ._dtypes import accumulation_dtype
 from ._validate import Array, IntOrTuple, Padding
@@ -95,11 +95,13 @@ MethodOf = Callable[[Backend], Callable[..., Any]]
 
 
 def _input_grad(op: str, setup: Callable[..., Any], out_channels: Callable[..., int],
-                method: MethodOf, input_shape, weight, grad_output, **forward):
+                method: MethodOf, operation: str, input_shape, weight, grad_output, **forward):
     """The body of every ``*_input`` gradient: validate the arguments as the forward's
     ``setup`` does (``input_shape`` standing for ``x``), check ``grad_output`` against the
     forward output's shape (``out_channels(weight.shape, geom)`` channels) and call the
-    backend method that ``method(backend)`` names, as ``(weight, grad_output, geom)``."""
+    backend method that ``method(backend)`` names, as ``(weight, grad_output, geom)``, after
+    :func:`gpuconv._algorithms.check_forced` for ``operation`` (what the device backends
+    select an algorithm of: ``"conv_transpose"`` or ``"conv"``)."""
     op = f"grad.{op}"  # messages name the public function
     arrays = _validate.Arrays(op, weight=weight, grad_output=grad_output)
     # the input gradient takes grad_output's format (channels-last in, channels-last out)
@@ -112,16 +114,21 @@ def _input_grad(op: str, setup: Callable[..., Any], out_channels: Callable[..., 
         f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
     if input_shape[0] == 0 or 0 in geom.in_size:
         return _validate.empty_result(arrays, input_shape, None)
-    result = arrays.run(geom, lambda backend, g: method(backend)(
-        arrays.prepare(weight), arrays.prepare(grad_output), g))
-    return _validate.finish(arrays, result, None)
+
+    def compute(backend, g):
+        _algorithms.check_forced(op, backend, operation, grad_output.shape, weight.shape,
+                                 arrays.dtype, g)
+        return method(backend)(arrays.prepare(weight), arrays.prepare(grad_output), g)
+
+    return _validate.finish(arrays, arrays.run(geom, compute), None)
 
 
 def _weight_grad(op: str, setup: Callable[..., Any], out_channels: Callable[..., int],
                  method: MethodOf, x, weight_shape, grad_output, deterministic, **forward):
     """The body of every ``*_weight`` gradient, as :func:`_input_grad` with ``weight_shape``
     standing for ``weight``; the backend method is called as
-    ``(x, grad_output, geom, deterministic)``."""
+    ``(x, grad_output, geom, deterministic)``, after
+    :func:`gpuconv._algorithms.check_forced` for ``"conv_weight"``."""
     op = f"grad.{op}"  # messages name the public function
     arrays = _validate.Arrays(op, x=x, grad_output=grad_output)
     weight_shape = _validate.check_shape(op, "weight_shape", weight_shape)
@@ -132,9 +139,14 @@ def _weight_grad(op: str, setup: Callable[..., Any], out_channels: Callable[...,
                                 f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
     if x.shape[0] == 0 or 0 in geom.in_size:
         return _validate.empty_result(arrays, weight_shape, None)
-    result = arrays.run(geom, lambda backend, g: method(backend)(
-        arrays.prepare(x), arrays.prepare(grad_output), g, deterministic))
-    return arrays.call.from_backend(result)
+
+    def compute(backend, g):
+        _algorithms.check_forced(op, backend, "conv_weight", x.shape, weight_shape,
+                                 arrays.dtype, g)
+        return method(backend)(arrays.prepare(x), arrays.prepare(grad_output), g,
+                               deterministic)
+
+    return arrays.call.from_backend(arrays.run(geom, compute))
 
 
 # --------------------------------------------------------------------- conv
@@ -178,7 +190,8 @@ def conv_input(input_shape: Sequence[int], weight: Array, grad_output: Array, *,
     array([[[ 12., 111., 210.]]])
     """
     return _input_grad("conv_input", _validate.conv_setup, _weight_channels,
-                       lambda backend: backend.conv_input_grad, input_shape, weight,
+                       lambda backend: backend.conv_input_grad, "conv_transpose",
+                       input_shape, weight,
                        grad_output, stride=stride, padding=padding, dilation=dilation,
                        groups=groups, padding_mode=padding_mode)
 
@@ -305,7 +318,7 @@ def conv_transpose_input(input_shape: Sequence[int], weight: Array, grad_output:
     """
     return _input_grad("conv_transpose_input", _validate.conv_transpose_setup,
                        _transpose_channels, lambda backend: backend.conv_transpose_input_grad,
-                       input_shape, weight, grad_output, stride=stride, padding=padding,
+                       "conv", input_shape, weight, grad_output, stride=stride, padding=padding,
                        output_padding=output_padding, dilation=dilation, groups=groups)
 
 
@@ -386,7 +399,7 @@ def depthwise_conv_input(input_shape: Sequence[int], weight: Array, grad_output:
     array([[[3., 3., 0.]]])
     """
     return _input_grad("depthwise_conv_input", _validate.depthwise_setup, _weight_channels,
-                       lambda backend: backend.depthwise_conv_input_grad,
+                       lambda backend: backend.depthwise_conv_input_grad, "conv_transpose",
                        input_shape, weight, grad_output, stride=stride, padding=padding,
                        dilation=dilation, padding_mode=padding_mode)
 

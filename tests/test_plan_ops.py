@@ -216,15 +216,47 @@ def test_bfloat16_folded_input_gradient_runs_in_float32(emu, launches, forced):
     assert p.workspace_bytes == expected
 
 
-def test_pointwise_input_gradient_is_a_gemm(emu, launches):
+@pytest.mark.parametrize("forced", [None, "matmul", "direct", "implicit_gemm"])
+def test_pointwise_input_gradient_is_a_gemm_unless_another_algorithm_is_forced(emu, launches,
+                                                                             forced):
     rng = np.random.default_rng(5)
     w, g = _rng_arrays(rng, np.float32, (6, 2, 1, 1), (3, 6, 4, 5))
-    with gpuconv.use_algorithm("direct"):  # not consulted: the plan says so, as the call does
+    with gpuconv.use_tf32(), gpuconv.use_algorithm(forced):
         p = _plan_and_run("grad.conv_input", ((3, 4, 4, 5), w, g), {"groups": 2}, launches)
-    assert [e.kind for e in launches] == ["matmul"]
-    assert p.algorithm == "matmul" and p.candidates == {"matmul": ""}
-    assert "use_algorithm('direct') is not consulted" in p.reason
-    assert p.kernels == ("numpy.matmul: (2, 2, 3) @ (3, 2, 3, 20)",)
+    # a 1x1, stride-1, unpadded input gradient: the GEMM and both transposed-convolution
+    # algorithms can serve it (implicit_gemm as TF32)
+    assert p.candidates == {"matmul": "", "implicit_gemm": "", "direct": ""}
+    if forced in (None, "matmul"):
+        assert [e.kind for e in launches] == ["matmul"]
+        assert p.algorithm == "matmul"
+        assert p.reason == "forced" if forced else p.reason.startswith("a 1x1, stride-1")
+        assert p.kernels == ("numpy.matmul: (2, 2, 3) @ (3, 2, 3, 20)",)
+    else:  # the transposed convolution of the forced algorithm, nothing else
+        assert (p.algorithm, p.reason) == (forced, "forced")
+        assert [e.kind for e in launches] == ["executor" if forced == "direct" else "igemm"]
+        if forced == "direct":
+            assert p.kernels[0].startswith("conv_transpose3d<float, int, ")
+        else:
+            assert p.kernels[-1] == _igemm.name_expression("tf32", "zeros",
+                                                           gather="transposed")
+
+
+def test_matmul_forced_on_an_input_gradient_that_is_not_pointwise_raises(emu):
+    w, g = np.zeros((6, 2, 3, 3), np.float32), np.zeros((3, 6, 4, 5), np.float32)
+    for name, args, kwargs, why in [
+        ("grad.conv_input", ((3, 4, 4, 5), w, g), {"groups": 2, "padding": 1},
+         r"kernel=\(3, 3\), stride=\(1, 1\), padding=\(1, 1\)/\(1, 1\)"),
+        ("grad.depthwise_conv_input", ((3, 6, 8, 10), w[:, :1, :1, :1], g), {"stride": 2},
+         r"kernel=\(1, 1\), stride=\(2, 2\)"),
+    ]:
+        with gpuconv.use_algorithm("matmul"):
+            with pytest.raises(ValueError, match=r"^conv_transpose \(or conv's input "
+                               r"gradient\): algorithm 'matmul' cannot serve this call: needs "
+                               r"a 1x1 kernel, stride 1 and no padding; got " + why) as call:
+                _function(name)(*args, **kwargs)
+            with pytest.raises(ValueError) as planned:
+                gpuconv.plan(name, *args, **kwargs)
+        assert str(planned.value) == str(call.value)
 
 
 def test_depthwise_and_transpose_input_gradients(emu, launches):
@@ -365,7 +397,7 @@ def test_every_op_plans_without_launching_and_then_matches_the_call(backend, lau
 
 
 @pytest.mark.parametrize("backend", ["numpy", "emulate"])
-@pytest.mark.parametrize("forced", ["tiled", "direct", "implicit_gemm", "numpy"])
+@pytest.mark.parametrize("forced", ["tiled", "direct", "implicit_gemm", "numpy", "matmul"])
 def test_a_forced_algorithm_raises_in_plan_exactly_when_in_the_call(backend, forced, launches):
     if backend == "emulate":
         emulator_or_skip()
@@ -382,10 +414,19 @@ def test_a_forced_algorithm_raises_in_plan_exactly_when_in_the_call(backend, for
             except ValueError as exc:
                 plan_error = str(exc)
             assert plan_error == call_error, op
-            if plan_error is None and backend == "numpy" and forced != "numpy":
-                # the NumPy backend's transposed convolutions and gradients run their own
-                # method: a forced device algorithm is not consulted (conv raises)
-                assert p.algorithm == "numpy" and "is not consulted" in p.reason
+            if backend == "numpy" and forced != "numpy":
+                # every op refuses a device algorithm on the NumPy backend, as conv does
+                assert call_error == (f"{op}: algorithm {forced!r} cannot serve this call on "
+                                      f"the 'numpy' backend, whose only algorithm is 'numpy'")
+            elif backend == "numpy":
+                assert (p.algorithm, p.reason) == ("numpy", "forced")
+            elif forced == "numpy":  # the device backends never have it
+                assert call_error.endswith("cannot serve this call on the 'emulate' backend, "
+                                           "whose algorithms are " + (
+                                               "'matmul', 'depthwise', 'implicit_gemm', "
+                                               "'tiled', 'direct'" if op in (
+                                                   "conv2d", "grad.conv_transpose_input")
+                                               else "'implicit_gemm', 'direct'")), op
 
 
 def test_arguments_are_validated_as_the_call():

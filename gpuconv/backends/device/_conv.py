@@ -537,9 +537,46 @@ def fold_padding(backend, padded, geom: ConvGeometry, *, index=None):
     return out
 
 
+def matmul_input_grad_reason(geom: ConvGeometry) -> str:
+    """``""`` when algorithm ``"matmul"`` can serve the input gradient of a convolution of
+    (backend) geometry ``geom`` (a 1x1 kernel, stride 1, no padding: one GEMM per group),
+    else why not, in the words of the conv-forward ``matmul``."""
+    if is_pointwise(geom):
+        return ""
+    return (f"needs a 1x1 kernel, stride 1 and no padding; got kernel={geom.kernel}, "
+            f"stride={geom.stride}, padding={geom.pad_lo}/{geom.pad_hi}")
+
+
+def input_grad_takes_matmul(geom: ConvGeometry) -> bool:
+    """Whether :func:`conv_input_grad` computes ``geom``'s input gradient as one GEMM per
+    group (algorithm ``"matmul"``): a pointwise ``geom`` with no algorithm forced, or
+    ``"matmul"`` forced (:func:`gpuconv.use_algorithm`). Any other forced algorithm serves a
+    pointwise input gradient as the transposed convolution it is (``TRANSPOSE_REGISTRY``,
+    where a forced algorithm that cannot serve it raises).
+
+    Raises
+    ------
+    ValueError
+        ``"matmul"`` forced for a ``geom`` that is not pointwise (the reason says why).
+    """
+    from ..._algorithms import TRANSPOSE_SELECTION_OP, current_algorithm
+
+    forced = current_algorithm()
+    reason = matmul_input_grad_reason(geom)
+    if forced == "matmul" and reason:
+        raise ValueError(f"{TRANSPOSE_SELECTION_OP}: algorithm 'matmul' cannot serve this "
+                         f"call: {reason}")
+    return not reason and forced in (None, "matmul")
+
+
 def conv_input_grad(backend, weight, grad_output, geom: ConvGeometry, *, index=None):
     """Gradient of ``conv(x, weight)`` with respect to ``x`` (N, C_in, *geom.in_size), from
     ``grad_output`` (N, C_out, *geom.out_size) and ``weight`` (C_out, C_in / groups, *k).
+
+    A pointwise ``geom`` is one GEMM per group unless an algorithm other than ``"matmul"`` is
+    forced (:func:`input_grad_takes_matmul`); everything else is a transposed convolution of
+    the selected algorithm (zeros padding: cropped by its geometry; other modes: onto the
+    padded size, then folded by ``pad_fold``).
 
     ``index`` forces the fold kernel's index type (tests).
     """
@@ -547,7 +584,7 @@ def conv_input_grad(backend, weight, grad_output, geom: ConvGeometry, *, index=N
     batch, c_out = grad_output.shape[:2]
     groups = geom.groups
     og, cg = c_out // groups, weight.shape[1]
-    if is_pointwise(geom):
+    if input_grad_takes_matmul(geom):
         positions = math.prod(geom.out_size)
         # (G, cg, og) @ (N, G, og, P) -> (N, G, cg, P)
         wt = weight.reshape(groups, og, cg).transpose(0, 2, 1)

@@ -3,7 +3,8 @@ for :func:`gpuconv.plan` (issue 14): nothing here launches.
 
 * :func:`input_grad_steps`: what :func:`._conv.conv_input_grad` (``grad.conv_input`` and
   ``grad.depthwise_conv_input``) runs around the selected ``conv_transpose`` algorithm: a GEMM
-  alone for a 1x1, stride-1, unpadded convolution; the transposed convolution of
+  alone for a 1x1, stride-1, unpadded convolution (unless an algorithm other than ``matmul``
+  is forced: :func:`._conv.input_grad_takes_matmul`); the transposed convolution of
   ``grad_output`` for zeros padding; else the transposed convolution onto the padded size,
   then ``pad_fold`` (bfloat16: both in float32, TF32 allowed, rounded once).
 * :func:`transpose_direct` and :func:`weight_grad_direct`: the launches of the CUDA-core
@@ -24,7 +25,7 @@ from ... import _kernels
 from ..._algorithms import ConvProblem, Description
 from ..._dtypes import accumulation_dtype, is_bfloat16
 from ..._limits import THREADS
-from ..._shapes import ConvGeometry, as_3d, conv_as_transpose, is_pointwise
+from ..._shapes import ConvGeometry, as_3d, conv_as_transpose
 from . import _conv, _conv_transpose
 from ._common import PADDING_MODE_CODES, ceil_div, pow2_at_least
 
@@ -44,8 +45,9 @@ class InputGradSteps:
         A GEMM per group (no algorithm is selected); the transposed convolution of
         ``grad_output`` (:data:`._conv_algorithms.TRANSPOSE_REGISTRY`); or that onto the
         padded size followed by ``pad_fold``.
-    geom : ConvGeometry or None
-        The transposed convolution's geometry (None for ``"matmul"``).
+    geom : ConvGeometry
+        The transposed convolution's geometry (for ``"matmul"``: the one a transposed
+        convolution would have, for the candidates a plan lists).
     dtype : numpy.dtype
         The dtype the transposed convolution computes in (float32 for a bfloat16 fold).
     tf32 : bool or None
@@ -88,7 +90,8 @@ def input_grad_steps(backend_name: str, w_shape, go_shape, geom: ConvGeometry,
                      dtype) -> InputGradSteps:
     """What :func:`._conv.conv_input_grad` runs for a weight of ``w_shape``, a
     ``grad_output`` of ``go_shape`` and the (backend) convolution geometry ``geom``, in
-    ``dtype``.
+    ``dtype``, with the algorithm now forced (raising as the call does when ``"matmul"`` is
+    forced and ``geom`` is not pointwise).
 
     >>> from gpuconv._shapes import conv_geometry
     >>> g = conv_geometry((6,), (3,), stride=1, padding=1, dilation=1, padding_mode="reflect")
@@ -101,7 +104,7 @@ def input_grad_steps(backend_name: str, w_shape, go_shape, geom: ConvGeometry,
     batch, c_out = int(go_shape[0]), int(go_shape[1])
     og, cg = c_out // groups, int(w_shape[1])
     c_in = cg * groups
-    if is_pointwise(geom):
+    if _conv.input_grad_takes_matmul(geom):  # raises as the call for 'matmul' forced
         positions = math.prod(geom.out_size)
         blas = "cuBLAS (cupy.matmul)" if backend_name == "cuda" else "numpy.matmul"
         text = f"{blas}: ({groups}, {cg}, {og}) @ ({batch}, {groups}, {og}, {positions})"
@@ -110,7 +113,8 @@ def input_grad_steps(backend_name: str, w_shape, go_shape, geom: ConvGeometry,
             workspace = 4 * (math.prod(w_shape) + math.prod(go_shape) + batch * c_in * positions)
             note = ("weight, grad_output: bfloat16 -> float32 for the GEMM (exact), its result "
                     "rounded to bfloat16 once")
-        return InputGradSteps("matmul", None, dtype, workspace_bytes=workspace, note=note,
+        return InputGradSteps("matmul", conv_as_transpose(geom, geom.pad_lo, geom.in_size),
+                              dtype, workspace_bytes=workspace, note=note,
                               matmul=Description(kernels=(text,)))
     if geom.padding_mode == "zeros" or not (any(geom.pad_lo) or any(geom.pad_hi)):
         return InputGradSteps("transpose", conv_as_transpose(geom, geom.pad_lo, geom.in_size),
