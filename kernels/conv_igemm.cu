@@ -490,9 +490,9 @@ __global__ void __launch_bounds__(128) conv_igemm(
     // ---- epilogue: the fp32 tile goes through shared memory, sC (n, m) with m contiguous, so
     // that the stores run along m (contiguous in the output for one co). Every real cp.async
     // group has landed (the groups after stage nk - 1 are empty); the barrier ends the ring.
-    // (Other warps may still be reading the last stage. The emulator's race check cannot see
-    // this barrier go missing: its warps meet round-robin at every mma/ldmatrix, so none runs
-    // ahead into the epilogue -- checked by deleting it on purpose.)
+    // (Other warps may still be reading the last stage: without it the emulator's race check
+    // fails -- its warp-serial run lets the last warp write sC over the ring before the first
+    // has read its last stage; checked by deleting it on purpose.)
     __syncthreads();
     float* sC = reinterpret_cast<float*>(smem);  // (BN, BM + 4)
 #pragma unroll

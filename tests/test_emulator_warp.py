@@ -29,6 +29,8 @@ NAMES = [
     "early_return_shuffle",
     "warp_reuse<false>",
     "warp_reuse<true>",
+    "warp_handoff<false>",
+    "warp_handoff<true>",
     "shfl_rounds",
     "mask_mismatch",
     "barrier_vs_shuffle",
@@ -234,6 +236,28 @@ def test_fixed_syncwarp_before_reuse(mod):
     np.testing.assert_array_equal(out, model_warp_reuse(x, 3))
 
 
+def test_planted_missing_barrier_between_warps(mod):
+    """A warp overwrites shared memory that the other warp has yet to read, with only a
+    __syncwarp() between: the warps advancing together hide it (the plain run gives the
+    intended result), the race check's warp-serial run does not."""
+    x = np.arange(128, dtype=np.float32)
+    out = np.zeros_like(x)
+    mod.get_function("warp_handoff<false>")((2,), (64,), (x, out))
+    expected = 3 * np.roll(x.reshape(2, 64), -32, axis=1).reshape(-1)
+    np.testing.assert_array_equal(out, expected)  # hidden by the lockstep schedule
+    with pytest.raises(emu.RaceError, match=r"warp_handoff<false>.*warp-serial"), \
+            emu.race_check():
+        mod.get_function("warp_handoff<false>")((2,), (64,), (x, np.zeros_like(x)))
+
+
+def test_fixed_barrier_between_warps(mod):
+    x = np.arange(128, dtype=np.float32)
+    out = np.zeros_like(x)
+    with emu.race_check():
+        mod.get_function("warp_handoff<true>")((2,), (64,), (x, out))
+    np.testing.assert_array_equal(out, 3 * np.roll(x.reshape(2, 64), -32, axis=1).reshape(-1))
+
+
 def test_cost_per_collective(mod, capsys):
     """Times __shfl_sync rounds on full warps in CPU time of the process (all worker threads:
     robust to a loaded machine); the figure is printed, not asserted."""
@@ -275,6 +299,8 @@ def test_warp_kernels_are_valid_cuda(tmp_path):
         " unsigned);\n"
         "template __global__ void warp_reuse<false>(const float*, float*, int);\n"
         "template __global__ void warp_reuse<true>(const float*, float*, int);\n"
+        "template __global__ void warp_handoff<false>(const float*, float*);\n"
+        "template __global__ void warp_handoff<true>(const float*, float*);\n"
     )
     proc = subprocess.run(
         [

@@ -29,6 +29,7 @@ FLAG_SERIAL = 1 << 2
 FLAG_FILL_SHARED = 1 << 3
 FLAG_CHECKED = 1 << 4
 FLAG_GUARD_HEAD = 1 << 5
+FLAG_WARP_SERIAL = 1 << 6
 
 
 def fill_flag(byte: int) -> int:

@@ -1,6 +1,9 @@
-"""The race check: a launch run three times in different thread/block orders, with garbage in
+"""The race check: a launch run four times in different thread/block orders, with garbage in
 shared memory, whose outputs must agree; its first run is tracked (lost updates and
-cross-block reads, gpuconv/_emulator/_track.py)."""
+cross-block reads, gpuconv/_emulator/_track.py). The fourth runs one warp at a time through
+each barrier interval (the last warp first), so that a missing barrier between warps -- whose
+writes and reads otherwise land in program order, the warps meeting at every collective --
+changes the output."""
 
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ def run(fn, grid3, block3, shared_mem, args, write_back):
         ("forward", _abi.fill_flag(0xFF)),
         ("reverse", _abi.FLAG_ORDER_REVERSE | _abi.fill_flag(0x7F)),
         ("shuffled", _abi.FLAG_ORDER_SHUFFLE | _abi.fill_flag(0xA5)),
+        ("warp-serial", _abi.FLAG_WARP_SERIAL | _abi.FLAG_ORDER_REVERSE | _abi.fill_flag(0x5A)),
     )
     runs = []
     used_float_atomics = False

@@ -61,6 +61,7 @@ enum : unsigned {
     FLAG_FILL_SHARED = 1u << 3,    // fill shared memory with 0xFF bytes before each block
     FLAG_CHECKED = 1u << 4,        // guard pages + SIGSEGV reports (subprocess only)
     FLAG_GUARD_HEAD = 1u << 5,     // checked: buffers start right after a guard page
+    FLAG_WARP_SERIAL = 1u << 6,    // one warp at a time runs its whole barrier interval
     // bits 8..15: the byte FLAG_FILL_SHARED writes (0 means 0xFF)
 };
 static unsigned char fill_byte(unsigned flags) {
@@ -668,108 +669,122 @@ static bool run_block(Worker& w, unsigned long long linear) {
                 std::swap(order[i - 1], order[j]);
             }
         }
-        unsigned waiting = 0, at_warp = 0;
-        for (unsigned k = 0; k < n; ++k) {
-            const unsigned t = order[k];
-            Fiber* f = w.slot[t];
-            if (round == 0) {  // start thread t on a free region
-                if (L.cancelled()) {  // abandon the block, like a divergent barrier does
-                    L.fail(RC_CANCELLED, "launch cancelled");
-                    ts.current = nullptr;
-                    return false;
-                }
-                if (w.free_list.empty()) {  // regions are taken from the pool on demand
-                    const std::size_t had = w.regions.size();
-                    if (!acquire_stacks(w.regions, std::min<std::size_t>(n, had + 32))) {
-                        L.fail(RC_INTERNAL, "could not allocate fiber stacks (mmap failed)");
-                        return false;
-                    }
-                    w.free_list.assign(w.regions.rbegin(), w.regions.rend() - had);
-                }
-                f = w.free_list.back();
-                w.free_list.pop_back();
-                f->thread_idx = uint3{t % bx, (t / bx) % L.block.y, t / bxy};
-                f->block_idx = w.block_idx;
-                f->block_dim = L.block;
-                f->grid_dim = L.grid;
-                f->dynamic_shared = w.dynamic_shared;
-                f->float_atomics = &w.float_atomics;
-                f->barrier_predicate_sum = &w.barrier_predicate_sum;
-                f->worker = &w;
-                f->predicate = 0;
-                f->lane = t & 31u;
-                f->async_n = 0;
-                f->async_group = 0;
-                init_fiber_context(*f);
-            } else if (!f) {
-                continue;  // returned in an earlier round
-            }
-            f->state = FIBER_READY;
-            ts.current = f;
-            switch_into(w, *f);
-            ++w.switches;
-            if (f->state == FIBER_AT_BARRIER) {
-                w.slot[t] = f;
-                ++waiting;
-                continue;
-            }
-            if (f->state == FIBER_AT_WARP) {
-                w.slot[t] = f;
-                ++at_warp;
-                continue;
-            }
-            if (f->state == FIBER_FAULTED) {
-                ts.current = nullptr;
-                return false;  // kernel_fault recorded the message
-            }
-            if (done++ == 0) first_exited = f->thread_idx;  // FIBER_DONE
-            w.slot[t] = nullptr;
-            w.free_list.push_back(f);
-        }
-        // Warp collectives: release each complete rendezvous and run the released lanes on
-        // (in the round's order, reshuffled per pass) until every thread of the block has
-        // returned or waits at the barrier.
-        while (at_warp) {
-            if (L.cancelled()) {  // e.g. a warp that spins on a vote: stop between passes too
-                L.fail(RC_CANCELLED, "launch cancelled");
-                ts.current = nullptr;
-                return false;
-            }
-            if (!resolve_warps(w, n)) {
-                ts.current = nullptr;
-                return false;
-            }
-            at_warp = 0;
-            if (L.flags & FLAG_ORDER_SHUFFLE) {
-                for (unsigned i = n; i > 1; --i) {
-                    const unsigned j = static_cast<unsigned>(splitmix64(rng) % i);
-                    std::swap(order[i - 1], order[j]);
-                }
-            }
+        unsigned waiting = 0;
+        // FLAG_WARP_SERIAL: one warp at a time runs to the end of its barrier interval (every
+        // lane at __syncthreads or returned; warps in descending order with
+        // FLAG_ORDER_REVERSE), so a warp's shared-memory writes of the interval land before
+        // another warp's reads of it: a missing barrier between them shows in the output.
+        // Otherwise all warps run together, meeting round-robin at each warp collective.
+        const unsigned nwarps = (n + 31) / 32;
+        const bool warp_serial = (L.flags & FLAG_WARP_SERIAL) != 0;
+        for (unsigned wk = 0; wk < (warp_serial ? nwarps : 1u); ++wk) {
+            const unsigned only = !warp_serial ? ~0u
+                                  : (L.flags & FLAG_ORDER_REVERSE) ? nwarps - 1 - wk : wk;
+            unsigned at_warp = 0;
             for (unsigned k = 0; k < n; ++k) {
                 const unsigned t = order[k];
+                if (only != ~0u && t / 32 != only) continue;
                 Fiber* f = w.slot[t];
-                if (!f || f->state != FIBER_READY) continue;
+                if (round == 0) {  // start thread t on a free region
+                    if (L.cancelled()) {  // abandon the block, like a divergent barrier does
+                        L.fail(RC_CANCELLED, "launch cancelled");
+                        ts.current = nullptr;
+                        return false;
+                    }
+                    if (w.free_list.empty()) {  // regions are taken from the pool on demand
+                        const std::size_t had = w.regions.size();
+                        if (!acquire_stacks(w.regions, std::min<std::size_t>(n, had + 32))) {
+                            L.fail(RC_INTERNAL, "could not allocate fiber stacks (mmap failed)");
+                            return false;
+                        }
+                        w.free_list.assign(w.regions.rbegin(), w.regions.rend() - had);
+                    }
+                    f = w.free_list.back();
+                    w.free_list.pop_back();
+                    f->thread_idx = uint3{t % bx, (t / bx) % L.block.y, t / bxy};
+                    f->block_idx = w.block_idx;
+                    f->block_dim = L.block;
+                    f->grid_dim = L.grid;
+                    f->dynamic_shared = w.dynamic_shared;
+                    f->float_atomics = &w.float_atomics;
+                    f->barrier_predicate_sum = &w.barrier_predicate_sum;
+                    f->worker = &w;
+                    f->predicate = 0;
+                    f->lane = t & 31u;
+                    f->async_n = 0;
+                    f->async_group = 0;
+                    init_fiber_context(*f);
+                } else if (!f) {
+                    continue;  // returned in an earlier round
+                }
+                f->state = FIBER_READY;
                 ts.current = f;
                 switch_into(w, *f);
                 ++w.switches;
                 if (f->state == FIBER_AT_BARRIER) {
+                    w.slot[t] = f;
                     ++waiting;
                     continue;
                 }
                 if (f->state == FIBER_AT_WARP) {
+                    w.slot[t] = f;
                     ++at_warp;
                     continue;
                 }
                 if (f->state == FIBER_FAULTED) {
                     ts.current = nullptr;
-                    return false;
+                    return false;  // kernel_fault recorded the message
                 }
-                if (done++ == 0) first_exited = f->thread_idx;
+                if (done++ == 0) first_exited = f->thread_idx;  // FIBER_DONE
                 w.slot[t] = nullptr;
                 w.free_list.push_back(f);
             }
-        }
+            // Warp collectives: release each complete rendezvous and run the released lanes on
+            // (in the round's order, reshuffled per pass) until every thread of the block has
+            // returned or waits at the barrier.
+            while (at_warp) {
+                if (L.cancelled()) {  // e.g. a warp that spins on a vote: stop between passes too
+                    L.fail(RC_CANCELLED, "launch cancelled");
+                    ts.current = nullptr;
+                    return false;
+                }
+                if (!resolve_warps(w, n)) {
+                    ts.current = nullptr;
+                    return false;
+                }
+                at_warp = 0;
+                if (L.flags & FLAG_ORDER_SHUFFLE) {
+                    for (unsigned i = n; i > 1; --i) {
+                        const unsigned j = static_cast<unsigned>(splitmix64(rng) % i);
+                        std::swap(order[i - 1], order[j]);
+                    }
+                }
+                for (unsigned k = 0; k < n; ++k) {
+                    const unsigned t = order[k];
+                    if (only != ~0u && t / 32 != only) continue;
+                    Fiber* f = w.slot[t];
+                    if (!f || f->state != FIBER_READY) continue;
+                    ts.current = f;
+                    switch_into(w, *f);
+                    ++w.switches;
+                    if (f->state == FIBER_AT_BARRIER) {
+                        ++waiting;
+                        continue;
+                    }
+                    if (f->state == FIBER_AT_WARP) {
+                        ++at_warp;
+                        continue;
+                    }
+                    if (f->state == FIBER_FAULTED) {
+                        ts.current = nullptr;
+                        return false;
+                    }
+                    if (done++ == 0) first_exited = f->thread_idx;
+                    w.slot[t] = nullptr;
+                    w.free_list.push_back(f);
+                }
+            }
+        }  // warps (one pass unless FLAG_WARP_SERIAL)
         ts.current = nullptr;
 #ifdef GPUCONV_EMU_TRACK
         if (tracker) track_flush(*tracker);  // every segment so far is complete

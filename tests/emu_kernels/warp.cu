@@ -100,6 +100,25 @@ __global__ void warp_reuse(const float* __restrict__ x, float* __restrict__ out,
     out[g] = v;
 }
 
+// Two warps hand values over through shared memory: each thread reads the other warp's slot,
+// meets its warp at a __syncwarp(), then overwrites its own slot. BARRIER = false omits the
+// __syncthreads() between the reads and the writes (the planted bug: the other warp may
+// overwrite a slot before it is read -- invisible when the warps advance together, caught by
+// the race check's warp-serial run); BARRIER = true is the fixed twin. 64 threads per block.
+template <bool BARRIER>
+__global__ void warp_handoff(const float* __restrict__ x, float* __restrict__ out) {
+    __shared__ float buf[64];
+    const unsigned t = threadIdx.x, g = blockIdx.x * 64u + t;
+    buf[t] = x[g];
+    __syncthreads();
+    const float other = buf[(t + 32u) & 63u];
+    __syncwarp();
+    if (BARRIER) __syncthreads();
+    buf[t] = 2.0f * other;
+    __syncthreads();
+    out[g] = buf[t] + other;
+}
+
 // Cost per collective: `iters` rounds of one __shfl_sync per lane (see the test's timing).
 __global__ void shfl_rounds(float* __restrict__ out, int iters) {
     float v = static_cast<float>(threadIdx.x);
