@@ -140,6 +140,31 @@ class EmulatorCheck:
         return self.name
 
 
+@pytest.fixture(autouse=True)
+def _fresh_autotune_cache():
+    """Every test starts and ends with an empty autotune cache (gpuconv._algorithms.AUTOTUNER):
+    a choice timed by one test never decides another's."""
+    from gpuconv import _algorithms
+
+    _algorithms.AUTOTUNER.clear()
+    yield
+    _algorithms.AUTOTUNER.clear()
+
+
+@pytest.fixture
+def on_emulate():
+    """The test body runs inside ``use_backend("emulate")``; skipped where the emulator cannot
+    run."""
+    from kernel_helpers import emulator_or_skip
+
+    emulator_or_skip()
+    reason = gpuconv.available_backends()["emulate"]
+    if reason != "available":
+        pytest.skip(reason)
+    with gpuconv.use_backend("emulate"):
+        yield
+
+
 @pytest.fixture(params=["checked", "race_check"])
 def emulator_check(request):
     """Run the test once under ``gpuconv._emulator.checked()`` and once under

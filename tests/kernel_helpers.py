@@ -321,3 +321,15 @@ def stand_in_cupy(monkeypatch, names, *, device=None, whole_file=False):
     backend = DeviceBackend(CupyExecutor())
     assert backend.xp is fake
     return backend, compiled
+
+
+def tensor_core_value(kind: str, a) -> np.ndarray:
+    """The float64 value a tensor core multiplies for ``a`` of ``kind`` (``"float16"``,
+    ``"bfloat16"``: as stored; ``"tf32"``: float32 rounded to 10 fraction bits, to nearest,
+    ties away from zero, as ``cvt.rna.tf32.f32``; inf and NaN kept)."""
+    if kind != "tf32":
+        return np.asarray(a).astype(np.float64)
+    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
+    finite = (u & 0x7F800000) != 0x7F800000
+    return (np.where(finite, u + 0x1000, u) & 0xFFFFE000).astype(np.uint32).view(
+        np.float32).astype(np.float64)

@@ -29,26 +29,11 @@ from gpuconv._algorithms import Autotuner, ConvProblem
 from gpuconv._shapes import conv_geometry, is_pointwise
 from gpuconv.backends.device import _conv, _conv_algorithms, _igemm
 
-from kernel_helpers import REFERENCE, emulator_or_skip
+from kernel_helpers import REFERENCE
 
 U_ACC = 2.0**-23
 
 
-@pytest.fixture(autouse=True)
-def _fresh_autotune_cache():
-    _algorithms.AUTOTUNER.clear()
-    yield
-    _algorithms.AUTOTUNER.clear()
-
-
-@pytest.fixture
-def emu():
-    emulator_or_skip()
-    reason = gpuconv.available_backends()["emulate"]
-    if reason != "available":
-        pytest.skip(reason)
-    with gpuconv.use_backend("emulate"):
-        yield
 
 
 def _case(rng, dtype, *, c_in=8, c_out=16, size=(7, 6), k=(3, 3), groups=1, bias=True):
@@ -137,7 +122,7 @@ def test_algorithm_names_are_checked(monkeypatch):
     ("matmul", {}, {"k": (1, 1)}),
     ("depthwise", {"padding": 1, "groups": 8}, {"c_out": 16, "groups": 8}),
 ])
-def test_forcing_each_cuda_core_algorithm(emu, name, kw, shape):
+def test_forcing_each_cuda_core_algorithm(on_emulate, name, kw, shape):
     rng = np.random.default_rng(1)
     x, w, b = _case(rng, np.float32, **shape)
     with gpuconv.use_algorithm(name):
@@ -152,7 +137,7 @@ def test_forcing_each_cuda_core_algorithm(emu, name, kw, shape):
     {"padding": 1},
     {"stride": 2, "dilation": (1, 2), "padding": 2, "padding_mode": "circular"},
 ])
-def test_forced_implicit_gemm_float16_within_the_bound(emu, kw):
+def test_forced_implicit_gemm_float16_within_the_bound(on_emulate, kw):
     rng = np.random.default_rng(2)
     x, w, b = _case(rng, np.float16, c_in=12, c_out=20, groups=2)
     kw = dict(kw, groups=2)
@@ -172,7 +157,7 @@ def test_forced_implicit_gemm_float16_within_the_bound(emu, kw):
     assert np.array_equal(got, direct)
 
 
-def test_implicit_gemm_float32_needs_tf32(emu, monkeypatch):
+def test_implicit_gemm_float32_needs_tf32(on_emulate, monkeypatch):
     monkeypatch.delenv("GPUCONV_ALLOW_TF32", raising=False)
     rng = np.random.default_rng(3)
     x, w, b = _case(rng, np.float32)
@@ -198,7 +183,7 @@ def test_implicit_gemm_float32_needs_tf32(emu, monkeypatch):
                                       "not float64"),
     ("numpy", np.float32, {}, "on the 'emulate' backend, whose algorithms are 'matmul'"),
 ])
-def test_forcing_an_algorithm_that_cannot_serve_raises(emu, name, dtype, kw, match):
+def test_forcing_an_algorithm_that_cannot_serve_raises(on_emulate, name, dtype, kw, match):
     x, w, b = _case(np.random.default_rng(4), dtype)
     with gpuconv.use_algorithm(name):
         with pytest.raises(ValueError, match=rf"conv: algorithm '{name}' cannot serve this "
@@ -263,7 +248,7 @@ def no_launches(monkeypatch):
     monkeypatch.setattr(_igemm, "launch", fail)
 
 
-def test_plan_fields_without_computing(emu, no_launches):
+def test_plan_fields_without_computing(on_emulate, no_launches):
     x = np.zeros((2, 16, 32, 32), np.float32)
     w = np.zeros((32, 16, 3, 3), np.float32)
     p = gpuconv.plan(gpuconv.conv2d, x, w, padding=1)
@@ -302,7 +287,7 @@ def test_plan_fields_without_computing(emu, no_launches):
     assert (empty.algorithm, empty.kernels) == ("none", ())
 
 
-def test_plan_float16_implicit_gemm_and_checks(emu, no_launches):
+def test_plan_float16_implicit_gemm_and_checks(on_emulate, no_launches):
     x = np.zeros((1, 8, 10), np.float16)
     w = np.zeros((64, 8, 3), np.float16)
     with gpuconv.use_algorithm("implicit_gemm"):
@@ -317,7 +302,7 @@ def test_plan_float16_implicit_gemm_and_checks(emu, no_launches):
         gpuconv.plan("conv", x, w, output_padding=1)
 
 
-def test_plan_names_the_launch_a_call_makes(emu, monkeypatch):
+def test_plan_names_the_launch_a_call_makes(on_emulate, monkeypatch):
     from gpuconv.backends.device import _executor
 
     launched = []
@@ -414,7 +399,7 @@ def test_autotuner_respects_deterministic(monkeypatch):
         tuner.choose(("j",), pool[:1], clock.run, deterministic=True)
 
 
-def test_autotune_on_the_emulator(emu, monkeypatch):
+def test_autotune_on_the_emulator(on_emulate, monkeypatch):
     costs = {"tiled": 2.0, "direct": 1.0}
     ran = []
     clock = FakeClock(costs)
@@ -444,7 +429,7 @@ def test_autotune_on_the_emulator(emu, monkeypatch):
         (7, 6), (3, 3), stride=1, padding=1, dilation=1)), rtol=1e-5, atol=1e-5)
 
 
-def test_forced_implicit_gemm_bfloat16_within_the_bound(emu):
+def test_forced_implicit_gemm_bfloat16_within_the_bound(on_emulate):
     from gpuconv import _dtypes
 
     if _dtypes.BFLOAT16 is None:
@@ -464,7 +449,7 @@ def test_forced_implicit_gemm_bfloat16_within_the_bound(emu):
                   <= gamma * mag + 2.0**-8 * (np.abs(ref) + gamma * mag))
 
 
-def test_implicit_gemm_through_the_cuda_flow_with_a_stand_in_cupy(emu, monkeypatch):
+def test_implicit_gemm_through_the_cuda_flow_with_a_stand_in_cupy(on_emulate, monkeypatch):
     """The ``cuda`` backend's path without a GPU: the executor compiles conv_igemm
     (__half, int) group through (stand-in) NVRTC and its disk cache, and the default heuristic
     picks implicit_gemm on cuda for a float16 3x3 layer with 16 output channels."""
@@ -494,7 +479,7 @@ def _golden_conv_cases():
 
 
 @pytest.mark.parametrize("kind", ["float16", "tf32"])
-def test_golden_conv_cases_forced_to_implicit_gemm(emu, golden, kind):
+def test_golden_conv_cases_forced_to_implicit_gemm(on_emulate, golden, kind):
     """Every golden conv case (1-D to 3-D, stride, dilation, groups, every padding mode and
     asymmetric pads) through implicit_gemm, within the bound of the module docstring."""
     from test_golden import _kwargs

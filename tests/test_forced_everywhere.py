@@ -28,12 +28,6 @@ TRANSPOSE_NAMES = "'implicit_gemm', 'direct'"
 TRANSPOSE_OP = "conv_transpose (or conv's input gradient)"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_autotune_cache():
-    _algorithms.AUTOTUNER.clear()
-    yield
-    _algorithms.AUTOTUNER.clear()
-
 
 @pytest.fixture
 def launches(monkeypatch):

@@ -24,6 +24,8 @@ from gpuconv._shapes import conv_geometry, conv_transpose_geometry
 from gpuconv.backends.device import _conv_algorithms
 from gpuconv.backends.device import _igemm as ig
 
+from kernel_helpers import tensor_core_value as _value
+
 emulator = pytest.importorskip("gpuconv._emulator")
 if not emulator.available():
     pytest.skip("g++ is not available: the emulator cannot run", allow_module_level=True)
@@ -37,16 +39,6 @@ def _dtype(kind):
         ml_dtypes = pytest.importorskip("ml_dtypes")
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(np.float16 if kind == "float16" else np.float32)
-
-
-def _value(kind, a) -> np.ndarray:
-    """The float64 value the tensor core multiplies (TF32: float32 rounded, ties away)."""
-    if kind != "tf32":
-        return np.asarray(a).astype(np.float64)
-    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
-    finite = (u & 0x7F800000) != 0x7F800000
-    return (np.where(finite, u + 0x1000, u) & 0xFFFFE000).astype(np.uint32).view(
-        np.float32).astype(np.float64)
 
 
 def _bound(kind, ref, mag, n):

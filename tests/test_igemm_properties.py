@@ -58,6 +58,8 @@ from gpuconv import _dtypes, grad
 from gpuconv._shapes import conv_geometry, conv_transpose_geometry
 from gpuconv.backends.device import _igemm as ig
 
+from kernel_helpers import tensor_core_value as _value
+
 if gpuconv.available_backends()["emulate"] != "available":
     pytest.skip(f"emulate backend unavailable: {gpuconv.available_backends()['emulate']}",
                 allow_module_level=True)
@@ -87,17 +89,6 @@ def _dtype(kind: str) -> np.dtype:
             pytest.skip(reason)
         return _dtypes.BFLOAT16
     return np.dtype(np.float16 if kind == "float16" else np.float32)
-
-
-def _value(kind: str, a) -> np.ndarray:
-    """The float64 value the tensor core multiplies (TF32: float32 rounded to 10 fraction
-    bits, to nearest, ties away from zero)."""
-    if kind != "tf32":
-        return np.asarray(a).astype(np.float64)
-    u = np.asarray(a, np.float32).view(np.uint32).astype(np.uint64)
-    finite = (u & 0x7F800000) != 0x7F800000
-    return (np.where(finite, u + 0x1000, u) & 0xFFFFE000).astype(np.uint32).view(
-        np.float32).astype(np.float64)
 
 
 def _exact(a) -> np.ndarray:

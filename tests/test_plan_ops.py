@@ -27,21 +27,6 @@ from gpuconv.backends.device import _conv_algorithms, _executor, _igemm
 from kernel_helpers import emulator_or_skip
 
 
-@pytest.fixture(autouse=True)
-def _fresh_autotune_cache():
-    _algorithms.AUTOTUNER.clear()
-    yield
-    _algorithms.AUTOTUNER.clear()
-
-
-@pytest.fixture
-def emu():
-    emulator_or_skip()
-    reason = gpuconv.available_backends()["emulate"]
-    if reason != "available":
-        pytest.skip(reason)
-    with gpuconv.use_backend("emulate"):
-        yield
 
 
 @dataclasses.dataclass
@@ -114,7 +99,7 @@ TRANSPOSE_KW = {"stride": 2, "padding": 1, "output_padding": 1, "groups": 2}
 
 
 @pytest.mark.parametrize("forced", [None, "direct", "implicit_gemm"])
-def test_conv_transpose2d_plan_names_the_launch(emu, launches, forced):
+def test_conv_transpose2d_plan_names_the_launch(on_emulate, launches, forced):
     rng = np.random.default_rng(0)
     x, w, b = _rng_arrays(rng, np.float16, (2, 8, 5, 5), (8, 12, 3, 3), (24,))
     with gpuconv.use_algorithm(forced):
@@ -141,7 +126,7 @@ def test_conv_transpose2d_plan_names_the_launch(emu, launches, forced):
     ("conv_transpose3d", (1, 4, 3, 4, 3), (4, 2, 2, 3, 2)),
     ("conv_transpose", (2, 3, 6), (3, 1, 1)),
 ])
-def test_conv_transpose_ranks_default_direct(emu, launches, op, x_shape, w_shape):
+def test_conv_transpose_ranks_default_direct(on_emulate, launches, op, x_shape, w_shape):
     rng = np.random.default_rng(1)
     x, w = _rng_arrays(rng, np.float64, x_shape, w_shape)
     p = _plan_and_run(op, (x, w), {"stride": 2, "dilation": 2}, launches)
@@ -150,7 +135,7 @@ def test_conv_transpose_ranks_default_direct(emu, launches, op, x_shape, w_shape
     assert "not implicit_gemm: tensor cores compute float16" in repr(p)
 
 
-def test_conv_transpose_forced_algorithms_that_cannot_serve_raise_as_the_call(emu):
+def test_conv_transpose_forced_algorithms_that_cannot_serve_raise_as_the_call(on_emulate):
     x, w = np.zeros((1, 2, 5), np.float32), np.zeros((2, 3, 3), np.float32)
     tiled = (r"algorithm 'tiled' cannot serve this call on the 'emulate' backend, whose "
              r"algorithms are 'implicit_gemm', 'direct'")
@@ -167,7 +152,7 @@ def test_conv_transpose_forced_algorithms_that_cannot_serve_raise_as_the_call(em
 
 
 @pytest.mark.parametrize("forced", [None, "implicit_gemm"])
-def test_conv_input_zeros_padding_is_one_transposed_convolution(emu, launches, forced):
+def test_conv_input_zeros_padding_is_one_transposed_convolution(on_emulate, launches, forced):
     rng = np.random.default_rng(2)
     w, g = _rng_arrays(rng, np.float16, (16, 4, 3, 3), (2, 16, 4, 4))
     with gpuconv.use_algorithm(forced):
@@ -179,7 +164,7 @@ def test_conv_input_zeros_padding_is_one_transposed_convolution(emu, launches, f
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
 @pytest.mark.parametrize("forced", [None, "implicit_gemm"])
-def test_conv_input_padding_modes_fold_after_the_transposed_convolution(emu, launches, mode,
+def test_conv_input_padding_modes_fold_after_the_transposed_convolution(on_emulate, launches, mode,
                                                                         forced):
     rng = np.random.default_rng(3)
     w, g = _rng_arrays(rng, np.float16, (8, 3, 3, 3), (2, 8, 6, 5))
@@ -198,7 +183,7 @@ def test_conv_input_padding_modes_fold_after_the_transposed_convolution(emu, lau
 
 
 @pytest.mark.parametrize("forced", [None, "implicit_gemm"])
-def test_bfloat16_folded_input_gradient_runs_in_float32(emu, launches, forced):
+def test_bfloat16_folded_input_gradient_runs_in_float32(on_emulate, launches, forced):
     rng = np.random.default_rng(4)
     w, g = (a.astype(BFLOAT16) for a in _rng_arrays(rng, np.float32, (4, 2, 3), (1, 4, 7)))
     with gpuconv.use_algorithm(forced):  # implicit_gemm serves it as TF32, with TF32 off
@@ -217,7 +202,7 @@ def test_bfloat16_folded_input_gradient_runs_in_float32(emu, launches, forced):
 
 
 @pytest.mark.parametrize("forced", [None, "matmul", "direct", "implicit_gemm"])
-def test_pointwise_input_gradient_is_a_gemm_unless_another_algorithm_is_forced(emu, launches,
+def test_pointwise_input_gradient_is_a_gemm_unless_another_algorithm_is_forced(on_emulate, launches,
                                                                              forced):
     rng = np.random.default_rng(5)
     w, g = _rng_arrays(rng, np.float32, (6, 2, 1, 1), (3, 6, 4, 5))
@@ -241,7 +226,7 @@ def test_pointwise_input_gradient_is_a_gemm_unless_another_algorithm_is_forced(e
                                                            gather="transposed")
 
 
-def test_matmul_forced_on_an_input_gradient_that_is_not_pointwise_raises(emu):
+def test_matmul_forced_on_an_input_gradient_that_is_not_pointwise_raises(on_emulate):
     w, g = np.zeros((6, 2, 3, 3), np.float32), np.zeros((3, 6, 4, 5), np.float32)
     for name, args, kwargs, why in [
         ("grad.conv_input", ((3, 4, 4, 5), w, g), {"groups": 2, "padding": 1},
@@ -259,7 +244,7 @@ def test_matmul_forced_on_an_input_gradient_that_is_not_pointwise_raises(emu):
         assert str(planned.value) == str(call.value)
 
 
-def test_depthwise_and_transpose_input_gradients(emu, launches):
+def test_depthwise_and_transpose_input_gradients(on_emulate, launches):
     rng = np.random.default_rng(6)
     w, g = _rng_arrays(rng, np.float32, (6, 1, 3), (2, 6, 9))
     p = _plan_and_run("grad.depthwise_conv_input", ((2, 3, 9), w, g),
@@ -278,7 +263,7 @@ def test_depthwise_and_transpose_input_gradients(emu, launches):
 
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_conv_weight_direct(emu, launches, dtype, deterministic):
+def test_conv_weight_direct(on_emulate, launches, dtype, deterministic):
     rng = np.random.default_rng(7)
     x, g = _rng_arrays(rng, dtype, (2, 4, 16, 16), (2, 8, 16, 16))
     p = _plan_and_run("grad.conv_weight", (x, (8, 4, 3, 3), g),
@@ -297,7 +282,7 @@ def test_conv_weight_direct(emu, launches, dtype, deterministic):
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_conv_weight_implicit_gemm_split_k_workspace(emu, launches, deterministic):
+def test_conv_weight_implicit_gemm_split_k_workspace(on_emulate, launches, deterministic):
     rng = np.random.default_rng(8)
     x, g = _rng_arrays(rng, np.float16, (2, 4, 16, 16), (2, 8, 16, 16))
     with gpuconv.use_algorithm("implicit_gemm"):
@@ -314,7 +299,7 @@ def test_conv_weight_implicit_gemm_split_k_workspace(emu, launches, deterministi
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_transpose_and_depthwise_weight_gradients(emu, launches, deterministic):
+def test_transpose_and_depthwise_weight_gradients(on_emulate, launches, deterministic):
     rng = np.random.default_rng(9)
     x, g = _rng_arrays(rng, np.float32, (2, 4, 80), (2, 6, 161))
     with gpuconv.use_tf32(), gpuconv.use_algorithm("implicit_gemm"):
@@ -334,7 +319,7 @@ def test_transpose_and_depthwise_weight_gradients(emu, launches, deterministic):
     assert p.kernels[0].startswith("depthwise_weight_grad<double, int, 1, true>")
 
 
-def test_forced_algorithms_for_weight_gradients_raise_as_the_call(emu):
+def test_forced_algorithms_for_weight_gradients_raise_as_the_call(on_emulate):
     x, g = np.zeros((1, 2, 5), np.float64), np.zeros((1, 3, 3), np.float64)
     for name in ("tiled", "depthwise", "implicit_gemm"):
         with gpuconv.use_algorithm(name):
@@ -460,7 +445,7 @@ def test_bad_op_lists_every_valid_one():
         gpuconv.plan(grad.conv_bias, np.zeros((1, 2, 3)))
 
 
-def test_nothing_to_compute(emu):
+def test_nothing_to_compute(on_emulate):
     x, w = np.zeros((0, 2, 5), np.float32), np.zeros((2, 3, 3), np.float32)
     assert gpuconv.plan("conv_transpose", x, w).algorithm == "none"
     p = gpuconv.plan("grad.conv_weight", x, (3, 2, 3), np.zeros((0, 3, 3), np.float32))
@@ -468,7 +453,7 @@ def test_nothing_to_compute(emu):
     assert p.reason == "nothing to compute: the result is zeros"
 
 
-def test_autotune_pending_then_cached_under_the_call_key(emu, launches):
+def test_autotune_pending_then_cached_under_the_call_key(on_emulate, launches):
     rng = np.random.default_rng(11)
     x, g = _rng_arrays(rng, np.float16, (2, 4, 8, 8), (2, 16, 8, 8))
     args, kwargs = (x, (16, 4, 3, 3), g), {"padding": 1, "deterministic": True}

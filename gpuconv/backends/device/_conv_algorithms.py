@@ -339,13 +339,22 @@ class _ImplicitGemm:
         return out.view(out_dtype)
 
 
-class _TransposeDirect(_CudaCoreAlgorithm):
-    """``conv_transpose3d`` of ``kernels/conv_transpose.cu`` (:mod:`._conv_transpose`)."""
+class _FamilyDirect(_CudaCoreAlgorithm):
+    """A CUDA-core algorithm of one kernel family (:data:`family`): it serves the dtypes the
+    family has instantiations for."""
+
+    family = None
 
     def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
-        if problem.dtype not in _conv_transpose.FAMILY.dtypes:
-            return False, f"conv_transpose3d has no {problem.dtype} instantiation"
+        if problem.dtype not in self.family.dtypes:
+            return False, f"{self.family.template} has no {problem.dtype} instantiation"
         return True, ""
+
+
+class _TransposeDirect(_FamilyDirect):
+    """``conv_transpose3d`` of ``kernels/conv_transpose.cu`` (:mod:`._conv_transpose`)."""
+
+    family = _conv_transpose.FAMILY
 
     def describe(self, problem: ConvProblem) -> Description:
         return _grad_plan.transpose_direct(problem)
@@ -393,13 +402,10 @@ class _ImplicitGemmTranspose(_ImplicitGemm):
         return out.view(out_dtype)
 
 
-class _WeightGradDirect(_CudaCoreAlgorithm):
+class _WeightGradDirect(_FamilyDirect):
     """``conv_weight_grad`` / ``depthwise_weight_grad`` of ``kernels/conv_grad.cu``."""
 
-    def can_serve(self, problem: ConvProblem) -> tuple[bool, str]:
-        if problem.dtype not in _conv.WEIGHT_GRAD.dtypes:
-            return False, f"conv_weight_grad has no {problem.dtype} instantiation"
-        return True, ""
+    family = _conv.WEIGHT_GRAD
 
     def describe(self, problem: ConvProblem) -> Description:
         return _grad_plan.weight_grad_direct(problem)
