@@ -790,14 +790,8 @@ def _gradient_setup(name: str):
 def _plan_input_grad(name: str, input_shape, weight, grad_output, **forward) -> Plan:
     from . import _shapes, _validate
 
-    setup, out_channels = _gradient_setup(name)
-    checked = _validate.Arrays(name, weight=weight, grad_output=grad_output)
-    input_shape = _validate.check_shape(name, "input_shape", input_shape)
-    geom = setup(name, input_shape, weight.shape, x_name="input_shape", **forward)
-    expected = (input_shape[0], out_channels(weight.shape, geom), *geom.out_size)
-    _validate.check_grad_output(
-        name, grad_output, expected,
-        f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
+    checked, input_shape, geom = _validate.input_grad_setup(
+        name, *_gradient_setup(name), input_shape, weight, grad_output, **forward)
     call, backend, dtype = checked.call.name, checked.call.backend, checked.dtype
     if input_shape[0] == 0 or 0 in geom.in_size:
         return _nothing(name, call, "zeros")
@@ -850,14 +844,8 @@ def _plan_weight_grad(name: str, x, weight_shape, grad_output, *, deterministic,
                       **forward) -> Plan:
     from . import _shapes, _validate
 
-    setup, out_channels = _gradient_setup(name)
-    checked = _validate.Arrays(name, x=x, grad_output=grad_output)
-    weight_shape = _validate.check_shape(name, "weight_shape", weight_shape)
-    deterministic = _validate.check_flag(name, "deterministic", deterministic)
-    geom = setup(name, x.shape, weight_shape, w_name="weight_shape", **forward)
-    expected = (x.shape[0], out_channels(weight_shape, geom), *geom.out_size)
-    _validate.check_grad_output(name, grad_output, expected,
-                                f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
+    checked, weight_shape, deterministic, geom = _validate.weight_grad_setup(
+        name, *_gradient_setup(name), x, weight_shape, grad_output, deterministic, **forward)
     call, backend, dtype = checked.call.name, checked.call.backend, checked.dtype
     if x.shape[0] == 0 or 0 in geom.in_size:
         return _nothing(name, call, "zeros")

@@ -455,6 +455,37 @@ def check_grad_output(op: str, grad_output: Array, expected: Sequence[int], sour
         )
 
 
+def input_grad_setup(op: str, setup: Callable[..., Any], out_channels: Callable[..., int],
+                     input_shape: Any, weight: Array, grad_output: Array, **forward):
+    """The checks of every ``grad.*_input`` call (and of its :func:`gpuconv.plan`): the forward's
+    ``setup`` with ``input_shape`` standing for ``x``, and ``grad_output`` against the forward
+    output's shape (``out_channels(weight.shape, geom)`` channels). Returns ``(arrays,
+    input_shape, geom)``."""
+    arrays = Arrays(op, weight=weight, grad_output=grad_output)
+    input_shape = check_shape(op, "input_shape", input_shape)
+    geom = setup(op, input_shape, weight.shape, x_name="input_shape", **forward)
+    expected = (input_shape[0], out_channels(weight.shape, geom), *geom.out_size)
+    check_grad_output(op, grad_output, expected,
+                      f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
+    return arrays, input_shape, geom
+
+
+def weight_grad_setup(op: str, setup: Callable[..., Any], out_channels: Callable[..., int],
+                      x: Array, weight_shape: Any, grad_output: Array, deterministic: Any,
+                      **forward):
+    """The checks of every ``grad.*_weight`` call (and of its :func:`gpuconv.plan`), as
+    :func:`input_grad_setup` with ``weight_shape`` standing for the weight. Returns ``(arrays,
+    weight_shape, deterministic, geom)``."""
+    arrays = Arrays(op, x=x, grad_output=grad_output)
+    weight_shape = check_shape(op, "weight_shape", weight_shape)
+    deterministic = check_flag(op, "deterministic", deterministic)
+    geom = setup(op, x.shape, weight_shape, w_name="weight_shape", **forward)
+    expected = (x.shape[0], out_channels(weight_shape, geom), *geom.out_size)
+    check_grad_output(op, grad_output, expected,
+                      f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
+    return arrays, weight_shape, deterministic, geom
+
+
 # ------------------------------------------------------------------- outputs
 
 

@@ -103,15 +103,10 @@ def _input_grad(op: str, setup: Callable[..., Any], out_channels: Callable[..., 
     :func:`gpuconv._algorithms.check_forced` for ``operation`` (what the device backends
     select an algorithm of: ``"conv_transpose"`` or ``"conv"``)."""
     op = f"grad.{op}"  # messages name the public function
-    arrays = _validate.Arrays(op, weight=weight, grad_output=grad_output)
+    arrays, input_shape, geom = _validate.input_grad_setup(op, setup, out_channels, input_shape,
+                                                           weight, grad_output, **forward)
     # the input gradient takes grad_output's format (channels-last in, channels-last out)
     arrays.output_format = _layout.memory_format(grad_output)
-    input_shape = _validate.check_shape(op, "input_shape", input_shape)
-    geom = setup(op, input_shape, weight.shape, x_name="input_shape", **forward)
-    expected = (input_shape[0], out_channels(weight.shape, geom), *geom.out_size)
-    _validate.check_grad_output(
-        op, grad_output, expected,
-        f"input_shape={input_shape} and weight shape {tuple(weight.shape)}")
     if input_shape[0] == 0 or 0 in geom.in_size:
         return _validate.empty_result(arrays, input_shape, None)
 
@@ -130,13 +125,8 @@ def _weight_grad(op: str, setup: Callable[..., Any], out_channels: Callable[...,
     ``(x, grad_output, geom, deterministic)``, after
     :func:`gpuconv._algorithms.check_forced` for ``"conv_weight"``."""
     op = f"grad.{op}"  # messages name the public function
-    arrays = _validate.Arrays(op, x=x, grad_output=grad_output)
-    weight_shape = _validate.check_shape(op, "weight_shape", weight_shape)
-    deterministic = _validate.check_flag(op, "deterministic", deterministic)
-    geom = setup(op, x.shape, weight_shape, w_name="weight_shape", **forward)
-    expected = (x.shape[0], out_channels(weight_shape, geom), *geom.out_size)
-    _validate.check_grad_output(op, grad_output, expected,
-                                f"x shape {tuple(x.shape)} and weight_shape={weight_shape}")
+    arrays, weight_shape, deterministic, geom = _validate.weight_grad_setup(
+        op, setup, out_channels, x, weight_shape, grad_output, deterministic, **forward)
     if x.shape[0] == 0 or 0 in geom.in_size:
         return _validate.empty_result(arrays, weight_shape, None)
 

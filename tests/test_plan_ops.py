@@ -530,3 +530,16 @@ def test_cuda_weight_grad_default():
     assert described.workspace_bytes == 4 * math.prod(cfg.workspace)
     assert described.kernels[0] == cfg.name
     assert (len(described.kernels) == 2) == (cfg.splits > 1)
+
+
+def test_plan_checks_the_arguments_against_the_ops_signature():
+    """plan(op, *args, **kwargs) is the one public catch-all signature (test_validation
+    exempts it): it binds the arguments to ``op``'s explicit signature, so a misspelt or
+    missing argument is the TypeError the call would raise, naming ``op``."""
+    x, w = np.ones((1, 1, 4, 4)), np.ones((1, 1, 3, 3))
+    with pytest.raises(TypeError, match=r"^plan: conv: got an unexpected keyword argument "
+                                        r"'paddin'"):
+        gpuconv.plan("conv", x, w, paddin=1)
+    with pytest.raises(TypeError, match=r"^plan: grad.conv_weight: missing a required "
+                                        r"argument: 'weight_shape'"):
+        gpuconv.plan("grad.conv_weight", x)

@@ -622,23 +622,35 @@ def _weight_grad_index(arrays, geom: ConvGeometry, length: int, split_len: int, 
         *arrays, max_index=2 * max(as_3d(geom).reach(), length + 2 * split_len, extra))
 
 
-def conv_weight_grad(backend, x, grad_output, geom: ConvGeometry, deterministic: bool = False,
-                     *, method: str | None = None, splits: int | None = None, index=None):
-    """Gradient of ``conv(x, weight)`` with respect to ``weight``: (C_out, C_in / groups, *k).
+@dataclass(frozen=True)
+class WeightGradLaunch:
+    """What :func:`conv_weight_grad` launches (and :func:`gpuconv.plan` describes): the
+    ``conv_weight_grad`` / ``depthwise_weight_grad`` instantiation ``name`` on ``grid`` x
+    ``block`` with its scalar arguments ``counts`` and ``split_len``, into a workspace of
+    ``workspace`` elements of ``acc`` (zeroed for atomics), then ``reduce`` (the
+    ``weight_grad_reduce`` instantiation, or None when the atomics' array is the result) over
+    ``splits`` partial sums. ``shape`` is the result's; ``out_elems == 0`` or ``length == 0``:
+    nothing is launched (zeros)."""
 
-    Parameters
-    ----------
-    backend : DeviceBackend
-    x : (N, C_in, *geom.in_size)
-    grad_output : (N, C_out, *geom.out_size), the dtype of ``x``
-    geom : ConvGeometry
-    deterministic : bool
-        Partial sums through a workspace and a fixed-order reduction instead of atomics.
-    method, splits, index
-        Test hooks: ``"gemm"`` / ``"depthwise"`` (the latter needs C_in / groups == 1), the
-        number of reduction splits, the kernels' index dtype.
-    """
-    xp = backend.xp
+    name: str
+    grid: tuple[int, int]
+    block: int
+    counts: tuple[int, ...]
+    split_len: int
+    splits: int
+    acc: np.dtype
+    workspace: int
+    reduce: str | None
+    shape: tuple[int, ...]
+    out_elems: int
+    length: int
+
+
+def weight_grad_launch(x, grad_output, geom: ConvGeometry, deterministic: bool = False, *,
+                       method: str | None = None, splits: int | None = None,
+                       index=None) -> WeightGradLaunch:
+    """The launches of :func:`conv_weight_grad` for arrays (or shape-only stand-ins) ``x`` and
+    ``grad_output``; see there for the arguments."""
     dtype = np.dtype(x.dtype)
     WEIGHT_GRAD.check_dtype(dtype, "conv_weight_grad")
     acc = accumulation_dtype(dtype)
@@ -659,39 +671,74 @@ def conv_weight_grad(backend, x, grad_output, geom: ConvGeometry, deterministic:
                          f"groups={groups}")
     shape = (c_out, cg, *geom.kernel)
     if out_elems == 0 or length == 0:
-        return xp.zeros(shape, dtype=dtype)
-
+        return WeightGradLaunch("", (0, 0), 0, (), 0, 0, acc, 0, None, shape, out_elems,
+                                length)
     if method == "gemm":
         tiles = groups * ceil_div(og, TILE_M) * ceil_div(cg * taps, TILE_N)
         n_splits, split_len = split_plan(tiles, length, TILE_K, MIN_SPLIT_LEN, out_elems,
                                          acc.itemsize, deterministic, splits)
-        family, grid, block = WEIGHT_GRAD, (tiles, n_splits), WEIGHT_GRAD_THREADS
+        family, block = WEIGHT_GRAD, WEIGHT_GRAD_THREADS
         counts = (batch, c_in, c_out, groups)
     else:
         tiles = c_out * ceil_div(taps, DEPTHWISE_TAPS)
         n_splits, split_len = split_plan(tiles, length, 1, DEPTHWISE_MIN_SPLIT_LEN, out_elems,
                                          acc.itemsize, deterministic, splits)
-        family, grid = DEPTHWISE_WEIGHT_GRAD, (tiles, n_splits)
+        family = DEPTHWISE_WEIGHT_GRAD
         block = max(32, min(DEPTHWISE_THREADS, pow2_at_least(split_len)))
         counts = (batch, c_in, og)  # channels, multiplier
-
-    if deterministic:
-        workspace = xp.empty((n_splits, out_elems), dtype=acc)
-    else:
-        workspace = xp.zeros(out_elems, dtype=acc)
+    workspace = n_splits * out_elems if deterministic else out_elems
     if index is None:
-        index = _weight_grad_index((x, grad_output, workspace), geom, length, split_len,
-                                   tiles * TILE_M * TILE_N + workspace.size)
+        index = _weight_grad_index((x, grad_output, _shape_only((workspace,), acc)), geom,
+                                   length, split_len, tiles * TILE_M * TILE_N + workspace)
     mode = PADDING_MODE_CODES[geom.padding_mode]
-    kernel = backend.executor.get_function(
-        GRAD_FILE, family.name_expression(dtype, index, mode, deterministic))
-    backend.executor.launch(kernel, grid=grid, block=block,
-                            args=(x, grad_output, workspace, *counts, *as_3d(geom).args(),
-                                  split_len))
-    if not deterministic and acc == dtype:
-        return workspace.reshape(shape)
-    out = xp.empty(out_elems, dtype=dtype)
-    reduce = backend.executor.get_function(GRAD_FILE, REDUCE.name_expression(dtype, index))
-    backend.executor.launch(reduce, grid=_grid_stride_blocks(out_elems), block=THREADS,
-                            args=(workspace, out, out_elems, workspace.size // out_elems))
-    return out.reshape(shape)
+    reduce = (None if not deterministic and acc == dtype
+              else REDUCE.name_expression(dtype, index))
+    return WeightGradLaunch(family.name_expression(dtype, index, mode, deterministic),
+                            (tiles, n_splits), block, counts, split_len, n_splits, acc,
+                            workspace, reduce, shape, out_elems, length)
+
+
+def _shape_only(shape, dtype) -> np.ndarray:
+    """A read-only array of ``shape`` and ``dtype`` that occupies no memory (for the index
+    choice, which reads only sizes)."""
+    return np.broadcast_to(np.empty((), dtype), tuple(shape))
+
+
+def conv_weight_grad(backend, x, grad_output, geom: ConvGeometry, deterministic: bool = False,
+                     *, method: str | None = None, splits: int | None = None, index=None):
+    """Gradient of ``conv(x, weight)`` with respect to ``weight``: (C_out, C_in / groups, *k).
+
+    Parameters
+    ----------
+    backend : DeviceBackend
+    x : (N, C_in, *geom.in_size)
+    grad_output : (N, C_out, *geom.out_size), the dtype of ``x``
+    geom : ConvGeometry
+    deterministic : bool
+        Partial sums through a workspace and a fixed-order reduction instead of atomics.
+    method, splits, index
+        Test hooks: ``"gemm"`` / ``"depthwise"`` (the latter needs C_in / groups == 1), the
+        number of reduction splits, the kernels' index dtype.
+    """
+    xp = backend.xp
+    dtype = np.dtype(x.dtype)
+    plan = weight_grad_launch(x, grad_output, geom, deterministic, method=method,
+                              splits=splits, index=index)
+    if plan.out_elems == 0 or plan.length == 0:
+        return xp.zeros(plan.shape, dtype=dtype)
+    if deterministic:
+        workspace = xp.empty((plan.splits, plan.out_elems), dtype=plan.acc)
+    else:
+        workspace = xp.zeros(plan.out_elems, dtype=plan.acc)
+    kernel = backend.executor.get_function(GRAD_FILE, plan.name)
+    backend.executor.launch(kernel, grid=plan.grid, block=plan.block,
+                            args=(x, grad_output, workspace, *plan.counts,
+                                  *as_3d(geom).args(), plan.split_len))
+    if plan.reduce is None:
+        return workspace.reshape(plan.shape)
+    out = xp.empty(plan.out_elems, dtype=dtype)
+    reduce = backend.executor.get_function(GRAD_FILE, plan.reduce)
+    backend.executor.launch(reduce, grid=_grid_stride_blocks(plan.out_elems), block=THREADS,
+                            args=(workspace, out, plan.out_elems,
+                                  workspace.size // plan.out_elems))
+    return out.reshape(plan.shape)

@@ -27,7 +27,7 @@ from ..._dtypes import accumulation_dtype, is_bfloat16
 from ..._limits import THREADS
 from ..._shapes import ConvGeometry, as_3d, conv_as_transpose
 from . import _conv, _conv_transpose
-from ._common import PADDING_MODE_CODES, ceil_div, pow2_at_least
+from ._common import PADDING_MODE_CODES, ceil_div
 
 
 def _shape_only(shape, dtype) -> np.ndarray:
@@ -157,41 +157,19 @@ def transpose_direct(problem: ConvProblem) -> Description:
 
 def weight_grad_direct(problem: ConvProblem) -> Description:
     """The launches of :func:`._conv.conv_weight_grad` for a weight-gradient problem (x
-    (N, C_in, *in), ``w_shape`` the weight's, ``deterministic`` the call's): the
-    ``conv_weight_grad`` or ``depthwise_weight_grad`` instantiation, then
-    ``weight_grad_reduce`` where a workspace is summed (deterministic, or a narrower dtype than
-    the accumulator); the workspace is the accumulator array when reduced."""
-    geom, dtype = problem.geom, problem.dtype
-    deterministic = problem.deterministic
-    acc = accumulation_dtype(dtype)
-    batch, c_in = problem.x_shape[:2]
-    c_out = problem.w_shape[0]
-    groups = geom.groups
-    cg, og = c_in // groups, c_out // groups
-    taps = math.prod(geom.kernel)
-    out_elems = c_out * cg * taps
-    length = batch * math.prod(geom.out_size)
-    if out_elems == 0 or length == 0:
+    (N, C_in, *in), ``w_shape`` the weight's, ``deterministic`` the call's), as
+    :func:`._conv.weight_grad_launch` decides them: the ``conv_weight_grad`` or
+    ``depthwise_weight_grad`` instantiation, then ``weight_grad_reduce`` where a workspace is
+    summed (deterministic, or a narrower dtype than the accumulator); the workspace is the
+    accumulator array when reduced."""
+    dtype = problem.dtype
+    go_shape = (problem.x_shape[0], problem.w_shape[0], *problem.geom.out_size)
+    plan = _conv.weight_grad_launch(_shape_only(problem.x_shape, dtype),
+                                    _shape_only(go_shape, dtype), problem.geom,
+                                    problem.deterministic)
+    if plan.out_elems == 0 or plan.length == 0:
         return Description()
-    if _conv.choose_weight_grad_method(c_in, groups) == "gemm":
-        tiles = groups * ceil_div(og, _conv.TILE_M) * ceil_div(cg * taps, _conv.TILE_N)
-        n_splits, split_len = _conv.split_plan(tiles, length, _conv.TILE_K, _conv.MIN_SPLIT_LEN,
-                                               out_elems, acc.itemsize, deterministic)
-        family, grid, block = _conv.WEIGHT_GRAD, (tiles, n_splits), _conv.WEIGHT_GRAD_THREADS
-    else:
-        tiles = c_out * ceil_div(taps, _conv.DEPTHWISE_TAPS)
-        n_splits, split_len = _conv.split_plan(tiles, length, 1, _conv.DEPTHWISE_MIN_SPLIT_LEN,
-                                               out_elems, acc.itemsize, deterministic)
-        family, grid = _conv.DEPTHWISE_WEIGHT_GRAD, (tiles, n_splits)
-        block = max(32, min(_conv.DEPTHWISE_THREADS, pow2_at_least(split_len)))
-    workspace = _shape_only((n_splits * out_elems if deterministic else out_elems,), acc)
-    go_shape = (batch, c_out, *geom.out_size)
-    index = _conv._weight_grad_index(
-        (_shape_only(problem.x_shape, dtype), _shape_only(go_shape, dtype), workspace), geom,
-        length, split_len, tiles * _conv.TILE_M * _conv.TILE_N + workspace.size)
-    name = family.name_expression(dtype, index, PADDING_MODE_CODES[geom.padding_mode],
-                                  deterministic)
-    if not deterministic and acc == dtype:  # the atomics' array is the result
-        return Description(kernels=(name,), grid=grid, block=block)
-    return Description(kernels=(name, _conv.REDUCE.name_expression(dtype, index)), grid=grid,
-                       block=block, workspace_bytes=workspace.nbytes)
+    if plan.reduce is None:  # the atomics' array is the result
+        return Description(kernels=(plan.name,), grid=plan.grid, block=plan.block)
+    return Description(kernels=(plan.name, plan.reduce), grid=plan.grid, block=plan.block,
+                       workspace_bytes=plan.workspace * plan.acc.itemsize)
