@@ -116,8 +116,10 @@ def tup(v, nd):
     return tuple(v) if isinstance(v, (tuple, list)) else (v,) * nd
 
 
-def run_case(mod, kind, case, seed=0, index=None):
-    """Run ``case`` on the kernel; returns (max |err| / bound, max |err|, output)."""
+def run_case(mod, kind, case, seed=0, index=None, layout="nchw"):
+    """Run ``case`` on the kernel (``layout="nhwc"``: a channels-last x through the
+    channels-last gather, which returns a channels-last result); returns (max |err| / bound,
+    max |err|, output)."""
     rng = np.random.default_rng(seed)
     n, c_in, c_out, spatial, kernel = (case[k] for k in ("n", "c_in", "c_out", "spatial", "k"))
     nd = len(spatial)
@@ -128,8 +130,14 @@ def run_case(mod, kind, case, seed=0, index=None):
     x, xv = make(kind, (n, c_in, *spatial), rng)
     w, wv = make(kind, (c_out, c_in // groups, *tup(kernel, nd)), rng, 1 / np.sqrt(c_in))
     b, bv = make(kind, (c_out,), rng, operand=False) if case.get("bias", True) else (None, None)
+    if layout == "nhwc":
+        x = _channels_last(x)
     out = ig.conv_igemm_forward(mod, x, w, b, kind=kind, stride=stride, padding=pad,
-                                dilation=dilation, groups=groups, padding_mode=mode, index=index)
+                                dilation=dilation, groups=groups, padding_mode=mode, index=index,
+                                layout=layout)
+    if layout == "nhwc":
+        assert np.moveaxis(out, 1, -1).flags.c_contiguous  # a channels-last result
+        out = np.ascontiguousarray(out)
     pairs = [(p, p) for p in pad]
     kw = {"stride": stride, "padding": pairs, "dilation": dilation, "groups": groups, "mode": mode}
     ref = reference(xv, wv, bv, **kw)
@@ -684,38 +692,13 @@ NHWC_CASES = {
 }
 
 
-def run_nhwc_case(mod, kind, case, seed=0):
-    rng = np.random.default_rng(seed)
-    n, c_in, c_out, spatial, kernel = (case[k] for k in ("n", "c_in", "c_out", "spatial", "k"))
-    nd = len(spatial)
-    groups = case.get("groups", 1)
-    stride, dilation = tup(case.get("stride", 1), nd), tup(case.get("dilation", 1), nd)
-    pad = tup(case.get("padding", 0), nd)
-    mode = case.get("mode", "zeros")
-    x, xv = make(kind, (n, c_in, *spatial), rng)
-    w, wv = make(kind, (c_out, c_in // groups, *tup(kernel, nd)), rng, 1 / np.sqrt(c_in))
-    b, bv = make(kind, (c_out,), rng, operand=False) if case.get("bias", True) else (None, None)
-    out = ig.conv_igemm_forward(mod, _channels_last(x), w, b, kind=kind, stride=stride,
-                                padding=pad, dilation=dilation, groups=groups,
-                                padding_mode=mode, layout="nhwc")
-    assert np.moveaxis(out, 1, -1).flags.c_contiguous  # a channels-last result
-    kw = {"stride": stride, "padding": [(p, p) for p in pad], "dilation": dilation,
-          "groups": groups, "mode": mode}
-    ref = reference(xv, wv, bv, **kw)
-    mag = reference(np.abs(xv), np.abs(wv), None if bv is None else np.abs(bv), **kw)
-    terms = (c_in // groups) * int(np.prod(tup(kernel, nd))) + 1
-    gamma = terms * U_ACC / (1 - terms * U_ACC)
-    bound = gamma * mag + U_OUT[kind] * (np.abs(ref) + gamma * mag) + ETA_OUT[kind]
-    got = out_value(kind, np.ascontiguousarray(out))
-    assert got.shape == ref.shape and np.isfinite(got).all()
-    return _ratio(np.abs(got - ref), bound), float(np.abs(got - ref).max()), out
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("case", list(NHWC_CASES))
 def test_nhwc_gather_within_bound(mod, kind, case):
-    ratio, err, _ = run_nhwc_case(mod, kind, NHWC_CASES[case],
-                                  seed=list(NHWC_CASES).index(case))
+    ratio, err, _ = run_case(mod, kind, NHWC_CASES[case], seed=list(NHWC_CASES).index(case),
+                              layout="nhwc")
     assert ratio <= 1.0, f"max error {err:.3g} is {ratio:.3g} x the bound"
 
 
@@ -733,7 +716,7 @@ def test_nhwc_gather_checked_and_race(mod, kind):
     case = NHWC_CASES["groups_dil_circular"] | {"n": 1, "spatial": (5, 6)}
     for mode in (emu.checked, emu.race_check):
         with mode():
-            ratio, _, _ = run_nhwc_case(mod, kind, case, seed=4)
+            ratio, _, _ = run_case(mod, kind, case, seed=4, layout="nhwc")
             assert ratio <= 1.0
 
 
@@ -747,7 +730,7 @@ def test_nhwc_gather_full_sectors_and_no_bank_conflicts(mod, kind):
     case = {"n": 1, "c_in": 32, "c_out": 64, "spatial": (8, 8), "k": 3, "padding": 1,
             "bias": False}
     with emu.counters() as c:
-        run_nhwc_case(mod, kind, case)
+        run_case(mod, kind, case, layout="nhwc")
     (kernel,) = c.kernels.values()
     loads = [s for s in kernel.sites.values()
              if s.space == "global" and s.kind == "cp.async.load"]
