@@ -306,37 +306,29 @@ class _ImplicitGemm:
                            shared_mem=_igemm.shared_bytes())
 
     def run(self, backend, x, weight, bias, geom):
-        from ..._launch import data_pointer
-
-        xp = backend.xp
         problem = ConvProblem.of(backend.name, x, weight, bias, geom,
                                  strides=(tuple(x.strides), tuple(weight.strides)))
-        kind, _ = _igemm_kind(problem)
+        kind, reason = _igemm_kind(problem)
         if kind is None:
-            raise ValueError(f"algorithm 'implicit_gemm': {_igemm_kind(problem)[1]}")
-        out_dtype = np.dtype(x.dtype)
-        if igemm_nhwc_reason(problem) != "":
+            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        if igemm_nhwc_reason(problem) != "":  # C-contiguous, or channels-last it cannot read
             x = nchw(backend, x)
-        if kind == "bfloat16":  # the kernel takes the bits (uint16)
-            x, weight = x.view(np.uint16), weight.view(np.uint16)
-            bias = None if bias is None else bias.view(np.uint16)
-        if not x.flags.c_contiguous:  # channels-last, read in place: a channels-last result
-            rows = _igemm.nhwc_weight(xp, weight)
-            out_buf = xp.empty((x.shape[0], *geom.out_size, weight.shape[0]), x.dtype)
-            out = xp.moveaxis(out_buf, -1, 1)
-            cfg = _igemm.forward_config(
-                kind, x.shape, weight.shape, as_3d(geom), groups=geom.groups,
-                padding_mode=geom.padding_mode, has_bias=bias is not None,
-                weight_pointer=data_pointer(rows), gather="nhwc",
-                x_strides=_igemm.lifted_strides(x), out_strides=_igemm.lifted_strides(out))
-            _igemm.launch(igemm_module(backend, cfg.name), cfg, xp.moveaxis(x, 1, -1), rows,
-                          rows if bias is None else bias, out_buf, xp.empty(1, np.float32))
-            return out.view(out_dtype)
-        _, cfg = self._config(problem, data_pointer(weight))
-        out = xp.empty((x.shape[0], weight.shape[0], *geom.out_size), x.dtype)
-        _igemm.launch(igemm_module(backend, cfg.name), cfg, x, weight,
-                      out if bias is None else bias, out, xp.empty(1, np.float32))
+        out_dtype = np.dtype(x.dtype)
+        x, weight, bias = _bits(kind, x, weight, bias)
+        out = _igemm.run_forward(_module_for(backend), backend.xp, kind, x, weight, bias, geom)
         return out.view(out_dtype)
+
+
+def _bits(kind: str, *arrays):
+    """bfloat16 arrays as the uint16 bits the kernel takes (others as they are)."""
+    if kind != "bfloat16":
+        return arrays
+    return tuple(None if a is None else a.view(np.uint16) for a in arrays)
+
+
+def _module_for(backend):
+    """``name -> module`` of ``backend`` (:func:`igemm_module`), for the ``_igemm`` runners."""
+    return lambda name: igemm_module(backend, name)
 
 
 class _FamilyDirect(_CudaCoreAlgorithm):
@@ -386,19 +378,13 @@ class _ImplicitGemmTranspose(_ImplicitGemm):
                            workspace_bytes=math.prod(problem.w_shape) * problem.dtype.itemsize)
 
     def run(self, backend, x, weight, bias, geom):
-        from ..._launch import data_pointer
-
-        xp = backend.xp
-        out_dtype = np.dtype(x.dtype)
         problem = ConvProblem.of(backend.name, x, weight, bias, geom, operation="conv_transpose")
-        if _dtypes.is_bfloat16(out_dtype):  # the kernel takes the bits (uint16)
-            x, weight = x.view(np.uint16), weight.view(np.uint16)
-            bias = None if bias is None else bias.view(np.uint16)
-        rows = _igemm.transposed_weight(xp, weight, geom.groups)
-        kind, cfg = self._config(problem, data_pointer(rows))
-        out = xp.empty((x.shape[0], rows.shape[0], *geom.out_size), x.dtype)
-        _igemm.launch(igemm_module(backend, cfg.name), cfg, x, rows,
-                      out if bias is None else bias, out, xp.empty(1, np.float32))
+        kind, reason = _igemm_kind(problem)
+        if kind is None:
+            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        out_dtype = np.dtype(x.dtype)
+        x, weight, bias = _bits(kind, x, weight, bias)
+        out = _igemm.run_transpose(_module_for(backend), backend.xp, kind, x, weight, bias, geom)
         return out.view(out_dtype)
 
 
@@ -445,37 +431,31 @@ class _ImplicitGemmWeight(_ImplicitGemm):
                            workspace_bytes=cfg.workspace_bytes)
 
     def run(self, backend, x, grad_output, geom, deterministic):
-        from ..._launch import data_pointer
-
         xp = backend.xp
         dtype = np.dtype(x.dtype)
         w_shape = (grad_output.shape[1], x.shape[1] // geom.groups, *geom.kernel)
         problem = ConvProblem.of(backend.name, x, w_shape, None, geom,
                                  operation="conv_weight", deterministic=deterministic)
-        kind, cfg = self._config(problem, data_pointer(grad_output))
-        if kind == "bfloat16":
-            x, grad_output = x.view(np.uint16), grad_output.view(np.uint16)
-        out = xp.empty(w_shape, x.dtype)
-        if cfg.epilogue == _igemm.EPILOGUE_ATOMIC:
-            ws = xp.zeros(cfg.workspace, np.float32)
-        else:
-            ws = xp.empty(cfg.workspace or (1,), np.float32)
-        _igemm.launch(igemm_module(backend, cfg.name), cfg, x, grad_output, out, out, ws)
-        if cfg.epilogue == _igemm.EPILOGUE_STORE:
-            return out.view(dtype)
-        if cfg.epilogue == _igemm.EPILOGUE_ATOMIC and kind == "tf32":
-            return ws.reshape(w_shape)
-        # the fixed-order sum of the splits (one for atomics) and the one rounding
-        result = xp.empty(w_shape, dtype)
-        splits = cfg.splits if cfg.epilogue == _igemm.EPILOGUE_PARTIAL else 1
-        size = math.prod(w_shape)
-        index = _kernels.index_dtype(ws, result, max_index=2 * ws.size + 2 * _conv.THREADS)
-        reduce = backend.executor.get_function(_conv.GRAD_FILE,
-                                               _conv.REDUCE.name_expression(dtype, index))
-        backend.executor.launch(reduce, grid=max(1, min(_igemm.ceil_div(size, _conv.THREADS),
-                                                        _conv.MAX_BLOCKS)),
-                                block=_conv.THREADS, args=(ws, result, size, splits))
-        return result
+        kind, reason = _igemm_kind(problem)
+        if kind is None:
+            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+
+        def reduce(ws, splits):  # the fixed-order sum of the splits, one rounding to dtype
+            result = xp.empty(math.prod(w_shape), dtype)
+            index = _kernels.index_dtype(ws, result,
+                                         max_index=2 * ws.size + 2 * _conv.THREADS)
+            kernel = backend.executor.get_function(
+                _conv.GRAD_FILE, _conv.REDUCE.name_expression(dtype, index))
+            backend.executor.launch(
+                kernel, grid=max(1, min(_igemm.ceil_div(result.size, _conv.THREADS),
+                                        _conv.MAX_BLOCKS)),
+                block=_conv.THREADS, args=(ws, result, result.size, splits))
+            return result
+
+        x, grad_output = _bits(kind, x, grad_output)
+        out = _igemm.run_weight_grad(_module_for(backend), xp, kind, x, grad_output, geom,
+                                     deterministic, reduce=reduce)
+        return out if out.dtype == dtype else out.view(dtype)
 
 
 def _lift(shape) -> tuple:

@@ -406,23 +406,20 @@ def conv_igemm_forward(module, x, weight, bias=None, *, kind: str, stride=1, pad
     -------
     array, (N, C_out, *out_spatial), the kind's dtype
     """
+    dtype = _check(kind, weight=weight, bias=bias)
     if layout == "nhwc":
-        return _forward_nhwc(module, x, weight, bias, kind=kind, stride=stride,
-                             padding=padding, dilation=dilation, groups=groups,
-                             padding_mode=padding_mode, index=index, xp=xp)
-    dtype = _check(kind, x=x, weight=weight, bias=bias)
-    ndim = x.ndim - 2
+        if x.dtype != dtype or not xp.moveaxis(x, 1, -1).flags.c_contiguous:
+            raise TypeError(f"x must be a dense channels-last {dtype} array for layout='nhwc'")
+        reason = nhwc_reason(kind, x.shape[1], groups, lifted_strides(x),
+                             _pointer(xp.moveaxis(x, 1, -1)))
+        if reason:
+            raise ValueError(f"conv_igemm_forward(layout='nhwc'): {reason}")
+    else:
+        _check(kind, x=x)
     geom = conv_geometry(x.shape[2:], weight.shape[2:], stride=stride, padding=padding,
                          dilation=dilation, groups=groups, padding_mode=padding_mode,
                          op="conv_igemm")
-    g3 = as_3d(geom)
-    cfg = forward_config(kind, x.shape, weight.shape, g3, groups=groups,
-                         padding_mode=padding_mode, has_bias=bias is not None,
-                         weight_pointer=_pointer(weight), index=index)
-    out = xp.empty((x.shape[0], weight.shape[0], *g3.out_size[3 - ndim:]), dtype)
-    launch(module, cfg, x, weight, bias if bias is not None else out, out,
-           xp.empty(1, np.float32))
-    return out
+    return run_forward(lambda _name: module, xp, kind, x, weight, bias, geom, index=index)
 
 
 def lifted_strides(a) -> tuple[int, ...]:
@@ -431,30 +428,32 @@ def lifted_strides(a) -> tuple[int, ...]:
     return (*st[:2], *([0] * (5 - a.ndim)), *st[2:])
 
 
-def _forward_nhwc(module, x, weight, bias, *, kind, stride, padding, dilation, groups,
-                  padding_mode, index, xp):
-    """:func:`conv_igemm_forward` of a dense channels-last ``x``: channels-last result."""
-    dtype = _check(kind, weight=weight, bias=bias)
-    buf = xp.moveaxis(x, 1, -1)  # the (N, *spatial, C) buffer
-    if x.dtype != dtype or not buf.flags.c_contiguous:
-        raise TypeError(f"x must be a dense channels-last {dtype} array for layout='nhwc'")
-    ndim = x.ndim - 2
-    geom = conv_geometry(x.shape[2:], weight.shape[2:], stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, padding_mode=padding_mode,
-                         op="conv_igemm")
+def run_forward(module_for, xp, kind: str, x, weight, bias, geom, *, index=None):
+    """The forward convolution of arrays in the kind's storage dtype with a validated
+    :class:`gpuconv._shapes.ConvGeometry`: a C-contiguous ``x`` through the NCDHW gather, a
+    dense channels-last one (which :func:`nhwc_reason` accepts: the caller's check) through
+    the channels-last gather, with a channels-last result. ``module_for(name)`` is the module
+    holding instantiation ``name`` (what :func:`conv_igemm_forward` and the ``implicit_gemm``
+    algorithm share)."""
     g3 = as_3d(geom)
-    reason = nhwc_reason(kind, x.shape[1], groups, lifted_strides(x), _pointer(buf))
-    if reason:
-        raise ValueError(f"conv_igemm_forward(layout='nhwc'): {reason}")
+    batch, c_out = x.shape[0], weight.shape[0]
+    ws = xp.empty(1, np.float32)
+    if x.flags.c_contiguous:
+        cfg = forward_config(kind, x.shape, weight.shape, g3, groups=geom.groups,
+                             padding_mode=geom.padding_mode, has_bias=bias is not None,
+                             weight_pointer=_pointer(weight), index=index)
+        out = xp.empty((batch, c_out, *geom.out_size), x.dtype)
+        launch(module_for(cfg.name), cfg, x, weight, out if bias is None else bias, out, ws)
+        return out
     rows = nhwc_weight(xp, weight)
-    out_buf = xp.empty((x.shape[0], *g3.out_size[3 - ndim:], weight.shape[0]), dtype)
+    out_buf = xp.empty((batch, *geom.out_size, c_out), x.dtype)
     out = xp.moveaxis(out_buf, -1, 1)
-    cfg = forward_config(kind, x.shape, weight.shape, g3, groups=groups,
-                         padding_mode=padding_mode, has_bias=bias is not None,
+    cfg = forward_config(kind, x.shape, weight.shape, g3, groups=geom.groups,
+                         padding_mode=geom.padding_mode, has_bias=bias is not None,
                          weight_pointer=_pointer(rows), index=index, gather="nhwc",
                          x_strides=lifted_strides(x), out_strides=lifted_strides(out))
-    launch(module, cfg, buf, rows, bias if bias is not None else rows, out_buf,
-           xp.empty(1, np.float32))
+    launch(module_for(cfg.name), cfg, xp.moveaxis(x, 1, -1), rows,
+           rows if bias is None else bias, out_buf, ws)
     return out
 
 
@@ -463,18 +462,24 @@ def conv_igemm_transpose(module, x, weight, bias=None, *, kind: str, stride=1, p
     """Run the implicit-GEMM transposed convolution through ``module`` (as
     :func:`conv_igemm_forward`): ``x`` (N, C_in, *in), ``weight`` (C_in, C_out / groups, *k),
     ``bias`` (C_out,) or None; the arguments of :func:`gpuconv.conv_transpose`."""
-    dtype = _check(kind, x=x, weight=weight, bias=bias)
-    ndim = x.ndim - 2
+    _check(kind, x=x, weight=weight, bias=bias)
     geom = conv_transpose_geometry(x.shape[2:], weight.shape[2:], stride=stride,
                                    padding=padding, output_padding=output_padding,
                                    dilation=dilation, groups=groups, op="conv_igemm")
-    g3 = as_3d(geom)
-    rows = transposed_weight(xp, weight, groups)
-    cfg = transpose_config(kind, x.shape, weight.shape, g3, groups=groups,
+    return run_transpose(lambda _name: module, xp, kind, x, weight, bias, geom,
+                         index=index)
+
+
+def run_transpose(module_for, xp, kind: str, x, weight, bias, geom, *, index=None):
+    """The transposed convolution of C-contiguous arrays in the kind's storage dtype with a
+    validated geometry (as :func:`run_forward`): the weight copied once into rows of K, the
+    transposed gather."""
+    rows = transposed_weight(xp, weight, geom.groups)
+    cfg = transpose_config(kind, x.shape, weight.shape, as_3d(geom), groups=geom.groups,
                            has_bias=bias is not None, weight_pointer=_pointer(rows),
                            index=index)
-    out = xp.empty((x.shape[0], rows.shape[0], *g3.out_size[3 - ndim:]), dtype)
-    launch(module, cfg, x, rows, bias if bias is not None else out, out,
+    out = xp.empty((x.shape[0], rows.shape[0], *geom.out_size), x.dtype)
+    launch(module_for(cfg.name), cfg, x, rows, out if bias is None else bias, out,
            xp.empty(1, np.float32))
     return out
 
@@ -486,22 +491,48 @@ def conv_igemm_weight_grad(module, x, grad_output, weight_shape, *, kind: str, s
     ``conv(x, weight, ...)`` with respect to ``weight`` (``weight_shape``), from
     ``grad_output``. Returns the kind's dtype; split sums meet in fp32 and are rounded once
     (the deterministic partials summed here in ascending split order)."""
-    dtype = _check(kind, x=x, grad_output=grad_output)
+    _check(kind, x=x, grad_output=grad_output)
     geom = conv_geometry(x.shape[2:], weight_shape[2:], stride=stride, padding=padding,
                          dilation=dilation, groups=groups, padding_mode=padding_mode,
                          op="conv_igemm")
-    cfg = weight_grad_config(kind, x.shape, grad_output.shape, as_3d(geom), groups=groups,
-                             padding_mode=padding_mode, deterministic=deterministic,
+    return run_weight_grad(lambda _name: module, xp, kind, x, grad_output, geom,
+                           deterministic, splits=splits, index=index)
+
+
+def _sum_splits(kind: str, xp, ws, splits: int, shape):
+    """The fp32 workspace's ``splits`` partial sums added in ascending split order, rounded
+    once to the kind's storage."""
+    total = ws[0].copy() if splits > 1 else ws.reshape(-1)
+    for s in range(1, splits):
+        total += ws[s]
+    return round_to(kind, total, xp).reshape(shape)
+
+
+def run_weight_grad(module_for, xp, kind: str, x, grad_output, geom, deterministic: bool, *,
+                    splits=None, index=None, reduce=None):
+    """The weight gradient (C_out, C_in / groups, *k) of C-contiguous arrays in the kind's
+    storage dtype with a validated geometry (as :func:`run_forward`). A split launch's fp32
+    workspace is finished by ``reduce(ws, splits)`` (default: :func:`_sum_splits` here, in
+    ascending split order; the device backends pass ``weight_grad_reduce``, the same order);
+    an atomic TF32 workspace is the result itself."""
+    w_shape = (grad_output.shape[1], x.shape[1] // geom.groups, *geom.kernel)
+    cfg = weight_grad_config(kind, x.shape, grad_output.shape, as_3d(geom), groups=geom.groups,
+                             padding_mode=geom.padding_mode, deterministic=deterministic,
                              splits=splits, go_pointer=_pointer(grad_output), index=index)
-    out = xp.empty(tuple(weight_shape), dtype)
-    ws = xp.zeros(cfg.workspace or (1,), np.float32)
-    launch(module, cfg, x, grad_output, out, out, ws)
+    out = xp.empty(w_shape, x.dtype)
+    if cfg.epilogue == EPILOGUE_ATOMIC:
+        ws = xp.zeros(cfg.workspace, np.float32)
+    else:
+        ws = xp.empty(cfg.workspace or (1,), np.float32)
+    launch(module_for(cfg.name), cfg, x, grad_output, out, out, ws)
     if cfg.epilogue == EPILOGUE_STORE:
         return out
-    total = ws[0].copy() if cfg.epilogue == EPILOGUE_PARTIAL else ws
-    for s in range(1, cfg.splits if cfg.epilogue == EPILOGUE_PARTIAL else 1):
-        total += ws[s]
-    return round_to(kind, total, xp).reshape(tuple(weight_shape))
+    if cfg.epilogue == EPILOGUE_ATOMIC and kind == "tf32":
+        return ws.reshape(w_shape)
+    n = cfg.splits if cfg.epilogue == EPILOGUE_PARTIAL else 1
+    if reduce is None:
+        return _sum_splits(kind, xp, ws, n, w_shape)
+    return reduce(ws, n).reshape(w_shape)
 
 
 def round_to(kind: str, values, xp=np):
