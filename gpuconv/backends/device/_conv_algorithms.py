@@ -261,6 +261,15 @@ def _igemm_kind(problem: ConvProblem) -> tuple[str | None, str]:
     return None, f"tensor cores compute float16, bfloat16 or TF32, not {dtype}"
 
 
+def _required_kind(problem: ConvProblem) -> str:
+    """The kind of ``conv_igemm`` for the call's dtype; ValueError with the reason when tensor
+    cores cannot serve it (a run that ``can_serve`` would have refused)."""
+    kind, reason = _igemm_kind(problem)
+    if kind is None:
+        raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+    return kind
+
+
 class _ImplicitGemm:
     """``conv_igemm`` (forward gather): tensor-core implicit GEMM (mma.sync), fp32
     accumulation."""
@@ -277,9 +286,7 @@ class _ImplicitGemm:
         return kind is not None, reason
 
     def _config(self, problem: ConvProblem, weight_pointer: int = 0):
-        kind, reason = _igemm_kind(problem)
-        if kind is None:
-            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        kind = _required_kind(problem)
         return kind, _igemm.igemm_config(
             kind, problem.x_shape, problem.w_shape, as_3d(problem.geom),
             groups=problem.geom.groups, padding_mode=problem.geom.padding_mode,
@@ -308,9 +315,7 @@ class _ImplicitGemm:
     def run(self, backend, x, weight, bias, geom):
         problem = ConvProblem.of(backend.name, x, weight, bias, geom,
                                  strides=(tuple(x.strides), tuple(weight.strides)))
-        kind, reason = _igemm_kind(problem)
-        if kind is None:
-            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        kind = _required_kind(problem)
         if igemm_nhwc_reason(problem) != "":  # C-contiguous, or channels-last it cannot read
             x = nchw(backend, x)
         out_dtype = np.dtype(x.dtype)
@@ -363,9 +368,7 @@ class _ImplicitGemmTranspose(_ImplicitGemm):
                "GEMM")
 
     def _config(self, problem: ConvProblem, weight_pointer: int = 0):
-        kind, reason = _igemm_kind(problem)
-        if kind is None:
-            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        kind = _required_kind(problem)
         return kind, _igemm.transpose_config(
             kind, problem.x_shape, problem.w_shape, as_3d(problem.geom),
             groups=problem.geom.groups, has_bias=problem.has_bias,
@@ -379,9 +382,7 @@ class _ImplicitGemmTranspose(_ImplicitGemm):
 
     def run(self, backend, x, weight, bias, geom):
         problem = ConvProblem.of(backend.name, x, weight, bias, geom, operation="conv_transpose")
-        kind, reason = _igemm_kind(problem)
-        if kind is None:
-            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        kind = _required_kind(problem)
         out_dtype = np.dtype(x.dtype)
         x, weight, bias = _bits(kind, x, weight, bias)
         out = _igemm.run_transpose(_module_for(backend), backend.xp, kind, x, weight, bias, geom)
@@ -408,9 +409,7 @@ class _ImplicitGemmWeight(_ImplicitGemm):
                "implicit GEMM, split-K")
 
     def _config(self, problem: ConvProblem, weight_pointer: int = 0):
-        kind, reason = _igemm_kind(problem)
-        if kind is None:
-            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        kind = _required_kind(problem)
         go_shape = (problem.x_shape[0], problem.w_shape[0], *problem.geom.out_size)
         return kind, _igemm.weight_grad_config(
             kind, problem.x_shape, _lift(go_shape), as_3d(problem.geom),
@@ -436,9 +435,7 @@ class _ImplicitGemmWeight(_ImplicitGemm):
         w_shape = (grad_output.shape[1], x.shape[1] // geom.groups, *geom.kernel)
         problem = ConvProblem.of(backend.name, x, w_shape, None, geom,
                                  operation="conv_weight", deterministic=deterministic)
-        kind, reason = _igemm_kind(problem)
-        if kind is None:
-            raise ValueError(f"algorithm 'implicit_gemm': {reason}")
+        kind = _required_kind(problem)
 
         def reduce(ws, splits):  # the fixed-order sum of the splits, one rounding to dtype
             result = xp.empty(math.prod(w_shape), dtype)
